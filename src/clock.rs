@@ -1,0 +1,160 @@
+//! Time: the injectable clock and the integer instants used inside.
+//!
+//! At the public API time is `chrono::DateTime<Utc>`. Inside, an instant is
+//! a count of milliseconds since the Unix epoch (`u64`, saturating at both
+//! ends), so a check compares two integers.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, Utc};
+
+/// A source of the current wall-clock time.
+///
+/// The engine asks its clock for the time on every check and every change.
+/// Implement it to drive time from the host (for example from a simulation);
+/// the crate ships [`SystemClock`] and [`ManualClock`].
+///
+/// A clock may go backwards (an NTP step, a test): the engine never lets its
+/// own notion of time go back, so an expired grant is never revived.
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant.
+    fn now(&self) -> DateTime<Utc>;
+
+    /// The current instant in milliseconds since the Unix epoch.
+    ///
+    /// Override it when the clock can answer without building a `DateTime`;
+    /// it is called on every check.
+    fn now_millis(&self) -> i64 {
+        self.now().timestamp_millis()
+    }
+}
+
+/// The operating system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn now_millis(&self) -> i64 {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// A clock that only moves when told to: for tests, simulations and
+/// examples. Cloning it gives another handle on the same time.
+///
+/// ```
+/// use grantwheel::{Clock, ManualClock};
+/// use chrono::{Duration, TimeZone, Utc};
+///
+/// let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+/// let clock = ManualClock::new(start);
+/// clock.advance(Duration::minutes(30));
+/// assert_eq!(clock.now(), start + Duration::minutes(30));
+/// clock.set(start); // going backwards is allowed
+/// assert_eq!(clock.now(), start);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ManualClock {
+    millis: std::sync::Arc<AtomicI64>,
+}
+
+impl ManualClock {
+    /// A clock showing `start` (to the millisecond).
+    pub fn new(start: DateTime<Utc>) -> Self {
+        ManualClock {
+            millis: std::sync::Arc::new(AtomicI64::new(start.timestamp_millis())),
+        }
+    }
+
+    /// Set the time, forwards or backwards.
+    pub fn set(&self, to: DateTime<Utc>) {
+        self.millis.store(to.timestamp_millis(), Ordering::SeqCst);
+    }
+
+    /// Move the time by `by` (negative moves it back). Saturates.
+    pub fn advance(&self, by: chrono::Duration) {
+        let by = by.num_milliseconds();
+        let mut cur = self.millis.load(Ordering::SeqCst);
+        loop {
+            let next = cur.saturating_add(by);
+            match self
+                .millis
+                .compare_exchange(cur, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return,
+                Err(seen) => cur = seen,
+            }
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        from_millis(to_millis_i64(self.millis.load(Ordering::SeqCst)))
+    }
+
+    fn now_millis(&self) -> i64 {
+        self.millis.load(Ordering::Relaxed)
+    }
+}
+
+/// The latest instant representable at the API (chrono's maximum).
+pub(crate) fn max_millis() -> u64 {
+    to_millis(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Milliseconds since the epoch, clamped to `0..`.
+pub(crate) fn to_millis_i64(ms: i64) -> u64 {
+    u64::try_from(ms).unwrap_or(0)
+}
+
+/// An API instant as internal milliseconds (instants before 1970 become 0).
+pub(crate) fn to_millis(t: DateTime<Utc>) -> u64 {
+    to_millis_i64(t.timestamp_millis())
+}
+
+/// Internal milliseconds as an API instant (clamped to chrono's range).
+pub(crate) fn from_millis(ms: u64) -> DateTime<Utc> {
+    let ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn millis_round_trip_and_clamp() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 22, 10, 30, 0).unwrap();
+        assert_eq!(from_millis(to_millis(t)), t);
+        let before_epoch = Utc.with_ymd_and_hms(1960, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(to_millis(before_epoch), 0);
+        assert_eq!(from_millis(u64::MAX), DateTime::<Utc>::MAX_UTC);
+    }
+
+    #[test]
+    fn manual_clock_moves_both_ways_and_shares_time() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let c = ManualClock::new(t);
+        let c2 = c.clone();
+        c.advance(chrono::Duration::seconds(5));
+        assert_eq!(c2.now(), t + chrono::Duration::seconds(5));
+        c.advance(chrono::Duration::seconds(-10));
+        assert_eq!(c2.now_millis(), t.timestamp_millis() - 5000);
+    }
+
+    #[test]
+    fn system_clock_agrees_with_chrono() {
+        let a = SystemClock.now_millis();
+        let b = Utc::now().timestamp_millis();
+        assert!((a - b).abs() < 5_000);
+    }
+}

@@ -1,0 +1,527 @@
+//! A hierarchical hashed timing wheel (Varghese & Lauck), used to reclaim
+//! expired grants and to raise expiring-soon warnings.
+//!
+//! # Geometry
+//!
+//! Six levels of 64 slots. A deadline is filed at the level of the highest
+//! bit in which it differs from the wheel's current tick (`elapsed`), in the
+//! slot named by its six bits at that level. Deadlines that differ above bit
+//! 36 are parked in an overflow list and re-filed when the wheel reaches
+//! their 2^36-tick epoch.
+//!
+//! | level | slot span (ticks) | level span (ticks) | slot / level at the default 1 s tick |
+//! |-------|-------------------|--------------------|--------------------------------------|
+//! | 0     | 1                 | 64                 | 1 s / 64 s                           |
+//! | 1     | 64                | 4,096              | 64 s / 68 min                        |
+//! | 2     | 4,096             | 262,144            | 68 min / 3 days                      |
+//! | 3     | 262,144           | 16,777,216         | 3 days / 194 days                    |
+//! | 4     | 16,777,216        | 1,073,741,824      | 194 days / 34 years                  |
+//! | 5     | 1,073,741,824     | 68,719,476,736     | 34 years / 2,177 years               |
+//! | park  | -                 | beyond             | re-filed when its epoch comes        |
+//!
+//! # Ground rules
+//!
+//! - The wheel never decides access. A check compares a grant's own expiry
+//!   with the time; the wheel only tells the engine when to reclaim a grant
+//!   (and when to warn). A lagging wheel costs memory, never correctness.
+//! - The wheel stores no entries of its own. Each entry is an id chosen by
+//!   the caller, whose [`Link`] lives in the caller's record (reached through
+//!   [`Links`]); the wheel threads doubly linked lists through those links.
+//!   Scheduling and cancelling are O(1): the link records its place.
+//! - `advance(now)` visits only occupied slots, found through one bitmap per
+//!   level, so a jump of years costs work proportional to what fires plus the
+//!   cascades (at most one per level per entry), never to ticks skipped.
+//! - Time never goes backwards inside the wheel: advancing to an earlier tick
+//!   does nothing.
+
+/// Bits of a tick consumed by one level.
+const SLOT_BITS: u32 = 6;
+/// Slots per level.
+const SLOTS: usize = 1 << SLOT_BITS;
+/// Number of levels.
+pub(crate) const LEVELS: usize = 6;
+/// Ticks covered by all levels together (one epoch).
+const EPOCH: u64 = 1 << (SLOT_BITS as usize * LEVELS);
+/// The end of a list.
+const NIL: u32 = u32::MAX;
+/// `Link::place` of an entry that is not scheduled.
+const UNSCHEDULED: u16 = 0;
+/// `Link::place` of a parked entry.
+const PARKED: u16 = (LEVELS * SLOTS) as u16 + 1;
+
+/// The wheel's per-entry state, kept inside the caller's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Link {
+    deadline: u64,
+    prev: u32,
+    next: u32,
+    place: u16,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            deadline: 0,
+            prev: NIL,
+            next: NIL,
+            place: UNSCHEDULED,
+        }
+    }
+}
+
+impl Link {
+    /// Whether the entry is filed in the wheel.
+    pub(crate) fn is_scheduled(&self) -> bool {
+        self.place != UNSCHEDULED
+    }
+
+    /// The tick the entry is scheduled for (meaningful when scheduled).
+    pub(crate) fn deadline(&self) -> u64 {
+        self.deadline
+    }
+}
+
+/// Access to the links of the caller's records, by id.
+pub(crate) trait Links {
+    /// The link of entry `id`. Ids handed to the wheel must be valid here.
+    fn link(&self, id: u32) -> &Link;
+    /// The link of entry `id`, mutably.
+    fn link_mut(&mut self, id: u32) -> &mut Link;
+}
+
+impl Links for Vec<Link> {
+    fn link(&self, id: u32) -> &Link {
+        &self[id as usize]
+    }
+    fn link_mut(&mut self, id: u32) -> &mut Link {
+        &mut self[id as usize]
+    }
+}
+
+/// The timing wheel: list heads and occupancy bitmaps; entries live in the
+/// caller's records.
+#[derive(Debug)]
+pub(crate) struct Wheel {
+    elapsed: u64,
+    heads: [[u32; SLOTS]; LEVELS],
+    occupied: [u64; LEVELS],
+    parked: u32,
+    /// A lower bound of the parked deadlines (`u64::MAX` when none were
+    /// parked since the last re-file).
+    parked_min: u64,
+    len: usize,
+}
+
+/// Where a tick belongs relative to `elapsed`: its level (`LEVELS` for the
+/// parking list).
+fn level_for(elapsed: u64, when: u64) -> usize {
+    let masked = (elapsed ^ when) | (SLOTS as u64 - 1);
+    let significant = 63 - masked.leading_zeros() as usize;
+    (significant / SLOT_BITS as usize).min(LEVELS)
+}
+
+fn slot_for(when: u64, level: usize) -> usize {
+    ((when >> (level * SLOT_BITS as usize)) & (SLOTS as u64 - 1)) as usize
+}
+
+fn place_of(level: usize, slot: usize) -> u16 {
+    // INVARIANT: level < LEVELS and slot < SLOTS, so this is below PARKED.
+    (level * SLOTS + slot + 1) as u16
+}
+
+impl Wheel {
+    /// An empty wheel whose current tick is `now`.
+    pub(crate) fn new(now: u64) -> Self {
+        Wheel {
+            elapsed: now,
+            heads: [[NIL; SLOTS]; LEVELS],
+            occupied: [0; LEVELS],
+            parked: NIL,
+            parked_min: u64::MAX,
+            len: 0,
+        }
+    }
+
+    /// The tick up to which every due entry has been fired.
+    pub(crate) fn elapsed(&self) -> u64 {
+        self.elapsed
+    }
+
+    /// How many entries are scheduled.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Schedule entry `id` (which must not be scheduled) for tick
+    /// `deadline`. Returns `false`, filing nothing, when the deadline is not
+    /// after the current tick: the entry is due already.
+    pub(crate) fn schedule<L: Links>(&mut self, links: &mut L, id: u32, deadline: u64) -> bool {
+        debug_assert!(!links.link(id).is_scheduled());
+        if deadline <= self.elapsed {
+            return false;
+        }
+        links.link_mut(id).deadline = deadline;
+        self.file(links, id, deadline);
+        self.len += 1;
+        true
+    }
+
+    /// Cancel entry `id`. Returns whether it was scheduled; cancelling an
+    /// entry that already fired or was never filed does nothing.
+    pub(crate) fn cancel<L: Links>(&mut self, links: &mut L, id: u32) -> bool {
+        let link = *links.link(id);
+        if !link.is_scheduled() {
+            return false;
+        }
+        if link.prev != NIL {
+            links.link_mut(link.prev).next = link.next;
+        } else {
+            *self.head_mut(link.place) = link.next;
+        }
+        if link.next != NIL {
+            links.link_mut(link.next).prev = link.prev;
+        }
+        if link.prev == NIL && link.next == NIL && link.place != PARKED {
+            let idx = usize::from(link.place - 1);
+            self.occupied[idx / SLOTS] &= !(1u64 << (idx % SLOTS));
+        }
+        *links.link_mut(id) = Link::default();
+        self.len -= 1;
+        true
+    }
+
+    /// Fire every entry whose deadline is at or before `now`, pushing their
+    /// ids to `fired` (in no particular order) and unscheduling them.
+    pub(crate) fn advance<L: Links>(&mut self, links: &mut L, now: u64, fired: &mut Vec<u32>) {
+        if now < self.elapsed {
+            return;
+        }
+        loop {
+            let next = self.next_expiration();
+            if self.parked != NIL {
+                let refile_at = self.parked_min & !(EPOCH - 1);
+                let bound = next.map_or(now, |(_, _, start)| start.min(now));
+                if refile_at <= bound {
+                    self.elapsed = self.elapsed.max(refile_at);
+                    self.refile_parked(links, now, fired);
+                    continue;
+                }
+            }
+            let Some((level, slot, start)) = next else {
+                break;
+            };
+            if start > now {
+                break;
+            }
+            self.elapsed = self.elapsed.max(start);
+            let mut id = std::mem::replace(&mut self.heads[level][slot], NIL);
+            self.occupied[level] &= !(1u64 << slot);
+            while id != NIL {
+                let link = *links.link(id);
+                if link.deadline <= now {
+                    *links.link_mut(id) = Link::default();
+                    self.len -= 1;
+                    fired.push(id);
+                } else {
+                    // INVARIANT: the entry shares its level-`level` slot with
+                    // `elapsed`, so it drops to a lower level.
+                    self.file(links, id, link.deadline);
+                }
+                id = link.next;
+            }
+        }
+        self.elapsed = now;
+    }
+
+    /// A tick at or before the earliest scheduled deadline, at which
+    /// [`advance`](Self::advance) has work to do; `None` when nothing is
+    /// scheduled. Exact for entries due within 64 ticks.
+    pub(crate) fn next_wakeup(&self) -> Option<u64> {
+        let wheel = self.next_expiration().map(|(_, _, s)| s.max(self.elapsed));
+        let parked = (self.parked != NIL).then(|| (self.parked_min & !(EPOCH - 1)).max(self.elapsed));
+        match (wheel, parked) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn head_mut(&mut self, place: u16) -> &mut u32 {
+        if place == PARKED {
+            &mut self.parked
+        } else {
+            let idx = usize::from(place - 1);
+            &mut self.heads[idx / SLOTS][idx % SLOTS]
+        }
+    }
+
+    fn file<L: Links>(&mut self, links: &mut L, id: u32, deadline: u64) {
+        let level = level_for(self.elapsed, deadline);
+        let place = if level >= LEVELS {
+            self.parked_min = self.parked_min.min(deadline);
+            PARKED
+        } else {
+            let slot = slot_for(deadline, level);
+            self.occupied[level] |= 1u64 << slot;
+            place_of(level, slot)
+        };
+        let head = self.head_mut(place);
+        let old = std::mem::replace(head, id);
+        let link = links.link_mut(id);
+        link.prev = NIL;
+        link.next = old;
+        link.place = place;
+        if old != NIL {
+            links.link_mut(old).prev = id;
+        }
+    }
+
+    fn refile_parked<L: Links>(&mut self, links: &mut L, now: u64, fired: &mut Vec<u32>) {
+        let mut id = std::mem::replace(&mut self.parked, NIL);
+        self.parked_min = u64::MAX;
+        while id != NIL {
+            let link = *links.link(id);
+            if link.deadline <= now {
+                *links.link_mut(id) = Link::default();
+                self.len -= 1;
+                fired.push(id);
+            } else {
+                self.file(links, id, link.deadline);
+            }
+            id = link.next;
+        }
+    }
+
+    /// The earliest occupied slot: its level, index and first tick.
+    fn next_expiration(&self) -> Option<(usize, usize, u64)> {
+        for level in 0..LEVELS {
+            let occupied = self.occupied[level];
+            if occupied == 0 {
+                continue;
+            }
+            let pos = slot_for(self.elapsed, level);
+            let zeros = occupied.rotate_right(pos as u32).trailing_zeros() as usize;
+            let slot = (pos + zeros) % SLOTS;
+            let slot_span = 1u64 << (level * SLOT_BITS as usize);
+            let level_span = slot_span << SLOT_BITS;
+            let level_start = self.elapsed & !(level_span - 1);
+            let mut start = level_start + slot as u64 * slot_span;
+            if slot < pos {
+                start = start.saturating_add(level_span);
+            }
+            return Some((level, slot, start));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    struct Harness {
+        wheel: Wheel,
+        links: Vec<Link>,
+        model: BTreeMap<u32, u64>,
+    }
+
+    impl Harness {
+        fn new(start: u64, n: usize) -> Self {
+            Harness {
+                wheel: Wheel::new(start),
+                links: vec![Link::default(); n],
+                model: BTreeMap::new(),
+            }
+        }
+
+        fn schedule(&mut self, id: u32, deadline: u64) -> bool {
+            let filed = self.wheel.schedule(&mut self.links, id, deadline);
+            assert_eq!(filed, deadline > self.wheel.elapsed());
+            if filed {
+                self.model.insert(id, deadline);
+            }
+            filed
+        }
+
+        fn cancel(&mut self, id: u32) -> bool {
+            let was = self.wheel.cancel(&mut self.links, id);
+            assert_eq!(was, self.model.remove(&id).is_some());
+            was
+        }
+
+        /// Advance and check that exactly the model's due entries fired.
+        fn advance(&mut self, now: u64) -> Vec<u32> {
+            let mut fired = Vec::new();
+            self.wheel.advance(&mut self.links, now, &mut fired);
+            fired.sort_unstable();
+            let now = now.max(self.wheel.elapsed());
+            let due: Vec<u32> = self
+                .model
+                .iter()
+                .filter(|(_, &d)| d <= now)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in &due {
+                self.model.remove(id);
+            }
+            assert_eq!(fired, due, "fired set differs at tick {now}");
+            assert_eq!(self.wheel.len(), self.model.len());
+            if let Some(min) = self.model.values().min() {
+                let wake = self.wheel.next_wakeup().expect("entries are scheduled");
+                assert!(wake <= *min, "wakeup {wake} after earliest deadline {min}");
+                assert!(wake >= self.wheel.elapsed());
+            } else {
+                assert_eq!(self.wheel.next_wakeup(), None);
+            }
+            fired
+        }
+    }
+
+    #[test]
+    fn level_for_matches_the_geometry_table() {
+        assert_eq!(level_for(0, 1), 0);
+        assert_eq!(level_for(0, 63), 0);
+        assert_eq!(level_for(0, 64), 1);
+        assert_eq!(level_for(0, 4095), 1);
+        assert_eq!(level_for(0, 4096), 2);
+        assert_eq!(level_for(0, (1 << 36) - 1), 5);
+        assert_eq!(level_for(0, 1 << 36), LEVELS);
+        assert_eq!(level_for(63, 64), 1);
+    }
+
+    #[test]
+    fn every_level_boundary_fires_exactly_on_its_tick() {
+        for start in [0u64, 1, 63, 64, 1000, (1 << 36) - 3] {
+            for level in 0..=LEVELS {
+                let span = 1u64 << (level * 6);
+                let mut h = Harness::new(start, 8);
+                let deadlines = [span - 1, span, span + 1, 2 * span, 2 * span - 1];
+                for (i, d) in deadlines.iter().enumerate() {
+                    h.schedule(i as u32, start + d.max(&1));
+                }
+                let mut ticks: Vec<u64> = h.model.values().copied().collect();
+                ticks.sort_unstable();
+                ticks.dedup();
+                for t in ticks {
+                    // One tick before: nothing due at t may fire.
+                    h.advance(t - 1);
+                    let fired = h.advance(t);
+                    assert!(!fired.is_empty(), "nothing fired at {t} (level {level})");
+                }
+                assert!(h.model.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn parked_entries_are_refiled_and_fire_on_time() {
+        let mut h = Harness::new(5, 4);
+        let far = 5 + EPOCH * 3 + 17;
+        h.schedule(0, far);
+        h.schedule(1, 5 + EPOCH + 1);
+        h.schedule(2, 5 + 10);
+        assert_eq!(h.links[0].place, PARKED);
+        h.advance(5 + 10);
+        h.advance(5 + EPOCH);
+        h.advance(5 + EPOCH + 1);
+        assert!(h.model.contains_key(&0));
+        h.advance(far - 1);
+        assert_eq!(h.advance(far), vec![0]);
+    }
+
+    #[test]
+    fn a_jump_of_centuries_fires_everything_due() {
+        let mut h = Harness::new(0, 64);
+        for i in 0..64u32 {
+            h.schedule(i, 1 + u64::from(i) * 1_000_003_117);
+        }
+        h.advance(EPOCH * 5);
+        assert!(h.model.is_empty());
+    }
+
+    #[test]
+    fn cancel_filed_parked_and_fired_entries() {
+        let mut h = Harness::new(100, 4);
+        h.schedule(0, 150);
+        h.schedule(1, 100 + EPOCH * 2);
+        h.schedule(2, 120);
+        assert!(h.cancel(0));
+        assert!(!h.cancel(0), "second cancel is a no-op");
+        assert!(h.cancel(1));
+        assert_eq!(h.advance(200), vec![2]);
+        assert!(!h.cancel(2), "cancel after firing is a no-op");
+        // A cancelled id can be scheduled again.
+        assert!(h.schedule(0, 300));
+        assert_eq!(h.advance(300), vec![0]);
+    }
+
+    #[test]
+    fn due_deadlines_are_refused_and_time_never_goes_back() {
+        let mut h = Harness::new(100, 2);
+        assert!(!h.schedule(0, 100));
+        assert!(!h.schedule(0, 50));
+        assert!(h.schedule(0, 101));
+        h.wheel.advance(&mut h.links, 10, &mut Vec::new());
+        assert_eq!(h.wheel.elapsed(), 100);
+        assert_eq!(h.advance(101), vec![0]);
+    }
+
+    #[test]
+    fn a_cancel_in_the_middle_of_a_list_keeps_the_rest() {
+        let mut h = Harness::new(0, 5);
+        for i in 0..5 {
+            h.schedule(i, 10);
+        }
+        h.cancel(2);
+        h.cancel(4);
+        h.cancel(0);
+        assert_eq!(h.advance(10), vec![1, 3]);
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Schedule(u32, u64),
+            Cancel(u32),
+            Advance(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0u32..32, prop_oneof![1u64..100, 1u64..10_000, 1u64..(1 << 40)])
+                    .prop_map(|(i, d)| Op::Schedule(i, d)),
+                2 => (0u32..32).prop_map(Op::Cancel),
+                3 => prop_oneof![0u64..70, 0u64..5000, 0u64..(1 << 38)].prop_map(Op::Advance),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn wheel_matches_a_sorted_map(start in 0u64..(1 << 40), ops in proptest::collection::vec(op(), 1..120)) {
+                let mut h = Harness::new(start, 32);
+                for op in ops {
+                    match op {
+                        Op::Schedule(id, delta) => {
+                            if h.links[id as usize].is_scheduled() {
+                                h.cancel(id);
+                            }
+                            let elapsed = h.wheel.elapsed();
+                            h.schedule(id, elapsed + delta);
+                        }
+                        Op::Cancel(id) => {
+                            h.cancel(id);
+                        }
+                        Op::Advance(by) => {
+                            let now = h.wheel.elapsed() + by;
+                            h.advance(now);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
