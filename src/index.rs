@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::ids::{EntityId, EntityRef, UserId};
+use crate::ids::{EntityId, EntityKind, EntityRef, UserId};
 
 /// Tables per key shape.
 pub(crate) const SHARDS: usize = 64;
@@ -653,6 +653,7 @@ impl IndexWriter {
     }
 
     /// The summary of the pair at `loc`.
+    #[cfg(test)]
     pub(crate) fn summary_at(&self, loc: Locator) -> Summary {
         let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
         if loc.uuid_entity {
@@ -711,6 +712,70 @@ impl IndexWriter {
                 reader.publish(self, Some(old));
             }
         }
+    }
+}
+
+/// Decode a stored key into its ids.
+trait Decode {
+    fn decode(&self) -> (UserId, EntityId);
+}
+
+impl Decode for Key<4> {
+    fn decode(&self) -> (UserId, EntityId) {
+        let [hi, lo, id, kind] = self.0;
+        (
+            UserId::from_u128((u128::from(hi) << 64) | u128::from(lo)),
+            EntityId::new(EntityKind::custom(kind as u16), EntityRef::Number(id)),
+        )
+    }
+}
+
+impl Decode for Key<5> {
+    fn decode(&self) -> (UserId, EntityId) {
+        let [hi, lo, ehi, elo, kind] = self.0;
+        let e = (u128::from(ehi) << 64) | u128::from(elo);
+        (
+            UserId::from_u128((u128::from(hi) << 64) | u128::from(lo)),
+            EntityId::new(EntityKind::custom(kind as u16), EntityRef::Uuid(uuid::Uuid::from_u128(e))),
+        )
+    }
+}
+
+impl IndexWriter {
+    /// The ids of the pair at `loc`.
+    pub(crate) fn pair_at(&self, loc: Locator) -> (UserId, EntityId) {
+        let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
+        if loc.uuid_entity {
+            self.uuid[shard].table.slots[slot].load().key.decode()
+        } else {
+            self.num[shard].table.slots[slot].load().key.decode()
+        }
+    }
+
+    /// Every pair: where it is and its ids, in table order.
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = (Locator, UserId, EntityId)> + '_ {
+        fn walk<'a, const K: usize>(
+            shards: &'a [Shard<K>],
+            uuid_entity: bool,
+        ) -> impl Iterator<Item = (Locator, UserId, EntityId)> + 'a
+        where
+            Key<K>: Decode,
+        {
+            shards.iter().enumerate().flat_map(move |(shard, s)| {
+                s.table.slots.iter().enumerate().filter_map(move |(slot, sl)| {
+                    (sl.meta() & OCCUPIED != 0).then(|| {
+                        let (u, e) = sl.load().key.decode();
+                        let loc = Locator {
+                            uuid_entity,
+                            shard: shard as u8,
+                            slot: slot as u32,
+                        };
+                        (loc, u, e)
+                    })
+                })
+            })
+        }
+        walk(&self.num, false).chain(walk(&self.uuid, true))
     }
 }
 

@@ -1,8 +1,19 @@
-//! grantwheel
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
 pub mod clock;
+mod engine;
+pub mod error;
+pub mod events;
 pub mod ids;
-pub(crate) mod index;
-pub(crate) mod wheel;
+mod index;
+mod wheel;
+
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use ids::*;
+pub use engine::{
+    Access, Driver, Engine, EngineBuilder, Expiry, Footprint, Grant, OverMax, RepeatShare,
+};
+pub use error::Error;
+pub use events::{Event, RevokeReason, SubscriptionId};
+pub use ids::{Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};

@@ -74,11 +74,6 @@ impl Link {
     pub(crate) fn is_scheduled(&self) -> bool {
         self.place != UNSCHEDULED
     }
-
-    /// The tick the entry is scheduled for (meaningful when scheduled).
-    pub(crate) fn deadline(&self) -> u64 {
-        self.deadline
-    }
 }
 
 /// Access to the links of the caller's records, by id.
@@ -143,6 +138,7 @@ impl Wheel {
     }
 
     /// The tick up to which every due entry has been fired.
+    #[cfg(test)]
     pub(crate) fn elapsed(&self) -> u64 {
         self.elapsed
     }

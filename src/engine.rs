@@ -1,0 +1,1355 @@
+//! The engine: grants, checks, expiry, events.
+//!
+//! # Ground rules
+//!
+//! - **Checks** read the lock-free index (see `index.rs`) and compare the
+//!   pair's stored read-until or edit-until instant with the engine's time.
+//!   They take no lock, allocate nothing once a thread has checked before,
+//!   and never touch the timing wheel or a store.
+//! - **Changes** (share, extend, revoke, advance) run one at a time under the
+//!   state mutex. Each starts by reclaiming what is due, so the state a
+//!   change sees holds no grant whose reclaim tick has passed.
+//! - **Time** is the latest instant the clock has ever shown to this engine:
+//!   a clock stepping back never revives a grant.
+//! - **Live** means `now < expires`. A grant past its expiry but not yet
+//!   reclaimed (within its last tick) answers no to every check, is not
+//!   listed and cannot be revoked or extended; the next advance reclaims it.
+//! - **One live grant per (user, entity, context)**; a repeated share follows
+//!   the configured [`RepeatShare`] rule. A pair's access is the highest
+//!   level among its live grants.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{from_millis, max_millis, to_millis, to_millis_i64, Clock, SystemClock};
+use crate::error::Error;
+use crate::events::{Event, Hub, RevokeReason, SubscriptionId};
+use crate::ids::{Context, EntityId, GrantId, Level, UserId};
+use crate::index::{new_index, IndexReader, IndexWriter, Locator, PairKey, Summary};
+use crate::wheel::{Link, Links, Wheel};
+
+const NIL: u32 = u32::MAX;
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// One grant as the API shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Its id: (user, entity, context, serial).
+    pub id: GrantId,
+    /// The access it gives.
+    pub level: Level,
+    /// The instant it ends (exclusive: at this instant it no longer holds).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How long a share lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// The engine's default duration (90 days unless configured).
+    Default,
+    /// This long from now.
+    After(chrono::Duration),
+    /// Until this instant.
+    At(DateTime<Utc>),
+}
+
+/// What to do with a duration above the configured maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverMax {
+    /// Refuse the share with an error naming the field.
+    Reject,
+    /// Shorten it to the maximum.
+    Clamp,
+}
+
+/// What a share does when its (user, entity, context) already has a live
+/// grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RepeatShare {
+    /// Revoke the old grant (reason `Replaced`) and create the new one.
+    Replace,
+    /// Keep the old grant, raised to the later expiry and the higher level.
+    KeepLater,
+    /// Refuse with [`Error::AlreadyShared`].
+    Reject,
+}
+
+/// The effective access of a (user, entity) pair right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// The highest level among the pair's live grants.
+    pub level: Level,
+    /// Until when that level holds.
+    pub until: DateTime<Utc>,
+    /// Until when reading holds (at or after `until`).
+    pub read_until: DateTime<Utc>,
+}
+
+/// Memory the engine holds for its grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Grants held (live, or expired and not yet reclaimed).
+    pub grants: usize,
+    /// (user, entity) pairs with at least one grant held.
+    pub pairs: usize,
+    /// Bytes of the index tables (all slots, used or not).
+    pub index_bytes: usize,
+    /// Bytes of the grant records in use.
+    pub grant_bytes: usize,
+}
+
+/// Builds an [`Engine`].
+///
+/// ```
+/// use grantwheel::{Engine, ManualClock, OverMax, RepeatShare};
+/// use chrono::{Duration, Utc};
+///
+/// let engine = Engine::builder()
+///     .clock(ManualClock::new(Utc::now()))
+///     .default_duration(Duration::days(30))
+///     .max_duration(Duration::days(365), OverMax::Clamp)
+///     .repeat_share(RepeatShare::KeepLater)
+///     .tick(Duration::seconds(1))
+///     .warn_before([Duration::days(14), Duration::days(1)])
+///     .build()
+///     .unwrap();
+/// assert!(engine.is_empty());
+/// ```
+pub struct EngineBuilder {
+    clock: Arc<dyn Clock>,
+    default_duration: chrono::Duration,
+    max_duration: chrono::Duration,
+    over_max: OverMax,
+    repeat: RepeatShare,
+    tick: chrono::Duration,
+    warnings: Vec<chrono::Duration>,
+    capacity: usize,
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            clock: Arc::new(SystemClock),
+            default_duration: chrono::Duration::days(90),
+            max_duration: chrono::Duration::days(3660),
+            over_max: OverMax::Reject,
+            repeat: RepeatShare::Replace,
+            tick: chrono::Duration::seconds(1),
+            warnings: Vec::new(),
+            capacity: 0,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// The clock (default: [`SystemClock`]).
+    ///
+    /// ```
+    /// use grantwheel::{Engine, ManualClock};
+    /// let clock = ManualClock::new(chrono::Utc::now());
+    /// let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    /// assert_eq!(engine.now(), chrono::Utc::now().min(engine.now()));
+    /// ```
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The duration of a share that names none (default: 90 days).
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, ManualClock, UserId};
+    /// use chrono::{Duration, Utc};
+    /// let clock = ManualClock::new(Utc::now());
+    /// let engine = Engine::builder().clock(clock).default_duration(Duration::days(7)).build().unwrap();
+    /// let g = engine.share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::Default).unwrap();
+    /// assert_eq!(g.expires_at - engine.now(), Duration::days(7));
+    /// ```
+    pub fn default_duration(mut self, d: chrono::Duration) -> Self {
+        self.default_duration = d;
+        self
+    }
+
+    /// The longest share allowed, and what to do with a longer one
+    /// (default: 3,660 days, rejected).
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, OverMax, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::builder()
+    ///     .default_duration(Duration::days(7))
+    ///     .max_duration(Duration::days(30), OverMax::Reject)
+    ///     .build()
+    ///     .unwrap();
+    /// let err = engine
+    ///     .share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::days(31)))
+    ///     .unwrap_err();
+    /// assert_eq!(err.field(), Some("duration"));
+    /// ```
+    pub fn max_duration(mut self, d: chrono::Duration, over: OverMax) -> Self {
+        self.max_duration = d;
+        self.over_max = over;
+        self
+    }
+
+    /// What a repeated share of a live (user, entity, context) does
+    /// (default: [`RepeatShare::Replace`]).
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Error, Expiry, Level, RepeatShare, UserId};
+    /// let engine = Engine::builder().repeat_share(RepeatShare::Reject).build().unwrap();
+    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
+    /// engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap();
+    /// let again = engine.share(u, e, Context::Direct, Level::Edit, Expiry::Default);
+    /// assert!(matches!(again, Err(Error::AlreadyShared { .. })));
+    /// ```
+    pub fn repeat_share(mut self, rule: RepeatShare) -> Self {
+        self.repeat = rule;
+        self
+    }
+
+    /// The timing wheel's resolution (default: 1 second; from 1 ms to 1
+    /// day). Checks are exact to the millisecond whatever the tick; the tick
+    /// sets how soon after its expiry a grant is reclaimed and its `Expired`
+    /// event raised.
+    ///
+    /// ```
+    /// use grantwheel::Engine;
+    /// assert!(Engine::builder().tick(chrono::Duration::milliseconds(100)).build().is_ok());
+    /// assert!(Engine::builder().tick(chrono::Duration::zero()).build().is_err());
+    /// ```
+    pub fn tick(mut self, tick: chrono::Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Raise [`Event::ExpiringSoon`] this long before each grant expires,
+    /// for each offset given (default: none).
+    ///
+    /// ```
+    /// use grantwheel::Engine;
+    /// use chrono::Duration;
+    /// let engine = Engine::builder().warn_before([Duration::days(14), Duration::days(1)]).build();
+    /// assert!(engine.is_ok());
+    /// ```
+    pub fn warn_before(mut self, offsets: impl IntoIterator<Item = chrono::Duration>) -> Self {
+        self.warnings = offsets.into_iter().collect();
+        self
+    }
+
+    /// Room for this many grants on numeric entities, reserved up front.
+    pub fn capacity(mut self, grants: usize) -> Self {
+        self.capacity = grants;
+        self
+    }
+
+    /// Check the settings and build the engine.
+    pub fn build(self) -> Result<Engine, Error> {
+        let positive_ms = |field: &'static str, d: chrono::Duration| -> Result<u64, Error> {
+            let ms = d.num_milliseconds();
+            if ms <= 0 {
+                return Err(Error::invalid(field, format!("`{d}` is not at least one millisecond")));
+            }
+            Ok(ms.unsigned_abs())
+        };
+        let default_ms = positive_ms("default_duration", self.default_duration)?;
+        let max_ms = positive_ms("max_duration", self.max_duration)?;
+        let tick_ms = positive_ms("tick", self.tick)?;
+        if self.tick.num_milliseconds() > MS_PER_DAY {
+            return Err(Error::invalid("tick", format!("`{}` is longer than one day", self.tick)));
+        }
+        if default_ms > max_ms {
+            return Err(Error::invalid(
+                "default_duration",
+                format!(
+                    "`{}` is longer than the maximum duration `{}`",
+                    self.default_duration, self.max_duration
+                ),
+            ));
+        }
+        let mut warnings = Vec::with_capacity(self.warnings.len());
+        for w in &self.warnings {
+            warnings.push(positive_ms("warn_before", *w)?);
+        }
+        warnings.sort_unstable_by(|a, b| b.cmp(a));
+        warnings.dedup();
+        if warnings.len() >= usize::from(u8::MAX) {
+            return Err(Error::invalid("warn_before", "more than 254 warning offsets"));
+        }
+        let (reader, mut index) = new_index();
+        let clock = self.clock;
+        let now = to_millis_i64(clock.now_millis());
+        let mut grants = Vec::new();
+        if self.capacity > 0 {
+            grants.reserve(self.capacity);
+            index.reserve_numeric(&reader, self.capacity, &mut |_, _| {});
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                reader,
+                clock,
+                high_water: AtomicU64::new(now),
+                cfg: Config {
+                    default_ms,
+                    max_ms,
+                    over_max: self.over_max,
+                    repeat: self.repeat,
+                    tick_ms,
+                    warnings,
+                },
+                state: Mutex::new(State {
+                    index,
+                    grants,
+                    free: Vec::new(),
+                    wheel: Wheel::new(now / tick_ms),
+                    next_serial: 1,
+                    held: 0,
+                    fired: Vec::new(),
+                }),
+                hub: Hub::default(),
+            }),
+        })
+    }
+}
+
+struct Config {
+    default_ms: u64,
+    max_ms: u64,
+    over_max: OverMax,
+    repeat: RepeatShare,
+    tick_ms: u64,
+    /// Warning offsets, longest first.
+    warnings: Vec<u64>,
+}
+
+impl Config {
+    /// The next timer of a grant: the first warning still ahead, else the
+    /// expiry. Returns the stage (`warnings.len()` for the expiry) and its
+    /// instant.
+    fn next_timer(&self, expires: u64, now: u64) -> (u8, u64) {
+        for (i, w) in self.warnings.iter().enumerate() {
+            let at = expires.saturating_sub(*w);
+            if at > now {
+                return (i as u8, at);
+            }
+        }
+        (self.warnings.len() as u8, expires)
+    }
+
+    fn tick_of(&self, instant: u64) -> u64 {
+        instant.div_ceil(self.tick_ms)
+    }
+
+    /// The expiry instant a share asks for, validated.
+    fn resolve(&self, now: u64, expiry: Expiry) -> Result<u64, Error> {
+        let (field, ms) = match expiry {
+            Expiry::Default => ("duration", self.default_ms),
+            Expiry::After(d) => {
+                let ms = d.num_milliseconds();
+                if ms <= 0 {
+                    return Err(Error::invalid(
+                        "duration",
+                        format!("`{d}` is not at least one millisecond"),
+                    ));
+                }
+                ("duration", ms.unsigned_abs())
+            }
+            Expiry::At(t) => {
+                let at = to_millis(t);
+                if at <= now {
+                    return Err(Error::invalid(
+                        "expires_at",
+                        format!("`{t}` is not after the current time `{}`", from_millis(now)),
+                    ));
+                }
+                ("expires_at", at - now)
+            }
+        };
+        self.expiry_after(now, field, ms)
+    }
+
+    fn expiry_after(&self, now: u64, field: &'static str, mut ms: u64) -> Result<u64, Error> {
+        if ms > self.max_ms {
+            match self.over_max {
+                OverMax::Clamp => ms = self.max_ms,
+                OverMax::Reject => {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "a duration of {} ms is longer than the maximum of {} ms",
+                            ms, self.max_ms
+                        ),
+                    ))
+                }
+            }
+        }
+        match now.checked_add(ms) {
+            Some(at) if at <= max_millis() => Ok(at),
+            _ => Err(Error::invalid(
+                field,
+                "the expiry would fall after the latest representable instant",
+            )),
+        }
+    }
+}
+
+/// A grant as the engine stores it.
+#[derive(Clone, Copy, Debug)]
+struct GrantRec {
+    link: Link,
+    expires: u64,
+    serial: u64,
+    ctx_hi: u64,
+    ctx_lo: u64,
+    loc: Locator,
+    ctx_kind: u32,
+    /// The next grant of the same pair.
+    next: u32,
+    level: Level,
+    /// The pending timer: a warning index, or `warnings.len()` for expiry.
+    stage: u8,
+    used: bool,
+}
+
+impl GrantRec {
+    fn context(&self) -> Context {
+        Context::unpack(
+            self.ctx_kind,
+            (u128::from(self.ctx_hi) << 64) | u128::from(self.ctx_lo),
+        )
+    }
+}
+
+impl Links for Vec<GrantRec> {
+    fn link(&self, id: u32) -> &Link {
+        &self[id as usize].link
+    }
+    fn link_mut(&mut self, id: u32) -> &mut Link {
+        &mut self[id as usize].link
+    }
+}
+
+struct State {
+    index: IndexWriter,
+    grants: Vec<GrantRec>,
+    free: Vec<u32>,
+    wheel: Wheel,
+    next_serial: u64,
+    held: usize,
+    fired: Vec<u32>,
+}
+
+struct Inner {
+    reader: IndexReader,
+    clock: Arc<dyn Clock>,
+    high_water: AtomicU64,
+    cfg: Config,
+    state: Mutex<State>,
+    hub: Hub,
+}
+
+/// The grant engine: shares, checks, revokes and expires time-limited
+/// access. `Send + Sync`; clone it to share it (clones are handles on the
+/// same engine).
+///
+/// ```
+/// use grantwheel::{Context, Engine, EntityId, Expiry, Level, ManualClock, UserId};
+/// use chrono::{Duration, TimeZone, Utc};
+///
+/// let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap());
+/// let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+/// let (alice, lead) = (UserId::from_u128(7), EntityId::lead(869196));
+///
+/// engine.share(alice, lead, Context::Direct, Level::Read, Expiry::After(Duration::minutes(30))).unwrap();
+/// assert!(engine.can_read(&alice, &lead));
+/// assert!(!engine.can_edit(&alice, &lead));
+///
+/// clock.advance(Duration::minutes(30));
+/// assert!(!engine.can_read(&alice, &lead)); // expired, even before reclaiming
+/// assert_eq!(engine.advance(), 1);
+/// assert!(engine.is_empty());
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("grants", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a change collects while it holds the state lock.
+struct Changes<'a> {
+    events: Vec<Event>,
+    want: bool,
+    cfg: &'a Config,
+}
+
+impl Changes<'_> {
+    fn push(&mut self, make: impl FnOnce() -> Event) {
+        if self.want {
+            self.events.push(make());
+        }
+    }
+}
+
+impl State {
+    fn alloc(&mut self, rec: GrantRec) -> u32 {
+        self.held += 1;
+        if let Some(g) = self.free.pop() {
+            self.grants[g as usize] = rec;
+            g
+        } else {
+            self.grants.push(rec);
+            // INVARIANT: fewer than 2^32 - 1 grants are held at once.
+            (self.grants.len() - 1) as u32
+        }
+    }
+
+    fn grant(&self, g: u32) -> Grant {
+        let rec = &self.grants[g as usize];
+        let (user, entity) = self.index.pair_at(rec.loc);
+        Grant {
+            id: GrantId {
+                user,
+                entity,
+                context: rec.context(),
+                serial: rec.serial,
+            },
+            level: rec.level,
+            expires_at: from_millis(rec.expires),
+        }
+    }
+
+    fn summary_of(&self, head: u32) -> Summary {
+        let mut s = Summary::default();
+        let mut g = head;
+        while g != NIL {
+            let rec = &self.grants[g as usize];
+            s.read_until = s.read_until.max(rec.expires);
+            if rec.level == Level::Edit {
+                s.edit_until = s.edit_until.max(rec.expires);
+            }
+            g = rec.next;
+        }
+        s
+    }
+
+    /// The grants of the pair at `loc`.
+    fn pair_grants(&self, loc: Locator) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut g = self.index.head(loc);
+        while g != NIL {
+            out.push(g);
+            g = self.grants[g as usize].next;
+        }
+        out
+    }
+
+    /// The grant of a pair with this context (live or not).
+    fn find_context(&self, loc: Locator, ctx: (u32, u128)) -> Option<u32> {
+        let mut g = self.index.head(loc);
+        while g != NIL {
+            let rec = &self.grants[g as usize];
+            if rec.ctx_kind == ctx.0 && rec.ctx_hi == (ctx.1 >> 64) as u64 && rec.ctx_lo == ctx.1 as u64 {
+                return Some(g);
+            }
+            g = rec.next;
+        }
+        None
+    }
+
+    /// Find a live grant by id.
+    fn find_id(&self, id: &GrantId, now: u64) -> Option<u32> {
+        let key = PairKey::new(&id.user, &id.entity);
+        let loc = self.index.find(&key, self.index.hash(&key))?;
+        let g = self.find_context(loc, id.context.pack())?;
+        let rec = &self.grants[g as usize];
+        (rec.serial == id.serial && rec.expires > now).then_some(g)
+    }
+
+    /// Put a new grant record into its pair (creating the pair).
+    fn attach(&mut self, reader: &IndexReader, key: &PairKey, g: u32) {
+        let hash = self.index.hash(key);
+        match self.index.find(key, hash) {
+            Some(loc) => {
+                let head = self.index.head(loc);
+                self.grants[g as usize].next = head;
+                self.grants[g as usize].loc = loc;
+                let summary = self.summary_of(g);
+                self.index.update(loc, g, summary);
+            }
+            None => {
+                self.grants[g as usize].next = NIL;
+                let summary = self.summary_of(g);
+                let grants = &mut self.grants;
+                let loc = self.index.insert(reader, key, hash, g, summary, &mut |head, loc| {
+                    relocate(grants, head, loc)
+                });
+                self.grants[g as usize].loc = loc;
+            }
+        }
+    }
+
+    /// Take a grant out of its pair, the wheel and the slab.
+    fn detach(&mut self, reader: &IndexReader, g: u32) {
+        let rec = self.grants[g as usize];
+        self.wheel.cancel(&mut self.grants, g);
+        let head = self.index.head(rec.loc);
+        let new_head = if head == g {
+            rec.next
+        } else {
+            let mut p = head;
+            while p != NIL && self.grants[p as usize].next != g {
+                p = self.grants[p as usize].next;
+            }
+            if p != NIL {
+                self.grants[p as usize].next = rec.next;
+            }
+            head
+        };
+        if new_head == NIL {
+            let grants = &mut self.grants;
+            self.index
+                .remove(reader, rec.loc, &mut |head, loc| relocate(grants, head, loc));
+        } else {
+            let summary = self.summary_of(new_head);
+            self.index.update(rec.loc, new_head, summary);
+        }
+        self.grants[g as usize].used = false;
+        self.grants[g as usize].next = NIL;
+        self.free.push(g);
+        self.held -= 1;
+    }
+
+    /// Arm a grant's next timer. Returns `false` if it is due already.
+    fn arm(&mut self, cfg: &Config, g: u32, now: u64) -> bool {
+        let (stage, at) = cfg.next_timer(self.grants[g as usize].expires, now);
+        self.grants[g as usize].stage = stage;
+        let tick = cfg.tick_of(at);
+        self.wheel.schedule(&mut self.grants, g, tick)
+    }
+
+    /// Set a live grant's expiry and level, re-arming its timer and
+    /// refreshing its pair.
+    fn change(&mut self, cfg: &Config, g: u32, expires: u64, level: Level, now: u64) {
+        self.wheel.cancel(&mut self.grants, g);
+        let rec = &mut self.grants[g as usize];
+        rec.expires = expires;
+        rec.level = level;
+        let loc = rec.loc;
+        let armed = self.arm(cfg, g, now);
+        debug_assert!(armed, "a live grant's timer is ahead of now");
+        let head = self.index.head(loc);
+        let summary = self.summary_of(head);
+        self.index.update(loc, head, summary);
+    }
+
+    /// Reclaim what is due at `now`, raising warnings and expiries.
+    fn advance(&mut self, reader: &IndexReader, ch: &mut Changes<'_>, now: u64) -> usize {
+        let cfg = ch.cfg;
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(&mut self.grants, now / cfg.tick_ms, &mut fired);
+        let mut expired = 0;
+        let mut timed: Vec<(u64, u64, Event)> = Vec::new();
+        for &g in &fired {
+            let rec = self.grants[g as usize];
+            let warning = usize::from(rec.stage) < cfg.warnings.len();
+            if warning {
+                if rec.expires > now && ch.want {
+                    let at = rec.expires.saturating_sub(cfg.warnings[usize::from(rec.stage)]);
+                    let grant = self.grant(g);
+                    timed.push((
+                        at,
+                        rec.serial,
+                        Event::ExpiringSoon {
+                            grant,
+                            warned_at: from_millis(at),
+                        },
+                    ));
+                }
+                if self.arm(cfg, g, now) {
+                    continue;
+                }
+            }
+            if ch.want {
+                timed.push((rec.expires, rec.serial, Event::Expired(self.grant(g))));
+            }
+            self.detach(reader, g);
+            expired += 1;
+        }
+        fired.clear();
+        self.fired = fired;
+        if !timed.is_empty() {
+            timed.sort_by_key(|(at, serial, _)| (*at, *serial));
+            ch.events.extend(timed.into_iter().map(|(_, _, e)| e));
+        }
+        expired
+    }
+
+    /// Revoke the given grants (all live), in serial order.
+    fn revoke_all(&mut self, reader: &IndexReader, ch: &mut Changes<'_>, mut gs: Vec<u32>) -> Vec<Grant> {
+        gs.sort_by_key(|g| self.grants[*g as usize].serial);
+        let mut out = Vec::with_capacity(gs.len());
+        for g in gs {
+            let grant = self.grant(g);
+            ch.push(|| Event::Revoked {
+                grant,
+                reason: RevokeReason::Requested,
+            });
+            self.detach(reader, g);
+            out.push(grant);
+        }
+        out
+    }
+
+    /// Live grants on pairs accepted by `keep`.
+    fn live_where(&self, now: u64, keep: impl Fn(&UserId, &EntityId) -> bool) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (loc, user, entity) in self.index.pairs() {
+            if keep(&user, &entity) {
+                out.extend(
+                    self.pair_grants(loc)
+                        .into_iter()
+                        .filter(|g| self.grants[*g as usize].expires > now),
+                );
+            }
+        }
+        out
+    }
+
+    fn sorted_by_expiry(&self, mut gs: Vec<u32>) -> Vec<Grant> {
+        gs.sort_by_key(|g| {
+            let r = &self.grants[*g as usize];
+            (r.expires, r.serial)
+        });
+        gs.into_iter().map(|g| self.grant(g)).collect()
+    }
+}
+
+/// Record a pair's new place in each of its grants.
+fn relocate(grants: &mut [GrantRec], head: u32, loc: Locator) {
+    let mut g = head;
+    while g != NIL {
+        let rec = &mut grants[g as usize];
+        rec.loc = loc;
+        g = rec.next;
+    }
+}
+
+impl Engine {
+    /// Start configuring an engine.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// An engine with the default settings and the system clock.
+    pub fn new() -> Engine {
+        match EngineBuilder::default().build() {
+            Ok(e) => e,
+            // INVARIANT: the default settings are valid (see the tests).
+            Err(e) => unreachable!("default settings rejected: {e}"),
+        }
+    }
+
+    /// The engine's time in milliseconds: the latest the clock has shown.
+    #[inline]
+    fn now_ms(&self) -> u64 {
+        let c = to_millis_i64(self.inner.clock.now_millis());
+        let hw = self.inner.high_water.load(Ordering::Relaxed);
+        if c > hw {
+            // Written at most once per clock millisecond, so readers on
+            // several threads rarely share a dirty line.
+            self.inner.high_water.fetch_max(c, Ordering::Relaxed);
+            c
+        } else {
+            hw
+        }
+    }
+
+    /// The engine's current time: the latest instant its clock has shown.
+    pub fn now(&self) -> DateTime<Utc> {
+        from_millis(self.now_ms())
+    }
+
+    /// May `user` read `entity` now? One probe of the index and a compare:
+    /// no lock, no allocation, no I/O.
+    #[inline]
+    pub fn can_read(&self, user: &UserId, entity: &EntityId) -> bool {
+        let s = self.inner.reader.summary(user, entity);
+        self.now_ms() < s.read_until
+    }
+
+    /// May `user` edit `entity` now? Same cost as [`can_read`](Self::can_read).
+    #[inline]
+    pub fn can_edit(&self, user: &UserId, entity: &EntityId) -> bool {
+        let s = self.inner.reader.summary(user, entity);
+        self.now_ms() < s.edit_until
+    }
+
+    /// May `user` act on `entity` at `level` now?
+    #[inline]
+    pub fn check(&self, user: &UserId, entity: &EntityId, level: Level) -> bool {
+        match level {
+            Level::Read => self.can_read(user, entity),
+            Level::Edit => self.can_edit(user, entity),
+        }
+    }
+
+    /// The effective access of (user, entity) now: the highest level among
+    /// its live grants and until when it holds; `None` without access.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, ManualClock, UserId};
+    /// use chrono::{Duration, Utc};
+    /// let engine = Engine::builder().clock(ManualClock::new(Utc::now())).build().unwrap();
+    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
+    /// let edit = engine.share(u, e, Context::Direct, Level::Edit, Expiry::After(Duration::hours(1))).unwrap();
+    /// let read = engine.share(u, e, Context::Task(uuid::Uuid::nil()), Level::Read, Expiry::After(Duration::hours(5))).unwrap();
+    /// let access = engine.access(&u, &e).unwrap();
+    /// assert_eq!((access.level, access.until, access.read_until), (Level::Edit, edit.expires_at, read.expires_at));
+    /// ```
+    pub fn access(&self, user: &UserId, entity: &EntityId) -> Option<Access> {
+        let s = self.inner.reader.summary(user, entity);
+        let now = self.now_ms();
+        if now < s.edit_until {
+            Some(Access {
+                level: Level::Edit,
+                until: from_millis(s.edit_until),
+                read_until: from_millis(s.read_until),
+            })
+        } else if now < s.read_until {
+            Some(Access {
+                level: Level::Read,
+                until: from_millis(s.read_until),
+                read_until: from_millis(s.read_until),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Run a change under the state lock, then deliver its events.
+    fn with_state<T>(&self, f: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> T) -> T {
+        let inner = &*self.inner;
+        let out = {
+            let mut st = inner.state.lock();
+            let now = self.now_ms();
+            let mut ch = Changes {
+                events: Vec::new(),
+                want: inner.hub.wanted(),
+                cfg: &inner.cfg,
+            };
+            st.advance(&inner.reader, &mut ch, now);
+            let out = f(&mut st, &mut ch, now);
+            // INVARIANT: every held grant has exactly one timer.
+            debug_assert_eq!(st.wheel.len(), st.held);
+            inner.hub.enqueue(&mut ch.events);
+            out
+        };
+        inner.hub.deliver();
+        out
+    }
+
+    /// Give `user` access to `entity` at `level` until `expiry`, through
+    /// `context`. Returns the grant as it now stands.
+    ///
+    /// A duration that is zero or negative, longer than the maximum (unless
+    /// configured to clamp), or that overflows is refused with
+    /// [`Error::Invalid`] naming `duration` or `expires_at`. When the (user,
+    /// entity, context) already has a live grant, the [`RepeatShare`] rule
+    /// decides. Grants through other contexts are untouched.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
+    /// use chrono::Duration;
+    /// use uuid::Uuid;
+    ///
+    /// let engine = Engine::new();
+    /// let user: UserId = "0203f172-8642-11e7-9bed-069b743e848f".parse().unwrap();
+    /// let activity = Context::Activity("f2dbf1d5-bbab-418b-bddc-4c92ecdef214".parse::<Uuid>().unwrap());
+    /// let grant = engine
+    ///     .share(user, EntityId::lead(869196), activity, Level::Edit, Expiry::After(Duration::minutes(30)))
+    ///     .unwrap();
+    /// assert!(engine.can_edit(&user, &EntityId::lead(869196)));
+    /// assert_eq!(grant.level, Level::Edit);
+    /// ```
+    pub fn share(
+        &self,
+        user: UserId,
+        entity: EntityId,
+        context: Context,
+        level: Level,
+        expiry: Expiry,
+    ) -> Result<Grant, Error> {
+        let reader = &self.inner.reader;
+        self.with_state(|st, ch, now| {
+            let expires = ch.cfg.resolve(now, expiry)?;
+            let key = PairKey::new(&user, &entity);
+            let ctx = context.pack();
+            let existing = st
+                .index
+                .find(&key, st.index.hash(&key))
+                .and_then(|loc| st.find_context(loc, ctx));
+            if let Some(g) = existing {
+                let rec = st.grants[g as usize];
+                if rec.expires <= now {
+                    // Past its expiry, not yet reclaimed: reclaim it now.
+                    let grant = st.grant(g);
+                    ch.push(|| Event::Expired(grant));
+                    st.detach(reader, g);
+                } else {
+                    match ch.cfg.repeat {
+                        RepeatShare::Reject => {
+                            return Err(Error::AlreadyShared {
+                                existing: st.grant(g),
+                            })
+                        }
+                        RepeatShare::KeepLater => {
+                            let (exp, lvl) = (rec.expires.max(expires), rec.level.max(level));
+                            if (exp, lvl) != (rec.expires, rec.level) {
+                                st.change(ch.cfg, g, exp, lvl, now);
+                                let grant = st.grant(g);
+                                ch.push(|| Event::Extended {
+                                    grant,
+                                    previous_expiry: from_millis(rec.expires),
+                                });
+                            }
+                            return Ok(st.grant(g));
+                        }
+                        RepeatShare::Replace => {
+                            let grant = st.grant(g);
+                            ch.push(|| Event::Revoked {
+                                grant,
+                                reason: RevokeReason::Replaced,
+                            });
+                            st.detach(reader, g);
+                        }
+                    }
+                }
+            }
+            let serial = st.next_serial;
+            st.next_serial += 1;
+            let g = st.alloc(GrantRec {
+                link: Link::default(),
+                expires,
+                serial,
+                ctx_hi: (ctx.1 >> 64) as u64,
+                ctx_lo: ctx.1 as u64,
+                loc: Locator {
+                    uuid_entity: false,
+                    shard: 0,
+                    slot: 0,
+                },
+                ctx_kind: ctx.0,
+                next: NIL,
+                level,
+                stage: 0,
+                used: true,
+            });
+            st.attach(reader, &key, g);
+            let armed = st.arm(ch.cfg, g, now);
+            debug_assert!(armed, "a new grant's timer is ahead of now");
+            let grant = Grant {
+                id: GrantId {
+                    user,
+                    entity,
+                    context,
+                    serial,
+                },
+                level,
+                expires_at: from_millis(expires),
+            };
+            ch.push(|| Event::Granted(grant));
+            Ok(grant)
+        })
+    }
+
+    /// Set a live grant's expiry (extend or shorten it), atomically: no
+    /// check ever sees the grant missing. The new expiry must be after now
+    /// and within the maximum duration from now.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::new();
+    /// let g = engine.share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::hours(1))).unwrap();
+    /// let longer = engine.set_expiry(&g.id, Expiry::After(Duration::days(2))).unwrap();
+    /// assert!(longer.expires_at > g.expires_at);
+    /// ```
+    pub fn set_expiry(&self, id: &GrantId, expiry: Expiry) -> Result<Grant, Error> {
+        self.with_state(|st, ch, now| {
+            let g = st.find_id(id, now).ok_or(Error::NotLive(*id))?;
+            let expires = ch.cfg.resolve(now, expiry)?;
+            Ok(change_expiry(st, ch, g, expires, now))
+        })
+    }
+
+    /// Move a live grant's expiry by `by` (negative shortens it). The result
+    /// must stay after now and within the maximum duration from now;
+    /// otherwise [`Error::Invalid`] names `by`.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::new();
+    /// let g = engine.share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::hours(2))).unwrap();
+    /// let shorter = engine.extend(&g.id, Duration::hours(-1)).unwrap();
+    /// assert_eq!(g.expires_at - shorter.expires_at, Duration::hours(1));
+    /// assert_eq!(engine.extend(&g.id, Duration::hours(-5)).unwrap_err().field(), Some("by"));
+    /// ```
+    pub fn extend(&self, id: &GrantId, by: chrono::Duration) -> Result<Grant, Error> {
+        self.with_state(|st, ch, now| {
+            let g = st.find_id(id, now).ok_or(Error::NotLive(*id))?;
+            let old = st.grants[g as usize].expires;
+            let by_ms = by.num_milliseconds();
+            let target = if by_ms >= 0 {
+                old.checked_add(by_ms.unsigned_abs())
+            } else {
+                old.checked_sub(by_ms.unsigned_abs())
+            };
+            let expires = match target {
+                Some(t) if t > now => ch.cfg.expiry_after(now, "by", t - now)?,
+                Some(_) => {
+                    return Err(Error::invalid(
+                        "by",
+                        format!("`{by}` would end the grant at or before now; revoke it instead"),
+                    ))
+                }
+                None => {
+                    return Err(Error::invalid(
+                        "by",
+                        format!("`{by}` moves the expiry out of the representable range"),
+                    ))
+                }
+            };
+            Ok(change_expiry(st, ch, g, expires, now))
+        })
+    }
+
+    /// Revoke one live grant by id. Returns it as it was.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Error, Expiry, Level, UserId};
+    /// let engine = Engine::new();
+    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
+    /// let g = engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap();
+    /// engine.revoke(&g.id).unwrap();
+    /// assert!(!engine.can_read(&u, &e));
+    /// assert!(matches!(engine.revoke(&g.id), Err(Error::NotLive(_))));
+    /// ```
+    pub fn revoke(&self, id: &GrantId) -> Result<Grant, Error> {
+        let reader = &self.inner.reader;
+        self.with_state(|st, ch, now| {
+            let g = st.find_id(id, now).ok_or(Error::NotLive(*id))?;
+            Ok(st.revoke_all(reader, ch, vec![g]).remove(0))
+        })
+    }
+
+    /// Revoke the live grant of (user, entity) through `context`, if any.
+    /// Grants through other contexts stay.
+    pub fn revoke_context(
+        &self,
+        user: &UserId,
+        entity: &EntityId,
+        context: &Context,
+    ) -> Option<Grant> {
+        let reader = &self.inner.reader;
+        self.with_state(|st, ch, now| {
+            let key = PairKey::new(user, entity);
+            let loc = st.index.find(&key, st.index.hash(&key))?;
+            let g = st.find_context(loc, context.pack())?;
+            if st.grants[g as usize].expires <= now {
+                return None;
+            }
+            st.revoke_all(reader, ch, vec![g]).pop()
+        })
+    }
+
+    /// Revoke every live grant of (user, entity), whatever the context.
+    pub fn revoke_pair(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
+        let reader = &self.inner.reader;
+        self.with_state(|st, ch, now| {
+            let key = PairKey::new(user, entity);
+            let Some(loc) = st.index.find(&key, st.index.hash(&key)) else {
+                return Vec::new();
+            };
+            let gs = st
+                .pair_grants(loc)
+                .into_iter()
+                .filter(|g| st.grants[*g as usize].expires > now)
+                .collect();
+            st.revoke_all(reader, ch, gs)
+        })
+    }
+
+    /// Revoke every live grant of `user`. Scans the index: O(pairs).
+    pub fn revoke_user(&self, user: &UserId) -> Vec<Grant> {
+        let reader = &self.inner.reader;
+        self.with_state(|st, ch, now| {
+            let gs = st.live_where(now, |u, _| u == user);
+            st.revoke_all(reader, ch, gs)
+        })
+    }
+
+    /// Revoke every live grant on `entity`. Scans the index: O(pairs).
+    pub fn revoke_entity(&self, entity: &EntityId) -> Vec<Grant> {
+        let reader = &self.inner.reader;
+        self.with_state(|st, ch, now| {
+            let gs = st.live_where(now, |_, e| e == entity);
+            st.revoke_all(reader, ch, gs)
+        })
+    }
+
+    /// Revoke every live grant given through `context` (for example all
+    /// that one activity shared). Scans the grants: O(grants).
+    pub fn revoke_from_context(&self, context: &Context) -> Vec<Grant> {
+        let reader = &self.inner.reader;
+        let (kind, id) = context.pack();
+        self.with_state(|st, ch, now| {
+            let gs = st
+                .grants
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    r.used
+                        && r.expires > now
+                        && r.ctx_kind == kind
+                        && r.ctx_hi == (id >> 64) as u64
+                        && r.ctx_lo == id as u64
+                })
+                .map(|(g, _)| g as u32)
+                .collect();
+            st.revoke_all(reader, ch, gs)
+        })
+    }
+
+    /// Read the state under the lock (after reclaiming what is due).
+    fn read_state<T>(&self, f: impl FnOnce(&State, u64) -> T) -> T {
+        self.with_state(|st, _, now| f(st, now))
+    }
+
+    /// The live grants of (user, entity), by expiry.
+    pub fn grants_for(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
+        self.read_state(|st, now| {
+            let key = PairKey::new(user, entity);
+            let Some(loc) = st.index.find(&key, st.index.hash(&key)) else {
+                return Vec::new();
+            };
+            let gs = st
+                .pair_grants(loc)
+                .into_iter()
+                .filter(|g| st.grants[*g as usize].expires > now)
+                .collect();
+            st.sorted_by_expiry(gs)
+        })
+    }
+
+    /// The live grants on `entity`, by expiry. Scans the index: O(pairs).
+    pub fn grants_on(&self, entity: &EntityId) -> Vec<Grant> {
+        self.read_state(|st, now| st.sorted_by_expiry(st.live_where(now, |_, e| e == entity)))
+    }
+
+    /// The live grants of `user`, by expiry. Scans the index: O(pairs).
+    pub fn grants_of(&self, user: &UserId) -> Vec<Grant> {
+        self.read_state(|st, now| st.sorted_by_expiry(st.live_where(now, |u, _| u == user)))
+    }
+
+    /// The live grants that expire within `window` from now, by expiry.
+    /// Scans the grants: O(grants).
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::new();
+    /// let u = UserId::from_u128(1);
+    /// engine.share(u, EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::days(3))).unwrap();
+    /// engine.share(u, EntityId::lead(2), Context::Direct, Level::Read, Expiry::After(Duration::hours(2))).unwrap();
+    /// let soon = engine.expiring_within(Duration::days(1));
+    /// assert_eq!(soon.len(), 1);
+    /// assert_eq!(soon[0].id.entity, EntityId::lead(2));
+    /// ```
+    pub fn expiring_within(&self, window: chrono::Duration) -> Vec<Grant> {
+        let window = u64::try_from(window.num_milliseconds()).unwrap_or(0);
+        self.read_state(|st, now| {
+            let until = now.saturating_add(window);
+            let gs = st
+                .grants
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.used && r.expires > now && r.expires <= until)
+                .map(|(g, _)| g as u32)
+                .collect();
+            st.sorted_by_expiry(gs)
+        })
+    }
+
+    /// Reclaim every grant whose expiry has passed (to the tick), raise
+    /// the due expiring-soon warnings, and return how many grants expired.
+    /// Checks never depend on it; call it (or run [`start_driver`]) to free
+    /// memory and get `Expired` events.
+    ///
+    /// [`start_driver`]: Self::start_driver
+    pub fn advance(&self) -> usize {
+        let reader = &self.inner.reader;
+        let inner = &*self.inner;
+        let n = {
+            let mut st = inner.state.lock();
+            let now = self.now_ms();
+            let mut ch = Changes {
+                events: Vec::new(),
+                want: inner.hub.wanted(),
+                cfg: &inner.cfg,
+            };
+            let n = st.advance(reader, &mut ch, now);
+            inner.hub.enqueue(&mut ch.events);
+            n
+        };
+        inner.hub.deliver();
+        n
+    }
+
+    /// When [`advance`](Self::advance) next has work to do: never later than
+    /// the next expiry or warning (exact within 64 ticks, earlier for
+    /// farther ones). `None` when no grant is held.
+    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
+        let st = self.inner.state.lock();
+        st.wheel
+            .next_wakeup()
+            .map(|t| from_millis(t.saturating_mul(self.inner.cfg.tick_ms)))
+    }
+
+    /// Grants held: live, or expired and not yet reclaimed.
+    pub fn len(&self) -> usize {
+        self.inner.state.lock().held
+    }
+
+    /// Whether no grant is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The memory held for grants.
+    pub fn footprint(&self) -> Footprint {
+        let st = self.inner.state.lock();
+        Footprint {
+            grants: st.held,
+            pairs: st.index.len(),
+            index_bytes: st.index.table_bytes(),
+            grant_bytes: st.grants.len() * std::mem::size_of::<GrantRec>(),
+        }
+    }
+
+    /// Call `f` with every event from now on, after the change that raised
+    /// it has released the engine's lock. A subscriber that panics is
+    /// disabled.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Event, Expiry, Level, UserId};
+    /// use std::sync::{Arc, Mutex};
+    /// let engine = Engine::new();
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = seen.clone();
+    /// engine.subscribe(move |e: &Event| sink.lock().unwrap().push(e.clone()));
+    /// engine.share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::Default).unwrap();
+    /// assert!(matches!(seen.lock().unwrap()[0], Event::Granted(_)));
+    /// ```
+    pub fn subscribe(&self, f: impl Fn(&Event) + Send + Sync + 'static) -> SubscriptionId {
+        self.inner.hub.subscribe(Box::new(f))
+    }
+
+    /// Stop calling a subscriber. Returns whether it was subscribed.
+    pub fn unsubscribe(&self, id: SubscriptionId) -> bool {
+        self.inner.hub.unsubscribe(id)
+    }
+
+    /// Start a thread that calls [`advance`](Self::advance) whenever
+    /// something is due, and at least every `max_sleep` (so a clock that
+    /// jumps is noticed). It stops when the returned [`Driver`] is stopped
+    /// or dropped.
+    ///
+    /// ```
+    /// use grantwheel::Engine;
+    /// let engine = Engine::new();
+    /// let driver = engine.start_driver(std::time::Duration::from_millis(50));
+    /// driver.stop();
+    /// ```
+    pub fn start_driver(&self, max_sleep: std::time::Duration) -> Driver {
+        let (tx, rx) = mpsc::channel::<()>();
+        let engine = self.clone();
+        let max_sleep = max_sleep.max(std::time::Duration::from_millis(1));
+        let handle = std::thread::Builder::new()
+            .name("grantwheel-driver".into())
+            .spawn(move || loop {
+                engine.advance();
+                let wait = engine
+                    .next_expiry()
+                    .map(|t| (t - engine.now()).to_std().unwrap_or_default())
+                    .unwrap_or(max_sleep)
+                    .clamp(std::time::Duration::from_millis(1), max_sleep);
+                match rx.recv_timeout(wait) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+            });
+        Driver {
+            stop: Some(tx),
+            handle: handle.ok(),
+        }
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new()
+    }
+}
+
+fn change_expiry(st: &mut State, ch: &mut Changes<'_>, g: u32, expires: u64, now: u64) -> Grant {
+    let rec = st.grants[g as usize];
+    if rec.expires != expires {
+        st.change(ch.cfg, g, expires, rec.level, now);
+        let grant = st.grant(g);
+        ch.push(|| Event::Extended {
+            grant,
+            previous_expiry: from_millis(rec.expires),
+        });
+    }
+    st.grant(g)
+}
+
+/// The background thread started by [`Engine::start_driver`].
+#[derive(Debug)]
+pub struct Driver {
+    stop: Option<mpsc::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Driver {
+    /// Stop the thread and wait for it to finish.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        drop(self.stop.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,52 @@
+//! Errors of the mutating calls. Checks never fail.
+//!
+//! Messages follow one rule set: lowercase, no trailing period, the value
+//! the caller gave in backticks, and what to do about it when that is not
+//! obvious.
+
+use crate::engine::Grant;
+use crate::ids::GrantId;
+
+/// What went wrong in a share, a change or a revoke.
+///
+/// Every variant leaves the engine's state as it was before the call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An argument was rejected; `field` names it and `reason` says why.
+    #[error("invalid `{field}`: {reason}")]
+    Invalid {
+        /// The argument or setting that was rejected.
+        field: &'static str,
+        /// Why it was rejected, with the offending value.
+        reason: String,
+    },
+    /// The (user, entity, context) already has a live grant and the engine
+    /// is configured to reject repeated shares.
+    #[error("a live grant already exists for this user, entity and context (until {}); revoke or extend it instead", .existing.expires_at)]
+    AlreadyShared {
+        /// The grant that is already live.
+        existing: Grant,
+    },
+    /// No live grant has this id: it never existed, was revoked, replaced,
+    /// or has expired.
+    #[error("no live grant `{}` (serial {})", .0.entity, .0.serial)]
+    NotLive(GrantId),
+}
+
+impl Error {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Error::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The name of the rejected field, for [`Error::Invalid`].
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Error::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
