@@ -1,0 +1,132 @@
+//! Readers checking while writers share, revoke, grow the tables and move
+//! time: no check may see a grant after its revoke returned, none may see
+//! one past its expiry, and no answer may be torn between two states.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{Duration, TimeZone, Utc};
+use grantwheel::{Clock, Context, Engine, EntityId, Expiry, Level, ManualClock, UserId};
+
+const PAIRS: usize = 8;
+const CYCLES: u64 = 20_000;
+
+/// Phases of a pair, published by the writer around its calls.
+const SHARING: u64 = 0;
+const SHARED: u64 = 1;
+const REVOKING: u64 = 2;
+const REVOKED: u64 = 3;
+
+fn pair(i: usize) -> (UserId, EntityId) {
+    (UserId::from_u128(0xabc0 + i as u128), EntityId::lead(i as u64))
+}
+
+#[test]
+fn checks_never_outlive_revokes_or_expiries_and_are_never_torn() {
+    let start = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+    let clock = ManualClock::new(start);
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .tick(Duration::milliseconds(1))
+        .build()
+        .unwrap();
+    let phases: Arc<Vec<AtomicU64>> = Arc::new((0..PAIRS).map(|_| AtomicU64::new(REVOKED)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    // Grants that expire one after another as the clock moves: (user, expiry ms).
+    let expiring: Vec<(UserId, i64)> = (0..200)
+        .map(|i| (UserId::from_u128(0xe000 + i), start.timestamp_millis() + 5 + i as i64 * 7))
+        .collect();
+    let timed = EntityId::opportunity(1);
+    for (u, at) in &expiring {
+        let at = Utc.timestamp_millis_opt(*at).unwrap();
+        engine.share(*u, timed, Context::Direct, Level::Edit, Expiry::At(at)).unwrap();
+    }
+
+    let mut threads = Vec::new();
+    // Readers.
+    for r in 0..2 {
+        let (engine, phases, done, clock, expiring) =
+            (engine.clone(), phases.clone(), done.clone(), clock.clone(), expiring.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut checks = 0u64;
+            let mut i = r;
+            while !done.load(Ordering::Acquire) {
+                i = (i + 1) % PAIRS;
+                let (u, e) = pair(i);
+                let before = phases[i].load(Ordering::Acquire);
+                let read = engine.can_read(&u, &e);
+                let access = engine.access(&u, &e);
+                let after = phases[i].load(Ordering::Acquire);
+                if before == after {
+                    let phase = before % 4;
+                    if phase == REVOKED {
+                        assert!(!read, "pair {i} readable after its revoke returned");
+                        assert!(access.is_none());
+                    }
+                    if phase == SHARED {
+                        assert!(read, "pair {i} unreadable while shared");
+                    }
+                }
+                if let Some(a) = access {
+                    assert!(a.read_until >= a.until, "torn summary {a:?}");
+                }
+                let (u, at) = expiring[i * 25 % expiring.len()];
+                let now = clock.now_millis();
+                let ok = engine.can_edit(&u, &timed);
+                if now >= at {
+                    assert!(!ok, "grant readable {} ms after its expiry", now - at);
+                }
+                checks += 1;
+            }
+            checks
+        }));
+    }
+    // A writer that shares and revokes the watched pairs, and fills the
+    // index with other pairs so its tables are rebuilt under the readers.
+    {
+        let (engine, phases) = (engine.clone(), phases.clone());
+        threads.push(std::thread::spawn(move || {
+            for cycle in 0..CYCLES {
+                let i = (cycle as usize) % PAIRS;
+                let (u, e) = pair(i);
+                let base = phases[i].load(Ordering::Relaxed) + 1;
+                phases[i].store(base + SHARING, Ordering::Release);
+                let level = if cycle % 2 == 0 { Level::Edit } else { Level::Read };
+                engine
+                    .share(u, e, Context::Direct, level, Expiry::After(Duration::days(1)))
+                    .unwrap();
+                phases[i].store(base + SHARED, Ordering::Release);
+                engine.share(UserId::from_u128(u128::from(cycle) << 32), e, Context::Direct, Level::Read, Expiry::Default).unwrap();
+                phases[i].store(base + REVOKING, Ordering::Release);
+                let gone = engine.revoke_pair(&u, &e);
+                assert_eq!(gone.len(), 1);
+                phases[i].store(base + REVOKED, Ordering::Release);
+            }
+            0
+        }));
+    }
+    // Time moves and the wheel reclaims.
+    {
+        let (engine, clock) = (engine.clone(), clock.clone());
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..2_000 {
+                clock.advance(Duration::milliseconds(1));
+                engine.advance();
+            }
+            0
+        }));
+    }
+    let time = threads.pop().unwrap();
+    let writer = threads.pop().unwrap();
+    writer.join().unwrap();
+    time.join().unwrap();
+    done.store(true, Ordering::Release);
+    let checks: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(checks > 0);
+    // Every expiring grant has expired and been reclaimed.
+    engine.advance();
+    for (u, _) in &expiring {
+        assert!(!engine.can_read(u, &timed));
+    }
+    assert_eq!(engine.len(), CYCLES as usize);
+}
