@@ -1,1 +1,67 @@
-fn main(){}
+//! Check latency against the bare-map baseline, at 10k, 1M and 10M live
+//! grants (`GRANTWHEEL_CHECK_SIZES=10000,1000000` to choose).
+
+mod common;
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use grantwheel::{Clock, EntityId, UserId};
+
+fn bench(c: &mut Criterion) {
+    for n in common::sizes("GRANTWHEEL_CHECK_SIZES", &[10_000, 1_000_000, 10_000_000]) {
+        let keys = common::keys(n, 1);
+        let (clock, engine) = common::engine(&keys);
+        let base = common::baseline(&keys);
+        let order = common::order(n, 1 << 20, 2);
+        let absent: Vec<(UserId, EntityId)> = common::keys(1 << 16, 3)
+            .into_iter()
+            .map(|(u, e, _, _)| (u, e))
+            .collect();
+        let label = match n {
+            n if n >= 1_000_000 => format!("check/{}M", n / 1_000_000),
+            n => format!("check/{}k", n / 1_000),
+        };
+        let mut g = c.benchmark_group(label);
+        let mut i = 0usize;
+        g.bench_function("hashbrown_baseline", |b| {
+            b.iter(|| {
+                let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
+                i += 1;
+                let now = clock.now_millis();
+                black_box(base.get(&(*u, *e)).is_some_and(|exp| now < *exp))
+            })
+        });
+        g.bench_function("can_read_hit", |b| {
+            b.iter(|| {
+                let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
+                i += 1;
+                black_box(engine.can_read(u, e))
+            })
+        });
+        g.bench_function("can_read_miss", |b| {
+            b.iter(|| {
+                let (u, e) = &absent[i & (absent.len() - 1)];
+                i += 1;
+                black_box(engine.can_read(u, e))
+            })
+        });
+        g.bench_function("can_edit_hit", |b| {
+            b.iter(|| {
+                let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
+                i += 1;
+                black_box(engine.can_edit(u, e))
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

@@ -11,10 +11,14 @@
 //!   changes slots, and makes it even again; a reader loads the sequence,
 //!   probes, and loads it again, retrying if it moved. Readers never store,
 //!   so two threads checking never fight over a cache line.
-//! - **Probing.** Robin Hood linear probing; a slot keeps its distance from
-//!   its home slot, so a miss stops early without hashing stored keys. The
-//!   home is the high bits of the hash scaled to the capacity, so capacities
-//!   need not be powers of two and tables grow by half.
+//! - **Probing.** Slots come in groups of eight, each group with one word
+//!   of eight tag bytes: a 7-bit fingerprint of the hash for a full slot,
+//!   or an empty or deleted marker. A probe loads a group's tag word,
+//!   compares the key only in slots whose fingerprint matches, and stops at
+//!   a group that has an empty slot; otherwise it moves to the next group.
+//!   The home group is the high bits of the hash scaled to the number of
+//!   groups, so capacities need not be powers of two and tables grow by
+//!   half. Entries never move except when a table is rebuilt.
 //! - **Shards.** The pairs are split over [`SHARDS`] tables per key shape
 //!   (numeric entity ids, UUID entity ids) by the low bits of the hash: a
 //!   write makes readers of one shard retry, not all, and a table rebuilt
@@ -28,12 +32,10 @@
 //!   A thread's cache keeps the tables it last saw alive until it checks
 //!   again or exits.
 //! - **Slot words.** `key[..K-1]` hold the key, `key[K-1]` holds the meta
-//!   word (occupied bit, probe distance, entity kind, and the writer's head
-//!   grant), then the read-until and edit-until instants (milliseconds).
-//!   An empty slot has meta 0.
+//!   word (entity kind and the writer's head grant), then the read-until
+//!   and edit-until instants (milliseconds).
 
 use std::cell::RefCell;
-use std::hash::BuildHasher;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -43,17 +45,23 @@ use crate::ids::{EntityId, EntityKind, EntityRef, UserId};
 
 /// Tables per key shape.
 pub(crate) const SHARDS: usize = 64;
-/// Smallest table.
-const MIN_CAPACITY: usize = 8;
-/// Grow when a table would be fuller than this (numerator over 100).
-const MAX_LOAD_PERCENT: usize = 85;
+/// Slots per group (one tag byte each, one tag word per group).
+const GROUP: usize = 8;
+/// Smallest table, in groups.
+const MIN_GROUPS: usize = 1;
+/// Tables are rebuilt larger when full and deleted slots pass this share
+/// of the capacity (numerator over 8).
+const MAX_LOAD_EIGHTHS: usize = 7;
+/// Tables are sized for this load when built (numerator over 100).
+const BUILD_LOAD_PERCENT: usize = 80;
 /// Shrink when a table is emptier than this (numerator over 100).
 const MIN_LOAD_PERCENT: usize = 20;
 
-const OCCUPIED: u64 = 1 << 63;
-const DIST_SHIFT: u32 = 48;
-const DIST_MAX: u64 = (1 << 15) - 1;
 const KIND_SHIFT: u32 = 32;
+const TAG_EMPTY: u8 = 0xff;
+const TAG_DELETED: u8 = 0x80;
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
 
 /// The access summary of one (user, entity) pair.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,8 +81,16 @@ pub(crate) struct Locator {
 }
 
 /// An encoded key: user words, entity words, kind (the last word).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Key<const K: usize>([u64; K]);
+
+impl<const K: usize> std::hash::Hash for Key<K> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for w in self.0 {
+            state.write_u64(w);
+        }
+    }
+}
 
 /// A pair's key in one of the two shapes.
 #[derive(Clone, Copy, Debug)]
@@ -84,6 +100,7 @@ pub(crate) enum PairKey {
 }
 
 impl PairKey {
+    #[inline]
     pub(crate) fn new(user: &UserId, entity: &EntityId) -> Self {
         let u = user.as_u128();
         let (hi, lo) = ((u >> 64) as u64, u as u64);
@@ -96,6 +113,71 @@ impl PairKey {
             }
         }
     }
+}
+
+/// A keyed hash of the fixed-width keys: pairs of words are multiplied
+/// into 128 bits and folded (independent multiplies, one final mix). The
+/// seeds are random per engine, so hash flooding needs the seeds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyHasher {
+    seeds: [u64; 6],
+}
+
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let f = u128::from(a) * u128::from(b);
+    (f as u64) ^ ((f >> 64) as u64)
+}
+
+impl KeyHasher {
+    fn random() -> Self {
+        use std::hash::BuildHasher;
+        let state = std::collections::hash_map::RandomState::new();
+        KeyHasher {
+            seeds: std::array::from_fn(|i| state.hash_one(i) | 1),
+        }
+    }
+
+    #[inline(always)]
+    fn hash<const K: usize>(&self, key: &Key<K>) -> u64 {
+        let s = &self.seeds;
+        let w = &key.0;
+        let mut h = 0;
+        let mut i = 0;
+        while i < K {
+            let a = w[i] ^ s[(i + 1) % 6];
+            let b = if i + 1 < K { w[i + 1] ^ s[(i + 2) % 6] } else { s[0] };
+            h ^= fold_mul(a, b);
+            i += 2;
+        }
+        fold_mul(h ^ s[0], 0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// The fingerprint of a hash: its top seven bits (a full slot's tag).
+fn tag_of(hash: u64) -> u8 {
+    (hash >> 57) as u8
+}
+
+/// Bytes of `word` equal to `tag`, as their high bits (may report a false
+/// candidate next to a true one; keys are compared anyway).
+fn match_tag(word: u64, tag: u8) -> u64 {
+    let x = word ^ (LOW_BITS * u64::from(tag));
+    x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS
+}
+
+/// Empty bytes (0xff: both top bits set), as their high bits.
+fn match_empty(word: u64) -> u64 {
+    word & (word << 1) & HIGH_BITS
+}
+
+/// Empty or deleted bytes (top bit set), as their high bits.
+fn match_free(word: u64) -> u64 {
+    word & HIGH_BITS
+}
+
+/// The index within its group of the lowest byte flagged in `m`.
+fn lowest(m: u64) -> usize {
+    (m.trailing_zeros() / 8) as usize
 }
 
 struct Slot<const K: usize> {
@@ -118,12 +200,13 @@ impl<const K: usize> Slot<K> {
     }
 
     /// Whether the slot holds `key` (whose last word is the kind).
-    fn holds(&self, key: &Key<K>, meta: u64) -> bool {
-        (meta >> KIND_SHIFT) & 0xffff == key.0[K - 1]
-            && self.key[..K - 1]
-                .iter()
-                .zip(&key.0[..K - 1])
-                .all(|(a, b)| a.load(Ordering::Relaxed) == *b)
+    #[inline(always)]
+    fn holds(&self, key: &Key<K>) -> bool {
+        let mut same = (self.meta() >> KIND_SHIFT) & 0xffff == key.0[K - 1];
+        for (a, b) in self.key[..K - 1].iter().zip(&key.0[..K - 1]) {
+            same &= a.load(Ordering::Relaxed) == *b;
+        }
+        same
     }
 
     fn load(&self) -> Entry<K> {
@@ -135,7 +218,6 @@ impl<const K: usize> Slot<K> {
         key[K - 1] = (meta >> KIND_SHIFT) & 0xffff;
         Entry {
             key: Key(key),
-            dist: (meta >> DIST_SHIFT) & DIST_MAX,
             head: meta as u32,
             summary: Summary {
                 read_until: self.read.load(Ordering::Relaxed),
@@ -148,17 +230,10 @@ impl<const K: usize> Slot<K> {
         for (a, k) in self.key[..K - 1].iter().zip(&e.key.0[..K - 1]) {
             a.store(*k, Ordering::Relaxed);
         }
-        let meta = OCCUPIED
-            | (e.dist << DIST_SHIFT)
-            | ((e.key.0[K - 1] & 0xffff) << KIND_SHIFT)
-            | u64::from(e.head);
+        let meta = ((e.key.0[K - 1] & 0xffff) << KIND_SHIFT) | u64::from(e.head);
         self.key[K - 1].store(meta, Ordering::Relaxed);
         self.read.store(e.summary.read_until, Ordering::Relaxed);
         self.edit.store(e.summary.edit_until, Ordering::Relaxed);
-    }
-
-    fn clear(&self) {
-        self.key[K - 1].store(0, Ordering::Relaxed);
     }
 }
 
@@ -166,7 +241,6 @@ impl<const K: usize> Slot<K> {
 #[derive(Clone, Copy, Debug)]
 struct Entry<const K: usize> {
     key: Key<K>,
-    dist: u64,
     head: u32,
     summary: Summary,
 }
@@ -175,6 +249,9 @@ struct Entry<const K: usize> {
 pub(crate) struct Table<const K: usize> {
     seq: AtomicU64,
     retired: AtomicBool,
+    /// One tag word per group: dense, so probes of large tables find their
+    /// tags in cache and miss memory once, on the slot.
+    tags: Box<[AtomicU64]>,
     slots: Box<[Slot<K>]>,
 }
 
@@ -184,21 +261,47 @@ enum Read {
     Retired,
 }
 
-fn home(hash: u64, cap: usize) -> usize {
-    ((u128::from(hash) * cap as u128) >> 64) as usize
+fn home(hash: u64, groups: usize) -> usize {
+    ((u128::from(hash) * groups as u128) >> 64) as usize
+}
+
+/// Groups for a table that holds `len` entries at the build load.
+fn groups_for(len: usize) -> usize {
+    (len * 100 / BUILD_LOAD_PERCENT)
+        .div_ceil(GROUP)
+        .max(MIN_GROUPS)
 }
 
 impl<const K: usize> Table<K> {
-    fn with_capacity(cap: usize) -> Self {
+    fn with_groups(groups: usize) -> Self {
+        let groups = groups.max(MIN_GROUPS);
         Table {
             seq: AtomicU64::new(0),
             retired: AtomicBool::new(false),
-            slots: (0..cap.max(MIN_CAPACITY)).map(|_| Slot::empty()).collect(),
+            tags: (0..groups).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            slots: (0..groups * GROUP).map(|_| Slot::empty()).collect(),
         }
     }
 
     fn cap(&self) -> usize {
         self.slots.len()
+    }
+
+    fn groups(&self) -> usize {
+        self.tags.len()
+    }
+
+    fn slot(&self, i: usize) -> &Slot<K> {
+        &self.slots[i]
+    }
+
+    fn tags(&self, g: usize) -> &AtomicU64 {
+        &self.tags[g]
+    }
+
+    /// Entries a table may hold, deleted slots included, before a rebuild.
+    fn max_used(&self) -> usize {
+        self.cap() * MAX_LOAD_EIGHTHS / 8
     }
 
     fn begin_write(&self) {
@@ -217,43 +320,62 @@ impl<const K: usize> Table<K> {
         self.begin_write();
     }
 
-    /// Probe for `key`; the caller validates the result (reader) or is the
-    /// writer. Bounded by the capacity, so torn reads cannot loop forever.
+    fn tag(&self, slot: usize) -> u8 {
+        (self.tags(slot / GROUP).load(Ordering::Relaxed) >> (8 * (slot % GROUP))) as u8
+    }
+
+    fn set_tag(&self, slot: usize, tag: u8) {
+        let word = self.tags(slot / GROUP);
+        let shift = 8 * (slot % GROUP);
+        let w = word.load(Ordering::Relaxed);
+        word.store((w & !(0xff << shift)) | (u64::from(tag) << shift), Ordering::Relaxed);
+    }
+
+    /// Probe for `key`, calling `found` with the slot's index. Bounded by
+    /// the number of groups, so torn reads cannot loop forever.
+    #[inline(always)]
     fn probe(&self, key: &Key<K>, hash: u64) -> Option<usize> {
-        let cap = self.cap();
-        let mut i = home(hash, cap);
-        for d in 0..cap as u64 {
-            let slot = &self.slots[i];
-            let meta = slot.meta();
-            if meta & OCCUPIED == 0 || (meta >> DIST_SHIFT) & DIST_MAX < d {
+        let groups = self.groups();
+        let tag = tag_of(hash);
+        let mut g = home(hash, groups);
+        let mut left = groups;
+        loop {
+            let word = self.tags[g].load(Ordering::Relaxed);
+            let mut m = match_tag(word, tag);
+            while m != 0 {
+                let i = g * GROUP + lowest(m);
+                if self.slots.get(i).is_some_and(|s| s.holds(key)) {
+                    return Some(i);
+                }
+                m &= m - 1;
+            }
+            left -= 1;
+            if match_empty(word) != 0 || left == 0 {
                 return None;
             }
-            if slot.holds(key, meta) {
-                return Some(i);
-            }
-            i += 1;
-            if i == cap {
-                i = 0;
+            g += 1;
+            if g == groups {
+                g = 0;
             }
         }
-        None
     }
 
     /// The reader's lookup under the sequence lock.
+    #[inline(always)]
     fn read(&self, key: &Key<K>, hash: u64) -> Read {
         loop {
             let s1 = self.seq.load(Ordering::Acquire);
             if s1 & 1 == 0 {
-                let found = self.probe(key, hash).map(|i| {
-                    let slot = &self.slots[i];
-                    Summary {
+                let found = match self.probe(key, hash).and_then(|i| self.slots.get(i)) {
+                    Some(slot) => Summary {
                         read_until: slot.read.load(Ordering::Relaxed),
                         edit_until: slot.edit.load(Ordering::Relaxed),
-                    }
-                });
+                    },
+                    None => Summary::default(),
+                };
                 fence(Ordering::Acquire);
                 if self.seq.load(Ordering::Relaxed) == s1 {
-                    return Read::Found(found.unwrap_or_default());
+                    return Read::Found(found);
                 }
             } else if self.retired.load(Ordering::Acquire) {
                 return Read::Retired;
@@ -262,76 +384,36 @@ impl<const K: usize> Table<K> {
         }
     }
 
-    /// Place `e` by Robin Hood insertion, reporting every displaced entry's
-    /// new slot through `moved`. Returns the slot of `e`, or the entry left
-    /// in hand when a distance would overflow (the caller rebuilds).
-    fn insert(
-        &self,
-        mut e: Entry<K>,
-        hash: u64,
-        moved: &mut dyn FnMut(u32, usize),
-    ) -> Result<usize, Entry<K>> {
-        let cap = self.cap();
-        let mut i = home(hash, cap);
-        e.dist = 0;
-        let mut placed = None;
-        loop {
-            let slot = &self.slots[i];
-            let meta = slot.meta();
-            if meta & OCCUPIED == 0 {
-                slot.store(&e);
-                if let Some(p) = placed {
-                    moved(e.head, i);
-                    return Ok(p);
-                }
-                return Ok(i);
+    /// The first free slot on `hash`'s probe sequence.
+    fn free_slot(&self, hash: u64) -> Option<usize> {
+        let groups = self.groups();
+        let mut g = home(hash, groups);
+        for _ in 0..groups {
+            let m = match_free(self.tags(g).load(Ordering::Relaxed));
+            if m != 0 {
+                return Some(g * GROUP + lowest(m));
             }
-            let dist = (meta >> DIST_SHIFT) & DIST_MAX;
-            if dist < e.dist {
-                let out = slot.load();
-                slot.store(&e);
-                if placed.is_none() {
-                    placed = Some(i);
-                } else {
-                    moved(e.head, i);
-                }
-                e = out;
-            }
-            e.dist += 1;
-            if e.dist > DIST_MAX {
-                return Err(e);
-            }
-            i += 1;
-            if i == cap {
-                i = 0;
+            g += 1;
+            if g == groups {
+                g = 0;
             }
         }
+        None
     }
 
-    /// Remove slot `i` by backward shifting, reporting moves.
-    fn remove(&self, mut i: usize, moved: &mut dyn FnMut(u32, usize)) {
-        let cap = self.cap();
-        loop {
-            let next = if i + 1 == cap { 0 } else { i + 1 };
-            let ns = &self.slots[next];
-            let meta = ns.meta();
-            if meta & OCCUPIED == 0 || (meta >> DIST_SHIFT) & DIST_MAX == 0 {
-                self.slots[i].clear();
-                return;
-            }
-            let mut e = ns.load();
-            e.dist -= 1;
-            self.slots[i].store(&e);
-            moved(e.head, i);
-            i = next;
-        }
+    /// Mark a slot free. It becomes empty when its group has an empty slot
+    /// already (then no probe ever passed this group), deleted otherwise.
+    /// Returns whether it became empty.
+    fn free(&self, slot: usize) -> bool {
+        let empty = match_empty(self.tags(slot / GROUP).load(Ordering::Relaxed)) != 0;
+        self.set_tag(slot, if empty { TAG_EMPTY } else { TAG_DELETED });
+        empty
     }
 
     fn entries(&self) -> impl Iterator<Item = Entry<K>> + '_ {
-        self.slots
-            .iter()
-            .filter(|s| s.meta() & OCCUPIED != 0)
-            .map(|s| s.load())
+        (0..self.cap())
+            .filter(|i| self.tag(*i) & 0x80 == 0)
+            .map(|i| self.slot(i).load())
     }
 }
 
@@ -339,90 +421,110 @@ impl<const K: usize> Table<K> {
 struct Shard<const K: usize> {
     table: Arc<Table<K>>,
     len: usize,
+    /// Slots used, by entries or deleted markers.
+    used: usize,
 }
 
 impl<const K: usize> Shard<K> {
     fn new() -> Self {
         Shard {
-            table: Arc::new(Table::with_capacity(MIN_CAPACITY)),
+            table: Arc::new(Table::with_groups(MIN_GROUPS)),
             len: 0,
+            used: 0,
         }
     }
 
-    /// Add an absent entry. Returns the table it replaced when it had to
-    /// rebuild (the caller publishes, then retires it).
+    /// Add an absent entry; returns its slot and, when the table had to be
+    /// rebuilt, the table it replaced (the caller publishes, then retires
+    /// it).
     fn insert(
         &mut self,
-        hasher: &hashbrown::DefaultHashBuilder,
+        hasher: &KeyHasher,
         entry: Entry<K>,
         hash: u64,
         report: &mut dyn FnMut(u32, usize),
-    ) -> Option<Arc<Table<K>>> {
-        self.len += 1;
-        if self.len * 100 > self.table.cap() * MAX_LOAD_PERCENT {
-            let cap = (self.table.cap() * 3 / 2).max(capacity_for(self.len));
-            return Some(self.rebuild(hasher, cap, Some(entry), report));
-        }
+    ) -> (usize, Option<Arc<Table<K>>>) {
         let table = self.table.clone();
-        table.begin_write();
-        let result = table.insert(entry, hash, report);
-        table.end_write();
-        match result {
-            Ok(_) => None,
-            // A probe distance overflowed: rebuild larger with the entry in hand.
-            Err(carried) => Some(self.rebuild(hasher, table.cap() * 2, Some(carried), report)),
+        match table.free_slot(hash) {
+            Some(slot)
+                if table.tag(slot) == TAG_DELETED || self.used < table.max_used() =>
+            {
+                if table.tag(slot) == TAG_EMPTY {
+                    self.used += 1;
+                }
+                self.len += 1;
+                table.begin_write();
+                table.slot(slot).store(&entry);
+                table.set_tag(slot, tag_of(hash));
+                table.end_write();
+                (slot, None)
+            }
+            _ => {
+                // Full: grow, or just sweep the deleted markers out.
+                let groups = if self.len < table.max_used() / 2 {
+                    table.groups()
+                } else {
+                    (table.groups() * 3 / 2 + 1).max(groups_for(self.len + 1))
+                };
+                let old = self.rebuild(hasher, groups, Some(entry), report);
+                self.len += 1;
+                self.used = self.len;
+                let slot = self.table.probe(&entry.key, hash).unwrap_or(0);
+                (slot, Some(old))
+            }
         }
     }
 
     /// Remove slot `slot`. Returns the replaced table when it shrank.
     fn remove(
         &mut self,
-        hasher: &hashbrown::DefaultHashBuilder,
+        hasher: &KeyHasher,
         slot: usize,
         report: &mut dyn FnMut(u32, usize),
     ) -> Option<Arc<Table<K>>> {
         let table = self.table.clone();
         table.begin_write();
-        table.remove(slot, report);
+        if table.free(slot) {
+            self.used -= 1;
+        }
         table.end_write();
         self.len -= 1;
-        let cap = table.cap();
-        if cap > MIN_CAPACITY && self.len * 100 < cap * MIN_LOAD_PERCENT {
-            return Some(self.rebuild(hasher, capacity_for(self.len * 2), None, report));
+        if table.groups() > MIN_GROUPS && self.len * 100 < table.cap() * MIN_LOAD_PERCENT {
+            let old = self.rebuild(hasher, groups_for(self.len), None, report);
+            self.used = self.len;
+            return Some(old);
         }
         None
     }
 
-    /// Move every entry (and `extra`) into a new table of at least `cap`
-    /// slots, reporting each entry's new slot. Returns the old table.
+    /// Move every entry (and `extra`) into a new table of `groups` groups,
+    /// reporting each entry's new slot. Returns the old table.
     fn rebuild(
         &mut self,
-        hasher: &hashbrown::DefaultHashBuilder,
-        mut cap: usize,
+        hasher: &KeyHasher,
+        groups: usize,
         extra: Option<Entry<K>>,
         report: &mut dyn FnMut(u32, usize),
     ) -> Arc<Table<K>> {
-        'attempt: loop {
-            let table = Table::with_capacity(cap);
-            for e in self.table.entries().chain(extra) {
-                let hash = hasher.hash_one(e.key);
-                match table.insert(e, hash, report) {
-                    Ok(slot) => report(e.head, slot),
-                    Err(_) => {
-                        cap *= 2;
-                        continue 'attempt;
-                    }
-                }
+        let table = Table::with_groups(groups);
+        for e in self.table.entries().chain(extra) {
+            let hash = hasher.hash(&e.key);
+            // INVARIANT: the new table is sized above its entries, so a
+            // free slot exists.
+            if let Some(slot) = table.free_slot(hash) {
+                table.slot(slot).store(&e);
+                table.set_tag(slot, tag_of(hash));
+                report(e.head, slot);
             }
-            return std::mem::replace(&mut self.table, Arc::new(table));
         }
+        std::mem::replace(&mut self.table, Arc::new(table))
     }
 }
 
 /// The tables readers use, one directory version.
 struct Directory {
-    num: Box<[Arc<Table<4>>]>,
-    uuid: Box<[Arc<Table<5>>]>,
+    num: [Arc<Table<4>>; SHARDS],
+    uuid: [Arc<Table<5>>; SHARDS],
 }
 
 /// A thread's cached directory.
@@ -443,23 +545,23 @@ static NEXT_INDEX_ID: AtomicU64 = AtomicU64::new(0);
 /// The read side of the index: shared by all threads.
 pub(crate) struct IndexReader {
     id: u64,
-    hasher: hashbrown::DefaultHashBuilder,
+    hasher: KeyHasher,
     version: AtomicU64,
     published: Mutex<Arc<Directory>>,
 }
 
 /// The write side of the index: owned by the engine state.
 pub(crate) struct IndexWriter {
-    hasher: hashbrown::DefaultHashBuilder,
+    hasher: KeyHasher,
     num: Vec<Shard<4>>,
     uuid: Vec<Shard<5>>,
 }
 
 /// Build the index: its shared read side and its write side.
 pub(crate) fn new_index() -> (IndexReader, IndexWriter) {
-    let hasher = hashbrown::DefaultHashBuilder::default();
+    let hasher = KeyHasher::random();
     let writer = IndexWriter {
-        hasher: hasher.clone(),
+        hasher,
         num: (0..SHARDS).map(|_| Shard::new()).collect(),
         uuid: (0..SHARDS).map(|_| Shard::new()).collect(),
     };
@@ -476,10 +578,11 @@ fn shard_of(hash: u64) -> usize {
     (hash as usize) & (SHARDS - 1)
 }
 
-fn hash_key(hasher: &hashbrown::DefaultHashBuilder, key: &PairKey) -> u64 {
+#[inline(always)]
+fn hash_key(hasher: &KeyHasher, key: &PairKey) -> u64 {
     match key {
-        PairKey::Num(k) => hasher.hash_one(k),
-        PairKey::Uuid(k) => hasher.hash_one(k),
+        PairKey::Num(k) => hasher.hash(k),
+        PairKey::Uuid(k) => hasher.hash(k),
     }
 }
 
@@ -488,8 +591,22 @@ impl IndexReader {
     /// allocates once the thread has cached the directory.
     #[inline]
     pub(crate) fn summary(&self, user: &UserId, entity: &EntityId) -> Summary {
-        let key = PairKey::new(user, entity);
-        let hash = hash_key(&self.hasher, &key);
+        match PairKey::new(user, entity) {
+            PairKey::Num(k) => self.lookup(&k, |d| &d.num),
+            PairKey::Uuid(k) => self.lookup(&k, |d| &d.uuid),
+        }
+    }
+
+    /// The lookup for one key shape, through this thread's cached
+    /// directory.
+    #[inline(always)]
+    fn lookup<const K: usize>(
+        &self,
+        key: &Key<K>,
+        pick: fn(&Directory) -> &[Arc<Table<K>>; SHARDS],
+    ) -> Summary {
+        let hash = self.hasher.hash(key);
+        let shard = shard_of(hash);
         let fast = READER.try_with(|cell| {
             let mut cache = cell.borrow_mut();
             loop {
@@ -505,7 +622,7 @@ impl IndexReader {
                         cache.dir.insert(self.published.lock().clone())
                     }
                 };
-                match read_in(dir, &key, hash) {
+                match pick(dir)[shard].read(key, hash) {
                     Read::Found(s) => return s,
                     Read::Retired => cache.dir = None,
                 }
@@ -516,7 +633,7 @@ impl IndexReader {
             // The thread is being torn down: read without the cache.
             Err(_) => loop {
                 let dir = self.published.lock().clone();
-                if let Read::Found(s) = read_in(&dir, &key, hash) {
+                if let Read::Found(s) = pick(&dir)[shard].read(key, hash) {
                     return s;
                 }
             },
@@ -534,22 +651,11 @@ impl IndexReader {
     }
 }
 
-fn read_in(dir: &Directory, key: &PairKey, hash: u64) -> Read {
-    match key {
-        PairKey::Num(k) => dir.num[shard_of(hash)].read(k, hash),
-        PairKey::Uuid(k) => dir.uuid[shard_of(hash)].read(k, hash),
-    }
-}
-
-fn capacity_for(len: usize) -> usize {
-    (len * 100 / MAX_LOAD_PERCENT + 1).max(MIN_CAPACITY)
-}
-
 impl IndexWriter {
     fn directory(&self) -> Directory {
         Directory {
-            num: self.num.iter().map(|s| s.table.clone()).collect(),
-            uuid: self.uuid.iter().map(|s| s.table.clone()).collect(),
+            num: std::array::from_fn(|i| self.num[i].table.clone()),
+            uuid: std::array::from_fn(|i| self.uuid[i].table.clone()),
         }
     }
 
@@ -596,24 +702,25 @@ impl IndexWriter {
                 },
             )
         };
-        match key {
+        let slot = match key {
             PairKey::Num(k) => {
-                let e = Entry { key: *k, dist: 0, head, summary };
-                let old = self.num[shard].insert(&self.hasher, e, hash, &mut report);
+                let e = Entry { key: *k, head, summary };
+                let (slot, old) = self.num[shard].insert(&self.hasher, e, hash, &mut report);
                 reader.publish(self, old);
+                slot
             }
             PairKey::Uuid(k) => {
-                let e = Entry { key: *k, dist: 0, head, summary };
-                let old = self.uuid[shard].insert(&self.hasher, e, hash, &mut report);
+                let e = Entry { key: *k, head, summary };
+                let (slot, old) = self.uuid[shard].insert(&self.hasher, e, hash, &mut report);
                 reader.publish(self, old);
+                slot
             }
-        }
-        // INVARIANT: the key was just inserted, so the probe finds it.
-        self.find(key, hash).unwrap_or(Locator {
+        };
+        Locator {
             uuid_entity,
             shard: shard as u8,
-            slot: 0,
-        })
+            slot: slot as u32,
+        }
     }
 
     /// Remove the pair at `loc`, reporting entries that move.
@@ -646,9 +753,9 @@ impl IndexWriter {
     pub(crate) fn head(&self, loc: Locator) -> u32 {
         let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
         if loc.uuid_entity {
-            self.uuid[shard].table.slots[slot].meta() as u32
+            self.uuid[shard].table.slot(slot).meta() as u32
         } else {
-            self.num[shard].table.slots[slot].meta() as u32
+            self.num[shard].table.slot(slot).meta() as u32
         }
     }
 
@@ -657,9 +764,9 @@ impl IndexWriter {
     pub(crate) fn summary_at(&self, loc: Locator) -> Summary {
         let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
         if loc.uuid_entity {
-            self.uuid[shard].table.slots[slot].load().summary
+            self.uuid[shard].table.slot(slot).load().summary
         } else {
-            self.num[shard].table.slots[slot].load().summary
+            self.num[shard].table.slot(slot).load().summary
         }
     }
 
@@ -683,7 +790,7 @@ impl IndexWriter {
     pub(crate) fn table_bytes(&self) -> usize {
         let num: usize = self.num.iter().map(|s| s.table.cap()).sum();
         let uuid: usize = self.uuid.iter().map(|s| s.table.cap()).sum();
-        num * std::mem::size_of::<Slot<4>>() + uuid * std::mem::size_of::<Slot<5>>()
+        num * (std::mem::size_of::<Slot<4>>() + 1) + uuid * (std::mem::size_of::<Slot<5>>() + 1)
     }
 
     /// Make room for `additional` more numeric-entity pairs now, so that
@@ -696,8 +803,8 @@ impl IndexWriter {
     ) {
         let per_shard = additional.div_ceil(SHARDS);
         for shard in 0..SHARDS {
-            let want = capacity_for(self.num[shard].len + per_shard);
-            if want > self.num[shard].table.cap() {
+            let want = groups_for(self.num[shard].len + per_shard);
+            if want > self.num[shard].table.groups() {
                 let mut report = |head: u32, slot: usize| {
                     moved(
                         head,
@@ -709,6 +816,7 @@ impl IndexWriter {
                     )
                 };
                 let old = self.num[shard].rebuild(&self.hasher, want, None, &mut report);
+                self.num[shard].used = self.num[shard].len;
                 reader.publish(self, Some(old));
             }
         }
@@ -746,9 +854,9 @@ impl IndexWriter {
     pub(crate) fn pair_at(&self, loc: Locator) -> (UserId, EntityId) {
         let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
         if loc.uuid_entity {
-            self.uuid[shard].table.slots[slot].load().key.decode()
+            self.uuid[shard].table.slot(slot).load().key.decode()
         } else {
-            self.num[shard].table.slots[slot].load().key.decode()
+            self.num[shard].table.slot(slot).load().key.decode()
         }
     }
 
@@ -762,8 +870,9 @@ impl IndexWriter {
             Key<K>: Decode,
         {
             shards.iter().enumerate().flat_map(move |(shard, s)| {
-                s.table.slots.iter().enumerate().filter_map(move |(slot, sl)| {
-                    (sl.meta() & OCCUPIED != 0).then(|| {
+                (0..s.table.cap()).filter_map(move |slot| {
+                    let sl = s.table.slot(slot);
+                    (s.table.tag(slot) & 0x80 == 0).then(|| {
                         let (u, e) = sl.load().key.decode();
                         let loc = Locator {
                             uuid_entity,
@@ -780,7 +889,7 @@ impl IndexWriter {
 }
 
 fn update_in<const K: usize>(table: &Table<K>, slot: usize, head: u32, summary: Summary) {
-    let s = &table.slots[slot];
+    let s = table.slot(slot);
     let meta = s.meta();
     table.begin_write();
     s.key[K - 1].store((meta & !0xffff_ffff) | u64::from(head), Ordering::Relaxed);
@@ -852,7 +961,7 @@ mod tests {
             assert_eq!(reader.summary(&u, &e), model.get(&i).copied().unwrap_or_default());
         }
         assert_eq!(writer.len(), model.len());
-        assert!(writer.table_bytes() < 20_000 * 48);
+        assert!(writer.table_bytes() < 20_000 * 49);
     }
 
     #[test]

@@ -1,0 +1,79 @@
+//! Workload shared by the benchmarks: random UUID users on numeric entity
+//! ids, an engine holding them, and the bare-map baseline over the same keys.
+
+#![allow(dead_code)]
+
+use chrono::{Duration, TimeZone, Utc};
+use grantwheel::{Context, Engine, EntityId, Expiry, Level, ManualClock, UserId};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// A fixed start so runs compare.
+pub fn start() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+/// `n` distinct (user, entity) keys with levels and durations (up to 90 days).
+pub fn keys(n: usize, seed: u64) -> Vec<(UserId, EntityId, Level, i64)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            let user = UserId::from_u128(rng.gen());
+            let entity = EntityId::lead(rng.gen_range(0..1u64 << 40));
+            let level = if rng.gen_bool(0.5) { Level::Read } else { Level::Edit };
+            let secs = rng.gen_range(3_600..90 * 86_400);
+            (user, entity, level, secs)
+        })
+        .collect()
+}
+
+/// An engine on a manual clock holding every key's grant.
+pub fn engine(keys: &[(UserId, EntityId, Level, i64)]) -> (ManualClock, Engine) {
+    let clock = ManualClock::new(start());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .capacity(keys.len())
+        .build()
+        .unwrap();
+    for (u, e, l, secs) in keys {
+        engine
+            .share(*u, *e, Context::Direct, *l, Expiry::After(Duration::seconds(*secs)))
+            .unwrap();
+    }
+    (clock, engine)
+}
+
+/// The bare map: the same keys to their expiry in milliseconds.
+pub type Baseline = hashbrown::HashMap<(UserId, EntityId), i64>;
+
+pub fn baseline(keys: &[(UserId, EntityId, Level, i64)]) -> Baseline {
+    let t = start().timestamp_millis();
+    keys.iter()
+        .map(|(u, e, _, secs)| ((*u, *e), t + secs * 1000))
+        .collect()
+}
+
+/// A random visiting order over `n` keys.
+pub fn order(n: usize, len: usize, seed: u64) -> Vec<u32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen_range(0..n as u32)).collect()
+}
+
+/// Resident set size of this process, in bytes.
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Sizes from an environment variable (comma separated), or the defaults.
+pub fn sizes(var: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
