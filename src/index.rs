@@ -608,35 +608,48 @@ impl IndexReader {
         let hash = self.hasher.hash(key);
         let shard = shard_of(hash);
         let fast = READER.try_with(|cell| {
-            let mut cache = cell.borrow_mut();
-            loop {
-                let version = self.version.load(Ordering::Acquire);
-                if cache.index != self.id || cache.version != version {
-                    cache.dir = None;
-                }
-                let dir = match &cache.dir {
-                    Some(dir) => dir,
-                    None => {
-                        cache.index = self.id;
-                        cache.version = version;
-                        cache.dir.insert(self.published.lock().clone())
-                    }
-                };
-                match pick(dir)[shard].read(key, hash) {
-                    Read::Found(s) => return s,
-                    Read::Retired => cache.dir = None,
-                }
+            let cache = cell.try_borrow().ok()?;
+            if cache.index != self.id || cache.version != self.version.load(Ordering::Acquire) {
+                return None;
+            }
+            match pick(cache.dir.as_ref()?)[shard].read(key, hash) {
+                Read::Found(s) => Some(s),
+                Read::Retired => None,
             }
         });
         match fast {
-            Ok(s) => s,
-            // The thread is being torn down: read without the cache.
-            Err(_) => loop {
-                let dir = self.published.lock().clone();
-                if let Read::Found(s) = pick(&dir)[shard].read(key, hash) {
-                    return s;
+            Ok(Some(s)) => s,
+            _ => self.lookup_slow(key, hash, pick),
+        }
+    }
+
+    /// The lookup when this thread's cached directory is missing or stale:
+    /// refresh the cache, then read.
+    #[cold]
+    #[inline(never)]
+    fn lookup_slow<const K: usize>(
+        &self,
+        key: &Key<K>,
+        hash: u64,
+        pick: fn(&Directory) -> &[Arc<Table<K>>; SHARDS],
+    ) -> Summary {
+        let shard = shard_of(hash);
+        loop {
+            let version = self.version.load(Ordering::Acquire);
+            let dir = self.published.lock().clone();
+            let found = pick(&dir)[shard].read(key, hash);
+            // Cache it for the next check (unless the thread is exiting or a
+            // check up this thread's stack holds the cache).
+            let _ = READER.try_with(|cell| {
+                if let Ok(mut cache) = cell.try_borrow_mut() {
+                    cache.index = self.id;
+                    cache.version = version;
+                    cache.dir = Some(dir);
                 }
-            },
+            });
+            if let Read::Found(s) = found {
+                return s;
+            }
         }
     }
 
