@@ -1,1 +1,80 @@
-fn main(){}
+//! Share, revoke and expiry throughput.
+//!
+//! - `lifecycle/share`: 100k shares into an empty engine;
+//! - `lifecycle/revoke`: 100k revokes by id;
+//! - `lifecycle/expire_1M`: one `advance` that expires 1M grants.
+
+mod common;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use chrono::Duration;
+use grantwheel::{Context, Engine, Expiry, ManualClock};
+
+const N: usize = 100_000;
+const EXPIRING: usize = 1_000_000;
+
+fn bench(c: &mut Criterion) {
+    let keys = common::keys(N, 11);
+    let mut g = c.benchmark_group("lifecycle");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(N as u64));
+    g.bench_function("share", |b| {
+        b.iter_batched(
+            || {
+                Engine::builder()
+                    .clock(ManualClock::new(common::start()))
+                    .build()
+                    .unwrap()
+            },
+            |engine| {
+                for (u, e, l, secs) in &keys {
+                    engine
+                        .share(*u, *e, Context::Direct, *l, Expiry::After(Duration::seconds(*secs)))
+                        .unwrap();
+                }
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("revoke", |b| {
+        b.iter_batched(
+            || {
+                let (_, engine) = common::engine(&keys);
+                let ids: Vec<_> = keys
+                    .iter()
+                    .flat_map(|(u, e, _, _)| engine.grants_for(u, e))
+                    .map(|g| g.id)
+                    .collect();
+                (engine, ids)
+            },
+            |(engine, ids)| {
+                for id in &ids {
+                    engine.revoke(id).unwrap();
+                }
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    let expiring = common::keys(EXPIRING, 12);
+    g.throughput(Throughput::Elements(EXPIRING as u64));
+    g.bench_function("expire_1M", |b| {
+        b.iter_batched(
+            || {
+                let (clock, engine) = common::engine(&expiring);
+                clock.advance(Duration::days(91));
+                engine
+            },
+            |engine| {
+                assert_eq!(engine.advance(), EXPIRING);
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -30,7 +30,7 @@ use crate::clock::{from_millis, max_millis, to_millis, to_millis_i64, Clock, Sys
 use crate::error::Error;
 use crate::events::{Event, Hub, RevokeReason, SubscriptionId};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
-use crate::index::{new_index, IndexReader, IndexWriter, Locator, PairKey, Summary};
+use crate::index::{new_index, IndexReader, IndexWriter, Locator, PackedLocator, PairKey, Summary};
 use crate::wheel::{Link, Links, Wheel};
 
 const NIL: u32 = u32::MAX;
@@ -406,17 +406,24 @@ struct GrantRec {
     serial: u64,
     ctx_hi: u64,
     ctx_lo: u64,
-    loc: Locator,
+    loc: PackedLocator,
     ctx_kind: u32,
     /// The next grant of the same pair.
     next: u32,
     level: Level,
-    /// The pending timer: a warning index, or `warnings.len()` for expiry.
+    /// The pending timer: a warning index, or `warnings.len()` for expiry;
+    /// [`FREE`] for a record on the free list.
     stage: u8,
-    used: bool,
 }
 
+/// `GrantRec::stage` of a free record.
+const FREE: u8 = u8::MAX;
+
 impl GrantRec {
+    fn used(&self) -> bool {
+        self.stage != FREE
+    }
+
     fn context(&self) -> Context {
         Context::unpack(
             self.ctx_kind,
@@ -517,7 +524,7 @@ impl State {
 
     fn grant(&self, g: u32) -> Grant {
         let rec = &self.grants[g as usize];
-        let (user, entity) = self.index.pair_at(rec.loc);
+        let (user, entity) = self.index.pair_at(rec.loc.into());
         Grant {
             id: GrantId {
                 user,
@@ -584,7 +591,7 @@ impl State {
             Some(loc) => {
                 let head = self.index.head(loc);
                 self.grants[g as usize].next = head;
-                self.grants[g as usize].loc = loc;
+                self.grants[g as usize].loc = loc.into();
                 let summary = self.summary_of(g);
                 self.index.update(loc, g, summary);
             }
@@ -595,7 +602,7 @@ impl State {
                 let loc = self.index.insert(reader, key, hash, g, summary, &mut |head, loc| {
                     relocate(grants, head, loc)
                 });
-                self.grants[g as usize].loc = loc;
+                self.grants[g as usize].loc = loc.into();
             }
         }
     }
@@ -603,8 +610,9 @@ impl State {
     /// Take a grant out of its pair, the wheel and the slab.
     fn detach(&mut self, reader: &IndexReader, g: u32) {
         let rec = self.grants[g as usize];
+        let loc: Locator = rec.loc.into();
         self.wheel.cancel(&mut self.grants, g);
-        let head = self.index.head(rec.loc);
+        let head = self.index.head(loc);
         let new_head = if head == g {
             rec.next
         } else {
@@ -620,12 +628,12 @@ impl State {
         if new_head == NIL {
             let grants = &mut self.grants;
             self.index
-                .remove(reader, rec.loc, &mut |head, loc| relocate(grants, head, loc));
+                .remove(reader, loc, &mut |head, loc| relocate(grants, head, loc));
         } else {
             let summary = self.summary_of(new_head);
-            self.index.update(rec.loc, new_head, summary);
+            self.index.update(loc, new_head, summary);
         }
-        self.grants[g as usize].used = false;
+        self.grants[g as usize].stage = FREE;
         self.grants[g as usize].next = NIL;
         self.free.push(g);
         self.held -= 1;
@@ -646,7 +654,7 @@ impl State {
         let rec = &mut self.grants[g as usize];
         rec.expires = expires;
         rec.level = level;
-        let loc = rec.loc;
+        let loc: Locator = rec.loc.into();
         let armed = self.arm(cfg, g, now);
         debug_assert!(armed, "a live grant's timer is ahead of now");
         let head = self.index.head(loc);
@@ -738,6 +746,7 @@ impl State {
 
 /// Record a pair's new place in each of its grants.
 fn relocate(grants: &mut [GrantRec], head: u32, loc: Locator) {
+    let loc = PackedLocator::from(loc);
     let mut g = head;
     while g != NIL {
         let rec = &mut grants[g as usize];
@@ -945,16 +954,15 @@ impl Engine {
                 serial,
                 ctx_hi: (ctx.1 >> 64) as u64,
                 ctx_lo: ctx.1 as u64,
-                loc: Locator {
+                loc: PackedLocator::from(Locator {
                     uuid_entity: false,
                     shard: 0,
                     slot: 0,
-                },
+                }),
                 ctx_kind: ctx.0,
                 next: NIL,
                 level,
                 stage: 0,
-                used: true,
             });
             st.attach(reader, &key, g);
             let armed = st.arm(ch.cfg, g, now);
@@ -1121,7 +1129,7 @@ impl Engine {
                 .iter()
                 .enumerate()
                 .filter(|(_, r)| {
-                    r.used
+                    r.used()
                         && r.expires > now
                         && r.ctx_kind == kind
                         && r.ctx_hi == (id >> 64) as u64
@@ -1186,7 +1194,7 @@ impl Engine {
                 .grants
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| r.used && r.expires > now && r.expires <= until)
+                .filter(|(_, r)| r.used() && r.expires > now && r.expires <= until)
                 .map(|(g, _)| g as u32)
                 .collect();
             st.sorted_by_expiry(gs)
@@ -1351,5 +1359,28 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_stay_small() {
+        // Memory per grant is a headline figure: keep an eye on it.
+        assert_eq!(std::mem::size_of::<Link>(), 16);
+        assert_eq!(std::mem::size_of::<GrantRec>(), 64);
+    }
+
+    #[test]
+    fn packed_locators_round_trip() {
+        for loc in [
+            Locator { uuid_entity: false, shard: 0, slot: 0 },
+            Locator { uuid_entity: true, shard: 63, slot: (1 << 25) - 1 },
+            Locator { uuid_entity: true, shard: 17, slot: 12345 },
+        ] {
+            assert_eq!(Locator::from(PackedLocator::from(loc)), loc);
+        }
     }
 }

@@ -45,6 +45,8 @@ use crate::ids::{EntityId, EntityKind, EntityRef, UserId};
 
 /// Tables per key shape.
 pub(crate) const SHARDS: usize = 64;
+// A packed locator keeps six bits of shard.
+const _: () = assert!(SHARDS <= 64 && SHARDS.is_power_of_two());
 /// Slots per group (one tag byte each, one tag word per group).
 const GROUP: usize = 8;
 /// Smallest table, in groups.
@@ -78,6 +80,33 @@ pub(crate) struct Locator {
     pub(crate) uuid_entity: bool,
     pub(crate) shard: u8,
     pub(crate) slot: u32,
+}
+
+/// A [`Locator`] in four bytes: key shape (1 bit), shard (6 bits), slot
+/// (25 bits, so up to 32M slots per shard, 2G pairs per shape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PackedLocator(u32);
+
+const SLOT_BITS: u32 = 25;
+
+impl From<Locator> for PackedLocator {
+    fn from(l: Locator) -> Self {
+        PackedLocator(
+            (u32::from(l.uuid_entity) << 31)
+                | (u32::from(l.shard) << SLOT_BITS)
+                | (l.slot & ((1 << SLOT_BITS) - 1)),
+        )
+    }
+}
+
+impl From<PackedLocator> for Locator {
+    fn from(p: PackedLocator) -> Self {
+        Locator {
+            uuid_entity: p.0 >> 31 == 1,
+            shard: ((p.0 >> SLOT_BITS) & 0x3f) as u8,
+            slot: p.0 & ((1 << SLOT_BITS) - 1),
+        }
+    }
 }
 
 /// An encoded key: user words, entity words, kind (the last word).

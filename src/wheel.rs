@@ -49,22 +49,27 @@ const UNSCHEDULED: u16 = 0;
 /// `Link::place` of a parked entry.
 const PARKED: u16 = (LEVELS * SLOTS) as u16 + 1;
 
-/// The wheel's per-entry state, kept inside the caller's record.
+/// Bits of `Link::word` that hold the deadline; the place sits above.
+const DEADLINE_BITS: u32 = 54;
+/// The latest deadline a link can hold (later ones are filed at it: no
+/// instant the engine handles comes close).
+const MAX_DEADLINE: u64 = (1 << DEADLINE_BITS) - 1;
+
+/// The wheel's per-entry state, kept inside the caller's record: 16 bytes,
+/// the deadline and the place packed in one word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Link {
-    deadline: u64,
+    word: u64,
     prev: u32,
     next: u32,
-    place: u16,
 }
 
 impl Default for Link {
     fn default() -> Self {
         Link {
-            deadline: 0,
+            word: 0,
             prev: NIL,
             next: NIL,
-            place: UNSCHEDULED,
         }
     }
 }
@@ -72,7 +77,19 @@ impl Default for Link {
 impl Link {
     /// Whether the entry is filed in the wheel.
     pub(crate) fn is_scheduled(&self) -> bool {
-        self.place != UNSCHEDULED
+        self.place() != UNSCHEDULED
+    }
+
+    fn deadline(&self) -> u64 {
+        self.word & MAX_DEADLINE
+    }
+
+    fn place(&self) -> u16 {
+        (self.word >> DEADLINE_BITS) as u16
+    }
+
+    fn set(&mut self, deadline: u64, place: u16) {
+        self.word = (u64::from(place) << DEADLINE_BITS) | (deadline & MAX_DEADLINE);
     }
 }
 
@@ -156,8 +173,7 @@ impl Wheel {
         if deadline <= self.elapsed {
             return false;
         }
-        links.link_mut(id).deadline = deadline;
-        self.file(links, id, deadline);
+        self.file(links, id, deadline.min(MAX_DEADLINE));
         self.len += 1;
         true
     }
@@ -172,13 +188,13 @@ impl Wheel {
         if link.prev != NIL {
             links.link_mut(link.prev).next = link.next;
         } else {
-            *self.head_mut(link.place) = link.next;
+            *self.head_mut(link.place()) = link.next;
         }
         if link.next != NIL {
             links.link_mut(link.next).prev = link.prev;
         }
-        if link.prev == NIL && link.next == NIL && link.place != PARKED {
-            let idx = usize::from(link.place - 1);
+        if link.prev == NIL && link.next == NIL && link.place() != PARKED {
+            let idx = usize::from(link.place() - 1);
             self.occupied[idx / SLOTS] &= !(1u64 << (idx % SLOTS));
         }
         *links.link_mut(id) = Link::default();
@@ -214,14 +230,14 @@ impl Wheel {
             self.occupied[level] &= !(1u64 << slot);
             while id != NIL {
                 let link = *links.link(id);
-                if link.deadline <= now {
+                if link.deadline() <= now {
                     *links.link_mut(id) = Link::default();
                     self.len -= 1;
                     fired.push(id);
                 } else {
                     // INVARIANT: the entry shares its level-`level` slot with
                     // `elapsed`, so it drops to a lower level.
-                    self.file(links, id, link.deadline);
+                    self.file(links, id, link.deadline());
                 }
                 id = link.next;
             }
@@ -265,7 +281,7 @@ impl Wheel {
         let link = links.link_mut(id);
         link.prev = NIL;
         link.next = old;
-        link.place = place;
+        link.set(deadline, place);
         if old != NIL {
             links.link_mut(old).prev = id;
         }
@@ -276,12 +292,12 @@ impl Wheel {
         self.parked_min = u64::MAX;
         while id != NIL {
             let link = *links.link(id);
-            if link.deadline <= now {
+            if link.deadline() <= now {
                 *links.link_mut(id) = Link::default();
                 self.len -= 1;
                 fired.push(id);
             } else {
-                self.file(links, id, link.deadline);
+                self.file(links, id, link.deadline());
             }
             id = link.next;
         }
@@ -416,7 +432,7 @@ mod tests {
         h.schedule(0, far);
         h.schedule(1, 5 + EPOCH + 1);
         h.schedule(2, 5 + 10);
-        assert_eq!(h.links[0].place, PARKED);
+        assert_eq!(h.links[0].place(), PARKED);
         h.advance(5 + 10);
         h.advance(5 + EPOCH);
         h.advance(5 + EPOCH + 1);

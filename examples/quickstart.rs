@@ -1,0 +1,62 @@
+//! Share a lead for 30 minutes, check it, watch it expire.
+//!
+//! `cargo run --release --example quickstart`
+
+use chrono::{Duration, TimeZone, Utc};
+use grantwheel::{Context, Engine, EntityId, Event, Expiry, Level, ManualClock, UserId};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // A manual clock, so the example can move time; hosts use the system
+    // clock (the default).
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .warn_before([Duration::minutes(5)])
+        .build()?;
+    engine.subscribe(|event: &Event| match event {
+        Event::Granted(g) => println!("  event: granted {} until {}", g.id.entity, g.expires_at),
+        Event::ExpiringSoon { grant, .. } => {
+            println!("  event: {} expires soon, at {}", grant.id.entity, grant.expires_at)
+        }
+        Event::Expired(g) => println!("  event: expired {}", g.id.entity),
+        other => println!("  event: {other:?}"),
+    });
+
+    // The share API's example: lead 869196 shared with a sales user through
+    // an activity, with write access, for 30 minutes.
+    let sales_user: UserId = "0203f172-8642-11e7-9bed-069b743e848f".parse()?;
+    let lead = EntityId::lead(869196);
+    let activity = Context::Activity("f2dbf1d5-bbab-418b-bddc-4c92ecdef214".parse()?);
+
+    println!("{}: share lead {} with {sales_user} (edit, 30 minutes)", engine.now(), lead);
+    let grant = engine.share(sales_user, lead, activity, Level::Edit, Expiry::After(Duration::minutes(30)))?;
+    println!(
+        "{}: can read: {}, can edit: {}",
+        engine.now(),
+        engine.can_read(&sales_user, &lead),
+        engine.can_edit(&sales_user, &lead)
+    );
+    assert!(engine.can_edit(&sales_user, &lead));
+
+    clock.advance(Duration::minutes(26));
+    engine.advance();
+    println!(
+        "{}: 26 minutes later, can edit: {}",
+        engine.now(),
+        engine.can_edit(&sales_user, &lead)
+    );
+
+    clock.advance(Duration::minutes(4));
+    println!(
+        "{}: at the expiry ({}), can read: {} (before any reclaiming)",
+        engine.now(),
+        grant.expires_at,
+        engine.can_read(&sales_user, &lead)
+    );
+    assert!(!engine.can_read(&sales_user, &lead));
+
+    let reclaimed = engine.advance();
+    println!("{}: advance reclaimed {reclaimed} grant(s); {} held", engine.now(), engine.len());
+    assert_eq!(reclaimed, 1);
+    Ok(())
+}
