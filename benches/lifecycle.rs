@@ -6,8 +6,8 @@
 
 mod common;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use chrono::Duration;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use grantwheel::{Context, Engine, Expiry, ManualClock};
 
 const N: usize = 100_000;
@@ -29,7 +29,13 @@ fn bench(c: &mut Criterion) {
             |engine| {
                 for (u, e, l, secs) in &keys {
                     engine
-                        .share(*u, *e, Context::Direct, *l, Expiry::After(Duration::seconds(*secs)))
+                        .share(
+                            *u,
+                            *e,
+                            Context::Direct,
+                            *l,
+                            Expiry::After(Duration::seconds(*secs)),
+                        )
                         .unwrap();
                 }
                 engine

@@ -16,7 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     engine.subscribe(|event: &Event| match event {
         Event::Granted(g) => println!("  event: granted {} until {}", g.id.entity, g.expires_at),
         Event::ExpiringSoon { grant, .. } => {
-            println!("  event: {} expires soon, at {}", grant.id.entity, grant.expires_at)
+            println!(
+                "  event: {} expires soon, at {}",
+                grant.id.entity, grant.expires_at
+            )
         }
         Event::Expired(g) => println!("  event: expired {}", g.id.entity),
         other => println!("  event: {other:?}"),
@@ -28,8 +31,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lead = EntityId::lead(869196);
     let activity = Context::Activity("f2dbf1d5-bbab-418b-bddc-4c92ecdef214".parse()?);
 
-    println!("{}: share lead {} with {sales_user} (edit, 30 minutes)", engine.now(), lead);
-    let grant = engine.share(sales_user, lead, activity, Level::Edit, Expiry::After(Duration::minutes(30)))?;
+    println!(
+        "{}: share lead {} with {sales_user} (edit, 30 minutes)",
+        engine.now(),
+        lead
+    );
+    let grant = engine.share(
+        sales_user,
+        lead,
+        activity,
+        Level::Edit,
+        Expiry::After(Duration::minutes(30)),
+    )?;
     println!(
         "{}: can read: {}, can edit: {}",
         engine.now(),
@@ -56,7 +69,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(!engine.can_read(&sales_user, &lead));
 
     let reclaimed = engine.advance();
-    println!("{}: advance reclaimed {reclaimed} grant(s); {} held", engine.now(), engine.len());
+    println!(
+        "{}: advance reclaimed {reclaimed} grant(s); {} held",
+        engine.now(),
+        engine.len()
+    );
     assert_eq!(reclaimed, 1);
     Ok(())
 }

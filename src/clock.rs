@@ -100,6 +100,7 @@ impl Clock for ManualClock {
         from_millis(to_millis_i64(self.millis.load(Ordering::SeqCst)))
     }
 
+    #[inline]
     fn now_millis(&self) -> i64 {
         self.millis.load(Ordering::Relaxed)
     }
@@ -156,5 +157,36 @@ mod tests {
         let a = SystemClock.now_millis();
         let b = Utc::now().timestamp_millis();
         assert!((a - b).abs() < 5_000);
+    }
+}
+
+/// The engine's clock, with the shipped clocks called directly (no dynamic
+/// dispatch on the check path).
+#[derive(Clone)]
+pub(crate) enum ClockSource {
+    System,
+    Manual(ManualClock),
+    Custom(std::sync::Arc<dyn Clock>),
+}
+
+impl ClockSource {
+    pub(crate) fn new<C: Clock>(clock: C) -> Self {
+        let any: &dyn std::any::Any = &clock;
+        if let Some(m) = any.downcast_ref::<ManualClock>() {
+            ClockSource::Manual(m.clone())
+        } else if any.is::<SystemClock>() {
+            ClockSource::System
+        } else {
+            ClockSource::Custom(std::sync::Arc::new(clock))
+        }
+    }
+
+    #[inline]
+    pub(crate) fn now_millis(&self) -> i64 {
+        match self {
+            ClockSource::System => SystemClock.now_millis(),
+            ClockSource::Manual(m) => m.now_millis(),
+            ClockSource::Custom(c) => c.now_millis(),
+        }
     }
 }

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{from_millis, max_millis, to_millis, to_millis_i64, Clock, SystemClock};
+use crate::clock::{from_millis, max_millis, to_millis, to_millis_i64, Clock, ClockSource};
 use crate::error::Error;
 use crate::events::{Event, Hub, RevokeReason, SubscriptionId};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
@@ -121,7 +121,7 @@ pub struct Footprint {
 /// assert!(engine.is_empty());
 /// ```
 pub struct EngineBuilder {
-    clock: Arc<dyn Clock>,
+    clock: ClockSource,
     default_duration: chrono::Duration,
     max_duration: chrono::Duration,
     over_max: OverMax,
@@ -134,7 +134,7 @@ pub struct EngineBuilder {
 impl Default for EngineBuilder {
     fn default() -> Self {
         EngineBuilder {
-            clock: Arc::new(SystemClock),
+            clock: ClockSource::System,
             default_duration: chrono::Duration::days(90),
             max_duration: chrono::Duration::days(3660),
             over_max: OverMax::Reject,
@@ -156,7 +156,7 @@ impl EngineBuilder {
     /// assert_eq!(engine.now(), chrono::Utc::now().min(engine.now()));
     /// ```
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = ClockSource::new(clock);
         self
     }
 
@@ -253,7 +253,10 @@ impl EngineBuilder {
         let positive_ms = |field: &'static str, d: chrono::Duration| -> Result<u64, Error> {
             let ms = d.num_milliseconds();
             if ms <= 0 {
-                return Err(Error::invalid(field, format!("`{d}` is not at least one millisecond")));
+                return Err(Error::invalid(
+                    field,
+                    format!("`{d}` is not at least one millisecond"),
+                ));
             }
             Ok(ms.unsigned_abs())
         };
@@ -261,7 +264,10 @@ impl EngineBuilder {
         let max_ms = positive_ms("max_duration", self.max_duration)?;
         let tick_ms = positive_ms("tick", self.tick)?;
         if self.tick.num_milliseconds() > MS_PER_DAY {
-            return Err(Error::invalid("tick", format!("`{}` is longer than one day", self.tick)));
+            return Err(Error::invalid(
+                "tick",
+                format!("`{}` is longer than one day", self.tick),
+            ));
         }
         if default_ms > max_ms {
             return Err(Error::invalid(
@@ -279,7 +285,10 @@ impl EngineBuilder {
         warnings.sort_unstable_by(|a, b| b.cmp(a));
         warnings.dedup();
         if warnings.len() >= usize::from(u8::MAX) {
-            return Err(Error::invalid("warn_before", "more than 254 warning offsets"));
+            return Err(Error::invalid(
+                "warn_before",
+                "more than 254 warning offsets",
+            ));
         }
         let (reader, mut index) = new_index();
         let clock = self.clock;
@@ -453,7 +462,7 @@ struct State {
 
 struct Inner {
     reader: IndexReader,
-    clock: Arc<dyn Clock>,
+    clock: ClockSource,
     high_water: AtomicU64,
     cfg: Config,
     state: Mutex<State>,
@@ -567,7 +576,10 @@ impl State {
         let mut g = self.index.head(loc);
         while g != NIL {
             let rec = &self.grants[g as usize];
-            if rec.ctx_kind == ctx.0 && rec.ctx_hi == (ctx.1 >> 64) as u64 && rec.ctx_lo == ctx.1 as u64 {
+            if rec.ctx_kind == ctx.0
+                && rec.ctx_hi == (ctx.1 >> 64) as u64
+                && rec.ctx_lo == ctx.1 as u64
+            {
                 return Some(g);
             }
             g = rec.next;
@@ -599,9 +611,11 @@ impl State {
                 self.grants[g as usize].next = NIL;
                 let summary = self.summary_of(g);
                 let grants = &mut self.grants;
-                let loc = self.index.insert(reader, key, hash, g, summary, &mut |head, loc| {
-                    relocate(grants, head, loc)
-                });
+                let loc = self
+                    .index
+                    .insert(reader, key, hash, g, summary, &mut |head, loc| {
+                        relocate(grants, head, loc)
+                    });
                 self.grants[g as usize].loc = loc.into();
             }
         }
@@ -666,7 +680,8 @@ impl State {
     fn advance(&mut self, reader: &IndexReader, ch: &mut Changes<'_>, now: u64) -> usize {
         let cfg = ch.cfg;
         let mut fired = std::mem::take(&mut self.fired);
-        self.wheel.advance(&mut self.grants, now / cfg.tick_ms, &mut fired);
+        self.wheel
+            .advance(&mut self.grants, now / cfg.tick_ms, &mut fired);
         let mut expired = 0;
         let mut timed: Vec<(u64, u64, Event)> = Vec::new();
         for &g in &fired {
@@ -674,7 +689,9 @@ impl State {
             let warning = usize::from(rec.stage) < cfg.warnings.len();
             if warning {
                 if rec.expires > now && ch.want {
-                    let at = rec.expires.saturating_sub(cfg.warnings[usize::from(rec.stage)]);
+                    let at = rec
+                        .expires
+                        .saturating_sub(cfg.warnings[usize::from(rec.stage)]);
                     let grant = self.grant(g);
                     timed.push((
                         at,
@@ -705,7 +722,12 @@ impl State {
     }
 
     /// Revoke the given grants (all live), in serial order.
-    fn revoke_all(&mut self, reader: &IndexReader, ch: &mut Changes<'_>, mut gs: Vec<u32>) -> Vec<Grant> {
+    fn revoke_all(
+        &mut self,
+        reader: &IndexReader,
+        ch: &mut Changes<'_>,
+        mut gs: Vec<u32>,
+    ) -> Vec<Grant> {
         gs.sort_by_key(|g| self.grants[*g as usize].serial);
         let mut out = Vec::with_capacity(gs.len());
         for g in gs {
@@ -1376,9 +1398,21 @@ mod tests {
     #[test]
     fn packed_locators_round_trip() {
         for loc in [
-            Locator { uuid_entity: false, shard: 0, slot: 0 },
-            Locator { uuid_entity: true, shard: 63, slot: (1 << 25) - 1 },
-            Locator { uuid_entity: true, shard: 17, slot: 12345 },
+            Locator {
+                uuid_entity: false,
+                shard: 0,
+                slot: 0,
+            },
+            Locator {
+                uuid_entity: true,
+                shard: 63,
+                slot: (1 << 25) - 1,
+            },
+            Locator {
+                uuid_entity: true,
+                shard: 17,
+                slot: 12345,
+            },
         ] {
             assert_eq!(Locator::from(PackedLocator::from(loc)), loc);
         }

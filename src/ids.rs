@@ -228,8 +228,14 @@ mod tests {
             Context::Task(u),
             Context::Other { kind: 0, id: u },
             Context::Other { kind: 77, id: u },
-            Context::Other { kind: u16::MAX, id: u },
-            Context::Other { kind: u16::MAX - 1, id: u },
+            Context::Other {
+                kind: u16::MAX,
+                id: u,
+            },
+            Context::Other {
+                kind: u16::MAX - 1,
+                id: u,
+            },
         ] {
             let (k, id) = c.pack();
             assert_eq!(Context::unpack(k, id), c);

@@ -149,8 +149,18 @@ impl PairKey {
 /// seeds are random per engine, so hash flooding needs the seeds.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct KeyHasher {
-    seeds: [u64; 6],
+    seeds: [u64; 2],
 }
+
+/// Per-word constants (digits of pi), so equal words in different
+/// positions do not cancel.
+const PI: [u64; 5] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+    0x4528_21e6_38d0_1377,
+];
 
 fn fold_mul(a: u64, b: u64) -> u64 {
     let f = u128::from(a) * u128::from(b);
@@ -168,23 +178,25 @@ impl KeyHasher {
 
     #[inline(always)]
     fn hash<const K: usize>(&self, key: &Key<K>) -> u64 {
-        let s = &self.seeds;
+        let [s0, s1] = self.seeds;
         let w = &key.0;
         let mut h = 0;
         let mut i = 0;
         while i < K {
-            let a = w[i] ^ s[(i + 1) % 6];
-            let b = if i + 1 < K { w[i + 1] ^ s[(i + 2) % 6] } else { s[0] };
+            let a = w[i] ^ s0 ^ PI[i];
+            let b = if i + 1 < K { w[i + 1] ^ s1 ^ PI[i + 1] } else { s1 };
             h ^= fold_mul(a, b);
             i += 2;
         }
-        fold_mul(h ^ s[0], 0x9e37_79b9_7f4a_7c15)
+        fold_mul(h ^ s0, 0x9e37_79b9_7f4a_7c15)
     }
 }
 
-/// The fingerprint of a hash: its top seven bits (a full slot's tag).
+/// The fingerprint of a hash (a full slot's tag): seven bits that neither
+/// the shard (the low six bits) nor the home group (the high bits) uses, so
+/// the keys of one group have distinct tags.
 fn tag_of(hash: u64) -> u8 {
-    (hash >> 57) as u8
+    ((hash >> 8) & 0x7f) as u8
 }
 
 /// Bytes of `word` equal to `tag`, as their high bits (may report a false
@@ -357,7 +369,10 @@ impl<const K: usize> Table<K> {
         let word = self.tags(slot / GROUP);
         let shift = 8 * (slot % GROUP);
         let w = word.load(Ordering::Relaxed);
-        word.store((w & !(0xff << shift)) | (u64::from(tag) << shift), Ordering::Relaxed);
+        word.store(
+            (w & !(0xff << shift)) | (u64::from(tag) << shift),
+            Ordering::Relaxed,
+        );
     }
 
     /// Probe for `key`, calling `found` with the slot's index. Bounded by
@@ -475,9 +490,7 @@ impl<const K: usize> Shard<K> {
     ) -> (usize, Option<Arc<Table<K>>>) {
         let table = self.table.clone();
         match table.free_slot(hash) {
-            Some(slot)
-                if table.tag(slot) == TAG_DELETED || self.used < table.max_used() =>
-            {
+            Some(slot) if table.tag(slot) == TAG_DELETED || self.used < table.max_used() => {
                 if table.tag(slot) == TAG_EMPTY {
                     self.used += 1;
                 }
@@ -746,13 +759,21 @@ impl IndexWriter {
         };
         let slot = match key {
             PairKey::Num(k) => {
-                let e = Entry { key: *k, head, summary };
+                let e = Entry {
+                    key: *k,
+                    head,
+                    summary,
+                };
                 let (slot, old) = self.num[shard].insert(&self.hasher, e, hash, &mut report);
                 reader.publish(self, old);
                 slot
             }
             PairKey::Uuid(k) => {
-                let e = Entry { key: *k, head, summary };
+                let e = Entry {
+                    key: *k,
+                    head,
+                    summary,
+                };
                 let (slot, old) = self.uuid[shard].insert(&self.hasher, e, hash, &mut report);
                 reader.publish(self, old);
                 slot
@@ -886,7 +907,10 @@ impl Decode for Key<5> {
         let e = (u128::from(ehi) << 64) | u128::from(elo);
         (
             UserId::from_u128((u128::from(hi) << 64) | u128::from(lo)),
-            EntityId::new(EntityKind::custom(kind as u16), EntityRef::Uuid(uuid::Uuid::from_u128(e))),
+            EntityId::new(
+                EntityKind::custom(kind as u16),
+                EntityRef::Uuid(uuid::Uuid::from_u128(e)),
+            ),
         )
     }
 }
@@ -949,7 +973,10 @@ mod tests {
     fn key(i: u64, uuid_entity: bool) -> (UserId, EntityId) {
         let user = UserId::from_u128(u128::from(i % 97) << 64 | u128::from(i * 7));
         let entity = if uuid_entity {
-            EntityId::new(crate::EntityKind::custom(9), EntityRef::Uuid(Uuid::from_u128(u128::from(i))))
+            EntityId::new(
+                crate::EntityKind::custom(9),
+                EntityRef::Uuid(Uuid::from_u128(u128::from(i))),
+            )
         } else {
             EntityId::lead(i / 3)
         };
@@ -969,7 +996,10 @@ mod tests {
             let pk = PairKey::new(&u, &e);
             let h = writer.hash(&pk);
             assert!(writer.find(&pk, h).is_none());
-            let s = Summary { read_until: i + 10, edit_until: i };
+            let s = Summary {
+                read_until: i + 10,
+                edit_until: i,
+            };
             let loc = writer.insert(&reader, &pk, h, i as u32, s, &mut |head, loc| {
                 where_is.insert(head, loc);
             });
@@ -1000,10 +1030,30 @@ mod tests {
         }
         for i in 0..n {
             let (u, e) = key(i, i % 5 == 0);
-            assert_eq!(reader.summary(&u, &e), model.get(&i).copied().unwrap_or_default());
+            assert_eq!(
+                reader.summary(&u, &e),
+                model.get(&i).copied().unwrap_or_default()
+            );
         }
         assert_eq!(writer.len(), model.len());
         assert!(writer.table_bytes() < 20_000 * 49);
+    }
+
+    #[test]
+    fn tags_vary_within_a_group_of_a_large_table() {
+        // Keys of one group share the hash's high bits (the home) and, in
+        // one shard, its low bits: the tag must come from other bits.
+        let hasher = KeyHasher::random();
+        let groups = 1 << 20;
+        let mut tags = std::collections::HashMap::<usize, std::collections::HashSet<u8>>::new();
+        for i in 0..2_000_000u64 {
+            let h = hasher.hash(&Key([i, 7, 9, 1]));
+            if shard_of(h) == 0 {
+                tags.entry(home(h, groups) >> 14).or_default().insert(tag_of(h));
+            }
+        }
+        let (_, seen) = tags.iter().max_by_key(|(_, t)| t.len()).unwrap();
+        assert!(seen.len() > 100, "only {} distinct tags in one home range", seen.len());
     }
 
     #[test]
@@ -1013,7 +1063,10 @@ mod tests {
         let pk = PairKey::new(&u, &e);
         let h = writer.hash(&pk);
         let loc = writer.insert(&reader, &pk, h, 3, Summary::default(), &mut |_, _| {});
-        let s = Summary { read_until: 50, edit_until: 40 };
+        let s = Summary {
+            read_until: 50,
+            edit_until: 40,
+        };
         writer.update(loc, 4, s);
         assert_eq!(writer.head(loc), 4);
         assert_eq!(writer.summary_at(loc), s);
@@ -1027,7 +1080,10 @@ mod tests {
         let (u, e) = key(5, false);
         let pk = PairKey::new(&u, &e);
         let h = writer.hash(&pk);
-        let s = Summary { read_until: 9, edit_until: 0 };
+        let s = Summary {
+            read_until: 9,
+            edit_until: 0,
+        };
         let mut loc = writer.insert(&reader, &pk, h, 0, s, &mut |_, _| {});
         writer.reserve_numeric(&reader, 100_000, &mut |_, l| loc = l);
         assert!(writer.table_bytes() >= 100_000 * 48);

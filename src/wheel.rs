@@ -250,7 +250,8 @@ impl Wheel {
     /// scheduled. Exact for entries due within 64 ticks.
     pub(crate) fn next_wakeup(&self) -> Option<u64> {
         let wheel = self.next_expiration().map(|(_, _, s)| s.max(self.elapsed));
-        let parked = (self.parked != NIL).then(|| (self.parked_min & !(EPOCH - 1)).max(self.elapsed));
+        let parked =
+            (self.parked != NIL).then(|| (self.parked_min & !(EPOCH - 1)).max(self.elapsed));
         match (wheel, parked) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

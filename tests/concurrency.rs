@@ -18,7 +18,10 @@ const REVOKING: u64 = 2;
 const REVOKED: u64 = 3;
 
 fn pair(i: usize) -> (UserId, EntityId) {
-    (UserId::from_u128(0xabc0 + i as u128), EntityId::lead(i as u64))
+    (
+        UserId::from_u128(0xabc0 + i as u128),
+        EntityId::lead(i as u64),
+    )
 }
 
 #[test]
@@ -30,23 +33,36 @@ fn checks_never_outlive_revokes_or_expiries_and_are_never_torn() {
         .tick(Duration::milliseconds(1))
         .build()
         .unwrap();
-    let phases: Arc<Vec<AtomicU64>> = Arc::new((0..PAIRS).map(|_| AtomicU64::new(REVOKED)).collect());
+    let phases: Arc<Vec<AtomicU64>> =
+        Arc::new((0..PAIRS).map(|_| AtomicU64::new(REVOKED)).collect());
     let done = Arc::new(AtomicBool::new(false));
     // Grants that expire one after another as the clock moves: (user, expiry ms).
     let expiring: Vec<(UserId, i64)> = (0..200)
-        .map(|i| (UserId::from_u128(0xe000 + i), start.timestamp_millis() + 5 + i as i64 * 7))
+        .map(|i| {
+            (
+                UserId::from_u128(0xe000 + i),
+                start.timestamp_millis() + 5 + i as i64 * 7,
+            )
+        })
         .collect();
     let timed = EntityId::opportunity(1);
     for (u, at) in &expiring {
         let at = Utc.timestamp_millis_opt(*at).unwrap();
-        engine.share(*u, timed, Context::Direct, Level::Edit, Expiry::At(at)).unwrap();
+        engine
+            .share(*u, timed, Context::Direct, Level::Edit, Expiry::At(at))
+            .unwrap();
     }
 
     let mut threads = Vec::new();
     // Readers.
     for r in 0..2 {
-        let (engine, phases, done, clock, expiring) =
-            (engine.clone(), phases.clone(), done.clone(), clock.clone(), expiring.clone());
+        let (engine, phases, done, clock, expiring) = (
+            engine.clone(),
+            phases.clone(),
+            done.clone(),
+            clock.clone(),
+            expiring.clone(),
+        );
         threads.push(std::thread::spawn(move || {
             let mut checks = 0u64;
             let mut i = r;
@@ -91,12 +107,30 @@ fn checks_never_outlive_revokes_or_expiries_and_are_never_torn() {
                 let (u, e) = pair(i);
                 let base = phases[i].load(Ordering::Relaxed) + 1;
                 phases[i].store(base + SHARING, Ordering::Release);
-                let level = if cycle % 2 == 0 { Level::Edit } else { Level::Read };
+                let level = if cycle % 2 == 0 {
+                    Level::Edit
+                } else {
+                    Level::Read
+                };
                 engine
-                    .share(u, e, Context::Direct, level, Expiry::After(Duration::days(1)))
+                    .share(
+                        u,
+                        e,
+                        Context::Direct,
+                        level,
+                        Expiry::After(Duration::days(1)),
+                    )
                     .unwrap();
                 phases[i].store(base + SHARED, Ordering::Release);
-                engine.share(UserId::from_u128(u128::from(cycle) << 32), e, Context::Direct, Level::Read, Expiry::Default).unwrap();
+                engine
+                    .share(
+                        UserId::from_u128(u128::from(cycle) << 32),
+                        e,
+                        Context::Direct,
+                        Level::Read,
+                        Expiry::Default,
+                    )
+                    .unwrap();
                 phases[i].store(base + REVOKING, Ordering::Release);
                 let gone = engine.revoke_pair(&u, &e);
                 assert_eq!(gone.len(), 1);

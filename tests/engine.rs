@@ -35,12 +35,25 @@ fn a_lead_shared_through_two_activities_survives_revoking_one() {
     let lead = EntityId::lead(869196);
     let a1 = Context::Activity("f2dbf1d5-bbab-418b-bddc-4c92ecdef214".parse().unwrap());
     let a2 = Context::Activity(Uuid::from_u128(2));
-    engine.share(user, lead, a1, Level::Edit, Expiry::After(Duration::minutes(30))).unwrap();
-    engine.share(user, lead, a2, Level::Read, Expiry::Default).unwrap();
+    engine
+        .share(
+            user,
+            lead,
+            a1,
+            Level::Edit,
+            Expiry::After(Duration::minutes(30)),
+        )
+        .unwrap();
+    engine
+        .share(user, lead, a2, Level::Read, Expiry::Default)
+        .unwrap();
     assert!(engine.can_edit(&user, &lead));
     let gone = engine.revoke_context(&user, &lead, &a1).unwrap();
     assert_eq!(gone.level, Level::Edit);
-    assert!(engine.can_read(&user, &lead), "the other activity's grant stays");
+    assert!(
+        engine.can_read(&user, &lead),
+        "the other activity's grant stays"
+    );
     assert!(!engine.can_edit(&user, &lead));
     assert_eq!(engine.grants_for(&user, &lead).len(), 1);
 }
@@ -49,14 +62,29 @@ fn a_lead_shared_through_two_activities_survives_revoking_one() {
 fn expiry_is_exclusive_and_checked_without_the_wheel() {
     let (clock, engine) = manual();
     let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
-    let g = engine.share(u, e, Context::Direct, Level::Edit, Expiry::After(Duration::milliseconds(1500))).unwrap();
+    let g = engine
+        .share(
+            u,
+            e,
+            Context::Direct,
+            Level::Edit,
+            Expiry::After(Duration::milliseconds(1500)),
+        )
+        .unwrap();
     clock.set(g.expires_at - Duration::milliseconds(1));
     assert!(engine.can_edit(&u, &e));
     clock.set(g.expires_at);
-    assert!(!engine.can_read(&u, &e), "a grant with expires_at == now is expired");
+    assert!(
+        !engine.can_read(&u, &e),
+        "a grant with expires_at == now is expired"
+    );
     assert!(!engine.can_edit(&u, &e));
     assert_eq!(engine.access(&u, &e), None);
-    assert_eq!(engine.len(), 1, "not reclaimed yet: the wheel lags, the check does not");
+    assert_eq!(
+        engine.len(),
+        1,
+        "not reclaimed yet: the wheel lags, the check does not"
+    );
     // The expiry is not on a tick edge: reclaiming waits for the next tick.
     assert_eq!(engine.advance(), 0);
     clock.advance(Duration::milliseconds(500));
@@ -68,14 +96,33 @@ fn expiry_is_exclusive_and_checked_without_the_wheel() {
 fn a_clock_that_steps_back_never_revives_a_grant() {
     let (clock, engine) = manual();
     let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
-    engine.share(u, e, Context::Direct, Level::Read, Expiry::After(Duration::minutes(10))).unwrap();
+    engine
+        .share(
+            u,
+            e,
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::minutes(10)),
+        )
+        .unwrap();
     clock.advance(Duration::minutes(11));
     assert!(!engine.can_read(&u, &e));
     clock.set(t0());
-    assert!(!engine.can_read(&u, &e), "stepped back before the expiry, still expired");
+    assert!(
+        !engine.can_read(&u, &e),
+        "stepped back before the expiry, still expired"
+    );
     assert_eq!(engine.now(), t0() + Duration::minutes(11));
     // A share made now runs from the engine's time, not the stepped-back clock.
-    let g = engine.share(u, e, Context::Direct, Level::Read, Expiry::After(Duration::minutes(1))).unwrap();
+    let g = engine
+        .share(
+            u,
+            e,
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::minutes(1)),
+        )
+        .unwrap();
     assert_eq!(g.expires_at, t0() + Duration::minutes(12));
 }
 
@@ -86,7 +133,13 @@ fn a_jump_of_years_reclaims_everything_in_one_advance() {
     for i in 0..n {
         let d = Duration::seconds(1 + (i as i64 * 7919) % (3650 * 86_400));
         engine
-            .share(UserId::from_u128(u128::from(i)), EntityId::lead(i), Context::Direct, Level::Read, Expiry::After(d))
+            .share(
+                UserId::from_u128(u128::from(i)),
+                EntityId::lead(i),
+                Context::Direct,
+                Level::Read,
+                Expiry::After(d),
+            )
             .unwrap();
     }
     clock.advance(Duration::days(365 * 5));
@@ -104,9 +157,29 @@ fn next_expiry_is_never_after_the_next_expiry() {
     let (clock, engine) = manual();
     assert_eq!(engine.next_expiry(), None);
     let u = UserId::from_u128(1);
-    let far = engine.share(u, EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::days(40))).unwrap();
-    let near = engine.share(u, EntityId::lead(2), Context::Direct, Level::Read, Expiry::After(Duration::seconds(30))).unwrap();
-    assert_eq!(engine.next_expiry(), Some(near.expires_at), "exact within 64 ticks");
+    let far = engine
+        .share(
+            u,
+            EntityId::lead(1),
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::days(40)),
+        )
+        .unwrap();
+    let near = engine
+        .share(
+            u,
+            EntityId::lead(2),
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::seconds(30)),
+        )
+        .unwrap();
+    assert_eq!(
+        engine.next_expiry(),
+        Some(near.expires_at),
+        "exact within 64 ticks"
+    );
     engine.revoke(&near.id).unwrap();
     let wake = engine.next_expiry().unwrap();
     assert!(wake <= far.expires_at && wake > t0());
@@ -131,10 +204,20 @@ fn expiring_soon_warnings_fire_once_per_offset_and_rearm_on_extend() {
         .unwrap();
     let seen = recorder(&engine);
     let g = engine
-        .share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::days(30)))
+        .share(
+            UserId::from_u128(1),
+            EntityId::lead(1),
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::days(30)),
+        )
         .unwrap();
     let warnings = |seen: &Arc<Mutex<Vec<Event>>>| {
-        seen.lock().unwrap().iter().filter(|e| matches!(e, Event::ExpiringSoon { .. })).count()
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, Event::ExpiringSoon { .. }))
+            .count()
     };
     clock.advance(Duration::days(16));
     engine.advance();
@@ -152,7 +235,10 @@ fn expiring_soon_warnings_fire_once_per_offset_and_rearm_on_extend() {
     clock.advance(Duration::days(20));
     engine.advance();
     let events = seen.lock().unwrap();
-    assert!(matches!(events.last(), Some(Event::Expired(_))), "{events:?}");
+    assert!(
+        matches!(events.last(), Some(Event::Expired(_))),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -167,9 +253,21 @@ fn a_panicking_subscriber_is_disabled_and_the_engine_carries_on() {
     let seen = recorder(&engine);
     let u = UserId::from_u128(1);
     for i in 0..3 {
-        engine.share(u, EntityId::lead(i), Context::Direct, Level::Read, Expiry::Default).unwrap();
+        engine
+            .share(
+                u,
+                EntityId::lead(i),
+                Context::Direct,
+                Level::Read,
+                Expiry::Default,
+            )
+            .unwrap();
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "called once, then disabled");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "called once, then disabled"
+    );
     assert_eq!(seen.lock().unwrap().len(), 3, "the others keep receiving");
     assert!(engine.can_read(&u, &EntityId::lead(2)));
 }
@@ -186,17 +284,35 @@ fn subscribers_run_outside_the_lock_and_may_call_back() {
             assert_eq!(inner.len(), inner.len());
             if g.id.entity == EntityId::lead(1) {
                 inner
-                    .share(g.id.user, EntityId::lead(2), Context::Direct, Level::Read, Expiry::Default)
+                    .share(
+                        g.id.user,
+                        EntityId::lead(2),
+                        Context::Direct,
+                        Level::Read,
+                        Expiry::Default,
+                    )
                     .unwrap();
             }
         }
     });
     let u = UserId::from_u128(1);
-    engine.share(u, EntityId::lead(1), Context::Direct, Level::Read, Expiry::Default).unwrap();
+    engine
+        .share(
+            u,
+            EntityId::lead(1),
+            Context::Direct,
+            Level::Read,
+            Expiry::Default,
+        )
+        .unwrap();
     assert!(engine.can_read(&u, &EntityId::lead(2)));
     let events = seen.lock().unwrap();
     let entities: Vec<EntityId> = events.iter().map(|e| e.grant().id.entity).collect();
-    assert_eq!(entities, vec![EntityId::lead(1), EntityId::lead(2)], "in order");
+    assert_eq!(
+        entities,
+        vec![EntityId::lead(1), EntityId::lead(2)],
+        "in order"
+    );
 }
 
 #[test]
@@ -208,45 +324,104 @@ fn unsubscribe_stops_delivery() {
         c.fetch_add(1, Ordering::SeqCst);
     });
     let u = UserId::from_u128(1);
-    engine.share(u, EntityId::lead(1), Context::Direct, Level::Read, Expiry::Default).unwrap();
+    engine
+        .share(
+            u,
+            EntityId::lead(1),
+            Context::Direct,
+            Level::Read,
+            Expiry::Default,
+        )
+        .unwrap();
     assert!(engine.unsubscribe(id));
     assert!(!engine.unsubscribe(id));
-    engine.share(u, EntityId::lead(2), Context::Direct, Level::Read, Expiry::Default).unwrap();
+    engine
+        .share(
+            u,
+            EntityId::lead(2),
+            Context::Direct,
+            Level::Read,
+            Expiry::Default,
+        )
+        .unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 #[test]
 fn the_driver_reclaims_in_the_background() {
-    let engine = Engine::builder().tick(Duration::milliseconds(1)).build().unwrap();
+    let engine = Engine::builder()
+        .tick(Duration::milliseconds(1))
+        .build()
+        .unwrap();
     let seen = recorder(&engine);
     let driver = engine.start_driver(std::time::Duration::from_millis(20));
     let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
-    engine.share(u, e, Context::Direct, Level::Read, Expiry::After(Duration::milliseconds(30))).unwrap();
+    engine
+        .share(
+            u,
+            e,
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::milliseconds(30)),
+        )
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !engine.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the driver never reclaimed the grant");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the driver never reclaimed the grant"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     driver.stop();
-    assert!(matches!(seen.lock().unwrap().last(), Some(Event::Expired(_))));
+    assert!(matches!(
+        seen.lock().unwrap().last(),
+        Some(Event::Expired(_))
+    ));
 }
 
 #[test]
 fn settings_are_validated_with_the_field_named() {
     let field = |b: grantwheel::EngineBuilder| b.build().unwrap_err().field();
-    assert_eq!(field(Engine::builder().tick(Duration::zero())), Some("tick"));
-    assert_eq!(field(Engine::builder().tick(Duration::days(2))), Some("tick"));
-    assert_eq!(field(Engine::builder().default_duration(Duration::seconds(-1))), Some("default_duration"));
-    assert_eq!(field(Engine::builder().max_duration(Duration::zero(), OverMax::Clamp)), Some("max_duration"));
-    assert_eq!(field(Engine::builder().max_duration(Duration::days(1), OverMax::Clamp)), Some("default_duration"));
-    assert_eq!(field(Engine::builder().warn_before([Duration::zero()])), Some("warn_before"));
+    assert_eq!(
+        field(Engine::builder().tick(Duration::zero())),
+        Some("tick")
+    );
+    assert_eq!(
+        field(Engine::builder().tick(Duration::days(2))),
+        Some("tick")
+    );
+    assert_eq!(
+        field(Engine::builder().default_duration(Duration::seconds(-1))),
+        Some("default_duration")
+    );
+    assert_eq!(
+        field(Engine::builder().max_duration(Duration::zero(), OverMax::Clamp)),
+        Some("max_duration")
+    );
+    assert_eq!(
+        field(Engine::builder().max_duration(Duration::days(1), OverMax::Clamp)),
+        Some("default_duration")
+    );
+    assert_eq!(
+        field(Engine::builder().warn_before([Duration::zero()])),
+        Some("warn_before")
+    );
 }
 
 #[test]
 fn bad_durations_are_refused_without_changing_anything() {
     let (_, engine) = manual();
     let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
-    engine.share(u, e, Context::Direct, Level::Read, Expiry::After(Duration::hours(1))).unwrap();
+    engine
+        .share(
+            u,
+            e,
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::hours(1)),
+        )
+        .unwrap();
     let before = engine.grants_for(&u, &e);
     for (expiry, field) in [
         (Expiry::After(Duration::zero()), "duration"),
@@ -258,7 +433,9 @@ fn bad_durations_are_refused_without_changing_anything() {
         (Expiry::At(t0() - Duration::days(1)), "expires_at"),
         (Expiry::At(DateTime::<Utc>::MAX_UTC), "expires_at"),
     ] {
-        let err = engine.share(u, e, Context::Direct, Level::Edit, expiry).unwrap_err();
+        let err = engine
+            .share(u, e, Context::Direct, Level::Edit, expiry)
+            .unwrap_err();
         assert_eq!(err.field(), Some(field), "{expiry:?}: {err}");
         let msg = err.to_string();
         assert!(msg.starts_with("invalid `"), "{msg}");
@@ -277,7 +454,13 @@ fn over_the_maximum_can_be_clamped() {
         .build()
         .unwrap();
     let g = engine
-        .share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::days(500)))
+        .share(
+            UserId::from_u128(1),
+            EntityId::lead(1),
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::days(500)),
+        )
         .unwrap();
     assert_eq!(g.expires_at, t0() + Duration::days(100));
 }
@@ -285,24 +468,43 @@ fn over_the_maximum_can_be_clamped() {
 #[test]
 fn repeat_share_rules() {
     let (u, e, c) = (UserId::from_u128(1), EntityId::lead(1), Context::Direct);
-    let build = |rule| Engine::builder().clock(ManualClock::new(t0())).repeat_share(rule).build().unwrap();
+    let build = |rule| {
+        Engine::builder()
+            .clock(ManualClock::new(t0()))
+            .repeat_share(rule)
+            .build()
+            .unwrap()
+    };
 
     let replace = build(RepeatShare::Replace);
-    let a = replace.share(u, e, c, Level::Edit, Expiry::After(Duration::days(5))).unwrap();
-    let b = replace.share(u, e, c, Level::Read, Expiry::After(Duration::days(1))).unwrap();
+    let a = replace
+        .share(u, e, c, Level::Edit, Expiry::After(Duration::days(5)))
+        .unwrap();
+    let b = replace
+        .share(u, e, c, Level::Read, Expiry::After(Duration::days(1)))
+        .unwrap();
     assert_ne!(a.id, b.id);
     assert!(!replace.can_edit(&u, &e), "replaced by the read grant");
     assert!(matches!(replace.revoke(&a.id), Err(Error::NotLive(_))));
 
     let keep = build(RepeatShare::KeepLater);
-    let a = keep.share(u, e, c, Level::Edit, Expiry::After(Duration::days(5))).unwrap();
-    let b = keep.share(u, e, c, Level::Read, Expiry::After(Duration::days(9))).unwrap();
+    let a = keep
+        .share(u, e, c, Level::Edit, Expiry::After(Duration::days(5)))
+        .unwrap();
+    let b = keep
+        .share(u, e, c, Level::Read, Expiry::After(Duration::days(9)))
+        .unwrap();
     assert_eq!(a.id, b.id);
-    assert_eq!((b.level, b.expires_at), (Level::Edit, t0() + Duration::days(9)));
+    assert_eq!(
+        (b.level, b.expires_at),
+        (Level::Edit, t0() + Duration::days(9))
+    );
 
     let reject = build(RepeatShare::Reject);
     reject.share(u, e, c, Level::Read, Expiry::Default).unwrap();
-    let err = reject.share(u, e, c, Level::Read, Expiry::Default).unwrap_err();
+    let err = reject
+        .share(u, e, c, Level::Read, Expiry::Default)
+        .unwrap_err();
     assert!(matches!(err, Error::AlreadyShared { .. }));
     assert_eq!(reject.len(), 1);
 }
@@ -314,14 +516,50 @@ fn listings_and_bulk_revokes() {
     let deal = EntityId::new(EntityKind::OPPORTUNITY, EntityRef::Uuid(Uuid::from_u128(9)));
     let lead = EntityId::lead(7);
     let act = Context::Activity(Uuid::from_u128(5));
-    engine.share(alice, deal, act, Level::Edit, Expiry::After(Duration::days(3))).unwrap();
-    engine.share(alice, lead, Context::Direct, Level::Read, Expiry::After(Duration::days(1))).unwrap();
-    engine.share(bob, deal, Context::Direct, Level::Read, Expiry::After(Duration::days(2))).unwrap();
-    engine.share(bob, lead, act, Level::Read, Expiry::After(Duration::days(4))).unwrap();
+    engine
+        .share(
+            alice,
+            deal,
+            act,
+            Level::Edit,
+            Expiry::After(Duration::days(3)),
+        )
+        .unwrap();
+    engine
+        .share(
+            alice,
+            lead,
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::days(1)),
+        )
+        .unwrap();
+    engine
+        .share(
+            bob,
+            deal,
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::days(2)),
+        )
+        .unwrap();
+    engine
+        .share(
+            bob,
+            lead,
+            act,
+            Level::Read,
+            Expiry::After(Duration::days(4)),
+        )
+        .unwrap();
 
     let on_deal: Vec<UserId> = engine.grants_on(&deal).iter().map(|g| g.id.user).collect();
     assert_eq!(on_deal, vec![bob, alice], "by expiry");
-    let of_alice: Vec<EntityId> = engine.grants_of(&alice).iter().map(|g| g.id.entity).collect();
+    let of_alice: Vec<EntityId> = engine
+        .grants_of(&alice)
+        .iter()
+        .map(|g| g.id.entity)
+        .collect();
     assert_eq!(of_alice, vec![lead, deal]);
     assert_eq!(engine.expiring_within(Duration::days(2)).len(), 2);
 

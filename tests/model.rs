@@ -200,7 +200,12 @@ impl Model {
         self.grants.get_mut(&k).unwrap().stage = stage;
     }
 
-    fn share(&mut self, k: (usize, usize, usize), level: Level, when: &When) -> Result<Grant, &'static str> {
+    fn share(
+        &mut self,
+        k: (usize, usize, usize),
+        level: Level,
+        when: &When,
+    ) -> Result<Grant, &'static str> {
         let expires = self.resolve(when)?;
         if let Some(old) = self.grants.get(&k).copied() {
             if old.expires <= self.now {
@@ -375,7 +380,12 @@ fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError
         .max_duration(Duration::milliseconds(MAX_MS as i64), settings.over)
         .repeat_share(settings.repeat)
         .tick(Duration::milliseconds(settings.tick_ms as i64))
-        .warn_before(settings.warnings.iter().map(|w| Duration::milliseconds(*w as i64)))
+        .warn_before(
+            settings
+                .warnings
+                .iter()
+                .map(|w| Duration::milliseconds(*w as i64)),
+        )
         .build()
         .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -462,11 +472,19 @@ fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError
             }
             Op::RevokeContext(u, e, c) => {
                 let got = engine.revoke_context(&user(u), &entity(e), &context(c));
-                prop_assert_eq!(got.into_iter().collect::<Vec<_>>(), m.revoke_keys(vec![(u, e, c)]));
+                prop_assert_eq!(
+                    got.into_iter().collect::<Vec<_>>(),
+                    m.revoke_keys(vec![(u, e, c)])
+                );
             }
             Op::RevokePair(u, e) => {
                 let got = engine.revoke_pair(&user(u), &entity(e));
-                let keys = m.grants.keys().filter(|k| k.0 == u && k.1 == e).copied().collect();
+                let keys = m
+                    .grants
+                    .keys()
+                    .filter(|k| k.0 == u && k.1 == e)
+                    .copied()
+                    .collect();
                 prop_assert_eq!(got, m.revoke_keys(keys));
             }
             Op::RevokeUser(u) => {
@@ -487,7 +505,8 @@ fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError
             Op::ClockToEdge(n, warning, delta, advance) => {
                 let target = m.grants.values().nth(n % m.grants.len().max(1)).map(|g| {
                     let base = if warning {
-                        g.expires.saturating_sub(settings.warnings.first().copied().unwrap_or(0))
+                        g.expires
+                            .saturating_sub(settings.warnings.first().copied().unwrap_or(0))
                     } else {
                         g.expires
                     };
@@ -520,11 +539,29 @@ fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError
             for e in 0..ENTITIES {
                 let live: Vec<MGrant> = (0..CONTEXTS).filter_map(|c| m.live(&(u, e, c))).collect();
                 let read = live.iter().map(|g| g.expires).max();
-                let edit = live.iter().filter(|g| g.level == Level::Edit).map(|g| g.expires).max();
+                let edit = live
+                    .iter()
+                    .filter(|g| g.level == Level::Edit)
+                    .map(|g| g.expires)
+                    .max();
                 let (uu, ee) = (user(u), entity(e));
-                prop_assert_eq!(engine.can_read(&uu, &ee), read.is_some(), "step {} read {:?}", step, (u, e));
-                prop_assert_eq!(engine.can_edit(&uu, &ee), edit.is_some(), "step {} edit {:?}", step, (u, e));
-                let access = engine.access(&uu, &ee).map(|a| (a.level, a.until, a.read_until));
+                prop_assert_eq!(
+                    engine.can_read(&uu, &ee),
+                    read.is_some(),
+                    "step {} read {:?}",
+                    step,
+                    (u, e)
+                );
+                prop_assert_eq!(
+                    engine.can_edit(&uu, &ee),
+                    edit.is_some(),
+                    "step {} edit {:?}",
+                    step,
+                    (u, e)
+                );
+                let access = engine
+                    .access(&uu, &ee)
+                    .map(|a| (a.level, a.until, a.read_until));
                 let want = match (edit, read) {
                     (Some(ed), Some(r)) => Some((Level::Edit, ms(ed), ms(r))),
                     (None, Some(r)) => Some((Level::Read, ms(r), ms(r))),

@@ -19,7 +19,11 @@ pub fn keys(n: usize, seed: u64) -> Vec<(UserId, EntityId, Level, i64)> {
         .map(|_| {
             let user = UserId::from_u128(rng.gen());
             let entity = EntityId::lead(rng.gen_range(0..1u64 << 40));
-            let level = if rng.gen_bool(0.5) { Level::Read } else { Level::Edit };
+            let level = if rng.gen_bool(0.5) {
+                Level::Read
+            } else {
+                Level::Edit
+            };
             let secs = rng.gen_range(3_600..90 * 86_400);
             (user, entity, level, secs)
         })
@@ -36,7 +40,13 @@ pub fn engine(keys: &[(UserId, EntityId, Level, i64)]) -> (ManualClock, Engine) 
         .unwrap();
     for (u, e, l, secs) in keys {
         engine
-            .share(*u, *e, Context::Direct, *l, Expiry::After(Duration::seconds(*secs)))
+            .share(
+                *u,
+                *e,
+                Context::Direct,
+                *l,
+                Expiry::After(Duration::seconds(*secs)),
+            )
             .unwrap();
     }
     (clock, engine)
