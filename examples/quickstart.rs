@@ -5,7 +5,7 @@
 use chrono::{Duration, TimeZone, Utc};
 use grantwheel::{Context, Engine, EntityId, Event, Expiry, Level, ManualClock, UserId};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A manual clock, so the example can move time; hosts use the system
     // clock (the default).
     let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap());

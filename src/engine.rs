@@ -34,6 +34,9 @@ use crate::index::{new_index, IndexReader, IndexWriter, Locator, PackedLocator, 
 use crate::wheel::{Link, Links, Wheel};
 
 const NIL: u32 = u32::MAX;
+/// The most grants one engine holds: keeps grant numbers in 32 bits and
+/// each index shard far below its 2^25 slots.
+pub(crate) const MAX_GRANTS: usize = 1 << 30;
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// One grant as the API shows it.
@@ -682,6 +685,11 @@ impl State {
         let mut fired = std::mem::take(&mut self.fired);
         self.wheel
             .advance(&mut self.grants, now / cfg.tick_ms, &mut fired);
+        if fired.len() > 4096 {
+            // Visit the records in memory order: a mass expiry is bound by
+            // cache misses, and the events are sorted by time below anyway.
+            fired.sort_unstable();
+        }
         let mut expired = 0;
         let mut timed: Vec<(u64, u64, Event)> = Vec::new();
         for &g in &fired {
@@ -967,6 +975,9 @@ impl Engine {
                         }
                     }
                 }
+            }
+            if st.held >= MAX_GRANTS {
+                return Err(Error::Full { limit: MAX_GRANTS });
             }
             let serial = st.next_serial;
             st.next_serial += 1;

@@ -30,8 +30,15 @@ pub enum Error {
     },
     /// No live grant has this id: it never existed, was revoked, replaced,
     /// or has expired.
-    #[error("no live grant `{}` (serial {})", .0.entity, .0.serial)]
+    #[error("no live grant `{}` for user `{}` (serial {})", .0.entity, .0.user, .0.serial)]
     NotLive(GrantId),
+    /// The engine holds as many grants as it can index; revoke or let some
+    /// expire, or run more engines.
+    #[error("the engine holds its maximum of {limit} grants")]
+    Full {
+        /// The most grants one engine holds.
+        limit: usize,
+    },
 }
 
 impl Error {

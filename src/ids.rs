@@ -127,11 +127,22 @@ impl EntityId {
     }
 }
 
+impl fmt::Display for EntityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            EntityKind::LEAD => f.write_str("lead"),
+            EntityKind::OPPORTUNITY => f.write_str("opportunity"),
+            EntityKind(code) => write!(f, "kind{code}"),
+        }
+    }
+}
+
+/// Shown as `kind:id`, for example `lead:869196`.
 impl fmt::Display for EntityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.id {
-            EntityRef::Number(n) => write!(f, "{}:{}", self.kind.0, n),
-            EntityRef::Uuid(u) => write!(f, "{}:{}", self.kind.0, u.hyphenated()),
+            EntityRef::Number(n) => write!(f, "{}:{}", self.kind, n),
+            EntityRef::Uuid(u) => write!(f, "{}:{}", self.kind, u.hyphenated()),
         }
     }
 }
@@ -240,6 +251,14 @@ mod tests {
             let (k, id) = c.pack();
             assert_eq!(Context::unpack(k, id), c);
         }
+    }
+
+    #[test]
+    fn entities_print_their_kind() {
+        assert_eq!(EntityId::lead(869196).to_string(), "lead:869196");
+        assert_eq!(EntityId::opportunity(3).to_string(), "opportunity:3");
+        let e = EntityId::new(EntityKind::custom(42), EntityRef::Uuid(Uuid::nil()));
+        assert_eq!(e.to_string(), "kind42:00000000-0000-0000-0000-000000000000");
     }
 
     #[test]

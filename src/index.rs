@@ -184,7 +184,11 @@ impl KeyHasher {
         let mut i = 0;
         while i < K {
             let a = w[i] ^ s0 ^ PI[i];
-            let b = if i + 1 < K { w[i + 1] ^ s1 ^ PI[i + 1] } else { s1 };
+            let b = if i + 1 < K {
+                w[i + 1] ^ s1 ^ PI[i + 1]
+            } else {
+                s1
+            };
             h ^= fold_mul(a, b);
             i += 2;
         }
@@ -488,33 +492,33 @@ impl<const K: usize> Shard<K> {
         hash: u64,
         report: &mut dyn FnMut(u32, usize),
     ) -> (usize, Option<Arc<Table<K>>>) {
-        let table = self.table.clone();
-        match table.free_slot(hash) {
-            Some(slot) if table.tag(slot) == TAG_DELETED || self.used < table.max_used() => {
-                if table.tag(slot) == TAG_EMPTY {
-                    self.used += 1;
-                }
-                self.len += 1;
-                table.begin_write();
-                table.slot(slot).store(&entry);
-                table.set_tag(slot, tag_of(hash));
-                table.end_write();
-                (slot, None)
+        let table = &self.table;
+        let free = table
+            .free_slot(hash)
+            .filter(|&slot| table.tag(slot) == TAG_DELETED || self.used < table.max_used());
+        if let Some(slot) = free {
+            if table.tag(slot) == TAG_EMPTY {
+                self.used += 1;
             }
-            _ => {
-                // Full: grow, or just sweep the deleted markers out.
-                let groups = if self.len < table.max_used() / 2 {
-                    table.groups()
-                } else {
-                    (table.groups() * 3 / 2 + 1).max(groups_for(self.len + 1))
-                };
-                let old = self.rebuild(hasher, groups, Some(entry), report);
-                self.len += 1;
-                self.used = self.len;
-                let slot = self.table.probe(&entry.key, hash).unwrap_or(0);
-                (slot, Some(old))
-            }
+            self.len += 1;
+            table.begin_write();
+            table.slot(slot).store(&entry);
+            table.set_tag(slot, tag_of(hash));
+            table.end_write();
+            return (slot, None);
         }
+        // Full: grow, or just sweep the deleted markers out.
+        let groups = if self.len < table.max_used() / 2 {
+            table.groups()
+        } else {
+            (table.groups() * 3 / 2 + 1).max(groups_for(self.len + 1))
+        };
+        let old = self.rebuild(hasher, groups, Some(entry), report);
+        self.len += 1;
+        self.used = self.len;
+        // INVARIANT: the entry was just placed in the new table.
+        let slot = self.table.probe(&entry.key, hash).unwrap_or(0);
+        (slot, Some(old))
     }
 
     /// Remove slot `slot`. Returns the replaced table when it shrank.
@@ -524,14 +528,16 @@ impl<const K: usize> Shard<K> {
         slot: usize,
         report: &mut dyn FnMut(u32, usize),
     ) -> Option<Arc<Table<K>>> {
-        let table = self.table.clone();
+        let table = &self.table;
         table.begin_write();
-        if table.free(slot) {
+        let emptied = table.free(slot);
+        table.end_write();
+        if emptied {
             self.used -= 1;
         }
-        table.end_write();
         self.len -= 1;
-        if table.groups() > MIN_GROUPS && self.len * 100 < table.cap() * MIN_LOAD_PERCENT {
+        let (groups, cap) = (table.groups(), table.cap());
+        if groups > MIN_GROUPS && self.len * 100 < cap * MIN_LOAD_PERCENT {
             let old = self.rebuild(hasher, groups_for(self.len), None, report);
             self.used = self.len;
             return Some(old);
@@ -1049,11 +1055,17 @@ mod tests {
         for i in 0..2_000_000u64 {
             let h = hasher.hash(&Key([i, 7, 9, 1]));
             if shard_of(h) == 0 {
-                tags.entry(home(h, groups) >> 14).or_default().insert(tag_of(h));
+                tags.entry(home(h, groups) >> 14)
+                    .or_default()
+                    .insert(tag_of(h));
             }
         }
         let (_, seen) = tags.iter().max_by_key(|(_, t)| t.len()).unwrap();
-        assert!(seen.len() > 100, "only {} distinct tags in one home range", seen.len());
+        assert!(
+            seen.len() > 100,
+            "only {} distinct tags in one home range",
+            seen.len()
+        );
     }
 
     #[test]

@@ -24,10 +24,13 @@
 //! - The wheel never decides access. A check compares a grant's own expiry
 //!   with the time; the wheel only tells the engine when to reclaim a grant
 //!   (and when to warn). A lagging wheel costs memory, never correctness.
-//! - The wheel stores no entries of its own. Each entry is an id chosen by
-//!   the caller, whose [`Link`] lives in the caller's record (reached through
-//!   [`Links`]); the wheel threads doubly linked lists through those links.
-//!   Scheduling and cancelling are O(1): the link records its place.
+//! - Each slot is a vector of entry ids; an entry is an id chosen by the
+//!   caller, whose [`Link`] (its deadline, slot and position in the slot)
+//!   lives in the caller's record, reached through [`Links`]. Scheduling
+//!   pushes the id; cancelling swaps the last id of the slot into its place
+//!   and updates that entry's position: both O(1). Advancing walks a slot's
+//!   vector in order, so a mass expiry reads ids sequentially and the
+//!   records' loads overlap, instead of chasing one pointer per entry.
 //! - `advance(now)` visits only occupied slots, found through one bitmap per
 //!   level, so a jump of years costs work proportional to what fires plus the
 //!   cascades (at most one per level per entry), never to ticks skipped.
@@ -42,12 +45,14 @@ const SLOTS: usize = 1 << SLOT_BITS;
 pub(crate) const LEVELS: usize = 6;
 /// Ticks covered by all levels together (one epoch).
 const EPOCH: u64 = 1 << (SLOT_BITS as usize * LEVELS);
-/// The end of a list.
-const NIL: u32 = u32::MAX;
 /// `Link::place` of an entry that is not scheduled.
 const UNSCHEDULED: u16 = 0;
 /// `Link::place` of a parked entry.
 const PARKED: u16 = (LEVELS * SLOTS) as u16 + 1;
+/// Slot vectors: one per (level, slot), plus the parking vector.
+const BUCKETS: usize = LEVELS * SLOTS + 1;
+/// A drained slot vector keeps its allocation up to this many ids.
+const KEEP_CAPACITY: usize = 4096;
 
 /// Bits of `Link::word` that hold the deadline; the place sits above.
 const DEADLINE_BITS: u32 = 54;
@@ -55,23 +60,13 @@ const DEADLINE_BITS: u32 = 54;
 /// instant the engine handles comes close).
 const MAX_DEADLINE: u64 = (1 << DEADLINE_BITS) - 1;
 
-/// The wheel's per-entry state, kept inside the caller's record: 16 bytes,
-/// the deadline and the place packed in one word.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The wheel's per-entry state, kept inside the caller's record: the
+/// deadline and the place packed in one word, and the position in the
+/// place's vector.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Link {
     word: u64,
-    prev: u32,
-    next: u32,
-}
-
-impl Default for Link {
-    fn default() -> Self {
-        Link {
-            word: 0,
-            prev: NIL,
-            next: NIL,
-        }
-    }
+    pos: u32,
 }
 
 impl Link {
@@ -88,8 +83,9 @@ impl Link {
         (self.word >> DEADLINE_BITS) as u16
     }
 
-    fn set(&mut self, deadline: u64, place: u16) {
+    fn set(&mut self, deadline: u64, place: u16, pos: u32) {
         self.word = (u64::from(place) << DEADLINE_BITS) | (deadline & MAX_DEADLINE);
+        self.pos = pos;
     }
 }
 
@@ -110,14 +106,14 @@ impl Links for Vec<Link> {
     }
 }
 
-/// The timing wheel: list heads and occupancy bitmaps; entries live in the
-/// caller's records.
+/// The timing wheel: slot vectors and occupancy bitmaps; per-entry state
+/// lives in the caller's records.
 #[derive(Debug)]
 pub(crate) struct Wheel {
     elapsed: u64,
-    heads: [[u32; SLOTS]; LEVELS],
+    /// Index `place - 1`: level-major slots, then the parking vector.
+    buckets: Vec<Vec<u32>>,
     occupied: [u64; LEVELS],
-    parked: u32,
     /// A lower bound of the parked deadlines (`u64::MAX` when none were
     /// parked since the last re-file).
     parked_min: u64,
@@ -125,7 +121,7 @@ pub(crate) struct Wheel {
 }
 
 /// Where a tick belongs relative to `elapsed`: its level (`LEVELS` for the
-/// parking list).
+/// parking vector).
 fn level_for(elapsed: u64, when: u64) -> usize {
     let masked = (elapsed ^ when) | (SLOTS as u64 - 1);
     let significant = 63 - masked.leading_zeros() as usize;
@@ -146,9 +142,8 @@ impl Wheel {
     pub(crate) fn new(now: u64) -> Self {
         Wheel {
             elapsed: now,
-            heads: [[NIL; SLOTS]; LEVELS],
+            buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
             occupied: [0; LEVELS],
-            parked: NIL,
             parked_min: u64::MAX,
             len: 0,
         }
@@ -185,16 +180,15 @@ impl Wheel {
         if !link.is_scheduled() {
             return false;
         }
-        if link.prev != NIL {
-            links.link_mut(link.prev).next = link.next;
-        } else {
-            *self.head_mut(link.place()) = link.next;
+        let idx = usize::from(link.place() - 1);
+        let bucket = &mut self.buckets[idx];
+        let pos = link.pos as usize;
+        debug_assert_eq!(bucket.get(pos), Some(&id));
+        bucket.swap_remove(pos);
+        if let Some(&moved) = bucket.get(pos) {
+            links.link_mut(moved).pos = link.pos;
         }
-        if link.next != NIL {
-            links.link_mut(link.next).prev = link.prev;
-        }
-        if link.prev == NIL && link.next == NIL && link.place() != PARKED {
-            let idx = usize::from(link.place() - 1);
+        if bucket.is_empty() && link.place() != PARKED {
             self.occupied[idx / SLOTS] &= !(1u64 << (idx % SLOTS));
         }
         *links.link_mut(id) = Link::default();
@@ -210,12 +204,13 @@ impl Wheel {
         }
         loop {
             let next = self.next_expiration();
-            if self.parked != NIL {
+            if !self.buckets[BUCKETS - 1].is_empty() {
                 let refile_at = self.parked_min & !(EPOCH - 1);
                 let bound = next.map_or(now, |(_, _, start)| start.min(now));
                 if refile_at <= bound {
                     self.elapsed = self.elapsed.max(refile_at);
-                    self.refile_parked(links, now, fired);
+                    self.parked_min = u64::MAX;
+                    self.drain(links, BUCKETS - 1, now, fired);
                     continue;
                 }
             }
@@ -226,23 +221,31 @@ impl Wheel {
                 break;
             }
             self.elapsed = self.elapsed.max(start);
-            let mut id = std::mem::replace(&mut self.heads[level][slot], NIL);
             self.occupied[level] &= !(1u64 << slot);
-            while id != NIL {
-                let link = *links.link(id);
-                if link.deadline() <= now {
-                    *links.link_mut(id) = Link::default();
-                    self.len -= 1;
-                    fired.push(id);
-                } else {
-                    // INVARIANT: the entry shares its level-`level` slot with
-                    // `elapsed`, so it drops to a lower level.
-                    self.file(links, id, link.deadline());
-                }
-                id = link.next;
-            }
+            // INVARIANT: entries not yet due share their level-`level` slot
+            // with `elapsed`, so they drop to a lower level.
+            self.drain(links, level * SLOTS + slot, now, fired);
         }
         self.elapsed = now;
+    }
+
+    /// Empty one slot vector: fire what is due, re-file the rest.
+    fn drain<L: Links>(&mut self, links: &mut L, idx: usize, now: u64, fired: &mut Vec<u32>) {
+        let mut ids = std::mem::take(&mut self.buckets[idx]);
+        for &id in &ids {
+            let deadline = links.link(id).deadline();
+            if deadline <= now {
+                *links.link_mut(id) = Link::default();
+                self.len -= 1;
+                fired.push(id);
+            } else {
+                self.file(links, id, deadline);
+            }
+        }
+        ids.clear();
+        if ids.capacity() <= KEEP_CAPACITY && self.buckets[idx].is_empty() {
+            self.buckets[idx] = ids;
+        }
     }
 
     /// A tick at or before the earliest scheduled deadline, at which
@@ -250,20 +253,11 @@ impl Wheel {
     /// scheduled. Exact for entries due within 64 ticks.
     pub(crate) fn next_wakeup(&self) -> Option<u64> {
         let wheel = self.next_expiration().map(|(_, _, s)| s.max(self.elapsed));
-        let parked =
-            (self.parked != NIL).then(|| (self.parked_min & !(EPOCH - 1)).max(self.elapsed));
+        let parked = (!self.buckets[BUCKETS - 1].is_empty())
+            .then(|| (self.parked_min & !(EPOCH - 1)).max(self.elapsed));
         match (wheel, parked) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        }
-    }
-
-    fn head_mut(&mut self, place: u16) -> &mut u32 {
-        if place == PARKED {
-            &mut self.parked
-        } else {
-            let idx = usize::from(place - 1);
-            &mut self.heads[idx / SLOTS][idx % SLOTS]
         }
     }
 
@@ -277,31 +271,11 @@ impl Wheel {
             self.occupied[level] |= 1u64 << slot;
             place_of(level, slot)
         };
-        let head = self.head_mut(place);
-        let old = std::mem::replace(head, id);
-        let link = links.link_mut(id);
-        link.prev = NIL;
-        link.next = old;
-        link.set(deadline, place);
-        if old != NIL {
-            links.link_mut(old).prev = id;
-        }
-    }
-
-    fn refile_parked<L: Links>(&mut self, links: &mut L, now: u64, fired: &mut Vec<u32>) {
-        let mut id = std::mem::replace(&mut self.parked, NIL);
-        self.parked_min = u64::MAX;
-        while id != NIL {
-            let link = *links.link(id);
-            if link.deadline() <= now {
-                *links.link_mut(id) = Link::default();
-                self.len -= 1;
-                fired.push(id);
-            } else {
-                self.file(links, id, link.deadline());
-            }
-            id = link.next;
-        }
+        let bucket = &mut self.buckets[usize::from(place - 1)];
+        // INVARIANT: fewer than 2^32 entries are scheduled.
+        let pos = bucket.len() as u32;
+        bucket.push(id);
+        links.link_mut(id).set(deadline, place, pos);
     }
 
     /// The earliest occupied slot: its level, index and first tick.
