@@ -16,9 +16,10 @@ fn main() {
     println!("resident_before={before} resident_after={after}");
     println!("bytes_per_grant={}", (after - before) / n as u64);
     println!(
-        "accounted: index_bytes_per_grant={} grant_bytes_per_grant={}",
+        "accounted: index_bytes_per_grant={} grant_bytes_per_grant={} wheel_bytes_per_grant={}",
         f.index_bytes / n,
-        f.grant_bytes / n
+        f.grant_bytes / n,
+        f.wheel_bytes / n
     );
     drop(keys);
 }

@@ -104,6 +104,8 @@ pub struct Footprint {
     pub index_bytes: usize,
     /// Bytes of the grant records in use.
     pub grant_bytes: usize,
+    /// Bytes of the timing wheel's slot vectors.
+    pub wheel_bytes: usize,
 }
 
 /// Builds an [`Engine`].
@@ -600,9 +602,15 @@ impl State {
     }
 
     /// Put a new grant record into its pair (creating the pair).
-    fn attach(&mut self, reader: &IndexReader, key: &PairKey, g: u32) {
-        let hash = self.index.hash(key);
-        match self.index.find(key, hash) {
+    fn attach(
+        &mut self,
+        reader: &IndexReader,
+        key: &PairKey,
+        hash: u64,
+        found: Option<Locator>,
+        g: u32,
+    ) {
+        match found {
             Some(loc) => {
                 let head = self.index.head(loc);
                 self.grants[g as usize].next = head;
@@ -935,10 +943,9 @@ impl Engine {
             let expires = ch.cfg.resolve(now, expiry)?;
             let key = PairKey::new(&user, &entity);
             let ctx = context.pack();
-            let existing = st
-                .index
-                .find(&key, st.index.hash(&key))
-                .and_then(|loc| st.find_context(loc, ctx));
+            let hash = st.index.hash(&key);
+            let mut found = st.index.find(&key, hash);
+            let existing = found.and_then(|loc| st.find_context(loc, ctx));
             if let Some(g) = existing {
                 let rec = st.grants[g as usize];
                 if rec.expires <= now {
@@ -946,6 +953,7 @@ impl Engine {
                     let grant = st.grant(g);
                     ch.push(|| Event::Expired(grant));
                     st.detach(reader, g);
+                    found = st.index.find(&key, hash);
                 } else {
                     match ch.cfg.repeat {
                         RepeatShare::Reject => {
@@ -972,6 +980,7 @@ impl Engine {
                                 reason: RevokeReason::Replaced,
                             });
                             st.detach(reader, g);
+                            found = st.index.find(&key, hash);
                         }
                     }
                 }
@@ -997,7 +1006,7 @@ impl Engine {
                 level,
                 stage: 0,
             });
-            st.attach(reader, &key, g);
+            st.attach(reader, &key, hash, found, g);
             let armed = st.arm(ch.cfg, g, now);
             debug_assert!(armed, "a new grant's timer is ahead of now");
             let grant = Grant {
@@ -1287,6 +1296,7 @@ impl Engine {
             pairs: st.index.len(),
             index_bytes: st.index.table_bytes(),
             grant_bytes: st.grants.len() * std::mem::size_of::<GrantRec>(),
+            wheel_bytes: st.wheel.bytes(),
         }
     }
 

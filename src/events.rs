@@ -94,6 +94,8 @@ pub(crate) struct Hub {
     any: AtomicBool,
     next_id: AtomicU64,
     queue: Mutex<VecDeque<Event>>,
+    /// Whether the queue may hold events (set under the queue lock).
+    pending: AtomicBool,
     delivering: Mutex<()>,
 }
 
@@ -130,19 +132,29 @@ impl Hub {
     /// the order in which the state changed.
     pub(crate) fn enqueue(&self, events: &mut Vec<Event>) {
         if !events.is_empty() {
-            self.queue.lock().extend(events.drain(..));
+            let mut queue = self.queue.lock();
+            queue.extend(events.drain(..));
+            self.pending.store(true, Ordering::Relaxed);
         }
     }
 
     /// Deliver everything queued, unless another call up this thread's
     /// stack or on another thread is delivering (it will pick them up).
     pub(crate) fn deliver(&self) {
+        // A change that queued nothing, with nothing left by others: done.
+        if !self.pending.load(Ordering::Relaxed) {
+            return;
+        }
         loop {
             let Some(token) = self.delivering.try_lock() else {
                 return;
             };
             loop {
-                let batch: Vec<Event> = self.queue.lock().drain(..).collect();
+                let batch: Vec<Event> = {
+                    let mut queue = self.queue.lock();
+                    self.pending.store(false, Ordering::Relaxed);
+                    queue.drain(..).collect()
+                };
                 if batch.is_empty() {
                     break;
                 }

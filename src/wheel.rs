@@ -160,6 +160,11 @@ impl Wheel {
         self.len
     }
 
+    /// Bytes held by the slot vectors.
+    pub(crate) fn bytes(&self) -> usize {
+        self.buckets.iter().map(|b| b.capacity() * 4).sum()
+    }
+
     /// Schedule entry `id` (which must not be scheduled) for tick
     /// `deadline`. Returns `false`, filing nothing, when the deadline is not
     /// after the current tick: the entry is due already.
