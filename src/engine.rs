@@ -152,7 +152,7 @@ impl Default for EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// The clock (default: [`SystemClock`]).
+    /// The clock (default: [`SystemClock`](crate::SystemClock)).
     ///
     /// ```
     /// use grantwheel::{Engine, ManualClock};
