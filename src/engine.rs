@@ -31,7 +31,7 @@ use crate::error::Error;
 use crate::events::{Event, Hub, RevokeReason, SubscriptionId};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
 use crate::index::{new_index, IndexReader, IndexWriter, Locator, PackedLocator, PairKey, Summary};
-use crate::wheel::{Link, Links, Wheel};
+use crate::wheel::{Links, Place, Wheel, MAX_BUCKET};
 
 const NIL: u32 = u32::MAX;
 /// The most grants one engine holds: keeps grant numbers in 32 bits and
@@ -295,6 +295,10 @@ impl EngineBuilder {
                 "more than 254 warning offsets",
             ));
         }
+        let timing = Timing {
+            tick_ms,
+            warnings: warnings.into_boxed_slice(),
+        };
         let (reader, mut index) = new_index();
         let clock = self.clock;
         let now = to_millis_i64(clock.now_millis());
@@ -313,11 +317,11 @@ impl EngineBuilder {
                     max_ms,
                     over_max: self.over_max,
                     repeat: self.repeat,
-                    tick_ms,
-                    warnings,
+                    timing: timing.clone(),
                 },
                 state: Mutex::new(State {
                     index,
+                    timing,
                     grants,
                     free: Vec::new(),
                     wheel: Wheel::new(now / tick_ms),
@@ -336,12 +340,18 @@ struct Config {
     max_ms: u64,
     over_max: OverMax,
     repeat: RepeatShare,
-    tick_ms: u64,
-    /// Warning offsets, longest first.
-    warnings: Vec<u64>,
+    timing: Timing,
 }
 
-impl Config {
+/// The tick and the warning offsets: what turns a grant into its timer.
+#[derive(Clone, Debug)]
+struct Timing {
+    tick_ms: u64,
+    /// Warning offsets, longest first.
+    warnings: Box<[u64]>,
+}
+
+impl Timing {
     /// The next timer of a grant: the first warning still ahead, else the
     /// expiry. Returns the stage (`warnings.len()` for the expiry) and its
     /// instant.
@@ -355,10 +365,21 @@ impl Config {
         (self.warnings.len() as u8, expires)
     }
 
+    /// The instant of a grant's timer at `stage`.
+    fn timer_at(&self, expires: u64, stage: u8) -> u64 {
+        match self.warnings.get(usize::from(stage)) {
+            Some(w) => expires.saturating_sub(*w),
+            None => expires,
+        }
+    }
+
+    /// The first tick at or after `instant`.
     fn tick_of(&self, instant: u64) -> u64 {
         instant.div_ceil(self.tick_ms)
     }
+}
 
+impl Config {
     /// The expiry instant a share asks for, validated.
     fn resolve(&self, now: u64, expiry: Expiry) -> Result<u64, Error> {
         let (field, ms) = match expiry {
@@ -412,51 +433,134 @@ impl Config {
     }
 }
 
-/// A grant as the engine stores it.
+/// A grant as the engine stores it: 48 bytes.
 #[derive(Clone, Copy, Debug)]
 struct GrantRec {
-    link: Link,
     expires: u64,
-    serial: u64,
+    /// The serial (high 47 bits) and the context kind (low 17 bits).
+    serial_kind: u64,
     ctx_hi: u64,
     ctx_lo: u64,
     loc: PackedLocator,
-    ctx_kind: u32,
     /// The next grant of the same pair.
     next: u32,
-    level: Level,
-    /// The pending timer: a warning index, or `warnings.len()` for expiry;
-    /// [`FREE`] for a record on the free list.
-    stage: u8,
+    /// The position in its wheel slot vector.
+    pos: u32,
+    /// The wheel slot vector (bits 0..9), the timer stage (bits 9..17: a
+    /// warning index, `warnings.len()` for the expiry, [`FREE`] for a record
+    /// on the free list) and the level (bit 17: edit).
+    bits: u32,
 }
 
-/// `GrantRec::stage` of a free record.
+/// The stage of a free record.
 const FREE: u8 = u8::MAX;
+const KIND_BITS: u32 = 17;
+/// Serials stay below this (2^47: decades of shares at millions a second).
+const MAX_SERIAL: u64 = 1 << (64 - KIND_BITS);
+const BUCKET_MASK: u32 = 0x1ff;
+const STAGE_SHIFT: u32 = 9;
+const EDIT_BIT: u32 = 1 << 17;
+// The wheel's slot vectors fit in the bucket bits.
+const _: () = assert!(MAX_BUCKET as u32 <= BUCKET_MASK);
 
 impl GrantRec {
+    fn new(expires: u64, serial: u64, ctx: (u32, u128), level: Level) -> Self {
+        let mut rec = GrantRec {
+            expires,
+            serial_kind: (serial << KIND_BITS) | u64::from(ctx.0),
+            ctx_hi: (ctx.1 >> 64) as u64,
+            ctx_lo: ctx.1 as u64,
+            loc: PackedLocator::from(Locator {
+                uuid_entity: false,
+                shard: 0,
+                slot: 0,
+            }),
+            next: NIL,
+            pos: 0,
+            bits: 0,
+        };
+        rec.set_level(level);
+        rec
+    }
+
+    fn serial(&self) -> u64 {
+        self.serial_kind >> KIND_BITS
+    }
+
+    fn ctx_kind(&self) -> u32 {
+        (self.serial_kind & ((1 << KIND_BITS) - 1)) as u32
+    }
+
+    fn has_context(&self, ctx: (u32, u128)) -> bool {
+        self.ctx_kind() == ctx.0
+            && self.ctx_hi == (ctx.1 >> 64) as u64
+            && self.ctx_lo == ctx.1 as u64
+    }
+
+    fn level(&self) -> Level {
+        if self.bits & EDIT_BIT != 0 {
+            Level::Edit
+        } else {
+            Level::Read
+        }
+    }
+
+    fn set_level(&mut self, level: Level) {
+        self.bits = (self.bits & !EDIT_BIT) | if level == Level::Edit { EDIT_BIT } else { 0 };
+    }
+
+    fn stage(&self) -> u8 {
+        (self.bits >> STAGE_SHIFT) as u8
+    }
+
+    fn set_stage(&mut self, stage: u8) {
+        self.bits = (self.bits & !(0xff << STAGE_SHIFT)) | (u32::from(stage) << STAGE_SHIFT);
+    }
+
     fn used(&self) -> bool {
-        self.stage != FREE
+        self.stage() != FREE
     }
 
     fn context(&self) -> Context {
         Context::unpack(
-            self.ctx_kind,
+            self.ctx_kind(),
             (u128::from(self.ctx_hi) << 64) | u128::from(self.ctx_lo),
         )
     }
 }
 
-impl Links for Vec<GrantRec> {
-    fn link(&self, id: u32) -> &Link {
-        &self[id as usize].link
+/// The grant records as the wheel sees them: a grant's timer is due at the
+/// tick of its current stage.
+struct GrantLinks<'a> {
+    grants: &'a mut [GrantRec],
+    timing: &'a Timing,
+}
+
+impl Links for GrantLinks<'_> {
+    fn deadline(&self, id: u32) -> u64 {
+        let rec = &self.grants[id as usize];
+        self.timing
+            .tick_of(self.timing.timer_at(rec.expires, rec.stage()))
     }
-    fn link_mut(&mut self, id: u32) -> &mut Link {
-        &mut self[id as usize].link
+
+    fn place(&self, id: u32) -> Place {
+        let rec = &self.grants[id as usize];
+        Place {
+            bucket: (rec.bits & BUCKET_MASK) as u16,
+            pos: rec.pos,
+        }
+    }
+
+    fn set_place(&mut self, id: u32, place: Place) {
+        let rec = &mut self.grants[id as usize];
+        rec.bits = (rec.bits & !BUCKET_MASK) | u32::from(place.bucket);
+        rec.pos = place.pos;
     }
 }
 
 struct State {
     index: IndexWriter,
+    timing: Timing,
     grants: Vec<GrantRec>,
     free: Vec<u32>,
     wheel: Wheel,
@@ -544,9 +648,9 @@ impl State {
                 user,
                 entity,
                 context: rec.context(),
-                serial: rec.serial,
+                serial: rec.serial(),
             },
-            level: rec.level,
+            level: rec.level(),
             expires_at: from_millis(rec.expires),
         }
     }
@@ -557,7 +661,7 @@ impl State {
         while g != NIL {
             let rec = &self.grants[g as usize];
             s.read_until = s.read_until.max(rec.expires);
-            if rec.level == Level::Edit {
+            if rec.level() == Level::Edit {
                 s.edit_until = s.edit_until.max(rec.expires);
             }
             g = rec.next;
@@ -581,10 +685,7 @@ impl State {
         let mut g = self.index.head(loc);
         while g != NIL {
             let rec = &self.grants[g as usize];
-            if rec.ctx_kind == ctx.0
-                && rec.ctx_hi == (ctx.1 >> 64) as u64
-                && rec.ctx_lo == ctx.1 as u64
-            {
+            if rec.has_context(ctx) {
                 return Some(g);
             }
             g = rec.next;
@@ -598,7 +699,7 @@ impl State {
         let loc = self.index.find(&key, self.index.hash(&key))?;
         let g = self.find_context(loc, id.context.pack())?;
         let rec = &self.grants[g as usize];
-        (rec.serial == id.serial && rec.expires > now).then_some(g)
+        (rec.serial() == id.serial && rec.expires > now).then_some(g)
     }
 
     /// Put a new grant record into its pair (creating the pair).
@@ -636,7 +737,13 @@ impl State {
     fn detach(&mut self, reader: &IndexReader, g: u32) {
         let rec = self.grants[g as usize];
         let loc: Locator = rec.loc.into();
-        self.wheel.cancel(&mut self.grants, g);
+        self.wheel.cancel(
+            &mut GrantLinks {
+                grants: &mut self.grants,
+                timing: &self.timing,
+            },
+            g,
+        );
         let head = self.index.head(loc);
         let new_head = if head == g {
             rec.next
@@ -658,29 +765,40 @@ impl State {
             let summary = self.summary_of(new_head);
             self.index.update(loc, new_head, summary);
         }
-        self.grants[g as usize].stage = FREE;
+        self.grants[g as usize].set_stage(FREE);
         self.grants[g as usize].next = NIL;
         self.free.push(g);
         self.held -= 1;
     }
 
     /// Arm a grant's next timer. Returns `false` if it is due already.
-    fn arm(&mut self, cfg: &Config, g: u32, now: u64) -> bool {
-        let (stage, at) = cfg.next_timer(self.grants[g as usize].expires, now);
-        self.grants[g as usize].stage = stage;
-        let tick = cfg.tick_of(at);
-        self.wheel.schedule(&mut self.grants, g, tick)
+    fn arm(&mut self, g: u32, now: u64) -> bool {
+        let (stage, _) = self.timing.next_timer(self.grants[g as usize].expires, now);
+        self.grants[g as usize].set_stage(stage);
+        self.wheel.schedule(
+            &mut GrantLinks {
+                grants: &mut self.grants,
+                timing: &self.timing,
+            },
+            g,
+        )
     }
 
     /// Set a live grant's expiry and level, re-arming its timer and
     /// refreshing its pair.
-    fn change(&mut self, cfg: &Config, g: u32, expires: u64, level: Level, now: u64) {
-        self.wheel.cancel(&mut self.grants, g);
+    fn change(&mut self, g: u32, expires: u64, level: Level, now: u64) {
+        self.wheel.cancel(
+            &mut GrantLinks {
+                grants: &mut self.grants,
+                timing: &self.timing,
+            },
+            g,
+        );
         let rec = &mut self.grants[g as usize];
         rec.expires = expires;
-        rec.level = level;
+        rec.set_level(level);
         let loc: Locator = rec.loc.into();
-        let armed = self.arm(cfg, g, now);
+        let armed = self.arm(g, now);
         debug_assert!(armed, "a live grant's timer is ahead of now");
         let head = self.index.head(loc);
         let summary = self.summary_of(head);
@@ -691,8 +809,14 @@ impl State {
     fn advance(&mut self, reader: &IndexReader, ch: &mut Changes<'_>, now: u64) -> usize {
         let cfg = ch.cfg;
         let mut fired = std::mem::take(&mut self.fired);
-        self.wheel
-            .advance(&mut self.grants, now / cfg.tick_ms, &mut fired);
+        self.wheel.advance(
+            &mut GrantLinks {
+                grants: &mut self.grants,
+                timing: &self.timing,
+            },
+            now / cfg.timing.tick_ms,
+            &mut fired,
+        );
         if fired.len() > 4096 {
             // Visit the records in memory order: a mass expiry is bound by
             // cache misses, and the events are sorted by time below anyway.
@@ -702,28 +826,28 @@ impl State {
         let mut timed: Vec<(u64, u64, Event)> = Vec::new();
         for &g in &fired {
             let rec = self.grants[g as usize];
-            let warning = usize::from(rec.stage) < cfg.warnings.len();
+            let warning = usize::from(rec.stage()) < cfg.timing.warnings.len();
             if warning {
                 if rec.expires > now && ch.want {
                     let at = rec
                         .expires
-                        .saturating_sub(cfg.warnings[usize::from(rec.stage)]);
+                        .saturating_sub(cfg.timing.warnings[usize::from(rec.stage())]);
                     let grant = self.grant(g);
                     timed.push((
                         at,
-                        rec.serial,
+                        rec.serial(),
                         Event::ExpiringSoon {
                             grant,
                             warned_at: from_millis(at),
                         },
                     ));
                 }
-                if self.arm(cfg, g, now) {
+                if self.arm(g, now) {
                     continue;
                 }
             }
             if ch.want {
-                timed.push((rec.expires, rec.serial, Event::Expired(self.grant(g))));
+                timed.push((rec.expires, rec.serial(), Event::Expired(self.grant(g))));
             }
             self.detach(reader, g);
             expired += 1;
@@ -744,7 +868,7 @@ impl State {
         ch: &mut Changes<'_>,
         mut gs: Vec<u32>,
     ) -> Vec<Grant> {
-        gs.sort_by_key(|g| self.grants[*g as usize].serial);
+        gs.sort_by_key(|g| self.grants[*g as usize].serial());
         let mut out = Vec::with_capacity(gs.len());
         for g in gs {
             let grant = self.grant(g);
@@ -776,7 +900,7 @@ impl State {
     fn sorted_by_expiry(&self, mut gs: Vec<u32>) -> Vec<Grant> {
         gs.sort_by_key(|g| {
             let r = &self.grants[*g as usize];
-            (r.expires, r.serial)
+            (r.expires, r.serial())
         });
         gs.into_iter().map(|g| self.grant(g)).collect()
     }
@@ -962,9 +1086,9 @@ impl Engine {
                             })
                         }
                         RepeatShare::KeepLater => {
-                            let (exp, lvl) = (rec.expires.max(expires), rec.level.max(level));
-                            if (exp, lvl) != (rec.expires, rec.level) {
-                                st.change(ch.cfg, g, exp, lvl, now);
+                            let (exp, lvl) = (rec.expires.max(expires), rec.level().max(level));
+                            if (exp, lvl) != (rec.expires, rec.level()) {
+                                st.change(g, exp, lvl, now);
                                 let grant = st.grant(g);
                                 ch.push(|| Event::Extended {
                                     grant,
@@ -985,29 +1109,14 @@ impl Engine {
                     }
                 }
             }
-            if st.held >= MAX_GRANTS {
+            if st.held >= MAX_GRANTS || st.next_serial >= MAX_SERIAL {
                 return Err(Error::Full { limit: MAX_GRANTS });
             }
             let serial = st.next_serial;
             st.next_serial += 1;
-            let g = st.alloc(GrantRec {
-                link: Link::default(),
-                expires,
-                serial,
-                ctx_hi: (ctx.1 >> 64) as u64,
-                ctx_lo: ctx.1 as u64,
-                loc: PackedLocator::from(Locator {
-                    uuid_entity: false,
-                    shard: 0,
-                    slot: 0,
-                }),
-                ctx_kind: ctx.0,
-                next: NIL,
-                level,
-                stage: 0,
-            });
+            let g = st.alloc(GrantRec::new(expires, serial, ctx, level));
             st.attach(reader, &key, hash, found, g);
-            let armed = st.arm(ch.cfg, g, now);
+            let armed = st.arm(g, now);
             debug_assert!(armed, "a new grant's timer is ahead of now");
             let grant = Grant {
                 id: GrantId {
@@ -1173,7 +1282,7 @@ impl Engine {
                 .filter(|(_, r)| {
                     r.used()
                         && r.expires > now
-                        && r.ctx_kind == kind
+                        && r.ctx_kind() == kind
                         && r.ctx_hi == (id >> 64) as u64
                         && r.ctx_lo == id as u64
                 })
@@ -1275,7 +1384,7 @@ impl Engine {
         let st = self.inner.state.lock();
         st.wheel
             .next_wakeup()
-            .map(|t| from_millis(t.saturating_mul(self.inner.cfg.tick_ms)))
+            .map(|t| from_millis(t.saturating_mul(self.inner.cfg.timing.tick_ms)))
     }
 
     /// Grants held: live, or expired and not yet reclaimed.
@@ -1368,7 +1477,7 @@ impl Default for Engine {
 fn change_expiry(st: &mut State, ch: &mut Changes<'_>, g: u32, expires: u64, now: u64) -> Grant {
     let rec = st.grants[g as usize];
     if rec.expires != expires {
-        st.change(ch.cfg, g, expires, rec.level, now);
+        st.change(g, expires, rec.level(), now);
         let grant = st.grant(g);
         ch.push(|| Event::Extended {
             grant,
@@ -1412,8 +1521,49 @@ mod tests {
     #[test]
     fn records_stay_small() {
         // Memory per grant is a headline figure: keep an eye on it.
-        assert_eq!(std::mem::size_of::<Link>(), 16);
-        assert_eq!(std::mem::size_of::<GrantRec>(), 64);
+        assert_eq!(std::mem::size_of::<GrantRec>(), 48);
+    }
+
+    #[test]
+    fn record_fields_pack_and_unpack() {
+        let ctx = Context::Other {
+            kind: u16::MAX,
+            id: uuid::Uuid::from_u128(7),
+        };
+        let mut rec = GrantRec::new(99, MAX_SERIAL - 1, ctx.pack(), Level::Edit);
+        assert_eq!(
+            (rec.serial(), rec.context(), rec.level()),
+            (MAX_SERIAL - 1, ctx, Level::Edit)
+        );
+        rec.set_stage(FREE - 1);
+        rec.set_level(Level::Read);
+        let mut links = GrantLinks {
+            grants: std::slice::from_mut(&mut rec),
+            timing: &Timing {
+                tick_ms: 10,
+                warnings: Box::new([]),
+            },
+        };
+        links.set_place(
+            0,
+            Place {
+                bucket: MAX_BUCKET,
+                pos: u32::MAX,
+            },
+        );
+        assert_eq!(
+            links.place(0),
+            Place {
+                bucket: MAX_BUCKET,
+                pos: u32::MAX
+            }
+        );
+        assert_eq!(links.deadline(0), 10, "99 ms rounds up to tick 10");
+        assert_eq!(
+            (rec.stage(), rec.level(), rec.serial()),
+            (FREE - 1, Level::Read, MAX_SERIAL - 1)
+        );
+        assert!(rec.used());
     }
 
     #[test]

@@ -25,8 +25,8 @@
 //!   with the time; the wheel only tells the engine when to reclaim a grant
 //!   (and when to warn). A lagging wheel costs memory, never correctness.
 //! - Each slot is a vector of entry ids; an entry is an id chosen by the
-//!   caller, whose [`Link`] (its deadline, slot and position in the slot)
-//!   lives in the caller's record, reached through [`Links`]. Scheduling
+//!   caller, whose deadline and [`Place`] (slot vector and position in it)
+//!   live in the caller's record, reached through [`Links`]. Scheduling
 //!   pushes the id; cancelling swaps the last id of the slot into its place
 //!   and updates that entry's position: both O(1). Advancing walks a slot's
 //!   vector in order, so a mass expiry reads ids sequentially and the
@@ -45,65 +45,42 @@ const SLOTS: usize = 1 << SLOT_BITS;
 pub(crate) const LEVELS: usize = 6;
 /// Ticks covered by all levels together (one epoch).
 const EPOCH: u64 = 1 << (SLOT_BITS as usize * LEVELS);
-/// `Link::place` of an entry that is not scheduled.
+/// `Place::bucket` of an entry that is not scheduled.
 const UNSCHEDULED: u16 = 0;
-/// `Link::place` of a parked entry.
+/// `Place::bucket` of a parked entry.
 const PARKED: u16 = (LEVELS * SLOTS) as u16 + 1;
 /// Slot vectors: one per (level, slot), plus the parking vector.
 const BUCKETS: usize = LEVELS * SLOTS + 1;
 /// A drained slot vector keeps its allocation up to this many ids.
 const KEEP_CAPACITY: usize = 4096;
 
-/// Bits of `Link::word` that hold the deadline; the place sits above.
-const DEADLINE_BITS: u32 = 54;
-/// The latest deadline a link can hold (later ones are filed at it: no
-/// instant the engine handles comes close).
-const MAX_DEADLINE: u64 = (1 << DEADLINE_BITS) - 1;
-
-/// The wheel's per-entry state, kept inside the caller's record: the
-/// deadline and the place packed in one word, and the position in the
-/// place's vector.
+/// Where an entry is filed: its slot vector (`bucket`, 0 when not
+/// scheduled) and its position in that vector. Kept in the caller's record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Link {
-    word: u64,
-    pos: u32,
+pub(crate) struct Place {
+    pub(crate) bucket: u16,
+    pub(crate) pos: u32,
 }
 
-impl Link {
+impl Place {
     /// Whether the entry is filed in the wheel.
     pub(crate) fn is_scheduled(&self) -> bool {
-        self.place() != UNSCHEDULED
-    }
-
-    fn deadline(&self) -> u64 {
-        self.word & MAX_DEADLINE
-    }
-
-    fn place(&self) -> u16 {
-        (self.word >> DEADLINE_BITS) as u16
-    }
-
-    fn set(&mut self, deadline: u64, place: u16, pos: u32) {
-        self.word = (u64::from(place) << DEADLINE_BITS) | (deadline & MAX_DEADLINE);
-        self.pos = pos;
+        self.bucket != UNSCHEDULED
     }
 }
 
-/// Access to the links of the caller's records, by id.
+/// The largest `Place::bucket` (it fits in 9 bits).
+pub(crate) const MAX_BUCKET: u16 = PARKED;
+
+/// The wheel's view of the caller's records, by entry id. The caller keeps
+/// each entry's deadline (the wheel never stores it) and its place.
 pub(crate) trait Links {
-    /// The link of entry `id`. Ids handed to the wheel must be valid here.
-    fn link(&self, id: u32) -> &Link;
-    /// The link of entry `id`, mutably.
-    fn link_mut(&mut self, id: u32) -> &mut Link;
-}
-
-impl Links for Vec<Link> {
-    fn link(&self, id: u32) -> &Link {
-        &self[id as usize]
-    }
-    fn link_mut(&mut self, id: u32) -> &mut Link {
-        &mut self[id as usize]
-    }
+    /// The tick entry `id` is due at. Must not change while it is filed.
+    fn deadline(&self, id: u32) -> u64;
+    /// Where entry `id` is filed.
+    fn place(&self, id: u32) -> Place;
+    /// Record where entry `id` is filed.
+    fn set_place(&mut self, id: u32, place: Place);
 }
 
 /// The timing wheel: slot vectors and occupancy bitmaps; per-entry state
@@ -165,15 +142,16 @@ impl Wheel {
         self.buckets.iter().map(|b| b.capacity() * 4).sum()
     }
 
-    /// Schedule entry `id` (which must not be scheduled) for tick
-    /// `deadline`. Returns `false`, filing nothing, when the deadline is not
+    /// Schedule entry `id` (which must not be scheduled) for its
+    /// deadline. Returns `false`, filing nothing, when the deadline is not
     /// after the current tick: the entry is due already.
-    pub(crate) fn schedule<L: Links>(&mut self, links: &mut L, id: u32, deadline: u64) -> bool {
-        debug_assert!(!links.link(id).is_scheduled());
+    pub(crate) fn schedule<L: Links>(&mut self, links: &mut L, id: u32) -> bool {
+        debug_assert!(!links.place(id).is_scheduled());
+        let deadline = links.deadline(id);
         if deadline <= self.elapsed {
             return false;
         }
-        self.file(links, id, deadline.min(MAX_DEADLINE));
+        self.file(links, id, deadline);
         self.len += 1;
         true
     }
@@ -181,22 +159,22 @@ impl Wheel {
     /// Cancel entry `id`. Returns whether it was scheduled; cancelling an
     /// entry that already fired or was never filed does nothing.
     pub(crate) fn cancel<L: Links>(&mut self, links: &mut L, id: u32) -> bool {
-        let link = *links.link(id);
-        if !link.is_scheduled() {
+        let place = links.place(id);
+        if !place.is_scheduled() {
             return false;
         }
-        let idx = usize::from(link.place() - 1);
+        let idx = usize::from(place.bucket - 1);
         let bucket = &mut self.buckets[idx];
-        let pos = link.pos as usize;
+        let pos = place.pos as usize;
         debug_assert_eq!(bucket.get(pos), Some(&id));
         bucket.swap_remove(pos);
         if let Some(&moved) = bucket.get(pos) {
-            links.link_mut(moved).pos = link.pos;
+            links.set_place(moved, place);
         }
-        if bucket.is_empty() && link.place() != PARKED {
+        if bucket.is_empty() && place.bucket != PARKED {
             self.occupied[idx / SLOTS] &= !(1u64 << (idx % SLOTS));
         }
-        *links.link_mut(id) = Link::default();
+        links.set_place(id, Place::default());
         self.len -= 1;
         true
     }
@@ -238,9 +216,9 @@ impl Wheel {
     fn drain<L: Links>(&mut self, links: &mut L, idx: usize, now: u64, fired: &mut Vec<u32>) {
         let mut ids = std::mem::take(&mut self.buckets[idx]);
         for &id in &ids {
-            let deadline = links.link(id).deadline();
+            let deadline = links.deadline(id);
             if deadline <= now {
-                *links.link_mut(id) = Link::default();
+                links.set_place(id, Place::default());
                 self.len -= 1;
                 fired.push(id);
             } else {
@@ -280,7 +258,7 @@ impl Wheel {
         // INVARIANT: fewer than 2^32 entries are scheduled.
         let pos = bucket.len() as u32;
         bucket.push(id);
-        links.link_mut(id).set(deadline, place, pos);
+        links.set_place(id, Place { bucket: place, pos });
     }
 
     /// The earliest occupied slot: its level, index and first tick.
@@ -311,9 +289,33 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    #[derive(Default)]
+    struct TestLinks {
+        deadlines: Vec<u64>,
+        places: Vec<Place>,
+    }
+
+    impl TestLinks {
+        fn place(&self, id: u32) -> Place {
+            self.places[id as usize]
+        }
+    }
+
+    impl Links for TestLinks {
+        fn deadline(&self, id: u32) -> u64 {
+            self.deadlines[id as usize]
+        }
+        fn place(&self, id: u32) -> Place {
+            self.places[id as usize]
+        }
+        fn set_place(&mut self, id: u32, place: Place) {
+            self.places[id as usize] = place;
+        }
+    }
+
     struct Harness {
         wheel: Wheel,
-        links: Vec<Link>,
+        links: TestLinks,
         model: BTreeMap<u32, u64>,
     }
 
@@ -321,13 +323,17 @@ mod tests {
         fn new(start: u64, n: usize) -> Self {
             Harness {
                 wheel: Wheel::new(start),
-                links: vec![Link::default(); n],
+                links: TestLinks {
+                    deadlines: vec![0; n],
+                    places: vec![Place::default(); n],
+                },
                 model: BTreeMap::new(),
             }
         }
 
         fn schedule(&mut self, id: u32, deadline: u64) -> bool {
-            let filed = self.wheel.schedule(&mut self.links, id, deadline);
+            self.links.deadlines[id as usize] = deadline;
+            let filed = self.wheel.schedule(&mut self.links, id);
             assert_eq!(filed, deadline > self.wheel.elapsed());
             if filed {
                 self.model.insert(id, deadline);
@@ -412,7 +418,7 @@ mod tests {
         h.schedule(0, far);
         h.schedule(1, 5 + EPOCH + 1);
         h.schedule(2, 5 + 10);
-        assert_eq!(h.links[0].place(), PARKED);
+        assert_eq!(h.links.place(0).bucket, PARKED);
         h.advance(5 + 10);
         h.advance(5 + EPOCH);
         h.advance(5 + EPOCH + 1);
@@ -498,7 +504,7 @@ mod tests {
                 for op in ops {
                     match op {
                         Op::Schedule(id, delta) => {
-                            if h.links[id as usize].is_scheduled() {
+                            if h.links.place(id).is_scheduled() {
                                 h.cancel(id);
                             }
                             let elapsed = h.wheel.elapsed();
