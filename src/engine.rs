@@ -882,16 +882,28 @@ impl State {
         out
     }
 
+    /// The live grants of the pair at `loc`.
+    fn live_at(&self, loc: Locator, now: u64) -> Vec<u32> {
+        let mut gs = self.pair_grants(loc);
+        gs.retain(|g| self.grants[*g as usize].expires > now);
+        gs
+    }
+
+    /// The live grants of (user, entity).
+    fn live_in_pair(&self, user: &UserId, entity: &EntityId, now: u64) -> Vec<u32> {
+        let key = PairKey::new(user, entity);
+        match self.index.find(&key, self.index.hash(&key)) {
+            Some(loc) => self.live_at(loc, now),
+            None => Vec::new(),
+        }
+    }
+
     /// Live grants on pairs accepted by `keep`.
     fn live_where(&self, now: u64, keep: impl Fn(&UserId, &EntityId) -> bool) -> Vec<u32> {
         let mut out = Vec::new();
         for (loc, user, entity) in self.index.pairs() {
             if keep(&user, &entity) {
-                out.extend(
-                    self.pair_grants(loc)
-                        .into_iter()
-                        .filter(|g| self.grants[*g as usize].expires > now),
-                );
+                out.extend(self.live_at(loc, now));
             }
         }
         out
@@ -1238,15 +1250,7 @@ impl Engine {
     pub fn revoke_pair(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
         let reader = &self.inner.reader;
         self.with_state(|st, ch, now| {
-            let key = PairKey::new(user, entity);
-            let Some(loc) = st.index.find(&key, st.index.hash(&key)) else {
-                return Vec::new();
-            };
-            let gs = st
-                .pair_grants(loc)
-                .into_iter()
-                .filter(|g| st.grants[*g as usize].expires > now)
-                .collect();
+            let gs = st.live_in_pair(user, entity, now);
             st.revoke_all(reader, ch, gs)
         })
     }
@@ -1299,18 +1303,7 @@ impl Engine {
 
     /// The live grants of (user, entity), by expiry.
     pub fn grants_for(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
-        self.read_state(|st, now| {
-            let key = PairKey::new(user, entity);
-            let Some(loc) = st.index.find(&key, st.index.hash(&key)) else {
-                return Vec::new();
-            };
-            let gs = st
-                .pair_grants(loc)
-                .into_iter()
-                .filter(|g| st.grants[*g as usize].expires > now)
-                .collect();
-            st.sorted_by_expiry(gs)
-        })
+        self.read_state(|st, now| st.sorted_by_expiry(st.live_in_pair(user, entity, now)))
     }
 
     /// The live grants on `entity`, by expiry. Scans the index: O(pairs).
