@@ -94,7 +94,7 @@ pub struct Access {
 }
 
 /// Memory the engine holds for its grants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Footprint {
     /// Grants held (live, or expired and not yet reclaimed).
     pub grants: usize,
