@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod ids;
 mod index;
+pub mod requests;
 mod wheel;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -1,0 +1,754 @@
+//! The share API's wire format: JSON batches of share and revoke items, and
+//! the responses.
+//!
+//! Decoding is per item: a batch that is a JSON array yields one result per
+//! item, so one bad item never stops the others. Each error names the item's
+//! index, the field (as spelled on the wire) and the reason.
+//!
+//! | field | share | revoke | values |
+//! |---|---|---|---|
+//! | `UserId` | required | required | a UUID |
+//! | `Entity` | required | required | 1 = lead, 5 = opportunity |
+//! | `EntityType` | required | required | 3 = user |
+//! | `EntityId` | required | required | lead number or UUID, as a string or a number |
+//! | `ContextEntity` | required for leads | required for leads | 1 = activity |
+//! | `ContextEntityId` | required for leads | required for leads | a UUID |
+//! | `AccessType` | required | optional (1) | 1 = read, 2 = write |
+//! | `DurationInMinutes` | optional (the engine's default) | not allowed | 1 or more |
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::ids::{Context, EntityId, EntityKind, EntityRef, Level, UserId};
+
+/// Code of `Entity` for a lead.
+pub const ENTITY_LEAD: i64 = 1;
+/// Code of `Entity` for an opportunity.
+pub const ENTITY_OPPORTUNITY: i64 = 5;
+/// Code of `EntityType` for a user (the only grantee kind).
+pub const ENTITY_TYPE_USER: i64 = 3;
+/// Code of `ContextEntity` for an activity.
+pub const CONTEXT_ACTIVITY: i64 = 1;
+/// The longest `DurationInMinutes` the wire accepts (100 years); the
+/// engine's maximum duration applies on top.
+pub const MAX_DURATION_MINUTES: i64 = 100 * 366 * 24 * 60;
+/// The most items one batch may hold.
+pub const MAX_BATCH_ITEMS: usize = 100_000;
+
+/// One share item, decoded and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareItem {
+    /// The user to share with.
+    pub user: UserId,
+    /// The record shared.
+    pub entity: EntityId,
+    /// Through what (`Direct` when an opportunity names no context).
+    pub context: Context,
+    /// Read or edit.
+    pub level: Level,
+    /// How long, in minutes; `None` means the engine's default.
+    pub duration_minutes: Option<i64>,
+}
+
+/// One revoke item, decoded and checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeItem {
+    /// The user whose access is revoked.
+    pub user: UserId,
+    /// The record.
+    pub entity: EntityId,
+    /// The context whose grant is revoked; grants through other contexts stay.
+    pub context: Context,
+    /// The access named (`AccessType`, 1 when absent).
+    pub level: Level,
+}
+
+/// Why one item of a batch was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("item {index}: `{field}`: {reason}")]
+pub struct ItemError {
+    /// The item's position in the batch (from 0).
+    pub index: usize,
+    /// The field, as spelled on the wire (`UserId`, `DurationInMinutes` ...).
+    pub field: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Why a whole batch was refused (no item was looked at).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// The body is not JSON.
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    /// The body is JSON but not an array of items.
+    #[error("the body must be a JSON array of items, not {0}")]
+    NotArray(&'static str),
+    /// The batch holds more items than allowed.
+    #[error("the batch holds {count} items; at most {max} are allowed")]
+    TooLarge {
+        /// Items in the body.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn items(body: &[u8]) -> Result<Vec<Value>, BatchError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BatchError::NotJson(e.to_string()))?;
+    match value {
+        Value::Array(items) if items.len() > MAX_BATCH_ITEMS => Err(BatchError::TooLarge {
+            count: items.len(),
+            max: MAX_BATCH_ITEMS,
+        }),
+        Value::Array(items) => Ok(items),
+        other => Err(BatchError::NotArray(kind_of(&other))),
+    }
+}
+
+/// Reads the fields of one item, recording the first error.
+struct Fields<'a> {
+    index: usize,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn err(&self, field: &str, reason: impl Into<String>) -> ItemError {
+        ItemError {
+            index: self.index,
+            field: field.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn get(&self, field: &str) -> Option<&'a Value> {
+        self.map.get(field).filter(|v| !v.is_null())
+    }
+
+    fn required(&self, field: &str) -> Result<&'a Value, ItemError> {
+        self.get(field)
+            .ok_or_else(|| self.err(field, "is required"))
+    }
+
+    fn int(&self, field: &str, v: &Value) -> Result<i64, ItemError> {
+        match v {
+            Value::Number(n) => n
+                .as_i64()
+                .ok_or_else(|| self.err(field, format!("`{n}` is not a whole number in range"))),
+            other => Err(self.err(
+                field,
+                format!("must be a whole number, not {}", kind_of(other)),
+            )),
+        }
+    }
+
+    fn uuid(&self, field: &str, v: &Value) -> Result<Uuid, ItemError> {
+        match v {
+            Value::String(s) if s.trim().is_empty() => Err(self.err(field, "is empty")),
+            Value::String(s) => {
+                Uuid::parse_str(s).map_err(|_| self.err(field, format!("`{s}` is not a UUID")))
+            }
+            other => Err(self.err(
+                field,
+                format!("must be a UUID string, not {}", kind_of(other)),
+            )),
+        }
+    }
+
+    fn code(&self, field: &str, allowed: &[(i64, &str)]) -> Result<i64, ItemError> {
+        let v = self.required(field)?;
+        let code = self.int(field, v)?;
+        if allowed.iter().any(|(c, _)| *c == code) {
+            return Ok(code);
+        }
+        let expected: Vec<String> = allowed.iter().map(|(c, n)| format!("{c} ({n})")).collect();
+        Err(self.err(
+            field,
+            format!("unknown code `{code}`: expected {}", expected.join(" or ")),
+        ))
+    }
+
+    fn only(&self, known: &[&str]) -> Result<(), ItemError> {
+        match self.map.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(self.err(
+                k,
+                format!(
+                    "is not a field of this request (fields: {})",
+                    known.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn entity(&self) -> Result<EntityId, ItemError> {
+        let code = self.code(
+            "Entity",
+            &[(ENTITY_LEAD, "lead"), (ENTITY_OPPORTUNITY, "opportunity")],
+        )?;
+        self.code("EntityType", &[(ENTITY_TYPE_USER, "user")])?;
+        let kind = if code == ENTITY_LEAD {
+            EntityKind::LEAD
+        } else {
+            EntityKind::OPPORTUNITY
+        };
+        let field = "EntityId";
+        let id = match self.required(field)? {
+            Value::Number(n) => n
+                .as_u64()
+                .map(EntityRef::Number)
+                .ok_or_else(|| self.err(field, format!("`{n}` is not a record number")))?,
+            Value::String(s) => {
+                let s = s.trim();
+                if s.is_empty() {
+                    return Err(self.err(field, "is empty"));
+                }
+                if let Ok(n) = s.parse::<u64>() {
+                    EntityRef::Number(n)
+                } else if let Ok(u) = Uuid::parse_str(s) {
+                    EntityRef::Uuid(u)
+                } else {
+                    return Err(self.err(
+                        field,
+                        format!("`{s}` is neither a record number nor a UUID"),
+                    ));
+                }
+            }
+            other => {
+                return Err(self.err(
+                    field,
+                    format!("must be a string or a number, not {}", kind_of(other)),
+                ))
+            }
+        };
+        Ok(EntityId::new(kind, id))
+    }
+
+    fn context(&self, entity: &EntityId) -> Result<Context, ItemError> {
+        let (kind, id) = (self.get("ContextEntity"), self.get("ContextEntityId"));
+        if kind.is_none() && id.is_none() && entity.kind == EntityKind::OPPORTUNITY {
+            return Ok(Context::Direct);
+        }
+        self.code("ContextEntity", &[(CONTEXT_ACTIVITY, "activity")])?;
+        let id = self.uuid("ContextEntityId", self.required("ContextEntityId")?)?;
+        Ok(Context::Activity(id))
+    }
+
+    fn level(&self, default: Option<Level>) -> Result<Level, ItemError> {
+        if self.get("AccessType").is_none() {
+            if let Some(level) = default {
+                return Ok(level);
+            }
+        }
+        match self.code("AccessType", &[(1, "read"), (2, "write")])? {
+            1 => Ok(Level::Read),
+            _ => Ok(Level::Edit),
+        }
+    }
+}
+
+const SHARE_FIELDS: &[&str] = &[
+    "UserId",
+    "Entity",
+    "EntityType",
+    "EntityId",
+    "ContextEntity",
+    "ContextEntityId",
+    "AccessType",
+    "DurationInMinutes",
+];
+
+fn share_item(index: usize, v: &Value) -> Result<ShareItem, ItemError> {
+    let Value::Object(map) = v else {
+        return Err(ItemError {
+            index,
+            field: "item".to_string(),
+            reason: format!("must be an object, not {}", kind_of(v)),
+        });
+    };
+    let f = Fields { index, map };
+    f.only(SHARE_FIELDS)?;
+    let user = UserId(f.uuid("UserId", f.required("UserId")?)?);
+    let entity = f.entity()?;
+    let context = f.context(&entity)?;
+    let level = f.level(None)?;
+    let duration_minutes = match f.get("DurationInMinutes") {
+        None => None,
+        Some(v) => {
+            let m = f.int("DurationInMinutes", v)?;
+            if m <= 0 {
+                return Err(f.err(
+                    "DurationInMinutes",
+                    format!("`{m}` is not a positive number of minutes"),
+                ));
+            }
+            if m > MAX_DURATION_MINUTES {
+                return Err(f.err(
+                    "DurationInMinutes",
+                    format!("`{m}` minutes is more than the limit of {MAX_DURATION_MINUTES}"),
+                ));
+            }
+            Some(m)
+        }
+    };
+    Ok(ShareItem {
+        user,
+        entity,
+        context,
+        level,
+        duration_minutes,
+    })
+}
+
+fn revoke_item(index: usize, v: &Value) -> Result<RevokeItem, ItemError> {
+    let Value::Object(map) = v else {
+        return Err(ItemError {
+            index,
+            field: "item".to_string(),
+            reason: format!("must be an object, not {}", kind_of(v)),
+        });
+    };
+    let f = Fields { index, map };
+    f.only(&SHARE_FIELDS[..7])?;
+    let user = UserId(f.uuid("UserId", f.required("UserId")?)?);
+    let entity = f.entity()?;
+    let context = f.context(&entity)?;
+    let level = f.level(Some(Level::Read))?;
+    Ok(RevokeItem {
+        user,
+        entity,
+        context,
+        level,
+    })
+}
+
+/// Decode a share batch: one result per item, in order.
+///
+/// ```
+/// use grantwheel::requests::wire::decode_shares;
+/// let body = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":1,"EntityType":3,
+///   "EntityId":"869196","ContextEntity":1,"ContextEntityId":"f2dbf1d5-bbab-418b-bddc-4c92ecdef214",
+///   "AccessType":2,"DurationInMinutes":30}, {"UserId":"nope"}]"#;
+/// let items = decode_shares(body).unwrap();
+/// assert!(items[0].is_ok());
+/// assert_eq!(items[1].as_ref().unwrap_err().field, "UserId");
+/// ```
+pub fn decode_shares(body: &[u8]) -> Result<Vec<Result<ShareItem, ItemError>>, BatchError> {
+    Ok(items(body)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| share_item(i, v))
+        .collect())
+}
+
+/// Decode a revoke batch: one result per item, in order.
+pub fn decode_revokes(body: &[u8]) -> Result<Vec<Result<RevokeItem, ItemError>>, BatchError> {
+    Ok(items(body)?
+        .iter()
+        .enumerate()
+        .map(|(i, v)| revoke_item(i, v))
+        .collect())
+}
+
+fn entity_fields(
+    map: &mut Map<String, Value>,
+    user: &UserId,
+    entity: &EntityId,
+    context: &Context,
+) {
+    map.insert("UserId".into(), Value::String(user.to_string()));
+    let code = if entity.kind == EntityKind::OPPORTUNITY {
+        ENTITY_OPPORTUNITY
+    } else {
+        ENTITY_LEAD
+    };
+    map.insert("Entity".into(), code.into());
+    map.insert("EntityType".into(), ENTITY_TYPE_USER.into());
+    let id = match entity.id {
+        EntityRef::Number(n) => n.to_string(),
+        EntityRef::Uuid(u) => u.hyphenated().to_string(),
+    };
+    map.insert("EntityId".into(), Value::String(id));
+    if let Context::Activity(a) = context {
+        map.insert("ContextEntity".into(), CONTEXT_ACTIVITY.into());
+        map.insert(
+            "ContextEntityId".into(),
+            Value::String(a.hyphenated().to_string()),
+        );
+    }
+}
+
+fn access_code(level: Level) -> i64 {
+    match level {
+        Level::Read => 1,
+        Level::Edit => 2,
+    }
+}
+
+impl ShareItem {
+    /// The item as the wire spells it (for clients and tests).
+    pub fn to_wire(&self) -> Value {
+        let mut map = Map::new();
+        entity_fields(&mut map, &self.user, &self.entity, &self.context);
+        map.insert("AccessType".into(), access_code(self.level).into());
+        if let Some(m) = self.duration_minutes {
+            map.insert("DurationInMinutes".into(), m.into());
+        }
+        Value::Object(map)
+    }
+}
+
+impl RevokeItem {
+    /// The item as the wire spells it.
+    pub fn to_wire(&self) -> Value {
+        let mut map = Map::new();
+        entity_fields(&mut map, &self.user, &self.entity, &self.context);
+        map.insert("AccessType".into(), access_code(self.level).into());
+        Value::Object(map)
+    }
+}
+
+/// `Message` of a successful response: the request id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMessage {
+    /// The request id (32 hex digits).
+    #[serde(rename = "Id")]
+    pub id: String,
+}
+
+/// The response to one share or revoke item, as the API answers it:
+/// `{"Status":"Success","Message":{"Id":"..."}}`, or an error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ItemResponse {
+    /// Accepted: the request id.
+    Success {
+        /// Always `"Success"`.
+        #[serde(rename = "Status")]
+        status: String,
+        /// The request id.
+        #[serde(rename = "Message")]
+        message: IdMessage,
+    },
+    /// Refused.
+    Error {
+        /// Always `"Error"`.
+        #[serde(rename = "Status")]
+        status: String,
+        /// The kind of error (`InvalidInput`, `Failed` ...).
+        #[serde(rename = "ExceptionType")]
+        exception_type: String,
+        /// What was wrong.
+        #[serde(rename = "ExceptionMessage")]
+        exception_message: String,
+    },
+}
+
+impl ItemResponse {
+    /// A success with this request id.
+    pub fn success(id: impl std::fmt::Display) -> Self {
+        ItemResponse::Success {
+            status: "Success".into(),
+            message: IdMessage { id: id.to_string() },
+        }
+    }
+
+    /// An error of this kind.
+    pub fn error(kind: &str, message: impl std::fmt::Display) -> Self {
+        ItemResponse::Error {
+            status: "Error".into(),
+            exception_type: kind.into(),
+            exception_message: message.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The body of the seeds' Share API example, byte for byte.
+    const SEED_SHARE: &str = r#"[
+  {
+    "UserId": "0203f172-8642-11e7-9bed-069b743e848f",
+    "Entity": 1,
+    "EntityType": 3,
+    "EntityId": "869196",
+    "ContextEntity": 1,
+    "ContextEntityId": "f2dbf1d5-bbab-418b-bddc-4c92ecdef214",
+    "AccessType": 2,
+    "DurationInMinutes": 30
+  }
+]"#;
+
+    /// The seeds' response example.
+    const SEED_RESPONSE: &str = r#"{
+  "Status": "Success",
+  "Message": {
+    "Id": "98fe2984209c413c9b6b06a1b68111ff"
+  }
+}"#;
+
+    #[test]
+    fn the_seed_share_body_decodes_and_encodes_back() {
+        let items = decode_shares(SEED_SHARE.as_bytes()).unwrap();
+        let item = items[0].clone().unwrap();
+        assert_eq!(
+            item,
+            ShareItem {
+                user: "0203f172-8642-11e7-9bed-069b743e848f".parse().unwrap(),
+                entity: EntityId::lead(869196),
+                context: Context::Activity("f2dbf1d5-bbab-418b-bddc-4c92ecdef214".parse().unwrap()),
+                level: Level::Edit,
+                duration_minutes: Some(30),
+            }
+        );
+        let back = Value::Array(vec![item.to_wire()]);
+        let seed: Value = serde_json::from_str(SEED_SHARE).unwrap();
+        assert_eq!(back, seed);
+    }
+
+    #[test]
+    fn the_seed_response_round_trips() {
+        let r: ItemResponse = serde_json::from_str(SEED_RESPONSE).unwrap();
+        assert_eq!(r, ItemResponse::success("98fe2984209c413c9b6b06a1b68111ff"));
+        let v: Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v, serde_json::from_str::<Value>(SEED_RESPONSE).unwrap());
+    }
+
+    fn seed_with(f: impl FnOnce(&mut Map<String, Value>)) -> Vec<u8> {
+        let mut v: Value = serde_json::from_str(SEED_SHARE).unwrap();
+        if let Value::Array(items) = &mut v {
+            if let Some(Value::Object(m)) = items.get_mut(0) {
+                f(m);
+            }
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn share_error(body: &[u8]) -> ItemError {
+        decode_shares(body).unwrap()[0].clone().unwrap_err()
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Edit = Box<dyn Fn(&mut Map<String, Value>)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|m| {
+                    m.remove("UserId");
+                }),
+                "UserId",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("UserId".into(), "".into());
+                }),
+                "UserId",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("UserId".into(), "0203f172-zzzz".into());
+                }),
+                "UserId",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("UserId".into(), 5.into());
+                }),
+                "UserId",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("Entity".into(), 7.into());
+                }),
+                "Entity",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("Entity".into(), "1".into());
+                }),
+                "Entity",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("EntityType".into(), 2.into());
+                }),
+                "EntityType",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("EntityType");
+                }),
+                "EntityType",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("EntityId".into(), "".into());
+                }),
+                "EntityId",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("EntityId".into(), "abc".into());
+                }),
+                "EntityId",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("EntityId".into(), (-4).into());
+                }),
+                "EntityId",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("ContextEntity");
+                }),
+                "ContextEntity",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("ContextEntity".into(), 2.into());
+                }),
+                "ContextEntity",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("ContextEntityId");
+                }),
+                "ContextEntityId",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("AccessType".into(), 3.into());
+                }),
+                "AccessType",
+            ),
+            (
+                Box::new(|m| {
+                    m.remove("AccessType");
+                }),
+                "AccessType",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("DurationInMinutes".into(), 0.into());
+                }),
+                "DurationInMinutes",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("DurationInMinutes".into(), (-30).into());
+                }),
+                "DurationInMinutes",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("DurationInMinutes".into(), 1.5.into());
+                }),
+                "DurationInMinutes",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("DurationInMinutes".into(), "30".into());
+                }),
+                "DurationInMinutes",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("DurationInMinutes".into(), i64::MAX.into());
+                }),
+                "DurationInMinutes",
+            ),
+            (
+                Box::new(|m| {
+                    m.insert("Durationinminutes".into(), 30.into());
+                }),
+                "Durationinminutes",
+            ),
+        ];
+        for (edit, field) in cases {
+            let e = share_error(&seed_with(edit));
+            assert_eq!((e.index, e.field.as_str()), (0, field), "{e}");
+            assert!(!e.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn defaults_and_optional_fields() {
+        let body = seed_with(|m| {
+            m.remove("DurationInMinutes");
+        });
+        assert_eq!(
+            decode_shares(&body).unwrap()[0]
+                .clone()
+                .unwrap()
+                .duration_minutes,
+            None
+        );
+        let body = seed_with(|m| {
+            m.insert("Entity".into(), 5.into());
+            m.insert(
+                "EntityId".into(),
+                "6a9b2c1e-1111-4a2b-9c3d-000000000001".into(),
+            );
+            m.remove("ContextEntity");
+            m.remove("ContextEntityId");
+        });
+        let item = decode_shares(&body).unwrap()[0].clone().unwrap();
+        assert_eq!(
+            item.context,
+            Context::Direct,
+            "an opportunity needs no context"
+        );
+        assert!(matches!(item.entity.id, EntityRef::Uuid(_)));
+        let revoke = seed_with(|m| {
+            m.remove("DurationInMinutes");
+            m.remove("AccessType");
+        });
+        assert_eq!(
+            decode_revokes(&revoke).unwrap()[0].clone().unwrap().level,
+            Level::Read
+        );
+        let with_duration = decode_revokes(SEED_SHARE.as_bytes()).unwrap()[0]
+            .clone()
+            .unwrap_err();
+        assert_eq!(with_duration.field, "DurationInMinutes");
+    }
+
+    #[test]
+    fn one_bad_item_leaves_the_others() {
+        let body = br#"[{"UserId":"x"}, 7, {"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":12,"AccessType":1}]"#;
+        let items = decode_shares(body).unwrap();
+        assert_eq!(items[0].clone().unwrap_err().field, "UserId");
+        assert_eq!(items[1].clone().unwrap_err().field, "item");
+        assert!(items[2].is_ok());
+    }
+
+    #[test]
+    fn whole_batch_errors() {
+        assert!(matches!(
+            decode_shares(b"not json"),
+            Err(BatchError::NotJson(_))
+        ));
+        assert!(matches!(
+            decode_shares(b"{}"),
+            Err(BatchError::NotArray("an object"))
+        ));
+        assert_eq!(decode_shares(b"[]").unwrap().len(), 0);
+    }
+}
