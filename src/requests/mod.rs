@@ -1,4 +1,918 @@
-//! Share and revoke requests shaped like the share API: the wire format,
-//! request ids and status, and the share history.
+//! Share and revoke requests shaped like the share API: request ids and
+//! status, the share history, and the API's wire format ([`wire`]).
+//!
+//! [`Sharing`] wraps an [`Engine`]: every share or revoke that goes through
+//! it, whether from the API's JSON, a direct call or (later) an automation
+//! rule, gets a [`RequestId`], a status and a [`HistoryRecord`]. The engine's
+//! events keep the records current (revoked, expired).
+//!
+//! # Ground rules
+//!
+//! - The history lock is never held across a call into the engine, so the
+//!   engine's events (delivered inside its calls) can update the history.
+//! - A record is written as `Processing` before the engine is asked, and
+//!   finished (`Completed` or `Failed`) after; an end event that arrives
+//!   before its grant's record is finished is kept and applied then.
 
 pub mod wire;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, Expiry, Grant};
+use crate::error::Error;
+use crate::events::{Event, RevokeReason};
+use crate::ids::{Context, EntityId, GrantId, Level, UserId};
+
+/// The id of one share or revoke request: 32 hex digits.
+///
+/// ```
+/// use grantwheel::requests::RequestId;
+/// let id: RequestId = "98fe2984209c413c9b6b06a1b68111ff".parse().unwrap();
+/// assert_eq!(id.to_string(), "98fe2984209c413c9b6b06a1b68111ff");
+/// assert!("98fe".parse::<RequestId>().is_err());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u128);
+
+impl RequestId {
+    /// A new random id.
+    pub fn random() -> Self {
+        RequestId(uuid::Uuid::new_v4().as_u128())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+/// A request id that is not 32 hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid request id `{0}`: expected 32 hex digits")]
+pub struct BadRequestId(pub String);
+
+impl std::str::FromStr for RequestId {
+    type Err = BadRequestId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BadRequestId(s.to_string()));
+        }
+        u128::from_str_radix(s, 16)
+            .map(RequestId)
+            .map_err(|_| BadRequestId(s.to_string()))
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The id of an automation rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RuleId(pub u64);
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Source {
+    /// The share API (JSON).
+    Api,
+    /// An automation rule.
+    Automation {
+        /// The rule.
+        rule: RuleId,
+    },
+    /// A direct call by the host.
+    Direct,
+}
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RequestKind {
+    /// Give access.
+    Share,
+    /// Take access away.
+    Revoke,
+}
+
+/// Where a request stands: the seeds' Processing, Completed, Failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestStatus {
+    /// Accepted, not yet carried out.
+    Processing,
+    /// Carried out.
+    Completed,
+    /// Refused or failed; nothing changed.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl RequestStatus {
+    /// The numeric share status of the status API: 0 processing, 1
+    /// completed, 2 failed.
+    pub fn code(&self) -> u8 {
+        match self {
+            RequestStatus::Processing => 0,
+            RequestStatus::Completed => 1,
+            RequestStatus::Failed { .. } => 2,
+        }
+    }
+
+    /// The status's name: `Processing`, `Completed` or `Failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RequestStatus::Processing => "Processing",
+            RequestStatus::Completed => "Completed",
+            RequestStatus::Failed { .. } => "Failed",
+        }
+    }
+}
+
+/// Who or what ended a shared grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndedBy {
+    /// A revoke request.
+    Request(RequestId),
+    /// A later share of the same (user, entity, context) replaced it.
+    Replaced,
+    /// Revoked directly on the engine, outside the request layer.
+    Engine,
+}
+
+/// One request in the share history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// The request.
+    pub request: RequestId,
+    /// Share or revoke.
+    pub kind: RequestKind,
+    /// The record shared.
+    pub entity: EntityId,
+    /// The user shared with.
+    pub user: UserId,
+    /// Through what.
+    pub context: Context,
+    /// The access asked for.
+    pub level: Level,
+    /// The duration asked for (`None`: the engine's default, or a revoke).
+    pub duration: Option<chrono::Duration>,
+    /// When the granted access ends (shares that completed).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Where the request came from.
+    pub source: Source,
+    /// Where it stands.
+    pub status: RequestStatus,
+    /// The grant it created or touched (shares that completed).
+    pub grant: Option<GrantId>,
+    /// When the request was made.
+    pub created_at: DateTime<Utc>,
+    /// When it completed or failed.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When the grant was revoked or replaced, and by what.
+    pub revoked: Option<(DateTime<Utc>, EndedBy)>,
+    /// When the grant expired and was reclaimed.
+    pub expired_at: Option<DateTime<Utc>>,
+}
+
+impl HistoryRecord {
+    /// Whether the grant this share made was live at `at`.
+    pub fn gave_access_at(&self, at: DateTime<Utc>) -> bool {
+        let (Some(start), Some(end)) = (self.completed_at, self.expires_at) else {
+            return false;
+        };
+        let end = match self.revoked {
+            Some((t, _)) => end.min(t),
+            None => end,
+        };
+        self.kind == RequestKind::Share
+            && self.status == RequestStatus::Completed
+            && start <= at
+            && at < end
+    }
+
+    /// When the record's grant stopped (revoked or expired), if it did.
+    pub fn ended_at(&self) -> Option<DateTime<Utc>> {
+        self.revoked.map(|(t, _)| t).or(self.expired_at)
+    }
+}
+
+/// A share request, for a direct call.
+///
+/// ```
+/// use grantwheel::requests::ShareRequest;
+/// use grantwheel::{Context, EntityId, Level, UserId};
+/// let req = ShareRequest::new(UserId::from_u128(1), EntityId::lead(7), Level::Read)
+///     .context(Context::Activity(uuid::Uuid::nil()))
+///     .duration(chrono::Duration::minutes(30));
+/// assert_eq!(req.level, Level::Read);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareRequest {
+    /// The user to share with.
+    pub user: UserId,
+    /// The record.
+    pub entity: EntityId,
+    /// Through what (default: direct).
+    pub context: Context,
+    /// Read or edit.
+    pub level: Level,
+    /// How long (default: the engine's default duration).
+    pub duration: Option<chrono::Duration>,
+}
+
+impl ShareRequest {
+    /// Share `entity` with `user` at `level`, directly, for the default
+    /// duration.
+    pub fn new(user: UserId, entity: EntityId, level: Level) -> Self {
+        ShareRequest {
+            user,
+            entity,
+            context: Context::Direct,
+            level,
+            duration: None,
+        }
+    }
+
+    /// Through this context.
+    pub fn context(mut self, context: Context) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// For this long.
+    pub fn duration(mut self, d: chrono::Duration) -> Self {
+        self.duration = Some(d);
+        self
+    }
+}
+
+/// A revoke request: the grant of (user, entity) through `context`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeRequest {
+    /// The user.
+    pub user: UserId,
+    /// The record.
+    pub entity: EntityId,
+    /// The context whose grant ends; grants through other contexts stay.
+    pub context: Context,
+    /// The access named by the request (recorded in the history).
+    pub level: Level,
+}
+
+/// What a finished request did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The request's id.
+    pub request: RequestId,
+    /// Its final status.
+    pub status: RequestStatus,
+    /// The grant created or ended, when there is one.
+    pub grant: Option<Grant>,
+}
+
+/// Filters and paging of a history query. All filters are optional.
+///
+/// ```
+/// use grantwheel::requests::{HistoryQuery, Source};
+/// let q = HistoryQuery::default().source(Source::Api).limit(20);
+/// assert_eq!(q.limit, 20);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// Only requests for this user.
+    pub user: Option<UserId>,
+    /// Only requests with this status name (`Processing`, `Completed`,
+    /// `Failed`).
+    pub status: Option<String>,
+    /// Only requests from this source.
+    pub source: Option<Source>,
+    /// Only requests made at or after this instant.
+    pub from: Option<DateTime<Utc>>,
+    /// Only requests made before this instant.
+    pub until: Option<DateTime<Utc>>,
+    /// At most this many records (1 to 1,000; default 50).
+    pub limit: usize,
+    /// Continue after this cursor (from the previous page).
+    pub after: Option<Cursor>,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        HistoryQuery {
+            user: None,
+            status: None,
+            source: None,
+            from: None,
+            until: None,
+            limit: 50,
+            after: None,
+        }
+    }
+}
+
+impl HistoryQuery {
+    /// Only requests for `user`.
+    pub fn user(mut self, user: UserId) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// Only requests whose status has this name.
+    pub fn status(mut self, status: &str) -> Self {
+        self.status = Some(status.to_string());
+        self
+    }
+
+    /// Only requests from `source`.
+    pub fn source(mut self, source: Source) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Only requests made in `[from, until)`.
+    pub fn between(mut self, from: DateTime<Utc>, until: DateTime<Utc>) -> Self {
+        self.from = Some(from);
+        self.until = Some(until);
+        self
+    }
+
+    /// Pages of `n` records.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = n;
+        self
+    }
+
+    /// The page after `cursor`.
+    pub fn after(mut self, cursor: Cursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.limit == 0 || self.limit > 1000 {
+            return Err(Error::invalid(
+                "limit",
+                format!("`{}` is not between 1 and 1000", self.limit),
+            ));
+        }
+        if let Some(s) = &self.status {
+            if !["Processing", "Completed", "Failed"].contains(&s.as_str()) {
+                return Err(Error::invalid(
+                    "status",
+                    format!("`{s}` is not Processing, Completed or Failed"),
+                ));
+            }
+        }
+        if let (Some(f), Some(u)) = (self.from, self.until) {
+            if f > u {
+                return Err(Error::invalid(
+                    "from",
+                    format!("`{f}` is after `until` `{u}`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn keeps(&self, r: &HistoryRecord) -> bool {
+        self.user.is_none_or(|u| u == r.user)
+            && self.status.as_deref().is_none_or(|s| s == r.status.name())
+            && self.source.is_none_or(|s| s == r.source)
+            && self.from.is_none_or(|f| r.created_at >= f)
+            && self.until.is_none_or(|u| r.created_at < u)
+    }
+}
+
+/// Where a history page ended: pass it to the next query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(u64);
+
+/// One page of history, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The records.
+    pub records: Vec<HistoryRecord>,
+    /// The cursor of the next page, if there are more records.
+    pub next: Option<Cursor>,
+}
+
+/// Settings of the request layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharingConfig {
+    /// How long records of ended grants, failed requests and revokes are
+    /// kept before [`Sharing::prune`] removes them (default 90 days).
+    pub retention: chrono::Duration,
+}
+
+impl Default for SharingConfig {
+    fn default() -> Self {
+        SharingConfig {
+            retention: chrono::Duration::days(90),
+        }
+    }
+}
+
+#[derive(Default)]
+struct History {
+    next_seq: u64,
+    records: BTreeMap<u64, HistoryRecord>,
+    by_request: HashMap<RequestId, u64>,
+    by_entity: HashMap<EntityId, BTreeSet<u64>>,
+    /// Share records of grants that may still be live.
+    by_grant: HashMap<GrantId, u64>,
+    /// End events that arrived before their share record was finished.
+    early_ends: HashMap<GrantId, (DateTime<Utc>, Option<EndedBy>)>,
+}
+
+impl History {
+    fn add(&mut self, record: HistoryRecord) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_request.insert(record.request, seq);
+        self.by_entity.entry(record.entity).or_default().insert(seq);
+        self.records.insert(seq, record);
+        seq
+    }
+
+    fn end(&mut self, grant: &GrantId, at: DateTime<Utc>, by: Option<EndedBy>) {
+        let Some(seq) = self.by_grant.remove(grant) else {
+            self.early_ends.insert(*grant, (at, by));
+            return;
+        };
+        if let Some(r) = self.records.get_mut(&seq) {
+            match by {
+                Some(by) => r.revoked = Some((at, by)),
+                None => r.expired_at = Some(at),
+            }
+        }
+    }
+
+    fn finish_share(&mut self, seq: u64, grant: &Grant, at: DateTime<Utc>) {
+        if let Some(r) = self.records.get_mut(&seq) {
+            r.status = RequestStatus::Completed;
+            r.completed_at = Some(at);
+            r.grant = Some(grant.id);
+            r.expires_at = Some(grant.expires_at);
+        }
+        match self.early_ends.remove(&grant.id) {
+            Some((t, by)) => {
+                self.by_grant.insert(grant.id, seq);
+                self.end(&grant.id, t, by);
+            }
+            None => {
+                self.by_grant.insert(grant.id, seq);
+            }
+        }
+    }
+
+    fn finish(&mut self, seq: u64, status: RequestStatus, at: DateTime<Utc>) {
+        if let Some(r) = self.records.get_mut(&seq) {
+            r.status = status;
+            r.completed_at = Some(at);
+        }
+    }
+}
+
+struct SharingInner {
+    engine: Engine,
+    config: SharingConfig,
+    history: Mutex<History>,
+    /// Revoke requests under way, by (user, entity, context): the revoked
+    /// event names its request through this.
+    revoking: Mutex<HashMap<(UserId, EntityId, Context), RequestId>>,
+}
+
+/// The request layer: share and revoke requests with ids, status and
+/// history, over an [`Engine`]. `Send + Sync`; clones share it.
+///
+/// ```
+/// use grantwheel::requests::{RequestStatus, ShareRequest, Sharing};
+/// use grantwheel::{Engine, EntityId, Level, UserId};
+///
+/// let sharing = Sharing::new(Engine::new());
+/// let (user, lead) = (UserId::from_u128(1), EntityId::lead(869196));
+/// let outcome = sharing.share(ShareRequest::new(user, lead, Level::Edit));
+/// assert_eq!(outcome.status, RequestStatus::Completed);
+/// assert!(sharing.engine().can_edit(&user, &lead));
+/// assert_eq!(sharing.status(&outcome.request), Some(RequestStatus::Completed));
+/// ```
+#[derive(Clone)]
+pub struct Sharing {
+    inner: Arc<SharingInner>,
+}
+
+impl fmt::Debug for Sharing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sharing").finish_non_exhaustive()
+    }
+}
+
+impl Sharing {
+    /// A request layer over `engine`, with the default settings.
+    pub fn new(engine: Engine) -> Self {
+        Sharing::with_config(engine, SharingConfig::default())
+    }
+
+    /// A request layer over `engine`.
+    pub fn with_config(engine: Engine, config: SharingConfig) -> Self {
+        let inner = Arc::new(SharingInner {
+            engine,
+            config,
+            history: Mutex::new(History::default()),
+            revoking: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&inner);
+        inner.engine.subscribe(move |event: &Event| {
+            if let Some(inner) = weak.upgrade() {
+                on_event(&inner, event);
+            }
+        });
+        Sharing { inner }
+    }
+
+    /// The engine underneath (for checks).
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Write a request's record as `Processing`.
+    fn record(&self, kind: RequestKind, req: &ShareRequest, source: Source) -> (RequestId, u64) {
+        let request = RequestId::random();
+        let record = HistoryRecord {
+            request,
+            kind,
+            entity: req.entity,
+            user: req.user,
+            context: req.context,
+            level: req.level,
+            duration: req.duration,
+            expires_at: None,
+            source,
+            status: RequestStatus::Processing,
+            grant: None,
+            created_at: self.inner.engine.now(),
+            completed_at: None,
+            revoked: None,
+            expired_at: None,
+        };
+        let seq = self.inner.history.lock().add(record);
+        (request, seq)
+    }
+
+    fn run_share(&self, req: &ShareRequest, source: Source) -> Outcome {
+        let (request, seq) = self.record(RequestKind::Share, req, source);
+        let expiry = req.duration.map_or(Expiry::Default, Expiry::After);
+        let result = self
+            .inner
+            .engine
+            .share(req.user, req.entity, req.context, req.level, expiry);
+        let now = self.inner.engine.now();
+        let mut history = self.inner.history.lock();
+        match result {
+            Ok(grant) => {
+                history.finish_share(seq, &grant, now);
+                Outcome {
+                    request,
+                    status: RequestStatus::Completed,
+                    grant: Some(grant),
+                }
+            }
+            Err(e) => {
+                let status = RequestStatus::Failed {
+                    reason: e.to_string(),
+                };
+                history.finish(seq, status.clone(), now);
+                Outcome {
+                    request,
+                    status,
+                    grant: None,
+                }
+            }
+        }
+    }
+
+    fn run_revoke(&self, req: &RevokeRequest, source: Source) -> Outcome {
+        let named = ShareRequest::new(req.user, req.entity, req.level).context(req.context);
+        let (request, seq) = self.record(RequestKind::Revoke, &named, source);
+        let engine = &self.inner.engine;
+        let key = (req.user, req.entity, req.context);
+        // Named before the call: the event may be delivered by another thread.
+        self.inner.revoking.lock().insert(key, request);
+        let result = engine
+            .revoke_context(&req.user, &req.entity, &req.context)
+            .ok_or_else(|| {
+                self.inner.revoking.lock().remove(&key);
+                format!(
+                    "no live grant of `{}` for user `{}` through this context",
+                    req.entity, req.user
+                )
+            });
+        let now = engine.now();
+        let mut history = self.inner.history.lock();
+        match result {
+            Ok(grant) => {
+                history.finish(seq, RequestStatus::Completed, now);
+                if let Some(r) = history.records.get_mut(&seq) {
+                    r.grant = Some(grant.id);
+                    r.expires_at = Some(grant.expires_at);
+                }
+                Outcome {
+                    request,
+                    status: RequestStatus::Completed,
+                    grant: Some(grant),
+                }
+            }
+            Err(reason) => {
+                let status = RequestStatus::Failed { reason };
+                history.finish(seq, status.clone(), now);
+                Outcome {
+                    request,
+                    status,
+                    grant: None,
+                }
+            }
+        }
+    }
+
+    /// Share now, as a direct call; the request is finished when this
+    /// returns.
+    pub fn share(&self, req: ShareRequest) -> Outcome {
+        self.run_share(&req, Source::Direct)
+    }
+
+    /// Revoke now, as a direct call: the grant of (user, entity) through the
+    /// request's context. Grants through other contexts stay.
+    pub fn revoke(&self, req: RevokeRequest) -> Outcome {
+        self.run_revoke(&req, Source::Direct)
+    }
+
+    /// Carry out a share batch in the API's JSON, item by item: one response
+    /// per item, in order. A bad item gets an error response and changes
+    /// nothing; the others are still carried out. Items that fail in the
+    /// engine have a request id and a `Failed` history record.
+    ///
+    /// ```
+    /// use grantwheel::requests::{wire::ItemResponse, Sharing};
+    /// use grantwheel::Engine;
+    /// let sharing = Sharing::new(Engine::new());
+    /// let body = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":1,"EntityType":3,
+    ///   "EntityId":"869196","ContextEntity":1,"ContextEntityId":"f2dbf1d5-bbab-418b-bddc-4c92ecdef214",
+    ///   "AccessType":2,"DurationInMinutes":30}]"#;
+    /// let responses = sharing.api_share(body).unwrap();
+    /// assert!(matches!(responses[0], ItemResponse::Success { .. }));
+    /// ```
+    pub fn api_share(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
+        Ok(wire::decode_shares(body)?
+            .into_iter()
+            .map(|item| match item {
+                Err(e) => wire::ItemResponse::error("InvalidInput", e),
+                Ok(item) => {
+                    let req = ShareRequest {
+                        user: item.user,
+                        entity: item.entity,
+                        context: item.context,
+                        level: item.level,
+                        duration: item.duration_minutes.map(chrono::Duration::minutes),
+                    };
+                    respond(self.run_share(&req, Source::Api))
+                }
+            })
+            .collect())
+    }
+
+    /// Carry out a revoke batch in the API's JSON, item by item.
+    pub fn api_revoke(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
+        Ok(wire::decode_revokes(body)?
+            .into_iter()
+            .map(|item| match item {
+                Err(e) => wire::ItemResponse::error("InvalidInput", e),
+                Ok(item) => {
+                    let req = RevokeRequest {
+                        user: item.user,
+                        entity: item.entity,
+                        context: item.context,
+                        level: item.level,
+                    };
+                    respond(self.run_revoke(&req, Source::Api))
+                }
+            })
+            .collect())
+    }
+
+    /// The status of a request; `None` for an unknown (or pruned) id.
+    pub fn status(&self, id: &RequestId) -> Option<RequestStatus> {
+        let history = self.inner.history.lock();
+        let seq = history.by_request.get(id)?;
+        history.records.get(seq).map(|r| r.status.clone())
+    }
+
+    /// The status of a request in the shape of the status API.
+    ///
+    /// ```
+    /// use grantwheel::requests::{RequestId, Sharing};
+    /// use grantwheel::Engine;
+    /// let sharing = Sharing::new(Engine::new());
+    /// let unknown = sharing.status_response(&RequestId::random());
+    /// assert_eq!(unknown.status, "Error");
+    /// ```
+    pub fn status_response(&self, id: &RequestId) -> StatusResponse {
+        match self.status(id) {
+            Some(status) => StatusResponse {
+                status: "Success".into(),
+                message: StatusMessage {
+                    response_text: status.name().into(),
+                    share_status: status.code(),
+                    error_message: match status {
+                        RequestStatus::Failed { reason } => Some(reason),
+                        _ => None,
+                    },
+                },
+            },
+            None => StatusResponse {
+                status: "Error".into(),
+                message: StatusMessage {
+                    response_text: "NotFound".into(),
+                    share_status: 2,
+                    error_message: Some(format!("no request `{id}`")),
+                },
+            },
+        }
+    }
+
+    /// The record of one request.
+    pub fn request(&self, id: &RequestId) -> Option<HistoryRecord> {
+        let history = self.inner.history.lock();
+        let seq = history.by_request.get(id)?;
+        history.records.get(seq).cloned()
+    }
+
+    /// The share history of `entity`, newest first, filtered and paged.
+    ///
+    /// ```
+    /// use grantwheel::requests::{HistoryQuery, ShareRequest, Sharing, Source};
+    /// use grantwheel::{Engine, EntityId, Level, UserId};
+    /// let sharing = Sharing::new(Engine::new());
+    /// let lead = EntityId::lead(1);
+    /// for u in 0..3 {
+    ///     sharing.share(ShareRequest::new(UserId::from_u128(u), lead, Level::Read));
+    /// }
+    /// let page = sharing.history(&lead, &HistoryQuery::default().limit(2)).unwrap();
+    /// assert_eq!(page.records.len(), 2);
+    /// assert_eq!(page.records[0].user, UserId::from_u128(2), "newest first");
+    /// let rest = sharing.history(&lead, &HistoryQuery::default().after(page.next.unwrap())).unwrap();
+    /// assert_eq!(rest.records.len(), 1);
+    /// ```
+    pub fn history(&self, entity: &EntityId, query: &HistoryQuery) -> Result<HistoryPage, Error> {
+        query.check()?;
+        let history = self.inner.history.lock();
+        let Some(seqs) = history.by_entity.get(entity) else {
+            return Ok(HistoryPage {
+                records: Vec::new(),
+                next: None,
+            });
+        };
+        let upper = query.after.map_or(u64::MAX, |c| c.0);
+        let mut records = Vec::new();
+        let mut next = None;
+        for seq in seqs.range(..upper).rev() {
+            let Some(r) = history.records.get(seq) else {
+                continue;
+            };
+            if !query.keeps(r) {
+                continue;
+            }
+            if records.len() == query.limit {
+                // The next page starts at this record.
+                next = Some(Cursor(*seq + 1));
+                break;
+            }
+            records.push(r.clone());
+        }
+        Ok(HistoryPage { records, next })
+    }
+
+    /// The share records of `entity` whose grant was live at `at`: who had
+    /// access then.
+    pub fn access_at(&self, entity: &EntityId, at: DateTime<Utc>) -> Vec<HistoryRecord> {
+        let history = self.inner.history.lock();
+        let Some(seqs) = history.by_entity.get(entity) else {
+            return Vec::new();
+        };
+        seqs.iter()
+            .rev()
+            .filter_map(|s| history.records.get(s))
+            .filter(|r| r.gave_access_at(at))
+            .cloned()
+            .collect()
+    }
+
+    /// Remove the records whose grants ended, and the failed requests and
+    /// revokes, finished longer ago than the retention period. Returns how
+    /// many were removed.
+    pub fn prune(&self) -> usize {
+        let horizon = self.inner.engine.now() - self.inner.config.retention;
+        let mut history = self.inner.history.lock();
+        let old: Vec<u64> = history
+            .records
+            .iter()
+            .filter(|(_, r)| {
+                let done = match r.kind {
+                    RequestKind::Share if r.status == RequestStatus::Completed => r.ended_at(),
+                    _ => r.completed_at,
+                };
+                done.is_some_and(|t| t < horizon)
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in &old {
+            if let Some(r) = history.records.remove(seq) {
+                history.by_request.remove(&r.request);
+                if let Some(set) = history.by_entity.get_mut(&r.entity) {
+                    set.remove(seq);
+                    if set.is_empty() {
+                        history.by_entity.remove(&r.entity);
+                    }
+                }
+            }
+        }
+        old.len()
+    }
+}
+
+fn respond(outcome: Outcome) -> wire::ItemResponse {
+    match outcome.status {
+        RequestStatus::Failed { reason } => wire::ItemResponse::failed(outcome.request, reason),
+        _ => wire::ItemResponse::success(outcome.request),
+    }
+}
+
+fn on_event(inner: &SharingInner, event: &Event) {
+    let now = inner.engine.now();
+    match event {
+        Event::Revoked { grant, reason } => {
+            let by = match reason {
+                RevokeReason::Replaced => EndedBy::Replaced,
+                RevokeReason::Requested => inner
+                    .revoking
+                    .lock()
+                    .remove(&(grant.id.user, grant.id.entity, grant.id.context))
+                    .map_or(EndedBy::Engine, EndedBy::Request),
+            };
+            inner.history.lock().end(&grant.id, now, Some(by));
+        }
+        Event::Expired(grant) => {
+            inner.history.lock().end(&grant.id, grant.expires_at, None);
+        }
+        _ => {}
+    }
+}
+
+/// The status API's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResponse {
+    /// `Success` when the request is known, `Error` otherwise.
+    #[serde(rename = "Status")]
+    pub status: String,
+    /// The request's status.
+    #[serde(rename = "Message")]
+    pub message: StatusMessage,
+}
+
+/// The `Message` of the status API's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusMessage {
+    /// `Processing`, `Completed` or `Failed` (`NotFound` for unknown ids).
+    #[serde(rename = "ResponseText")]
+    pub response_text: String,
+    /// 0 processing, 1 completed, 2 failed.
+    #[serde(rename = "ShareStatus")]
+    pub share_status: u8,
+    /// Why it failed.
+    #[serde(rename = "ErrorMessage")]
+    pub error_message: Option<String>,
+}

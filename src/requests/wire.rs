@@ -455,6 +455,10 @@ pub enum ItemResponse {
         /// What was wrong.
         #[serde(rename = "ExceptionMessage")]
         exception_message: String,
+        /// The request id, when the item became a request that then failed
+        /// (its status and history record can be looked up).
+        #[serde(rename = "RequestId", default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
     },
 }
 
@@ -473,6 +477,17 @@ impl ItemResponse {
             status: "Error".into(),
             exception_type: kind.into(),
             exception_message: message.to_string(),
+            request_id: None,
+        }
+    }
+
+    /// A request that was made and failed.
+    pub fn failed(request: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+        ItemResponse::Error {
+            status: "Error".into(),
+            exception_type: "Failed".into(),
+            exception_message: reason.to_string(),
+            request_id: Some(request.to_string()),
         }
     }
 }

@@ -1,0 +1,337 @@
+//! The request layer end to end: the seeds' scenarios through the API's
+//! JSON, request status, and the share history.
+
+use chrono::{Duration, TimeZone, Utc};
+use grantwheel::requests::wire::ItemResponse;
+use grantwheel::requests::{
+    EndedBy, HistoryQuery, RequestId, RequestKind, RequestStatus, RevokeRequest, ShareRequest,
+    Sharing, Source,
+};
+use grantwheel::{Context, Engine, EntityId, Level, ManualClock, UserId};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const USER: &str = "0203f172-8642-11e7-9bed-069b743e848f";
+const ACTIVITY: &str = "f2dbf1d5-bbab-418b-bddc-4c92ecdef214";
+const ACTIVITY_2: &str = "0b8e6f1c-2a2b-4c3d-8e9f-123456789abc";
+
+fn setup() -> (ManualClock, Sharing) {
+    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap());
+    let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    (clock, Sharing::new(engine))
+}
+
+fn body(items: Value) -> Vec<u8> {
+    serde_json::to_vec(&items).unwrap()
+}
+
+fn lead_item(activity: &str, access: i64, minutes: Option<i64>) -> Value {
+    let mut v = json!({
+        "UserId": USER, "Entity": 1, "EntityType": 3, "EntityId": "869196",
+        "ContextEntity": 1, "ContextEntityId": activity, "AccessType": access
+    });
+    if let Some(m) = minutes {
+        v["DurationInMinutes"] = json!(m);
+    }
+    v
+}
+
+fn id_of(r: &ItemResponse) -> RequestId {
+    match r {
+        ItemResponse::Success { message, .. } => message.id.parse().unwrap(),
+        other => panic!("not a success: {other:?}"),
+    }
+}
+
+#[test]
+fn a_lead_shared_through_two_activities_then_revoked_in_one_then_expired() {
+    let (clock, sharing) = setup();
+    let user: UserId = USER.parse().unwrap();
+    let lead = EntityId::lead(869196);
+
+    // The seed's exact example: edit for 30 minutes through an activity.
+    let first = sharing
+        .api_share(&body(json!([lead_item(ACTIVITY, 2, Some(30))])))
+        .unwrap();
+    let first_id = id_of(&first[0]);
+    assert_eq!(first_id.to_string().len(), 32);
+    assert_eq!(sharing.status(&first_id), Some(RequestStatus::Completed));
+    assert!(sharing.engine().can_edit(&user, &lead));
+
+    // Revoking in another activity's context fails and leaves the grant.
+    let wrong = sharing
+        .api_revoke(&body(json!([lead_item(ACTIVITY_2, 1, None)])))
+        .unwrap();
+    assert!(matches!(wrong[0], ItemResponse::Error { .. }));
+    assert!(sharing.engine().can_edit(&user, &lead));
+
+    // A second share through the second activity, read-only, default 90 days.
+    let second = sharing
+        .api_share(&body(json!([lead_item(ACTIVITY_2, 1, None)])))
+        .unwrap();
+    let second_id = id_of(&second[0]);
+    let record = sharing.request(&second_id).unwrap();
+    assert_eq!(
+        record.expires_at,
+        Some(record.created_at + Duration::days(90))
+    );
+
+    // Revoking the first activity's grant leaves the second.
+    let revoke = sharing
+        .api_revoke(&body(json!([lead_item(ACTIVITY, 2, None)])))
+        .unwrap();
+    let revoke_id = id_of(&revoke[0]);
+    assert!(!sharing.engine().can_edit(&user, &lead));
+    assert!(sharing.engine().can_read(&user, &lead));
+    let ended = sharing.request(&first_id).unwrap();
+    assert_eq!(
+        ended.revoked.map(|(_, by)| by),
+        Some(EndedBy::Request(revoke_id))
+    );
+
+    // The second grant expires.
+    clock.advance(Duration::days(91));
+    assert!(!sharing.engine().can_read(&user, &lead));
+    sharing.engine().advance();
+    assert!(sharing.request(&second_id).unwrap().expired_at.is_some());
+
+    // History: newest first, filterable by user, status and source.
+    let all = sharing
+        .history(&lead, &HistoryQuery::default())
+        .unwrap()
+        .records;
+    let ids: Vec<RequestId> = all.iter().map(|r| r.request).collect();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids[0], revoke_id);
+    assert_eq!(ids[3], first_id);
+    let failed = sharing
+        .history(&lead, &HistoryQuery::default().status("Failed"))
+        .unwrap()
+        .records;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].kind, RequestKind::Revoke);
+    let by_user = sharing
+        .history(&lead, &HistoryQuery::default().user(user))
+        .unwrap()
+        .records;
+    assert_eq!(by_user.len(), 4);
+    let other = sharing
+        .history(&lead, &HistoryQuery::default().user(UserId::from_u128(9)))
+        .unwrap()
+        .records;
+    assert!(other.is_empty());
+    let direct = sharing
+        .history(&lead, &HistoryQuery::default().source(Source::Direct))
+        .unwrap();
+    assert!(direct.records.is_empty());
+
+    // Who had access at a given instant.
+    let start = sharing.request(&first_id).unwrap().created_at;
+    let then = sharing.access_at(&lead, start + Duration::minutes(1));
+    assert_eq!(then.len(), 1);
+    let later = sharing.access_at(&lead, start + Duration::days(2));
+    assert_eq!(
+        later.iter().map(|r| r.request).collect::<Vec<_>>(),
+        vec![second_id]
+    );
+}
+
+#[test]
+fn an_opportunity_needs_no_context() {
+    let (_, sharing) = setup();
+    let item =
+        json!({"UserId": USER, "Entity": 5, "EntityType": 3, "EntityId": 4411, "AccessType": 1});
+    let r = sharing.api_share(&body(json!([item]))).unwrap();
+    id_of(&r[0]);
+    assert!(sharing
+        .engine()
+        .can_read(&USER.parse().unwrap(), &EntityId::opportunity(4411)));
+}
+
+#[test]
+fn status_answers_in_the_status_api_shape() {
+    let (_, sharing) = setup();
+    let ok = sharing.share(ShareRequest::new(
+        UserId::from_u128(1),
+        EntityId::lead(1),
+        Level::Read,
+    ));
+    let v = serde_json::to_value(sharing.status_response(&ok.request)).unwrap();
+    assert_eq!(
+        v,
+        json!({"Status": "Success", "Message": {"ResponseText": "Completed", "ShareStatus": 1, "ErrorMessage": null}})
+    );
+    let failed = sharing.share(
+        ShareRequest::new(UserId::from_u128(1), EntityId::lead(2), Level::Read)
+            .duration(Duration::days(100_000)),
+    );
+    let v = serde_json::to_value(sharing.status_response(&failed.request)).unwrap();
+    assert_eq!(v["Message"]["ShareStatus"], json!(2));
+    assert!(v["Message"]["ErrorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("duration"));
+    let v = serde_json::to_value(sharing.status_response(&RequestId::random())).unwrap();
+    assert_eq!(v["Status"], json!("Error"));
+}
+
+#[test]
+fn history_pages_with_a_cursor_and_prunes_after_retention() {
+    let (clock, sharing) = setup();
+    let lead = EntityId::lead(5);
+    for u in 0..25u128 {
+        sharing.share(
+            ShareRequest::new(UserId::from_u128(u), lead, Level::Read).duration(Duration::hours(1)),
+        );
+    }
+    let mut seen = Vec::new();
+    let mut query = HistoryQuery::default().limit(10);
+    loop {
+        let page = sharing.history(&lead, &query).unwrap();
+        seen.extend(page.records.iter().map(|r| r.user));
+        match page.next {
+            Some(c) => query = HistoryQuery::default().limit(10).after(c),
+            None => break,
+        }
+    }
+    let expected: Vec<UserId> = (0..25u128).rev().map(UserId::from_u128).collect();
+    assert_eq!(seen, expected, "every record once, newest first");
+    assert_eq!(
+        sharing
+            .history(&lead, &HistoryQuery::default().limit(0))
+            .unwrap_err()
+            .field(),
+        Some("limit")
+    );
+    // Live grants' records stay; ended ones go after the retention period.
+    clock.advance(Duration::hours(2));
+    sharing.engine().advance();
+    assert_eq!(sharing.prune(), 0, "ended, but within retention");
+    clock.advance(Duration::days(91));
+    assert_eq!(sharing.prune(), 25);
+    assert!(sharing
+        .history(&lead, &HistoryQuery::default())
+        .unwrap()
+        .records
+        .is_empty());
+}
+
+#[test]
+fn direct_revoke_names_its_request() {
+    let (_, sharing) = setup();
+    let (u, e) = (UserId::from_u128(3), EntityId::lead(3));
+    let share = sharing.share(ShareRequest::new(u, e, Level::Edit));
+    let revoke = sharing.revoke(RevokeRequest {
+        user: u,
+        entity: e,
+        context: Context::Direct,
+        level: Level::Edit,
+    });
+    assert_eq!(revoke.status, RequestStatus::Completed);
+    let record = sharing.request(&share.request).unwrap();
+    assert_eq!(
+        record.revoked.map(|(_, by)| by),
+        Some(EndedBy::Request(revoke.request))
+    );
+    // A revoke with nothing to revoke fails and says why.
+    let again = sharing.revoke(RevokeRequest {
+        user: u,
+        entity: e,
+        context: Context::Direct,
+        level: Level::Edit,
+    });
+    assert!(matches!(again.status, RequestStatus::Failed { .. }));
+}
+
+fn arbitrary_item() -> impl Strategy<Value = Value> {
+    let user = prop_oneof![
+        Just(json!(USER)),
+        Just(json!("")),
+        Just(json!("not-a-uuid")),
+        Just(json!(7)),
+        Just(Value::Null)
+    ];
+    let entity = prop_oneof![
+        Just(json!(1)),
+        Just(json!(5)),
+        Just(json!(9)),
+        Just(json!("1"))
+    ];
+    let etype = prop_oneof![Just(json!(3)), Just(json!(2))];
+    let eid = prop_oneof![
+        Just(json!("869196")),
+        Just(json!(12)),
+        Just(json!("")),
+        Just(json!(-1))
+    ];
+    let access = prop_oneof![
+        Just(json!(1)),
+        Just(json!(2)),
+        Just(json!(0)),
+        Just(Value::Null)
+    ];
+    let minutes = prop_oneof![
+        Just(Value::Null),
+        Just(json!(30)),
+        Just(json!(0)),
+        Just(json!(-5)),
+        Just(json!(1e12)),
+        Just(json!(i64::MAX)),
+        Just(json!(6_000_000))
+    ];
+    let ctx = prop_oneof![Just(json!(ACTIVITY)), Just(Value::Null), Just(json!("x"))];
+    (user, entity, etype, eid, access, minutes, ctx).prop_map(|(u, e, t, i, a, m, c)| {
+        let mut v = json!({"UserId": u, "Entity": e, "EntityType": t, "EntityId": i, "AccessType": a, "DurationInMinutes": m});
+        if !c.is_null() {
+            v["ContextEntity"] = json!(1);
+            v["ContextEntityId"] = c;
+        }
+        v
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Random batches never panic, a bad item never creates a grant, and
+    /// every item that got an id has exactly one record with its final
+    /// status.
+    #[test]
+    fn batches_of_good_and_bad_items(items in proptest::collection::vec(arbitrary_item(), 0..12)) {
+        let (_, sharing) = setup();
+        let responses = sharing.api_share(&body(Value::Array(items.clone()))).unwrap();
+        prop_assert_eq!(responses.len(), items.len());
+        let (mut granted, mut failed) = (0, 0);
+        for r in &responses {
+            match r {
+                ItemResponse::Success { message, .. } => {
+                    let id: RequestId = message.id.parse().unwrap();
+                    prop_assert_eq!(sharing.status(&id), Some(RequestStatus::Completed));
+                    granted += 1;
+                }
+                ItemResponse::Error { request_id: Some(id), .. } => {
+                    let id: RequestId = id.parse().unwrap();
+                    let is_failed = matches!(sharing.status(&id), Some(RequestStatus::Failed { .. }));
+                    prop_assert!(is_failed);
+                    failed += 1;
+                }
+                ItemResponse::Error { request_id: None, .. } => {}
+            }
+        }
+        let lead = EntityId::lead(869196);
+        let opportunity = EntityId::opportunity(869196);
+        let user: UserId = USER.parse().unwrap();
+        let held = sharing.engine().grants_for(&user, &lead).len()
+            + sharing.engine().grants_for(&user, &opportunity).len()
+            + sharing.engine().grants_for(&user, &EntityId::lead(12)).len()
+            + sharing.engine().grants_for(&user, &EntityId::opportunity(12)).len();
+        // Repeated shares of one key replace each other: at most one grant per key.
+        prop_assert!(held <= granted);
+        prop_assert_eq!(sharing.engine().len(), held);
+        prop_assert_eq!(granted == 0, held == 0);
+        let records = sharing.history(&lead, &HistoryQuery::default().limit(1000)).unwrap().records.len()
+            + sharing.history(&opportunity, &HistoryQuery::default().limit(1000)).unwrap().records.len()
+            + sharing.history(&EntityId::lead(12), &HistoryQuery::default().limit(1000)).unwrap().records.len()
+            + sharing.history(&EntityId::opportunity(12), &HistoryQuery::default().limit(1000)).unwrap().records.len();
+        prop_assert_eq!(records, granted + failed);
+    }
+}
