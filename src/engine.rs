@@ -959,6 +959,11 @@ impl Engine {
         }
     }
 
+    /// The duration of a share that names none.
+    pub fn default_duration(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(i64::try_from(self.inner.cfg.default_ms).unwrap_or(i64::MAX))
+    }
+
     /// The engine's current time: the latest instant its clock has shown.
     pub fn now(&self) -> DateTime<Utc> {
         from_millis(self.now_ms())

@@ -335,3 +335,210 @@ proptest! {
         prop_assert_eq!(records, granted + failed);
     }
 }
+
+mod submit_and_policy {
+    use super::*;
+    use grantwheel::requests::{
+        Command, ContextResolver, GrantorPolicy, SharingConfig, Submission,
+    };
+
+    fn share(u: u128, e: u64, level: Level) -> Command {
+        Command::Share(ShareRequest::new(
+            UserId::from_u128(u),
+            EntityId::lead(e),
+            level,
+        ))
+    }
+
+    #[test]
+    fn submitted_requests_are_processing_until_processed() {
+        let (_, sharing) = setup();
+        let ids = sharing.submit(vec![
+            Submission::api(share(1, 1, Level::Read)),
+            Submission::api(share(2, 1, Level::Edit)),
+        ]);
+        assert_eq!(ids.len(), 2);
+        for id in &ids {
+            assert_eq!(sharing.status(id), Some(RequestStatus::Processing));
+        }
+        assert!(!sharing
+            .engine()
+            .can_read(&UserId::from_u128(1), &EntityId::lead(1)));
+        assert_eq!(sharing.pending(), 2);
+        assert_eq!(sharing.process(1), 1);
+        assert_eq!(sharing.status(&ids[0]), Some(RequestStatus::Completed));
+        assert_eq!(sharing.status(&ids[1]), Some(RequestStatus::Processing));
+        assert_eq!(sharing.process(10), 1);
+        assert!(sharing
+            .engine()
+            .can_edit(&UserId::from_u128(2), &EntityId::lead(1)));
+        let v = serde_json::to_value(sharing.status_response(&ids[1])).unwrap();
+        assert_eq!(v["Message"]["ResponseText"], json!("Completed"));
+    }
+
+    #[test]
+    fn a_worker_carries_out_the_queue() {
+        let (_, sharing) = setup();
+        let worker = sharing.start_worker();
+        let ids = sharing.submit(
+            (0..50)
+                .map(|u| Submission::api(share(u, 7, Level::Read)))
+                .collect(),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ids
+            .iter()
+            .any(|id| sharing.status(id) != Some(RequestStatus::Completed))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not finish"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        worker.stop();
+        assert_eq!(sharing.engine().len(), 50);
+    }
+
+    #[test]
+    fn the_api_submit_path_answers_at_once() {
+        let (_, sharing) = setup();
+        let r = sharing
+            .api_submit_shares(&body(
+                json!([lead_item(ACTIVITY, 2, Some(30)), {"UserId": "bad"}]),
+            ))
+            .unwrap();
+        let id = id_of(&r[0]);
+        assert!(matches!(r[1], ItemResponse::Error { .. }));
+        assert_eq!(sharing.status(&id), Some(RequestStatus::Processing));
+        sharing.process(usize::MAX);
+        assert_eq!(sharing.status(&id), Some(RequestStatus::Completed));
+    }
+
+    #[test]
+    fn an_idempotency_key_yields_one_request_and_one_grant() {
+        let (_, sharing) = setup();
+        let a = sharing.run(Submission::api(share(1, 1, Level::Read)).key("evt-1"));
+        let b = sharing.run(Submission::api(share(1, 1, Level::Edit)).key("evt-1"));
+        assert_eq!(a.request, b.request);
+        assert!(!sharing
+            .engine()
+            .can_edit(&UserId::from_u128(1), &EntityId::lead(1)));
+        let queued = sharing.submit(vec![
+            Submission::api(share(2, 1, Level::Read)).key("evt-2"),
+            Submission::api(share(2, 1, Level::Read)).key("evt-2"),
+        ]);
+        assert_eq!(queued[0], queued[1]);
+        assert_eq!(sharing.process(10), 1);
+        let history = sharing
+            .history(&EntityId::lead(1), &HistoryQuery::default())
+            .unwrap();
+        assert_eq!(history.records.len(), 2);
+    }
+
+    struct OwnerCheck;
+    impl ContextResolver for OwnerCheck {
+        fn check(&self, user: &UserId, _: &EntityId, context: &Context) -> Result<(), String> {
+            match context {
+                Context::Activity(a) if a.as_u128() == user.as_u128() => Ok(()),
+                Context::Activity(_) => Err("the activity's owner is not the grantee".into()),
+                _ => Err("a lead is shared through an activity".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_resolver_rejection_fails_the_request_and_creates_no_grant() {
+        let engine = Engine::builder()
+            .clock(ManualClock::new(Utc::now()))
+            .build()
+            .unwrap();
+        let sharing = Sharing::build(
+            engine,
+            SharingConfig::default(),
+            Some(Box::new(OwnerCheck)),
+            None,
+        );
+        let (u, e) = (UserId::from_u128(5), EntityId::lead(5));
+        let wrong = sharing.share(
+            ShareRequest::new(u, e, Level::Read)
+                .context(Context::Activity(uuid::Uuid::from_u128(6))),
+        );
+        match &wrong.status {
+            RequestStatus::Failed { reason } => {
+                assert!(reason.contains("owner is not the grantee"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sharing.engine().is_empty());
+        let right = sharing.share(
+            ShareRequest::new(u, e, Level::Read)
+                .context(Context::Activity(uuid::Uuid::from_u128(5))),
+        );
+        assert_eq!(right.status, RequestStatus::Completed);
+    }
+
+    struct Admins;
+    impl GrantorPolicy for Admins {
+        fn is_privileged(&self, grantor: &UserId, _: &EntityId) -> bool {
+            grantor.as_u128() == 100
+        }
+    }
+
+    #[test]
+    fn delegation_limits() {
+        let engine = Engine::builder()
+            .clock(ManualClock::new(Utc::now()))
+            .build()
+            .unwrap();
+        let sharing = Sharing::build(
+            engine,
+            SharingConfig::default(),
+            None,
+            Some(Box::new(Admins)),
+        );
+        let lead = EntityId::lead(1);
+        let (reader, target, admin) = (
+            UserId::from_u128(1),
+            UserId::from_u128(2),
+            UserId::from_u128(100),
+        );
+        sharing.share(ShareRequest::new(reader, lead, Level::Read).duration(Duration::days(10)));
+        let give = |level, days| {
+            sharing.run(
+                Submission::direct(Command::Share(
+                    ShareRequest::new(target, lead, level).duration(Duration::days(days)),
+                ))
+                .granted_by(reader),
+            )
+        };
+        assert!(
+            matches!(give(Level::Edit, 1).status, RequestStatus::Failed { .. }),
+            "no higher level"
+        );
+        assert!(
+            matches!(give(Level::Read, 20).status, RequestStatus::Failed { .. }),
+            "no later expiry"
+        );
+        assert_eq!(give(Level::Read, 5).status, RequestStatus::Completed);
+        let by_admin = sharing.run(
+            Submission::direct(Command::Share(
+                ShareRequest::new(target, lead, Level::Edit).duration(Duration::days(300)),
+            ))
+            .granted_by(admin),
+        );
+        assert_eq!(
+            by_admin.status,
+            RequestStatus::Completed,
+            "the policy lifts the limits"
+        );
+        let stranger = sharing.run(
+            Submission::direct(Command::Share(ShareRequest::new(target, lead, Level::Read)))
+                .granted_by(UserId::from_u128(3)),
+        );
+        assert!(
+            matches!(stranger.status, RequestStatus::Failed { .. }),
+            "a grantor without access gives none"
+        );
+    }
+}

@@ -196,6 +196,8 @@ pub struct HistoryRecord {
     pub revoked: Option<(DateTime<Utc>, EndedBy)>,
     /// When the grant expired and was reclaimed.
     pub expired_at: Option<DateTime<Utc>>,
+    /// The request's idempotency key, if it had one.
+    pub idempotency_key: Option<String>,
 }
 
 impl HistoryRecord {
@@ -292,6 +294,159 @@ pub struct Outcome {
     pub status: RequestStatus,
     /// The grant created or ended, when there is one.
     pub grant: Option<Grant>,
+}
+
+/// What a request asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Give access.
+    Share(ShareRequest),
+    /// Take access away.
+    Revoke(RevokeRequest),
+}
+
+/// A request with where it came from, an optional idempotency key, and
+/// optionally the user who grants it (for delegation limits).
+///
+/// ```
+/// use grantwheel::requests::{Command, ShareRequest, Submission};
+/// use grantwheel::{EntityId, Level, UserId};
+/// let sub = Submission::api(Command::Share(ShareRequest::new(UserId::from_u128(1), EntityId::lead(2), Level::Read)))
+///     .key("crm-event-17")
+///     .granted_by(UserId::from_u128(9));
+/// assert_eq!(sub.idempotency_key.as_deref(), Some("crm-event-17"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The request.
+    pub command: Command,
+    /// Where it came from.
+    pub source: Source,
+    /// The same key submitted twice yields the same request (and one grant).
+    pub idempotency_key: Option<String>,
+    /// The user on whose authority the share is made: the share may not
+    /// give more than this user holds, unless the grantor policy says the
+    /// user is privileged.
+    pub granted_by: Option<UserId>,
+}
+
+impl Submission {
+    /// A request from a direct call.
+    pub fn direct(command: Command) -> Self {
+        Submission {
+            command,
+            source: Source::Direct,
+            idempotency_key: None,
+            granted_by: None,
+        }
+    }
+
+    /// A request from the API.
+    pub fn api(command: Command) -> Self {
+        Submission {
+            source: Source::Api,
+            ..Submission::direct(command)
+        }
+    }
+
+    /// A request made by an automation rule.
+    pub fn automation(command: Command, rule: RuleId) -> Self {
+        Submission {
+            source: Source::Automation { rule },
+            ..Submission::direct(command)
+        }
+    }
+
+    /// With this idempotency key.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Made on the authority of `grantor`.
+    pub fn granted_by(mut self, grantor: UserId) -> Self {
+        self.granted_by = Some(grantor);
+        self
+    }
+}
+
+impl From<wire::ShareItem> for ShareRequest {
+    fn from(item: wire::ShareItem) -> Self {
+        ShareRequest {
+            user: item.user,
+            entity: item.entity,
+            context: item.context,
+            level: item.level,
+            duration: item.duration_minutes.map(chrono::Duration::minutes),
+        }
+    }
+}
+
+impl From<wire::RevokeItem> for RevokeRequest {
+    fn from(item: wire::RevokeItem) -> Self {
+        RevokeRequest {
+            user: item.user,
+            entity: item.entity,
+            context: item.context,
+            level: item.level,
+        }
+    }
+}
+
+/// Confirms a share's context before the grant is made. The host
+/// implements it over its own records.
+///
+/// For a lead shared through an activity: the activity exists, belongs to
+/// the lead, and its owner is the grantee. For an opportunity: also that
+/// the grantee is not the opportunity's owner. Without a resolver, contexts
+/// are accepted as given.
+pub trait ContextResolver: Send + Sync + 'static {
+    /// `Ok(())` to accept; `Err(reason)` to fail the request with that
+    /// reason and create no grant.
+    fn check(&self, user: &UserId, entity: &EntityId, context: &Context) -> Result<(), String>;
+}
+
+/// Says which grantors may give access beyond their own (owners, admins).
+pub trait GrantorPolicy: Send + Sync + 'static {
+    /// Whether `grantor` may share `entity` without delegation limits.
+    fn is_privileged(&self, grantor: &UserId, entity: &EntityId) -> bool;
+}
+
+/// The thread started by [`Sharing::start_worker`].
+pub struct Worker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    inner: Arc<SharingInner>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Stop the thread (after the request in hand) and wait for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        {
+            let _queue = self.inner.queue.lock();
+            self.inner.queued.notify_all();
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
 }
 
 /// Filters and paging of a history query. All filters are optional.
@@ -442,6 +597,8 @@ struct History {
     next_seq: u64,
     records: BTreeMap<u64, HistoryRecord>,
     by_request: HashMap<RequestId, u64>,
+    /// Idempotency keys.
+    by_key: HashMap<String, RequestId>,
     by_entity: HashMap<EntityId, BTreeSet<u64>>,
     /// Share records of grants that may still be live.
     by_grant: HashMap<GrantId, u64>,
@@ -501,7 +658,11 @@ impl History {
 struct SharingInner {
     engine: Engine,
     config: SharingConfig,
+    resolver: Option<Box<dyn ContextResolver>>,
+    grantor_policy: Option<Box<dyn GrantorPolicy>>,
     history: Mutex<History>,
+    queue: Mutex<std::collections::VecDeque<(RequestId, u64, Submission)>>,
+    queued: parking_lot::Condvar,
     /// Revoke requests under way, by (user, entity, context): the revoked
     /// event names its request through this.
     revoking: Mutex<HashMap<(UserId, EntityId, Context), RequestId>>,
@@ -540,9 +701,44 @@ impl Sharing {
 
     /// A request layer over `engine`.
     pub fn with_config(engine: Engine, config: SharingConfig) -> Self {
+        Sharing::build(engine, config, None, None)
+    }
+
+    /// A request layer over `engine` that checks contexts with `resolver`
+    /// and delegation with `policy` (either may be `None`).
+    ///
+    /// ```
+    /// use grantwheel::requests::{ContextResolver, RequestStatus, ShareRequest, Sharing, SharingConfig};
+    /// use grantwheel::{Context, Engine, EntityId, Level, UserId};
+    ///
+    /// struct NoTasks;
+    /// impl ContextResolver for NoTasks {
+    ///     fn check(&self, _: &UserId, _: &EntityId, c: &Context) -> Result<(), String> {
+    ///         match c {
+    ///             Context::Task(_) => Err("tasks cannot share".into()),
+    ///             _ => Ok(()),
+    ///         }
+    ///     }
+    /// }
+    /// let sharing = Sharing::build(Engine::new(), SharingConfig::default(), Some(Box::new(NoTasks)), None);
+    /// let req = ShareRequest::new(UserId::from_u128(1), EntityId::lead(1), Level::Read)
+    ///     .context(Context::Task(uuid::Uuid::nil()));
+    /// assert!(matches!(sharing.share(req).status, RequestStatus::Failed { .. }));
+    /// assert!(sharing.engine().is_empty());
+    /// ```
+    pub fn build(
+        engine: Engine,
+        config: SharingConfig,
+        resolver: Option<Box<dyn ContextResolver>>,
+        grantor_policy: Option<Box<dyn GrantorPolicy>>,
+    ) -> Self {
         let inner = Arc::new(SharingInner {
             engine,
             config,
+            resolver,
+            grantor_policy,
+            queue: Mutex::new(std::collections::VecDeque::new()),
+            queued: parking_lot::Condvar::new(),
             history: Mutex::new(History::default()),
             revoking: Mutex::new(HashMap::new()),
         });
@@ -560,8 +756,25 @@ impl Sharing {
         &self.inner.engine
     }
 
-    /// Write a request's record as `Processing`.
-    fn record(&self, kind: RequestKind, req: &ShareRequest, source: Source) -> (RequestId, u64) {
+    /// Write a request's record as `Processing`, or find the request that
+    /// already carries the same idempotency key. Returns the id, the
+    /// record's sequence number, and whether it is new.
+    fn begin(&self, sub: &Submission) -> (RequestId, u64, bool) {
+        let mut history = self.inner.history.lock();
+        if let Some(key) = &sub.idempotency_key {
+            if let Some(id) = history.by_key.get(key) {
+                if let Some(seq) = history.by_request.get(id) {
+                    return (*id, *seq, false);
+                }
+            }
+        }
+        let (kind, req) = match &sub.command {
+            Command::Share(r) => (RequestKind::Share, r.clone()),
+            Command::Revoke(r) => (
+                RequestKind::Revoke,
+                ShareRequest::new(r.user, r.entity, r.level).context(r.context),
+            ),
+        };
         let request = RequestId::random();
         let record = HistoryRecord {
             request,
@@ -572,74 +785,52 @@ impl Sharing {
             level: req.level,
             duration: req.duration,
             expires_at: None,
-            source,
+            source: sub.source,
             status: RequestStatus::Processing,
             grant: None,
             created_at: self.inner.engine.now(),
             completed_at: None,
             revoked: None,
             expired_at: None,
+            idempotency_key: sub.idempotency_key.clone(),
         };
-        let seq = self.inner.history.lock().add(record);
-        (request, seq)
+        let seq = history.add(record);
+        if let Some(key) = &sub.idempotency_key {
+            history.by_key.insert(key.clone(), request);
+        }
+        (request, seq, true)
     }
 
-    fn run_share(&self, req: &ShareRequest, source: Source) -> Outcome {
-        let (request, seq) = self.record(RequestKind::Share, req, source);
-        let expiry = req.duration.map_or(Expiry::Default, Expiry::After);
-        let result = self
-            .inner
-            .engine
-            .share(req.user, req.entity, req.context, req.level, expiry);
+    /// The outcome of a request already on record.
+    fn outcome_of(&self, request: RequestId, seq: u64) -> Outcome {
+        let history = self.inner.history.lock();
+        let record = history.records.get(&seq);
+        Outcome {
+            request,
+            status: record.map_or(RequestStatus::Processing, |r| r.status.clone()),
+            grant: None,
+        }
+    }
+
+    /// Carry out a recorded request and finish its record.
+    fn execute(&self, request: RequestId, seq: u64, sub: &Submission) -> Outcome {
+        let result = match &sub.command {
+            Command::Share(req) => self.execute_share(req, sub.granted_by.as_ref()),
+            Command::Revoke(req) => self.execute_revoke(request, req),
+        };
         let now = self.inner.engine.now();
         let mut history = self.inner.history.lock();
         match result {
             Ok(grant) => {
-                history.finish_share(seq, &grant, now);
-                Outcome {
-                    request,
-                    status: RequestStatus::Completed,
-                    grant: Some(grant),
-                }
-            }
-            Err(e) => {
-                let status = RequestStatus::Failed {
-                    reason: e.to_string(),
-                };
-                history.finish(seq, status.clone(), now);
-                Outcome {
-                    request,
-                    status,
-                    grant: None,
-                }
-            }
-        }
-    }
-
-    fn run_revoke(&self, req: &RevokeRequest, source: Source) -> Outcome {
-        let named = ShareRequest::new(req.user, req.entity, req.level).context(req.context);
-        let (request, seq) = self.record(RequestKind::Revoke, &named, source);
-        let engine = &self.inner.engine;
-        let key = (req.user, req.entity, req.context);
-        // Named before the call: the event may be delivered by another thread.
-        self.inner.revoking.lock().insert(key, request);
-        let result = engine
-            .revoke_context(&req.user, &req.entity, &req.context)
-            .ok_or_else(|| {
-                self.inner.revoking.lock().remove(&key);
-                format!(
-                    "no live grant of `{}` for user `{}` through this context",
-                    req.entity, req.user
-                )
-            });
-        let now = engine.now();
-        let mut history = self.inner.history.lock();
-        match result {
-            Ok(grant) => {
-                history.finish(seq, RequestStatus::Completed, now);
-                if let Some(r) = history.records.get_mut(&seq) {
-                    r.grant = Some(grant.id);
-                    r.expires_at = Some(grant.expires_at);
+                match sub.command {
+                    Command::Share(_) => history.finish_share(seq, &grant, now),
+                    Command::Revoke(_) => {
+                        history.finish(seq, RequestStatus::Completed, now);
+                        if let Some(r) = history.records.get_mut(&seq) {
+                            r.grant = Some(grant.id);
+                            r.expires_at = Some(grant.expires_at);
+                        }
+                    }
                 }
                 Outcome {
                     request,
@@ -659,16 +850,182 @@ impl Sharing {
         }
     }
 
+    fn execute_share(
+        &self,
+        req: &ShareRequest,
+        granted_by: Option<&UserId>,
+    ) -> Result<Grant, String> {
+        if let Some(resolver) = &self.inner.resolver {
+            resolver
+                .check(&req.user, &req.entity, &req.context)
+                .map_err(|reason| format!("context refused: {reason}"))?;
+        }
+        let engine = &self.inner.engine;
+        let expiry = req.duration.map_or(Expiry::Default, Expiry::After);
+        if let Some(grantor) = granted_by {
+            let privileged = self
+                .inner
+                .grantor_policy
+                .as_ref()
+                .is_some_and(|p| p.is_privileged(grantor, &req.entity));
+            if !privileged {
+                self.check_delegation(grantor, req)?;
+            }
+        }
+        engine
+            .share(req.user, req.entity, req.context, req.level, expiry)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A grantor who is not privileged may give no more than it holds now:
+    /// no higher level and no later expiry.
+    fn check_delegation(&self, grantor: &UserId, req: &ShareRequest) -> Result<(), String> {
+        let engine = &self.inner.engine;
+        let Some(access) = engine.access(grantor, &req.entity) else {
+            return Err(format!(
+                "grantor `{grantor}` has no access to `{}`",
+                req.entity
+            ));
+        };
+        let holds_until = match req.level {
+            Level::Edit if access.level != Level::Edit => {
+                return Err(format!(
+                    "grantor `{grantor}` may only read `{}` and cannot give edit access",
+                    req.entity
+                ))
+            }
+            Level::Edit => access.until,
+            Level::Read => access.read_until,
+        };
+        let wanted = match req.duration {
+            Some(d) => engine.now().checked_add_signed(d),
+            None => engine.now().checked_add_signed(engine.default_duration()),
+        };
+        match wanted {
+            Some(until) if until <= holds_until => Ok(()),
+            _ => Err(format!(
+                "grantor `{grantor}` holds this access only until {holds_until}; the share would outlast it"
+            )),
+        }
+    }
+
+    fn execute_revoke(&self, request: RequestId, req: &RevokeRequest) -> Result<Grant, String> {
+        let key = (req.user, req.entity, req.context);
+        // Named before the call: the event may be delivered by another thread.
+        self.inner.revoking.lock().insert(key, request);
+        self.inner
+            .engine
+            .revoke_context(&req.user, &req.entity, &req.context)
+            .ok_or_else(|| {
+                self.inner.revoking.lock().remove(&key);
+                format!(
+                    "no live grant of `{}` for user `{}` through this context",
+                    req.entity, req.user
+                )
+            })
+    }
+
+    /// Carry out one request now; it is finished when this returns. A
+    /// request whose idempotency key was seen before is not carried out
+    /// again: the earlier request's id and status are returned.
+    ///
+    /// ```
+    /// use grantwheel::requests::{Command, ShareRequest, Sharing, Submission};
+    /// use grantwheel::{Engine, EntityId, Level, UserId};
+    /// let sharing = Sharing::new(Engine::new());
+    /// let share = ShareRequest::new(UserId::from_u128(1), EntityId::lead(1), Level::Read);
+    /// let first = sharing.run(Submission::direct(Command::Share(share.clone())).key("k-1"));
+    /// let again = sharing.run(Submission::direct(Command::Share(share)).key("k-1"));
+    /// assert_eq!(first.request, again.request);
+    /// assert_eq!(sharing.engine().len(), 1);
+    /// ```
+    pub fn run(&self, sub: Submission) -> Outcome {
+        let (request, seq, new) = self.begin(&sub);
+        if !new {
+            return self.outcome_of(request, seq);
+        }
+        self.execute(request, seq, &sub)
+    }
+
     /// Share now, as a direct call; the request is finished when this
     /// returns.
     pub fn share(&self, req: ShareRequest) -> Outcome {
-        self.run_share(&req, Source::Direct)
+        self.run(Submission::direct(Command::Share(req)))
     }
 
     /// Revoke now, as a direct call: the grant of (user, entity) through the
     /// request's context. Grants through other contexts stay.
     pub fn revoke(&self, req: RevokeRequest) -> Outcome {
-        self.run_revoke(&req, Source::Direct)
+        self.run(Submission::direct(Command::Revoke(req)))
+    }
+
+    /// Queue requests and return their ids at once, with status
+    /// `Processing`; [`process`](Self::process) or a [`Worker`] carries them
+    /// out in order. Requests whose idempotency key was seen before are not
+    /// queued again: their earlier id is returned.
+    pub fn submit(&self, subs: Vec<Submission>) -> Vec<RequestId> {
+        let mut ids = Vec::with_capacity(subs.len());
+        let mut queued = Vec::new();
+        for sub in subs {
+            let (request, seq, new) = self.begin(&sub);
+            ids.push(request);
+            if new {
+                queued.push((request, seq, sub));
+            }
+        }
+        if !queued.is_empty() {
+            self.inner.queue.lock().extend(queued);
+            self.inner.queued.notify_all();
+        }
+        ids
+    }
+
+    /// Carry out up to `max` queued requests, oldest first. Returns how many
+    /// were carried out.
+    pub fn process(&self, max: usize) -> usize {
+        let mut done = 0;
+        while done < max {
+            let Some((request, seq, sub)) = self.inner.queue.lock().pop_front() else {
+                break;
+            };
+            self.execute(request, seq, &sub);
+            done += 1;
+        }
+        done
+    }
+
+    /// Requests queued and not yet carried out.
+    pub fn pending(&self) -> usize {
+        self.inner.queue.lock().len()
+    }
+
+    /// Start a thread that carries out queued requests as they arrive. It
+    /// stops when the returned [`Worker`] is stopped or dropped (after the
+    /// request in hand).
+    pub fn start_worker(&self) -> Worker {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sharing, flag) = (self.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("grantwheel-requests".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                    if sharing.process(64) == 0 {
+                        let mut queue = sharing.inner.queue.lock();
+                        if queue.is_empty() && !flag.load(std::sync::atomic::Ordering::Acquire) {
+                            sharing
+                                .inner
+                                .queued
+                                .wait_for(&mut queue, std::time::Duration::from_millis(100));
+                        }
+                    }
+                }
+            })
+            .ok();
+        Worker {
+            stop,
+            inner: self.inner.clone(),
+            handle,
+        }
     }
 
     /// Carry out a share batch in the API's JSON, item by item: one response
@@ -691,16 +1048,7 @@ impl Sharing {
             .into_iter()
             .map(|item| match item {
                 Err(e) => wire::ItemResponse::error("InvalidInput", e),
-                Ok(item) => {
-                    let req = ShareRequest {
-                        user: item.user,
-                        entity: item.entity,
-                        context: item.context,
-                        level: item.level,
-                        duration: item.duration_minutes.map(chrono::Duration::minutes),
-                    };
-                    respond(self.run_share(&req, Source::Api))
-                }
+                Ok(item) => respond(self.run(Submission::api(Command::Share(item.into())))),
             })
             .collect())
     }
@@ -711,15 +1059,32 @@ impl Sharing {
             .into_iter()
             .map(|item| match item {
                 Err(e) => wire::ItemResponse::error("InvalidInput", e),
-                Ok(item) => {
-                    let req = RevokeRequest {
-                        user: item.user,
-                        entity: item.entity,
-                        context: item.context,
-                        level: item.level,
-                    };
-                    respond(self.run_revoke(&req, Source::Api))
-                }
+                Ok(item) => respond(self.run(Submission::api(Command::Revoke(item.into())))),
+            })
+            .collect())
+    }
+
+    /// Queue a share batch in the API's JSON: valid items get a request id
+    /// at once (status `Processing`), invalid ones an error response.
+    pub fn api_submit_shares(
+        &self,
+        body: &[u8],
+    ) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
+        let items = wire::decode_shares(body)?;
+        let subs: Vec<Submission> = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .map(|item| Submission::api(Command::Share((*item).into())))
+            .collect();
+        let mut ids = self.submit(subs).into_iter();
+        Ok(items
+            .into_iter()
+            .map(|item| match item {
+                Err(e) => wire::ItemResponse::error("InvalidInput", e),
+                Ok(_) => match ids.next() {
+                    Some(id) => wire::ItemResponse::success(id),
+                    None => wire::ItemResponse::error("Failed", "the request was not queued"),
+                },
             })
             .collect())
     }
@@ -852,6 +1217,9 @@ impl Sharing {
         for seq in &old {
             if let Some(r) = history.records.remove(seq) {
                 history.by_request.remove(&r.request);
+                if let Some(key) = &r.idempotency_key {
+                    history.by_key.remove(key);
+                }
                 if let Some(set) = history.by_entity.get_mut(&r.entity) {
                     set.remove(seq);
                     if set.is_empty() {
