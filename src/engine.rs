@@ -959,6 +959,11 @@ impl Engine {
         }
     }
 
+    /// The longest share allowed.
+    pub fn max_duration(&self) -> chrono::Duration {
+        chrono::Duration::milliseconds(i64::try_from(self.inner.cfg.max_ms).unwrap_or(i64::MAX))
+    }
+
     /// The duration of a share that names none.
     pub fn default_duration(&self) -> chrono::Duration {
         chrono::Duration::milliseconds(i64::try_from(self.inner.cfg.default_ms).unwrap_or(i64::MAX))

@@ -14,6 +14,7 @@
 //!   finished (`Completed` or `Failed`) after; an end event that arrives
 //!   before its grant's record is finished is kept and applied then.
 
+pub mod automation;
 pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -449,6 +450,56 @@ impl Drop for Worker {
     }
 }
 
+/// Configures a [`Sharing`]; see [`Sharing::builder`].
+pub struct SharingBuilder {
+    engine: Engine,
+    config: SharingConfig,
+    resolver: Option<Box<dyn ContextResolver>>,
+    grantor_policy: Option<Box<dyn GrantorPolicy>>,
+    users: Option<Box<dyn automation::UserDirectory>>,
+}
+
+impl fmt::Debug for SharingBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharingBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharingBuilder {
+    /// The settings (default: [`SharingConfig::default`]).
+    pub fn config(mut self, config: SharingConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Check each share's context with `resolver` (default: accept).
+    pub fn resolver(mut self, resolver: impl ContextResolver) -> Self {
+        self.resolver = Some(Box::new(resolver));
+        self
+    }
+
+    /// Lift delegation limits for the grantors `policy` names (default:
+    /// none privileged).
+    pub fn grantor_policy(mut self, policy: impl GrantorPolicy) -> Self {
+        self.grantor_policy = Some(Box::new(policy));
+        self
+    }
+
+    /// Refuse to publish rules that name users unknown to `users` (default:
+    /// users are not checked).
+    pub fn users(mut self, users: impl automation::UserDirectory) -> Self {
+        self.users = Some(Box::new(users));
+        self
+    }
+
+    /// Build it.
+    pub fn build(self) -> Sharing {
+        Sharing::from_builder(self)
+    }
+}
+
 /// Filters and paging of a history query. All filters are optional.
 ///
 /// ```
@@ -660,6 +711,8 @@ struct SharingInner {
     config: SharingConfig,
     resolver: Option<Box<dyn ContextResolver>>,
     grantor_policy: Option<Box<dyn GrantorPolicy>>,
+    users: Option<Box<dyn automation::UserDirectory>>,
+    rules: Mutex<automation::Rules>,
     history: Mutex<History>,
     queue: Mutex<std::collections::VecDeque<(RequestId, u64, Submission)>>,
     queued: parking_lot::Condvar,
@@ -701,14 +754,14 @@ impl Sharing {
 
     /// A request layer over `engine`.
     pub fn with_config(engine: Engine, config: SharingConfig) -> Self {
-        Sharing::build(engine, config, None, None)
+        Sharing::builder(engine).config(config).build()
     }
 
-    /// A request layer over `engine` that checks contexts with `resolver`
-    /// and delegation with `policy` (either may be `None`).
+    /// Configure a request layer over `engine`: settings, a context
+    /// resolver, a grantor policy, a user directory.
     ///
     /// ```
-    /// use grantwheel::requests::{ContextResolver, RequestStatus, ShareRequest, Sharing, SharingConfig};
+    /// use grantwheel::requests::{ContextResolver, RequestStatus, ShareRequest, Sharing};
     /// use grantwheel::{Context, Engine, EntityId, Level, UserId};
     ///
     /// struct NoTasks;
@@ -720,23 +773,30 @@ impl Sharing {
     ///         }
     ///     }
     /// }
-    /// let sharing = Sharing::build(Engine::new(), SharingConfig::default(), Some(Box::new(NoTasks)), None);
+    /// let sharing = Sharing::builder(Engine::new()).resolver(NoTasks).build();
     /// let req = ShareRequest::new(UserId::from_u128(1), EntityId::lead(1), Level::Read)
     ///     .context(Context::Task(uuid::Uuid::nil()));
     /// assert!(matches!(sharing.share(req).status, RequestStatus::Failed { .. }));
     /// assert!(sharing.engine().is_empty());
     /// ```
-    pub fn build(
-        engine: Engine,
-        config: SharingConfig,
-        resolver: Option<Box<dyn ContextResolver>>,
-        grantor_policy: Option<Box<dyn GrantorPolicy>>,
-    ) -> Self {
-        let inner = Arc::new(SharingInner {
+    pub fn builder(engine: Engine) -> SharingBuilder {
+        SharingBuilder {
             engine,
-            config,
-            resolver,
-            grantor_policy,
+            config: SharingConfig::default(),
+            resolver: None,
+            grantor_policy: None,
+            users: None,
+        }
+    }
+
+    fn from_builder(b: SharingBuilder) -> Self {
+        let inner = Arc::new(SharingInner {
+            engine: b.engine,
+            config: b.config,
+            resolver: b.resolver,
+            grantor_policy: b.grantor_policy,
+            users: b.users,
+            rules: Mutex::new(automation::Rules::default()),
             queue: Mutex::new(std::collections::VecDeque::new()),
             queued: parking_lot::Condvar::new(),
             history: Mutex::new(History::default()),
@@ -1089,6 +1149,183 @@ impl Sharing {
             .collect())
     }
 
+    /// Save a rule as a draft; returns its id. Drafts do not act.
+    pub fn add_rule(&self, mut rule: automation::Rule) -> RuleId {
+        rule.state = automation::RuleState::Draft;
+        let mut rules = self.inner.rules.lock();
+        rules.next += 1;
+        let id = RuleId(rules.next);
+        rules.rules.insert(id, rule);
+        id
+    }
+
+    /// Replace a rule; it becomes a draft again. Returns whether it existed.
+    pub fn update_rule(&self, id: RuleId, mut rule: automation::Rule) -> bool {
+        rule.state = automation::RuleState::Draft;
+        let mut rules = self.inner.rules.lock();
+        match rules.rules.get_mut(&id) {
+            Some(r) => {
+                *r = rule;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Publish a rule after checking it: conditions well formed, a positive
+    /// duration within the engine's maximum, an owner the trigger knows, and
+    /// a fixed user the user directory knows.
+    ///
+    /// ```
+    /// use grantwheel::requests::automation::{Rule, ShareAction, ShareWith, Trigger};
+    /// use grantwheel::requests::Sharing;
+    /// use grantwheel::{Engine, EntityKind, Level, UserId};
+    /// let sharing = Sharing::new(Engine::new());
+    /// let action = ShareAction { with: ShareWith::User(UserId::from_u128(1)), duration_minutes: Some(0), level: Level::Read };
+    /// let id = sharing.add_rule(Rule::new("bad", Trigger::EntityCreated, EntityKind::OPPORTUNITY, action));
+    /// assert_eq!(sharing.publish_rule(id).unwrap_err().field(), Some("action.duration_minutes"));
+    /// ```
+    pub fn publish_rule(&self, id: RuleId) -> Result<(), Error> {
+        let max_minutes = self.inner.engine.max_duration().num_minutes();
+        let mut rules = self.inner.rules.lock();
+        let rule = rules
+            .rules
+            .get_mut(&id)
+            .ok_or_else(|| Error::invalid("rule", format!("no rule `{}`", id.0)))?;
+        rule.check(max_minutes)?;
+        if let (automation::ShareWith::User(u), Some(users)) = (rule.action.with, &self.inner.users)
+        {
+            if !users.exists(&u) {
+                return Err(Error::invalid("action.with", format!("unknown user `{u}`")));
+            }
+        }
+        rule.state = automation::RuleState::Published;
+        Ok(())
+    }
+
+    /// Stop a rule acting (it stays as a draft). Returns whether it existed.
+    pub fn unpublish_rule(&self, id: RuleId) -> bool {
+        let mut rules = self.inner.rules.lock();
+        match rules.rules.get_mut(&id) {
+            Some(r) => {
+                r.state = automation::RuleState::Draft;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delete a rule. Returns it.
+    pub fn remove_rule(&self, id: RuleId) -> Option<automation::Rule> {
+        self.inner.rules.lock().rules.remove(&id)
+    }
+
+    /// A rule by id.
+    pub fn rule(&self, id: RuleId) -> Option<automation::Rule> {
+        self.inner.rules.lock().rules.get(&id).cloned()
+    }
+
+    /// All rules, by id.
+    pub fn rules(&self) -> Vec<(RuleId, automation::Rule)> {
+        let rules = self.inner.rules.lock();
+        rules.rules.iter().map(|(id, r)| (*id, r.clone())).collect()
+    }
+
+    /// Feed an event: every matching published rule submits a share request
+    /// (source `Automation`), queued for [`process`](Self::process) or a
+    /// [`Worker`]. The same event (same id) delivered twice creates one
+    /// request per rule. A rule whose grantee the event does not name (no
+    /// activity or task owner) gets a `Failed` request saying so. Returns the
+    /// requests' ids.
+    pub fn on_event(&self, event: &automation::AutomationEvent) -> Vec<RequestId> {
+        use automation::ShareWith;
+        let matching: Vec<(RuleId, automation::Rule)> = {
+            let rules = self.inner.rules.lock();
+            rules
+                .rules
+                .iter()
+                .filter(|(_, r)| r.matches(event))
+                .map(|(id, r)| (*id, r.clone()))
+                .collect()
+        };
+        let mut ids = Vec::with_capacity(matching.len());
+        let mut queued = Vec::new();
+        for (id, rule) in matching {
+            let (grantee, context) = match rule.action.with {
+                ShareWith::User(u) => (Some(u), event_context(event)),
+                ShareWith::ActivityOwner => {
+                    (event.activity.map(|(_, owner)| owner), event_context(event))
+                }
+                ShareWith::TaskOwner => (event.task.map(|(_, owner)| owner), event_context(event)),
+            };
+            let key = format!("rule:{}:event:{}", id.0, event.id);
+            // Recorded against the owner if known, else against no one.
+            let user = grantee.unwrap_or(UserId::from_u128(0));
+            let mut req = ShareRequest::new(user, event.entity, rule.action.level).context(context);
+            req.duration = rule.action.duration_minutes.map(chrono::Duration::minutes);
+            let sub = Submission::automation(Command::Share(req), id).key(key);
+            let (request, seq, new) = self.begin(&sub);
+            ids.push(request);
+            if !new {
+                continue;
+            }
+            if grantee.is_none() {
+                let reason = format!("rule `{}`: the event names no owner to share with", id.0);
+                let now = self.inner.engine.now();
+                self.inner
+                    .history
+                    .lock()
+                    .finish(seq, RequestStatus::Failed { reason }, now);
+                continue;
+            }
+            queued.push((request, seq, sub));
+        }
+        if !queued.is_empty() {
+            self.inner.queue.lock().extend(queued);
+            self.inner.queued.notify_all();
+        }
+        ids
+    }
+
+    /// Revoke every live grant that a rule's requests created. Each revoke
+    /// is a request (source `Automation`) with its own record.
+    pub fn revoke_rule_grants(&self, rule: RuleId) -> Vec<Outcome> {
+        let grants: Vec<(GrantId, Level)> = {
+            let history = self.inner.history.lock();
+            history
+                .records
+                .values()
+                .filter(|r| {
+                    r.source == (Source::Automation { rule })
+                        && r.kind == RequestKind::Share
+                        && r.status == RequestStatus::Completed
+                        && r.ended_at().is_none()
+                })
+                .filter_map(|r| r.grant.map(|g| (g, r.level)))
+                .collect()
+        };
+        let now = self.inner.engine.now();
+        grants
+            .into_iter()
+            .filter(|(g, _)| {
+                self.inner
+                    .engine
+                    .grants_for(&g.user, &g.entity)
+                    .iter()
+                    .any(|live| live.id == *g && live.expires_at > now)
+            })
+            .map(|(g, level)| {
+                let req = RevokeRequest {
+                    user: g.user,
+                    entity: g.entity,
+                    context: g.context,
+                    level,
+                };
+                self.run(Submission::automation(Command::Revoke(req), rule))
+            })
+            .collect()
+    }
+
     /// The status of a request; `None` for an unknown (or pruned) id.
     pub fn status(&self, id: &RequestId) -> Option<RequestStatus> {
         let history = self.inner.history.lock();
@@ -1229,6 +1466,16 @@ impl Sharing {
             }
         }
         old.len()
+    }
+}
+
+/// The context a rule's share goes through: the event's activity, else its
+/// task, else none.
+fn event_context(event: &automation::AutomationEvent) -> Context {
+    match (event.activity, event.task) {
+        (Some((a, _)), _) => Context::Activity(a),
+        (None, Some((t, _))) => Context::Task(t),
+        (None, None) => Context::Direct,
     }
 }
 
