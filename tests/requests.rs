@@ -453,12 +453,10 @@ mod submit_and_policy {
             .clock(ManualClock::new(Utc::now()))
             .build()
             .unwrap();
-        let sharing = Sharing::build(
-            engine,
-            SharingConfig::default(),
-            Some(Box::new(OwnerCheck)),
-            None,
-        );
+        let sharing = Sharing::builder(engine)
+            .config(SharingConfig::default())
+            .resolver(OwnerCheck)
+            .build();
         let (u, e) = (UserId::from_u128(5), EntityId::lead(5));
         let wrong = sharing.share(
             ShareRequest::new(u, e, Level::Read)
@@ -491,12 +489,7 @@ mod submit_and_policy {
             .clock(ManualClock::new(Utc::now()))
             .build()
             .unwrap();
-        let sharing = Sharing::build(
-            engine,
-            SharingConfig::default(),
-            None,
-            Some(Box::new(Admins)),
-        );
+        let sharing = Sharing::builder(engine).grantor_policy(Admins).build();
         let lead = EntityId::lead(1);
         let (reader, target, admin) = (
             UserId::from_u128(1),
