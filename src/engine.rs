@@ -1031,8 +1031,18 @@ impl Engine {
         }
     }
 
-    /// Run a change under the state lock, then deliver its events.
+    /// Run a change under the state lock (after reclaiming what is due),
+    /// then deliver its events.
     fn with_state<T>(&self, f: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> T) -> T {
+        let reader = &self.inner.reader;
+        self.locked(|st, ch, now| {
+            st.advance(reader, ch, now);
+            f(st, ch, now)
+        })
+    }
+
+    /// Run `f` under the state lock, then deliver the events it raised.
+    fn locked<T>(&self, f: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> T) -> T {
         let inner = &*self.inner;
         let out = {
             let mut st = inner.state.lock();
@@ -1042,7 +1052,6 @@ impl Engine {
                 want: inner.hub.wanted(),
                 cfg: &inner.cfg,
             };
-            st.advance(&inner.reader, &mut ch, now);
             let out = f(&mut st, &mut ch, now);
             // INVARIANT: every held grant has exactly one timer.
             debug_assert_eq!(st.wheel.len(), st.held);
@@ -1363,21 +1372,7 @@ impl Engine {
     /// [`start_driver`]: Self::start_driver
     pub fn advance(&self) -> usize {
         let reader = &self.inner.reader;
-        let inner = &*self.inner;
-        let n = {
-            let mut st = inner.state.lock();
-            let now = self.now_ms();
-            let mut ch = Changes {
-                events: Vec::new(),
-                want: inner.hub.wanted(),
-                cfg: &inner.cfg,
-            };
-            let n = st.advance(reader, &mut ch, now);
-            inner.hub.enqueue(&mut ch.events);
-            n
-        };
-        inner.hub.deliver();
-        n
+        self.locked(|st, ch, now| st.advance(reader, ch, now))
     }
 
     /// When [`advance`](Self::advance) next has work to do: never later than

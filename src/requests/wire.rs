@@ -495,6 +495,7 @@ impl ItemResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// The body of the seeds' Share API example, byte for byte.
     const SEED_SHARE: &str = r#"[
@@ -561,143 +562,41 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        type Edit = Box<dyn Fn(&mut Map<String, Value>)>;
-        let cases: Vec<(Edit, &str)> = vec![
-            (
-                Box::new(|m| {
-                    m.remove("UserId");
-                }),
-                "UserId",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("UserId".into(), "".into());
-                }),
-                "UserId",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("UserId".into(), "0203f172-zzzz".into());
-                }),
-                "UserId",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("UserId".into(), 5.into());
-                }),
-                "UserId",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("Entity".into(), 7.into());
-                }),
-                "Entity",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("Entity".into(), "1".into());
-                }),
-                "Entity",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("EntityType".into(), 2.into());
-                }),
-                "EntityType",
-            ),
-            (
-                Box::new(|m| {
-                    m.remove("EntityType");
-                }),
-                "EntityType",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("EntityId".into(), "".into());
-                }),
-                "EntityId",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("EntityId".into(), "abc".into());
-                }),
-                "EntityId",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("EntityId".into(), (-4).into());
-                }),
-                "EntityId",
-            ),
-            (
-                Box::new(|m| {
-                    m.remove("ContextEntity");
-                }),
-                "ContextEntity",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("ContextEntity".into(), 2.into());
-                }),
-                "ContextEntity",
-            ),
-            (
-                Box::new(|m| {
-                    m.remove("ContextEntityId");
-                }),
-                "ContextEntityId",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("AccessType".into(), 3.into());
-                }),
-                "AccessType",
-            ),
-            (
-                Box::new(|m| {
-                    m.remove("AccessType");
-                }),
-                "AccessType",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("DurationInMinutes".into(), 0.into());
-                }),
-                "DurationInMinutes",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("DurationInMinutes".into(), (-30).into());
-                }),
-                "DurationInMinutes",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("DurationInMinutes".into(), 1.5.into());
-                }),
-                "DurationInMinutes",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("DurationInMinutes".into(), "30".into());
-                }),
-                "DurationInMinutes",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("DurationInMinutes".into(), i64::MAX.into());
-                }),
-                "DurationInMinutes",
-            ),
-            (
-                Box::new(|m| {
-                    m.insert("Durationinminutes".into(), 30.into());
-                }),
-                "Durationinminutes",
-            ),
+        // (field, new value or `None` to remove it); the error names the field.
+        let cases: Vec<(&str, Option<Value>)> = vec![
+            ("UserId", None),
+            ("UserId", Some(json!(""))),
+            ("UserId", Some(json!("0203f172-zzzz"))),
+            ("UserId", Some(json!(5))),
+            ("Entity", Some(json!(7))),
+            ("Entity", Some(json!("1"))),
+            ("EntityType", Some(json!(2))),
+            ("EntityType", None),
+            ("EntityId", Some(json!(""))),
+            ("EntityId", Some(json!("abc"))),
+            ("EntityId", Some(json!(-4))),
+            ("ContextEntity", None),
+            ("ContextEntity", Some(json!(2))),
+            ("ContextEntityId", None),
+            ("AccessType", Some(json!(3))),
+            ("AccessType", None),
+            ("DurationInMinutes", Some(json!(0))),
+            ("DurationInMinutes", Some(json!(-30))),
+            ("DurationInMinutes", Some(json!(1.5))),
+            ("DurationInMinutes", Some(json!("30"))),
+            ("DurationInMinutes", Some(json!(i64::MAX))),
+            ("Durationinminutes", Some(json!(30))),
         ];
-        for (edit, field) in cases {
-            let e = share_error(&seed_with(edit));
+        for (field, value) in cases {
+            let body = seed_with(|m| match &value {
+                Some(v) => {
+                    m.insert(field.to_string(), v.clone());
+                }
+                None => {
+                    m.remove(field);
+                }
+            });
+            let e = share_error(&body);
             assert_eq!((e.index, e.field.as_str()), (0, field), "{e}");
             assert!(!e.reason.is_empty());
         }
