@@ -25,7 +25,14 @@ const SETUP_LIMIT: Duration = Duration::from_secs(60);
 const ROUND_CHECKS: usize = 200_000;
 /// A round stops after this long even if not all checks ran.
 const ROUND_TIME: Duration = Duration::from_secs(2);
-const ENGINES: &[&str] = &["grantwheel", "hashbrown", "moka", "cedar", "casbin", "delayqueue"];
+const ENGINES: &[&str] = &[
+    "grantwheel",
+    "hashbrown",
+    "moka",
+    "cedar",
+    "casbin",
+    "delayqueue",
+];
 
 /// One grant of the workload.
 #[derive(Clone, Copy)]
@@ -118,8 +125,15 @@ impl Checker for MapChecker {
 
 struct MokaExpiry;
 impl moka::Expiry<(Uuid, u64), (bool, i64)> for MokaExpiry {
-    fn expire_after_create(&self, _: &(Uuid, u64), v: &(bool, i64), _: Instant) -> Option<Duration> {
-        Some(Duration::from_millis(u64::try_from(v.1 - start_ms()).unwrap_or(0)))
+    fn expire_after_create(
+        &self,
+        _: &(Uuid, u64),
+        v: &(bool, i64),
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(
+            u64::try_from(v.1 - start_ms()).unwrap_or(0),
+        ))
     }
 }
 
@@ -164,7 +178,9 @@ impl Checker for CedarChecker {
             EntityId::new(cedar_grant_id(&c.user, c.entity)),
         );
         let action = if c.edit { &self.edit } else { &self.read };
-        let Ok(context) = Context::from_pairs([("now".to_string(), RestrictedExpression::new_long(now))]) else {
+        let Ok(context) =
+            Context::from_pairs([("now".to_string(), RestrictedExpression::new_long(now))])
+        else {
             return false;
         };
         let Ok(request) = Request::new(principal, action.clone(), resource, context, None) else {
@@ -202,7 +218,12 @@ impl Checker for CasbinChecker {
         use casbin::CoreApi;
         let act = if c.edit { "edit" } else { "read" };
         self.0
-            .enforce((c.user.simple().to_string(), c.entity.to_string(), act, padded(now)))
+            .enforce((
+                c.user.simple().to_string(),
+                c.entity.to_string(),
+                act,
+                padded(now),
+            ))
             .unwrap_or(false)
     }
 }
@@ -213,14 +234,19 @@ fn setup(engine: &str, grants: &[Grant]) -> Option<Box<dyn Checker>> {
     let over = || began.elapsed() > SETUP_LIMIT;
     match engine {
         "grantwheel" => {
-            let clock = grantwheel::ManualClock::new(chrono::DateTime::from_timestamp_millis(start_ms())?);
+            let clock =
+                grantwheel::ManualClock::new(chrono::DateTime::from_timestamp_millis(start_ms())?);
             let e = grantwheel::Engine::builder()
                 .clock(clock)
                 .capacity(grants.len())
                 .build()
                 .ok()?;
             for (i, g) in grants.iter().enumerate() {
-                let level = if g.edit { grantwheel::Level::Edit } else { grantwheel::Level::Read };
+                let level = if g.edit {
+                    grantwheel::Level::Edit
+                } else {
+                    grantwheel::Level::Read
+                };
                 let at = chrono::DateTime::from_timestamp_millis(g.expires_ms)?;
                 e.share(
                     grantwheel::UserId(g.user),
@@ -237,10 +263,15 @@ fn setup(engine: &str, grants: &[Grant]) -> Option<Box<dyn Checker>> {
             Some(Box::new(GrantwheelChecker(e)))
         }
         "hashbrown" => Some(Box::new(MapChecker(
-            grants.iter().map(|g| ((g.user, g.entity), (g.edit, g.expires_ms))).collect(),
+            grants
+                .iter()
+                .map(|g| ((g.user, g.entity), (g.edit, g.expires_ms)))
+                .collect(),
         ))),
         "moka" => {
-            let cache = moka::sync::Cache::builder().expire_after(MokaExpiry).build();
+            let cache = moka::sync::Cache::builder()
+                .expire_after(MokaExpiry)
+                .build();
             for (i, g) in grants.iter().enumerate() {
                 cache.insert((g.user, g.entity), (g.edit, g.expires_ms));
                 if i % 4096 == 0 && over() {
@@ -260,7 +291,10 @@ fn setup(engine: &str, grants: &[Grant]) -> Option<Box<dyn Checker>> {
                     EntityId::new(cedar_grant_id(&g.user, g.entity)),
                 );
                 let attrs = HashMap::from([
-                    ("until".to_string(), RestrictedExpression::new_long(g.expires_ms)),
+                    (
+                        "until".to_string(),
+                        RestrictedExpression::new_long(g.expires_ms),
+                    ),
                     ("edit".to_string(), RestrictedExpression::new_bool(g.edit)),
                 ]);
                 entities.push(Entity::new(uid, attrs, HashSet::new()).ok()?);
@@ -291,7 +325,11 @@ fn setup(engine: &str, grants: &[Grant]) -> Option<Box<dyn Checker>> {
                 for chunk in grants.chunks(4096) {
                     let mut rows = Vec::with_capacity(chunk.len() * 2);
                     for g in chunk {
-                        let (sub, obj, until) = (g.user.simple().to_string(), g.entity.to_string(), padded(g.expires_ms));
+                        let (sub, obj, until) = (
+                            g.user.simple().to_string(),
+                            g.entity.to_string(),
+                            padded(g.expires_ms),
+                        );
                         rows.push(vec![sub.clone(), obj.clone(), "read".into(), until.clone()]);
                         if g.edit {
                             rows.push(vec![sub, obj, "edit".into(), until]);
@@ -352,8 +390,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn expirations(engine: &str, grants: &[Grant]) -> Option<(f64, f64, u64)> {
     match engine {
         "grantwheel" => {
-            let clock = grantwheel::ManualClock::new(chrono::DateTime::from_timestamp_millis(start_ms())?);
-            let e = grantwheel::Engine::builder().clock(clock.clone()).build().ok()?;
+            let clock =
+                grantwheel::ManualClock::new(chrono::DateTime::from_timestamp_millis(start_ms())?);
+            let e = grantwheel::Engine::builder()
+                .clock(clock.clone())
+                .build()
+                .ok()?;
             let began = Instant::now();
             for g in grants {
                 let at = chrono::DateTime::from_timestamp_millis(g.expires_ms)?;
@@ -409,7 +451,14 @@ fn run_one(engine: &str, n: usize) {
     if engine == "delayqueue" {
         match expirations(engine, &grants) {
             Some((ins, exp, bytes)) => {
-                fields.extend(["-".into(), bytes.to_string(), "-".into(), "-".into(), format!("{ins:.0}"), format!("{exp:.0}")]);
+                fields.extend([
+                    "-".into(),
+                    bytes.to_string(),
+                    "-".into(),
+                    "-".into(),
+                    format!("{ins:.0}"),
+                    format!("{exp:.0}"),
+                ]);
             }
             None => fields.push("failed".into()),
         }
@@ -424,21 +473,37 @@ fn run_one(engine: &str, n: usize) {
     };
     let setup_ms = began.elapsed().as_millis();
     let bytes = resident_bytes().saturating_sub(before) / n as u64;
-    let one = median((0..3).map(|_| time_checks(checker.as_ref(), &checks, 1)).collect());
-    let two = median((0..3).map(|_| time_checks(checker.as_ref(), &checks, 2)).collect());
+    let one = median(
+        (0..3)
+            .map(|_| time_checks(checker.as_ref(), &checks, 1))
+            .collect(),
+    );
+    let two = median(
+        (0..3)
+            .map(|_| time_checks(checker.as_ref(), &checks, 2))
+            .collect(),
+    );
     drop(checker);
     let (ins, exp) = match expirations(engine, &grants) {
         Some((i, e, _)) => (format!("{i:.0}"), format!("{e:.0}")),
         None => ("-".into(), "-".into()),
     };
-    fields.extend([setup_ms.to_string(), bytes.to_string(), format!("{one:.1}"), format!("{two:.1}"), ins, exp]);
+    fields.extend([
+        setup_ms.to_string(),
+        bytes.to_string(),
+        format!("{one:.1}"),
+        format!("{two:.1}"),
+        ins,
+        exp,
+    ]);
     println!("RESULT {}", fields.join(" "));
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--run") {
-        let (Some(engine), Some(n)) = (args.get(2), args.get(3).and_then(|n| n.parse().ok())) else {
+        let (Some(engine), Some(n)) = (args.get(2), args.get(3).and_then(|n| n.parse().ok()))
+        else {
             eprintln!("usage: grantwheel-compare --run <engine> <n>");
             std::process::exit(2);
         };
@@ -460,7 +525,9 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for n in sizes {
         for engine in ENGINES {
-            let out = Command::new(&me).args(["--run", engine, &n.to_string()]).output();
+            let out = Command::new(&me)
+                .args(["--run", engine, &n.to_string()])
+                .output();
             let line = out
                 .ok()
                 .and_then(|o| {
@@ -474,7 +541,11 @@ fn main() {
             let row = if cols.len() >= 8 {
                 cols[..8].join(" | ")
             } else {
-                let why = if cols.get(2) == Some(&"skipped") { "skipped: setup over 60 s" } else { "failed" };
+                let why = if cols.get(2) == Some(&"skipped") {
+                    "skipped: setup over 60 s"
+                } else {
+                    "failed"
+                };
                 format!("{engine} | {n} | {why} | | | | |")
             };
             println!("| {row} |");
