@@ -272,7 +272,13 @@ const SHARE_FIELDS: &[&str] = &[
     "DurationInMinutes",
 ];
 
-fn share_item(index: usize, v: &Value) -> Result<ShareItem, ItemError> {
+/// The fields of item `index`, which must be an object holding only `known`
+/// fields, and the (user, entity, context) it names.
+fn item_target<'a>(
+    index: usize,
+    v: &'a Value,
+    known: &[&str],
+) -> Result<(Fields<'a>, UserId, EntityId, Context), ItemError> {
     let Value::Object(map) = v else {
         return Err(ItemError {
             index,
@@ -281,10 +287,15 @@ fn share_item(index: usize, v: &Value) -> Result<ShareItem, ItemError> {
         });
     };
     let f = Fields { index, map };
-    f.only(SHARE_FIELDS)?;
+    f.only(known)?;
     let user = UserId(f.uuid("UserId", f.required("UserId")?)?);
     let entity = f.entity()?;
     let context = f.context(&entity)?;
+    Ok((f, user, entity, context))
+}
+
+fn share_item(index: usize, v: &Value) -> Result<ShareItem, ItemError> {
+    let (f, user, entity, context) = item_target(index, v, SHARE_FIELDS)?;
     let level = f.level(None)?;
     let duration_minutes = match f.get("DurationInMinutes") {
         None => None,
@@ -315,18 +326,8 @@ fn share_item(index: usize, v: &Value) -> Result<ShareItem, ItemError> {
 }
 
 fn revoke_item(index: usize, v: &Value) -> Result<RevokeItem, ItemError> {
-    let Value::Object(map) = v else {
-        return Err(ItemError {
-            index,
-            field: "item".to_string(),
-            reason: format!("must be an object, not {}", kind_of(v)),
-        });
-    };
-    let f = Fields { index, map };
-    f.only(&SHARE_FIELDS[..7])?;
-    let user = UserId(f.uuid("UserId", f.required("UserId")?)?);
-    let entity = f.entity()?;
-    let context = f.context(&entity)?;
+    // The share fields without `DurationInMinutes`.
+    let (f, user, entity, context) = item_target(index, v, &SHARE_FIELDS[..7])?;
     let level = f.level(Some(Level::Read))?;
     Ok(RevokeItem {
         user,
