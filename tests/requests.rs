@@ -535,3 +535,72 @@ mod submit_and_policy {
         );
     }
 }
+
+/// Shares and revokes from several threads on overlapping keys: afterwards
+/// the history's open share records are exactly the engine's live grants.
+#[test]
+fn history_and_engine_agree_after_concurrent_requests() {
+    let (_, sharing) = setup();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let sharing = sharing.clone();
+            s.spawn(move || {
+                for i in 0..400u64 {
+                    let (u, e) = (
+                        UserId::from_u128(u128::from((i * 7 + t) % 5)),
+                        EntityId::lead((i + t) % 3),
+                    );
+                    if (i + t) % 4 == 0 {
+                        sharing.revoke(RevokeRequest {
+                            user: u,
+                            entity: e,
+                            context: Context::Direct,
+                            level: Level::Read,
+                        });
+                    } else {
+                        let level = if i % 2 == 0 { Level::Read } else { Level::Edit };
+                        sharing.share(
+                            ShareRequest::new(u, e, level)
+                                .duration(Duration::hours(1 + (i % 5) as i64)),
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let mut open = Vec::new();
+    for e in 0..3 {
+        let entity = EntityId::lead(e);
+        let mut query = HistoryQuery::default().limit(1000);
+        loop {
+            let page = sharing.history(&entity, &query).unwrap();
+            open.extend(
+                page.records
+                    .iter()
+                    .filter(|r| {
+                        r.kind == RequestKind::Share
+                            && r.status == RequestStatus::Completed
+                            && r.ended_at().is_none()
+                    })
+                    .filter_map(|r| r.grant),
+            );
+            match page.next {
+                Some(c) => query = HistoryQuery::default().limit(1000).after(c),
+                None => break,
+            }
+        }
+    }
+    open.sort();
+    let mut live = Vec::new();
+    for u in 0..5u128 {
+        live.extend(
+            sharing
+                .engine()
+                .grants_of(&UserId::from_u128(u))
+                .into_iter()
+                .map(|g| g.id),
+        );
+    }
+    live.sort();
+    assert_eq!(open, live);
+}
