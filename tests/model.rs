@@ -372,6 +372,27 @@ fn field_of<T: std::fmt::Debug>(r: &Result<T, Error>) -> Option<&'static str> {
     }
 }
 
+/// Set both clocks to `to` (at least 0); with `advance`, reclaim in both and
+/// compare how many expired.
+fn set_clock(
+    m: &mut Model,
+    clock: &ManualClock,
+    engine: &Engine,
+    to: i64,
+    advance: bool,
+) -> Result<(), TestCaseError> {
+    m.clock = to.max(0);
+    clock.set(Utc.timestamp_millis_opt(m.clock).unwrap());
+    m.now = m.now.max(m.clock as u64);
+    if advance {
+        let before = m.grants.len();
+        m.advance();
+        let expired = before - m.grants.len();
+        prop_assert_eq!(engine.advance(), expired);
+    }
+    Ok(())
+}
+
 fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let clock = ManualClock::new(Utc.timestamp_millis_opt(start).unwrap());
     let engine = Engine::builder()
@@ -512,26 +533,12 @@ fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError
                     };
                     base as i64 + delta
                 });
-                m.clock = target.unwrap_or(m.clock).max(0);
-                clock.set(Utc.timestamp_millis_opt(m.clock).unwrap());
-                m.now = m.now.max(m.clock as u64);
-                if advance {
-                    let before = m.grants.len();
-                    m.advance();
-                    let expired = before - m.grants.len();
-                    prop_assert_eq!(engine.advance(), expired);
-                }
+                let to = target.unwrap_or(m.clock);
+                set_clock(&mut m, &clock, &engine, to, advance)?;
             }
             Op::Clock(by, advance) => {
-                m.clock = m.clock.saturating_add(by).max(0);
-                clock.set(Utc.timestamp_millis_opt(m.clock).unwrap());
-                m.now = m.now.max(m.clock as u64);
-                if advance {
-                    let before = m.grants.len();
-                    m.advance();
-                    let expired = before - m.grants.len();
-                    prop_assert_eq!(engine.advance(), expired);
-                }
+                let to = m.clock.saturating_add(by);
+                set_clock(&mut m, &clock, &engine, to, advance)?;
             }
         }
         // Every pair answers as the model does.
