@@ -31,6 +31,7 @@ use crate::error::Error;
 use crate::events::{Event, Hub, RevokeReason, SubscriptionId};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
 use crate::index::{new_index, IndexReader, IndexWriter, Locator, PackedLocator, PairKey, Summary};
+use crate::store::{Batch, Change, EndCause, Records, Store};
 use crate::wheel::{Links, Place, Wheel, MAX_BUCKET};
 
 const NIL: u32 = u32::MAX;
@@ -134,6 +135,17 @@ pub struct EngineBuilder {
     tick: chrono::Duration,
     warnings: Vec<chrono::Duration>,
     capacity: usize,
+    store: Option<Box<dyn Store>>,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("default_duration", &self.default_duration)
+            .field("max_duration", &self.max_duration)
+            .field("durable", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for EngineBuilder {
@@ -147,6 +159,7 @@ impl Default for EngineBuilder {
             tick: chrono::Duration::seconds(1),
             warnings: Vec::new(),
             capacity: 0,
+            store: None,
         }
     }
 }
@@ -253,6 +266,26 @@ impl EngineBuilder {
         self
     }
 
+    /// Keep the engine's state in `store` (default: none, state lives only
+    /// in memory). [`build`](Self::build) then loads the state the store
+    /// holds: grants past their expiry are dropped (and recorded as
+    /// expired), the rest are indexed and scheduled again. From then on
+    /// every change is written to the store; see [`crate::store`] for the
+    /// write order.
+    ///
+    /// ```
+    /// use grantwheel::store::SqliteStore;
+    /// use grantwheel::Engine;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = SqliteStore::open(dir.path().join("grants.db")).unwrap();
+    /// let engine = Engine::builder().store(store).build().unwrap();
+    /// assert!(engine.is_durable());
+    /// ```
+    pub fn store(mut self, store: impl Store + 'static) -> Self {
+        self.store = Some(Box::new(store));
+        self
+    }
+
     /// Check the settings and build the engine.
     pub fn build(self) -> Result<Engine, Error> {
         let positive_ms = |field: &'static str, d: chrono::Duration| -> Result<u64, Error> {
@@ -299,15 +332,48 @@ impl EngineBuilder {
             tick_ms,
             warnings: warnings.into_boxed_slice(),
         };
+        let timing_copy = timing.clone();
         let (reader, mut index) = new_index();
         let clock = self.clock;
-        let now = to_millis_i64(clock.now_millis());
+        let mut now = to_millis_i64(clock.now_millis());
+        let mut store = self.store;
+        let meta = match &mut store {
+            Some(store) => store.meta()?,
+            None => Default::default(),
+        };
+        if let Some(at) = meta.clock {
+            // Never run behind the time the store last saw.
+            now = now.max(to_millis(at));
+        }
         let mut grants = Vec::new();
         if self.capacity > 0 {
             grants.reserve(self.capacity);
             index.reserve_numeric(&reader, self.capacity, &mut |_, _| {});
         }
-        Ok(Engine {
+        let durable = store.is_some();
+        let mut state = State {
+            index,
+            timing,
+            grants,
+            free: Vec::new(),
+            wheel: Wheel::new(now / tick_ms),
+            next_serial: meta.next_serial.max(1),
+            held: 0,
+            fired: Vec::new(),
+            store: None,
+            seq: meta.last_seq,
+            lazy: Vec::new(),
+            group: None,
+        };
+        let restored = match store {
+            Some(mut store) => {
+                let restored = state.load(&reader, &mut *store, now)?;
+                state.store = Some(store);
+                Some(restored)
+            }
+            None => None,
+        };
+        let engine = Engine {
             inner: Arc::new(Inner {
                 reader,
                 clock,
@@ -317,21 +383,20 @@ impl EngineBuilder {
                     max_ms,
                     over_max: self.over_max,
                     repeat: self.repeat,
-                    timing: timing.clone(),
+                    timing: timing_copy,
                 },
-                state: Mutex::new(State {
-                    index,
-                    timing,
-                    grants,
-                    free: Vec::new(),
-                    wheel: Wheel::new(now / tick_ms),
-                    next_serial: 1,
-                    held: 0,
-                    fired: Vec::new(),
-                }),
+                state: Mutex::new(state),
                 hub: Hub::default(),
+                durable,
+                queue: Mutex::new(Vec::new()),
+                restored: Mutex::new(restored),
             }),
-        })
+        };
+        if durable {
+            // Write down what the load found expired (and any duplicates).
+            engine.flush()?;
+        }
+        Ok(engine)
     }
 }
 
@@ -460,6 +525,9 @@ const MAX_SERIAL: u64 = 1 << (64 - KIND_BITS);
 const BUCKET_MASK: u32 = 0x1ff;
 const STAGE_SHIFT: u32 = 9;
 const EDIT_BIT: u32 = 1 << 17;
+/// Set on a grant created or changed by a batch not yet written: checks see
+/// it as it was before the batch (see [`Group`]).
+const PENDING_BIT: u32 = 1 << 18;
 // The wheel's slot vectors fit in the bucket bits.
 const _: () = assert!(MAX_BUCKET as u32 <= BUCKET_MASK);
 
@@ -567,7 +635,44 @@ struct State {
     next_serial: u64,
     held: usize,
     fired: Vec<u32>,
+    /// Where changes are written (`None`: memory only).
+    store: Option<Box<dyn Store>>,
+    /// The sequence number of the last batch attempted.
+    seq: u64,
+    /// Writes that wait for the next batch: expirations, revokes whose
+    /// batch failed, history updates.
+    lazy: Vec<Change>,
+    /// The batch being made, while one is.
+    group: Option<Group>,
 }
+
+/// What a batch under way needs to be undone, and to hide what it has not
+/// yet written.
+#[derive(Default)]
+struct Group {
+    /// Each touched pair's grants as they were before the batch.
+    pairs: hashbrown::HashMap<(UserId, EntityId), Vec<GrantRec>>,
+    /// For grants changed in the batch (by serial): the expiry and level
+    /// checks go on seeing until it is written. New grants are not in it:
+    /// checks do not see them at all.
+    shown: hashbrown::HashMap<u64, (u64, Level)>,
+    /// Grants that ended for good in the batch (revoked on request, or
+    /// reclaimed as expired): undoing the batch does not bring them back.
+    ended: hashbrown::HashSet<u64>,
+}
+
+/// Restored state the request layer picks up.
+pub(crate) struct Restored {
+    /// History records and rules.
+    pub(crate) records: Records,
+    /// Grants found past their expiry when the engine started.
+    pub(crate) expired: Vec<Grant>,
+}
+
+/// A change queued for the next batch; it returns what to do once the
+/// batch is written (`None`) or has failed (`Some(reason)`).
+type Job = Box<dyn FnOnce(&mut State, &mut Changes<'_>, u64) -> Finish + Send>;
+type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 
 struct Inner {
     reader: IndexReader,
@@ -576,6 +681,32 @@ struct Inner {
     cfg: Config,
     state: Mutex<State>,
     hub: Hub,
+    /// Whether the engine has a store.
+    durable: bool,
+    /// Changes waiting for the next batch.
+    queue: Mutex<Vec<Job>>,
+    /// Loaded state, until the request layer takes it.
+    restored: Mutex<Option<Restored>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: write what waits (expirations, history updates).
+        let st = self.state.get_mut();
+        if st.lazy.is_empty() {
+            return;
+        }
+        if let Some(mut store) = st.store.take() {
+            let changes = std::mem::take(&mut st.lazy);
+            let batch = Batch {
+                seq: st.seq + 1,
+                next_serial: st.next_serial,
+                clock: from_millis(*self.high_water.get_mut()),
+                changes: &changes,
+            };
+            let _ = store.apply(&batch);
+        }
+    }
 }
 
 /// The grant engine: shares, checks, revokes and expires time-limited
@@ -615,14 +746,60 @@ impl std::fmt::Debug for Engine {
 /// What a change collects while it holds the state lock.
 struct Changes<'a> {
     events: Vec<Event>,
+    /// Positions in `events` of events that stand even if the batch fails.
+    kept_events: Vec<usize>,
     want: bool,
     cfg: &'a Config,
+    reader: &'a IndexReader,
+    /// Whether writes are collected (the engine has a store).
+    durable: bool,
+    /// Writes undone if the batch fails.
+    writes: Vec<Change>,
+    /// Writes that stand even if the batch fails: revokes, expirations.
+    kept: Vec<Change>,
+    /// Grants revoked on request.
+    revoked: Vec<Grant>,
 }
 
 impl Changes<'_> {
     fn push(&mut self, make: impl FnOnce() -> Event) {
         if self.want {
             self.events.push(make());
+        }
+    }
+
+    /// An event that stands even if the batch fails.
+    fn push_kept(&mut self, make: impl FnOnce() -> Event) {
+        if self.want {
+            self.kept_events.push(self.events.len());
+            self.events.push(make());
+        }
+    }
+
+    /// A write undone if the batch fails.
+    fn write(&mut self, make: impl FnOnce() -> Change) {
+        if self.durable {
+            self.writes.push(make());
+        }
+    }
+
+    /// A write that stands even if the batch fails.
+    fn keep(&mut self, make: impl FnOnce() -> Change) {
+        if self.durable {
+            self.kept.push(make());
+        }
+    }
+
+    fn end(&mut self, grant: &Grant, at: u64, cause: EndCause) {
+        let serial = grant.id.serial;
+        let change = move || Change::End {
+            serial,
+            at: from_millis(at),
+            cause,
+        };
+        match cause {
+            EndCause::Replaced => self.write(change),
+            EndCause::Revoked | EndCause::Expired => self.keep(change),
         }
     }
 }
@@ -660,13 +837,187 @@ impl State {
         let mut g = head;
         while g != NIL {
             let rec = &self.grants[g as usize];
-            s.read_until = s.read_until.max(rec.expires);
-            if rec.level() == Level::Edit {
-                s.edit_until = s.edit_until.max(rec.expires);
-            }
             g = rec.next;
+            let (expires, level) = if rec.bits & PENDING_BIT == 0 {
+                (rec.expires, rec.level())
+            } else {
+                // Not yet written: checks see what was there before.
+                match self
+                    .group
+                    .as_ref()
+                    .and_then(|gr| gr.shown.get(&rec.serial()))
+                {
+                    Some(&(e, l)) => (e.min(rec.expires), l.min(rec.level())),
+                    None => continue,
+                }
+            };
+            s.read_until = s.read_until.max(expires);
+            if level == Level::Edit {
+                s.edit_until = s.edit_until.max(expires);
+            }
         }
         s
+    }
+
+    /// Remember a pair's grants before a batch first touches them.
+    fn note_pair(&mut self, user: &UserId, entity: &EntityId) {
+        let Some(group) = &self.group else { return };
+        if group.pairs.contains_key(&(*user, *entity)) {
+            return;
+        }
+        let key = PairKey::new(user, entity);
+        let saved = match self.index.find(&key, self.index.hash(&key)) {
+            Some(loc) => self
+                .pair_grants(loc)
+                .into_iter()
+                .map(|g| self.grants[g as usize])
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(group) = &mut self.group {
+            group.pairs.insert((*user, *entity), saved);
+        }
+    }
+
+    /// Note that a grant ended for good in the batch under way.
+    fn ended_for_good(&mut self, serial: u64) {
+        if let Some(group) = &mut self.group {
+            group.ended.insert(serial);
+        }
+    }
+
+    /// The batch is written: show its grants.
+    fn finalize(&mut self) {
+        let Some(group) = self.group.take() else {
+            return;
+        };
+        for (user, entity) in group.pairs.keys() {
+            let key = PairKey::new(user, entity);
+            if let Some(loc) = self.index.find(&key, self.index.hash(&key)) {
+                let head = self.index.head(loc);
+                let mut g = head;
+                while g != NIL {
+                    self.grants[g as usize].bits &= !PENDING_BIT;
+                    g = self.grants[g as usize].next;
+                }
+                let summary = self.summary_of(head);
+                self.index.update(loc, head, summary);
+            }
+        }
+    }
+
+    /// The batch failed: put every touched pair back as it was, except
+    /// for grants that ended for good.
+    fn rollback(&mut self, ch: &mut Changes<'_>, now: u64) {
+        let Some(group) = self.group.take() else {
+            return;
+        };
+        for ((user, entity), saved) in group.pairs {
+            let key = PairKey::new(&user, &entity);
+            let hash = self.index.hash(&key);
+            if let Some(loc) = self.index.find(&key, hash) {
+                for g in self.pair_grants(loc) {
+                    self.detach(ch.reader, g);
+                }
+            }
+            for rec in saved {
+                if group.ended.contains(&rec.serial()) {
+                    continue;
+                }
+                if rec.expires <= now {
+                    // Came due meanwhile: reclaim it as expired.
+                    let grant = Grant {
+                        id: GrantId {
+                            user,
+                            entity,
+                            context: rec.context(),
+                            serial: rec.serial(),
+                        },
+                        level: rec.level(),
+                        expires_at: from_millis(rec.expires),
+                    };
+                    ch.push_kept(|| Event::Expired(grant));
+                    ch.end(&grant, rec.expires, EndCause::Expired);
+                    continue;
+                }
+                let mut fresh = rec;
+                fresh.next = NIL;
+                fresh.bits &= EDIT_BIT;
+                let g = self.alloc(fresh);
+                let found = self.index.find(&key, hash);
+                self.attach(ch.reader, &key, hash, found, g);
+                let armed = self.arm(g, now);
+                debug_assert!(armed, "a restored grant is live");
+            }
+        }
+    }
+
+    /// Load the grants a store holds, dropping those past their expiry.
+    fn load(
+        &mut self,
+        reader: &IndexReader,
+        store: &mut dyn Store,
+        now: u64,
+    ) -> Result<Restored, Error> {
+        let mut expired = Vec::new();
+        let mut max_serial = 0;
+        let mut overflow = None;
+        store.grants(&mut |grant: Grant| {
+            max_serial = max_serial.max(grant.id.serial);
+            let expires = to_millis(grant.expires_at);
+            if expires <= now {
+                expired.push(grant);
+                return;
+            }
+            let key = PairKey::new(&grant.id.user, &grant.id.entity);
+            let hash = self.index.hash(&key);
+            let found = self.index.find(&key, hash);
+            let ctx = grant.id.context.pack();
+            if let Some(g) = found.and_then(|loc| self.find_context(loc, ctx)) {
+                // Two live grants for one context (a damaged store): keep
+                // the one that lasts longer, drop the other.
+                if self.grants[g as usize].expires >= expires {
+                    self.lazy.push(Change::End {
+                        serial: grant.id.serial,
+                        at: from_millis(now),
+                        cause: EndCause::Replaced,
+                    });
+                    return;
+                }
+                self.lazy.push(Change::End {
+                    serial: self.grants[g as usize].serial(),
+                    at: from_millis(now),
+                    cause: EndCause::Replaced,
+                });
+                self.detach(reader, g);
+            }
+            if self.held >= MAX_GRANTS || grant.id.serial >= MAX_SERIAL {
+                overflow.get_or_insert(grant.id.serial);
+                return;
+            }
+            let g = self.alloc(GrantRec::new(expires, grant.id.serial, ctx, grant.level));
+            let found = self.index.find(&key, hash);
+            self.attach(reader, &key, hash, found, g);
+            self.arm(g, now);
+        })?;
+        if let Some(serial) = overflow {
+            return Err(Error::Load(crate::store::StoreError::Corrupt {
+                what: format!("grant with serial {serial}"),
+                reason: format!(
+                    "beyond the engine's limits ({MAX_GRANTS} grants, serials below {MAX_SERIAL})"
+                ),
+            }));
+        }
+        let records = store.records()?;
+        self.next_serial = self.next_serial.max(max_serial + 1);
+        for grant in &expired {
+            self.lazy.push(Change::End {
+                serial: grant.id.serial,
+                at: grant.expires_at,
+                cause: EndCause::Expired,
+            });
+        }
+        Ok(Restored { records, expired })
     }
 
     /// The grants of the pair at `loc`.
@@ -787,6 +1138,17 @@ impl State {
     /// Set a live grant's expiry and level, re-arming its timer and
     /// refreshing its pair.
     fn change(&mut self, g: u32, expires: u64, level: Level, now: u64) {
+        if self.group.is_some() {
+            let rec = self.grants[g as usize];
+            let (user, entity) = self.index.pair_at(rec.loc.into());
+            self.note_pair(&user, &entity);
+            if rec.bits & PENDING_BIT == 0 {
+                if let Some(group) = &mut self.group {
+                    group.shown.insert(rec.serial(), (rec.expires, rec.level()));
+                }
+                self.grants[g as usize].bits |= PENDING_BIT;
+            }
+        }
         self.wheel.cancel(
             &mut GrantLinks {
                 grants: &mut self.grants,
@@ -846,8 +1208,12 @@ impl State {
                     continue;
                 }
             }
-            if ch.want {
-                timed.push((rec.expires, rec.serial(), Event::Expired(self.grant(g))));
+            if ch.want || ch.durable {
+                let grant = self.grant(g);
+                ch.end(&grant, rec.expires, EndCause::Expired);
+                if ch.want {
+                    timed.push((rec.expires, rec.serial(), Event::Expired(grant)));
+                }
             }
             self.detach(reader, g);
             expired += 1;
@@ -862,20 +1228,21 @@ impl State {
     }
 
     /// Revoke the given grants (all live), in serial order.
-    fn revoke_all(
-        &mut self,
-        reader: &IndexReader,
-        ch: &mut Changes<'_>,
-        mut gs: Vec<u32>,
-    ) -> Vec<Grant> {
+    fn revoke_all(&mut self, ch: &mut Changes<'_>, now: u64, mut gs: Vec<u32>) -> Vec<Grant> {
+        let reader = ch.reader;
         gs.sort_by_key(|g| self.grants[*g as usize].serial());
         let mut out = Vec::with_capacity(gs.len());
         for g in gs {
             let grant = self.grant(g);
-            ch.push(|| Event::Revoked {
+            ch.push_kept(|| Event::Revoked {
                 grant,
                 reason: RevokeReason::Requested,
             });
+            if ch.durable {
+                ch.end(&grant, now, EndCause::Revoked);
+                ch.revoked.push(grant);
+                self.ended_for_good(grant.id.serial);
+            }
             self.detach(reader, g);
             out.push(grant);
         }
@@ -1031,35 +1398,203 @@ impl Engine {
         }
     }
 
+    /// A fresh change record for `locked` and the batch leader.
+    fn changes(&self) -> Changes<'_> {
+        let inner = &*self.inner;
+        Changes {
+            events: Vec::new(),
+            kept_events: Vec::new(),
+            want: inner.hub.wanted(),
+            cfg: &inner.cfg,
+            reader: &inner.reader,
+            durable: inner.durable,
+            writes: Vec::new(),
+            kept: Vec::new(),
+            revoked: Vec::new(),
+        }
+    }
+
     /// Run a change under the state lock (after reclaiming what is due),
-    /// then deliver its events.
+    /// then deliver its events. Memory-only engines.
     fn with_state<T>(&self, f: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> T) -> T {
-        let reader = &self.inner.reader;
         self.locked(|st, ch, now| {
-            st.advance(reader, ch, now);
+            st.advance(ch.reader, ch, now);
             f(st, ch, now)
         })
     }
 
     /// Run `f` under the state lock, then deliver the events it raised.
+    /// Writes it makes (expirations) wait for the next batch.
     fn locked<T>(&self, f: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> T) -> T {
         let inner = &*self.inner;
         let out = {
             let mut st = inner.state.lock();
             let now = self.now_ms();
-            let mut ch = Changes {
-                events: Vec::new(),
-                want: inner.hub.wanted(),
-                cfg: &inner.cfg,
-            };
+            let mut ch = self.changes();
             let out = f(&mut st, &mut ch, now);
             // INVARIANT: every held grant has exactly one timer.
             debug_assert_eq!(st.wheel.len(), st.held);
+            if ch.durable {
+                st.lazy.append(&mut ch.kept);
+                st.lazy.append(&mut ch.writes);
+            }
             inner.hub.enqueue(&mut ch.events);
             out
         };
         inner.hub.deliver();
         out
+    }
+
+    /// Run a change: at once on a memory-only engine; as part of the next
+    /// batch on a durable one, returning once the batch is written.
+    fn run<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        if !self.inner.durable {
+            return self.with_state(op);
+        }
+        let slot: Arc<Mutex<Option<Result<T, Error>>>> = Arc::default();
+        let out = slot.clone();
+        let job: Job = Box::new(move |st, ch, now| {
+            let result = op(st, ch, now);
+            let revoked = std::mem::take(&mut ch.revoked);
+            Box::new(move |failure: Option<&str>| {
+                let result = match (failure, result) {
+                    (None, r) | (Some(_), r @ Err(_)) => r,
+                    (Some(reason), Ok(_)) if revoked.is_empty() => Err(Error::Store {
+                        reason: reason.to_string(),
+                    }),
+                    (Some(reason), Ok(_)) => Err(Error::NotDurable {
+                        revoked,
+                        reason: reason.to_string(),
+                    }),
+                };
+                *out.lock() = Some(result);
+            })
+        });
+        self.inner.queue.lock().push(job);
+        self.commit();
+        // INVARIANT: our job was queued before we took the state lock in
+        // `commit`, so it has run, by us or by a leader that held the lock.
+        let result = slot.lock().take();
+        result.unwrap_or_else(|| {
+            Err(Error::Store {
+                reason: "the change was not carried out".into(),
+            })
+        })
+    }
+
+    /// Take the state lock and, if changes are queued, run them all and
+    /// write them as one batch (group commit: while a batch is written the
+    /// callers that arrive queue their changes for the next one).
+    fn commit(&self) {
+        let inner = &*self.inner;
+        {
+            let mut guard = inner.state.lock();
+            let st = &mut *guard;
+            let jobs = std::mem::take(&mut *inner.queue.lock());
+            if jobs.is_empty() {
+                return;
+            }
+            let now = self.now_ms();
+            let mut base = self.changes();
+            st.advance(&inner.reader, &mut base, now);
+            let mut events = std::mem::take(&mut base.events);
+            let mut batch = std::mem::take(&mut st.lazy);
+            batch.append(&mut base.kept);
+            st.group = Some(Group::default());
+            // Per change: its events, which of them stand, and the range of
+            // its undoable writes in the batch.
+            let mut done = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let mut ch = self.changes();
+                let finish = job(st, &mut ch, now);
+                batch.append(&mut ch.kept);
+                let start = batch.len();
+                batch.append(&mut ch.writes);
+                done.push((finish, ch.events, ch.kept_events, start..batch.len()));
+            }
+            let result = if batch.is_empty() {
+                Ok(())
+            } else {
+                st.seq += 1;
+                let b = Batch {
+                    seq: st.seq,
+                    next_serial: st.next_serial,
+                    clock: from_millis(now),
+                    changes: &batch,
+                };
+                match &mut st.store {
+                    Some(store) => store.apply(&b),
+                    None => Ok(()),
+                }
+            };
+            let failure = match result {
+                Ok(()) => {
+                    st.finalize();
+                    None
+                }
+                Err(e) => {
+                    let mut ch = self.changes();
+                    st.rollback(&mut ch, now);
+                    // What stands waits for the next batch.
+                    let mut undo = vec![false; batch.len()];
+                    for (_, _, _, range) in &done {
+                        undo[range.clone()].iter_mut().for_each(|u| *u = true);
+                    }
+                    st.lazy = batch
+                        .into_iter()
+                        .zip(undo)
+                        .filter_map(|(c, u)| (!u).then_some(c))
+                        .collect();
+                    st.lazy.append(&mut ch.kept);
+                    // Only the events that stand go out.
+                    for (_, evs, kept, _) in &mut done {
+                        let mut keep = vec![false; evs.len()];
+                        kept.iter().for_each(|i| keep[*i] = true);
+                        *evs = std::mem::take(evs)
+                            .into_iter()
+                            .zip(keep)
+                            .filter_map(|(e, k)| k.then_some(e))
+                            .collect();
+                    }
+                    done.push((Box::new(|_| {}), ch.events, Vec::new(), 0..0));
+                    Some(e.to_string())
+                }
+            };
+            // INVARIANT: every held grant has exactly one timer.
+            debug_assert_eq!(st.wheel.len(), st.held);
+            for (finish, evs, _, _) in done {
+                events.extend(evs);
+                // Before the lock goes: waiters read their result under it.
+                finish(failure.as_deref());
+            }
+            inner.hub.enqueue(&mut events);
+        }
+        inner.hub.deliver();
+    }
+
+    /// Write what waits for the next batch (expirations, revokes whose
+    /// batch failed, history updates) now. A no-op without a store.
+    ///
+    /// ```
+    /// use grantwheel::store::MemoryStore;
+    /// use grantwheel::Engine;
+    /// let engine = Engine::builder().store(MemoryStore::new()).build().unwrap();
+    /// engine.flush().unwrap();
+    /// ```
+    pub fn flush(&self) -> Result<(), Error> {
+        if !self.inner.durable {
+            return Ok(());
+        }
+        // The batch carries what waits; an empty change is enough.
+        self.run(|_, _, _| Ok(()))
+    }
+
+    /// Whether the engine writes its state to a store.
+    pub fn is_durable(&self) -> bool {
+        self.inner.durable
     }
 
     /// Give `user` access to `entity` at `level` until `expiry`, through
@@ -1070,6 +1605,10 @@ impl Engine {
     /// [`Error::Invalid`] naming `duration` or `expires_at`. When the (user,
     /// entity, context) already has a live grant, the [`RepeatShare`] rule
     /// decides. Grants through other contexts are untouched.
+    ///
+    /// With a store, the grant is written before any check sees it and
+    /// before this returns; if the store fails the call returns
+    /// [`Error::Store`] and nothing changed.
     ///
     /// ```
     /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
@@ -1093,80 +1632,89 @@ impl Engine {
         level: Level,
         expiry: Expiry,
     ) -> Result<Grant, Error> {
-        let reader = &self.inner.reader;
-        self.with_state(|st, ch, now| {
-            let expires = ch.cfg.resolve(now, expiry)?;
-            let key = PairKey::new(&user, &entity);
-            let ctx = context.pack();
-            let hash = st.index.hash(&key);
-            let mut found = st.index.find(&key, hash);
-            let existing = found.and_then(|loc| st.find_context(loc, ctx));
-            if let Some(g) = existing {
-                let rec = st.grants[g as usize];
-                if rec.expires <= now {
-                    // Past its expiry, not yet reclaimed: reclaim it now.
-                    let grant = st.grant(g);
-                    ch.push(|| Event::Expired(grant));
-                    st.detach(reader, g);
-                    found = st.index.find(&key, hash);
-                } else {
-                    match ch.cfg.repeat {
-                        RepeatShare::Reject => {
-                            return Err(Error::AlreadyShared {
-                                existing: st.grant(g),
-                            })
-                        }
-                        RepeatShare::KeepLater => {
-                            let (exp, lvl) = (rec.expires.max(expires), rec.level().max(level));
-                            if (exp, lvl) != (rec.expires, rec.level()) {
-                                st.change(g, exp, lvl, now);
-                                let grant = st.grant(g);
-                                ch.push(|| Event::Extended {
-                                    grant,
-                                    previous_expiry: from_millis(rec.expires),
-                                });
-                            }
-                            return Ok(st.grant(g));
-                        }
-                        RepeatShare::Replace => {
-                            let grant = st.grant(g);
-                            ch.push(|| Event::Revoked {
-                                grant,
-                                reason: RevokeReason::Replaced,
-                            });
-                            st.detach(reader, g);
-                            found = st.index.find(&key, hash);
-                        }
-                    }
-                }
+        let spec = ShareSpec {
+            user,
+            entity,
+            context,
+            level,
+            expiry,
+        };
+        self.run(move |st, ch, now| share_op(st, ch, now, &spec))
+    }
+
+    /// Share several grants as one batch: one lock, and with a store one
+    /// transaction. Each item succeeds or fails on its own, as
+    /// [`share`](Self::share) would; if the store fails, every item fails
+    /// with [`Error::Store`].
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, ShareSpec, UserId};
+    /// let engine = Engine::new();
+    /// let items: Vec<ShareSpec> = (0..3)
+    ///     .map(|i| ShareSpec::new(UserId::from_u128(i), EntityId::lead(7), Level::Read))
+    ///     .collect();
+    /// let results = engine.share_many(items);
+    /// assert!(results.iter().all(|r| r.is_ok()));
+    /// assert_eq!(engine.len(), 3);
+    /// ```
+    pub fn share_many(&self, items: Vec<ShareSpec>) -> Vec<Result<Grant, Error>> {
+        let n = items.len();
+        let out = self.run(move |st, ch, now| {
+            Ok(items
+                .iter()
+                .map(|spec| share_op(st, ch, now, spec))
+                .collect::<Vec<_>>())
+        });
+        match out {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
+    /// [`share`](Self::share), with more writes for the same batch, made
+    /// from the result under the lock (the request layer's history).
+    pub(crate) fn share_then(
+        &self,
+        spec: ShareSpec,
+        then: impl FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
+    ) -> Result<Grant, Error> {
+        self.run(move |st, ch, now| {
+            let result = share_op(st, ch, now, &spec);
+            if ch.durable {
+                let more = then(&result, from_millis(now));
+                ch.writes.extend(more);
             }
-            if st.held >= MAX_GRANTS || st.next_serial >= MAX_SERIAL {
-                return Err(Error::Full { limit: MAX_GRANTS });
-            }
-            let serial = st.next_serial;
-            st.next_serial += 1;
-            let g = st.alloc(GrantRec::new(expires, serial, ctx, level));
-            st.attach(reader, &key, hash, found, g);
-            let armed = st.arm(g, now);
-            debug_assert!(armed, "a new grant's timer is ahead of now");
-            let grant = Grant {
-                id: GrantId {
-                    user,
-                    entity,
-                    context,
-                    serial,
-                },
-                level,
-                expires_at: from_millis(expires),
-            };
-            ch.push(|| Event::Granted(grant));
-            Ok(grant)
+            result
         })
+    }
+
+    /// Queue writes for the next batch without waiting for it.
+    pub(crate) fn write_later(&self, changes: impl IntoIterator<Item = Change>) {
+        if self.inner.durable {
+            self.inner.state.lock().lazy.extend(changes);
+        }
+    }
+
+    /// Write changes now, in the next batch.
+    pub(crate) fn write_now(&self, changes: Vec<Change>) -> Result<(), Error> {
+        if !self.inner.durable {
+            return Ok(());
+        }
+        self.run(move |_, ch, _| {
+            ch.writes.extend(changes);
+            Ok(())
+        })
+    }
+
+    /// The state loaded from the store, once.
+    pub(crate) fn take_restored(&self) -> Option<Restored> {
+        self.inner.restored.lock().take()
     }
 
     /// Set a live grant's expiry (extend or shorten it), atomically: no
     /// check ever sees the grant missing. The new expiry must be after now
-    /// and within the maximum duration from now.
+    /// and within the maximum duration from now. With a store, a later
+    /// expiry shows only once written; an earlier one shows at once.
     ///
     /// ```
     /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
@@ -1177,8 +1725,9 @@ impl Engine {
     /// assert!(longer.expires_at > g.expires_at);
     /// ```
     pub fn set_expiry(&self, id: &GrantId, expiry: Expiry) -> Result<Grant, Error> {
-        self.with_state(|st, ch, now| {
-            let g = st.find_id(id, now).ok_or(Error::NotLive(*id))?;
+        let id = *id;
+        self.run(move |st, ch, now| {
+            let g = st.find_id(&id, now).ok_or(Error::NotLive(id))?;
             let expires = ch.cfg.resolve(now, expiry)?;
             Ok(change_expiry(st, ch, g, expires, now))
         })
@@ -1198,8 +1747,9 @@ impl Engine {
     /// assert_eq!(engine.extend(&g.id, Duration::hours(-5)).unwrap_err().field(), Some("by"));
     /// ```
     pub fn extend(&self, id: &GrantId, by: chrono::Duration) -> Result<Grant, Error> {
-        self.with_state(|st, ch, now| {
-            let g = st.find_id(id, now).ok_or(Error::NotLive(*id))?;
+        let id = *id;
+        self.run(move |st, ch, now| {
+            let g = st.find_id(&id, now).ok_or(Error::NotLive(id))?;
             let old = st.grants[g as usize].expires;
             let by_ms = by.num_milliseconds();
             let target = if by_ms >= 0 {
@@ -1228,6 +1778,11 @@ impl Engine {
 
     /// Revoke one live grant by id. Returns it as it was.
     ///
+    /// Every check says no from the moment the revoke is decided. With a
+    /// store, if the revoke cannot be written the call returns
+    /// [`Error::NotDurable`]: the grant stays revoked, and the revoke is
+    /// written with the next batch that succeeds.
+    ///
     /// ```
     /// use grantwheel::{Context, Engine, EntityId, Error, Expiry, Level, UserId};
     /// let engine = Engine::new();
@@ -1238,66 +1793,77 @@ impl Engine {
     /// assert!(matches!(engine.revoke(&g.id), Err(Error::NotLive(_))));
     /// ```
     pub fn revoke(&self, id: &GrantId) -> Result<Grant, Error> {
-        let reader = &self.inner.reader;
-        self.with_state(|st, ch, now| {
-            let g = st.find_id(id, now).ok_or(Error::NotLive(*id))?;
-            Ok(st.revoke_all(reader, ch, vec![g]).remove(0))
+        let id = *id;
+        self.run(move |st, ch, now| {
+            let g = st.find_id(&id, now).ok_or(Error::NotLive(id))?;
+            Ok(st.revoke_all(ch, now, vec![g]).remove(0))
         })
     }
 
     /// Revoke the live grant of (user, entity) through `context`, if any.
-    /// Grants through other contexts stay.
+    /// Grants through other contexts stay. Store failures as for
+    /// [`revoke`](Self::revoke).
     pub fn revoke_context(
         &self,
         user: &UserId,
         entity: &EntityId,
         context: &Context,
-    ) -> Option<Grant> {
-        let reader = &self.inner.reader;
-        self.with_state(|st, ch, now| {
-            let key = PairKey::new(user, entity);
-            let loc = st.index.find(&key, st.index.hash(&key))?;
-            let g = st.find_context(loc, context.pack())?;
-            if st.grants[g as usize].expires <= now {
-                return None;
+    ) -> Result<Option<Grant>, Error> {
+        let (user, entity, context) = (*user, *entity, *context);
+        self.run(move |st, ch, now| Ok(revoke_context_op(st, ch, now, &user, &entity, &context)))
+    }
+
+    /// [`revoke_context`](Self::revoke_context), with more writes for the
+    /// same batch made from the result under the lock.
+    pub(crate) fn revoke_context_then(
+        &self,
+        user: UserId,
+        entity: EntityId,
+        context: Context,
+        then: impl FnOnce(Option<&Grant>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
+    ) -> Result<Option<Grant>, Error> {
+        self.run(move |st, ch, now| {
+            let result = revoke_context_op(st, ch, now, &user, &entity, &context);
+            if ch.durable {
+                let more = then(result.as_ref(), from_millis(now));
+                ch.kept.extend(more);
             }
-            st.revoke_all(reader, ch, vec![g]).pop()
+            Ok(result)
         })
     }
 
     /// Revoke every live grant of (user, entity), whatever the context.
-    pub fn revoke_pair(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
-        let reader = &self.inner.reader;
-        self.with_state(|st, ch, now| {
-            let gs = st.live_in_pair(user, entity, now);
-            st.revoke_all(reader, ch, gs)
+    pub fn revoke_pair(&self, user: &UserId, entity: &EntityId) -> Result<Vec<Grant>, Error> {
+        let (user, entity) = (*user, *entity);
+        self.run(move |st, ch, now| {
+            let gs = st.live_in_pair(&user, &entity, now);
+            Ok(st.revoke_all(ch, now, gs))
         })
     }
 
     /// Revoke every live grant of `user`. Scans the index: O(pairs).
-    pub fn revoke_user(&self, user: &UserId) -> Vec<Grant> {
-        let reader = &self.inner.reader;
-        self.with_state(|st, ch, now| {
-            let gs = st.live_where(now, |u, _| u == user);
-            st.revoke_all(reader, ch, gs)
+    pub fn revoke_user(&self, user: &UserId) -> Result<Vec<Grant>, Error> {
+        let user = *user;
+        self.run(move |st, ch, now| {
+            let gs = st.live_where(now, |u, _| *u == user);
+            Ok(st.revoke_all(ch, now, gs))
         })
     }
 
     /// Revoke every live grant on `entity`. Scans the index: O(pairs).
-    pub fn revoke_entity(&self, entity: &EntityId) -> Vec<Grant> {
-        let reader = &self.inner.reader;
-        self.with_state(|st, ch, now| {
-            let gs = st.live_where(now, |_, e| e == entity);
-            st.revoke_all(reader, ch, gs)
+    pub fn revoke_entity(&self, entity: &EntityId) -> Result<Vec<Grant>, Error> {
+        let entity = *entity;
+        self.run(move |st, ch, now| {
+            let gs = st.live_where(now, |_, e| *e == entity);
+            Ok(st.revoke_all(ch, now, gs))
         })
     }
 
     /// Revoke every live grant given through `context` (for example all
     /// that one activity shared). Scans the grants: O(grants).
-    pub fn revoke_from_context(&self, context: &Context) -> Vec<Grant> {
-        let reader = &self.inner.reader;
+    pub fn revoke_from_context(&self, context: &Context) -> Result<Vec<Grant>, Error> {
         let (kind, id) = context.pack();
-        self.with_state(|st, ch, now| {
+        self.run(move |st, ch, now| {
             let gs = st
                 .grants
                 .iter()
@@ -1311,7 +1877,7 @@ impl Engine {
                 })
                 .map(|(g, _)| g as u32)
                 .collect();
-            st.revoke_all(reader, ch, gs)
+            Ok(st.revoke_all(ch, now, gs))
         })
     }
 
@@ -1477,12 +2043,151 @@ fn change_expiry(st: &mut State, ch: &mut Changes<'_>, g: u32, expires: u64, now
     if rec.expires != expires {
         st.change(g, expires, rec.level(), now);
         let grant = st.grant(g);
+        ch.write(|| Change::Put(grant));
         ch.push(|| Event::Extended {
             grant,
             previous_expiry: from_millis(rec.expires),
         });
     }
     st.grant(g)
+}
+
+/// One share, as [`Engine::share`] and [`Engine::share_many`] take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSpec {
+    /// The user to share with.
+    pub user: UserId,
+    /// The record.
+    pub entity: EntityId,
+    /// Through what.
+    pub context: Context,
+    /// The access.
+    pub level: Level,
+    /// For how long.
+    pub expiry: Expiry,
+}
+
+impl ShareSpec {
+    /// A direct share at `level` for the default duration.
+    pub fn new(user: UserId, entity: EntityId, level: Level) -> Self {
+        ShareSpec {
+            user,
+            entity,
+            context: Context::Direct,
+            level,
+            expiry: Expiry::Default,
+        }
+    }
+}
+
+fn share_op(
+    st: &mut State,
+    ch: &mut Changes<'_>,
+    now: u64,
+    spec: &ShareSpec,
+) -> Result<Grant, Error> {
+    let ShareSpec {
+        user,
+        entity,
+        context,
+        level,
+        expiry,
+    } = *spec;
+    let reader = ch.reader;
+    let expires = ch.cfg.resolve(now, expiry)?;
+    st.note_pair(&user, &entity);
+    let key = PairKey::new(&user, &entity);
+    let ctx = context.pack();
+    let hash = st.index.hash(&key);
+    let mut found = st.index.find(&key, hash);
+    let existing = found.and_then(|loc| st.find_context(loc, ctx));
+    if let Some(g) = existing {
+        let rec = st.grants[g as usize];
+        if rec.expires <= now {
+            // Past its expiry, not yet reclaimed: reclaim it now.
+            let grant = st.grant(g);
+            ch.push_kept(|| Event::Expired(grant));
+            ch.end(&grant, rec.expires, EndCause::Expired);
+            st.ended_for_good(grant.id.serial);
+            st.detach(reader, g);
+            found = st.index.find(&key, hash);
+        } else {
+            match ch.cfg.repeat {
+                RepeatShare::Reject => {
+                    return Err(Error::AlreadyShared {
+                        existing: st.grant(g),
+                    })
+                }
+                RepeatShare::KeepLater => {
+                    let (exp, lvl) = (rec.expires.max(expires), rec.level().max(level));
+                    if (exp, lvl) != (rec.expires, rec.level()) {
+                        st.change(g, exp, lvl, now);
+                        let grant = st.grant(g);
+                        ch.write(|| Change::Put(grant));
+                        ch.push(|| Event::Extended {
+                            grant,
+                            previous_expiry: from_millis(rec.expires),
+                        });
+                    }
+                    return Ok(st.grant(g));
+                }
+                RepeatShare::Replace => {
+                    let grant = st.grant(g);
+                    ch.push(|| Event::Revoked {
+                        grant,
+                        reason: RevokeReason::Replaced,
+                    });
+                    ch.end(&grant, now, EndCause::Replaced);
+                    st.detach(reader, g);
+                    found = st.index.find(&key, hash);
+                }
+            }
+        }
+    }
+    if st.held >= MAX_GRANTS || st.next_serial >= MAX_SERIAL {
+        return Err(Error::Full { limit: MAX_GRANTS });
+    }
+    let serial = st.next_serial;
+    st.next_serial += 1;
+    let mut rec = GrantRec::new(expires, serial, ctx, level);
+    if st.group.is_some() {
+        // Hidden from checks until the batch is written.
+        rec.bits |= PENDING_BIT;
+    }
+    let g = st.alloc(rec);
+    st.attach(reader, &key, hash, found, g);
+    let armed = st.arm(g, now);
+    debug_assert!(armed, "a new grant's timer is ahead of now");
+    let grant = Grant {
+        id: GrantId {
+            user,
+            entity,
+            context,
+            serial,
+        },
+        level,
+        expires_at: from_millis(expires),
+    };
+    ch.write(|| Change::Put(grant));
+    ch.push(|| Event::Granted(grant));
+    Ok(grant)
+}
+
+fn revoke_context_op(
+    st: &mut State,
+    ch: &mut Changes<'_>,
+    now: u64,
+    user: &UserId,
+    entity: &EntityId,
+    context: &Context,
+) -> Option<Grant> {
+    let key = PairKey::new(user, entity);
+    let loc = st.index.find(&key, st.index.hash(&key))?;
+    let g = st.find_context(loc, context.pack())?;
+    if st.grants[g as usize].expires <= now {
+        return None;
+    }
+    st.revoke_all(ch, now, vec![g]).pop()
 }
 
 /// The background thread started by [`Engine::start_driver`].

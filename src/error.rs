@@ -6,10 +6,12 @@
 
 use crate::engine::Grant;
 use crate::ids::GrantId;
+use crate::store::StoreError;
 
 /// What went wrong in a share, a change or a revoke.
 ///
-/// Every variant leaves the engine's state as it was before the call.
+/// Every variant but [`Error::NotDurable`] leaves the engine's state as it
+/// was before the call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -39,6 +41,27 @@ pub enum Error {
         /// The most grants one engine holds.
         limit: usize,
     },
+    /// The store could not make the change durable, so it was not made:
+    /// no grant was created or extended.
+    #[error("the change was not made because the store failed: {reason}")]
+    Store {
+        /// The store's error.
+        reason: String,
+    },
+    /// The grants were revoked in memory (every check says no from now on)
+    /// but the store failed to record it. The engine writes the revoke with
+    /// its next successful batch; until then a restart would bring the
+    /// grants back.
+    #[error("{} grant(s) revoked in memory but not yet durable, because the store failed: {reason}", .revoked.len())]
+    NotDurable {
+        /// The grants revoked.
+        revoked: Vec<Grant>,
+        /// The store's error.
+        reason: String,
+    },
+    /// The engine could not load its state from the store.
+    #[error("loading the engine's state failed: {0}")]
+    Load(#[from] StoreError),
 }
 
 impl Error {

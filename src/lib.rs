@@ -9,11 +9,13 @@ pub mod events;
 pub mod ids;
 mod index;
 pub mod requests;
+pub mod store;
 mod wheel;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     Access, Driver, Engine, EngineBuilder, Expiry, Footprint, Grant, OverMax, RepeatShare,
+    ShareSpec,
 };
 pub use error::Error;
 pub use events::{Event, RevokeReason, SubscriptionId};

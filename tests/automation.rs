@@ -49,7 +49,7 @@ fn the_opportunity_automation_of_the_seeds() {
         },
     )
     .when("product", Op::Equals, json!("Personal Loan"));
-    let id = s.add_rule(rule);
+    let id = s.add_rule(rule).unwrap();
     let (ann, bob) = (UserId::from_u128(1), UserId::from_u128(2));
 
     // Drafts do not act.
@@ -150,7 +150,7 @@ fn an_event_without_the_owner_fails_visibly() {
             level: Level::Edit,
         },
     );
-    let id = s.add_rule(rule);
+    let id = s.add_rule(rule).unwrap();
     s.publish_rule(id).unwrap();
     let event = AutomationEvent {
         id: "x".into(),
@@ -198,7 +198,7 @@ fn publishing_checks_the_rule() {
         level: Level::Read,
     };
     let field = |rule: Rule| {
-        let id = s.add_rule(rule);
+        let id = s.add_rule(rule).unwrap();
         s.publish_rule(id).err().and_then(|e| e.field())
     };
     let created = |a| Rule::new("r", Trigger::EntityCreated, EntityKind::OPPORTUNITY, a);
@@ -246,7 +246,7 @@ fn publishing_checks_the_rule() {
     );
     // An unpublished rule stops acting.
     let id = s.rules().last().unwrap().0;
-    assert!(s.unpublish_rule(id));
+    assert!(s.unpublish_rule(id).unwrap());
     assert_eq!(s.rule(id).unwrap().state, RuleState::Draft);
 }
 

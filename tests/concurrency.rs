@@ -132,7 +132,7 @@ fn checks_never_outlive_revokes_or_expiries_and_are_never_torn() {
                     )
                     .unwrap();
                 phases[i].store(base + REVOKING, Ordering::Release);
-                let gone = engine.revoke_pair(&u, &e);
+                let gone = engine.revoke_pair(&u, &e).unwrap();
                 assert_eq!(gone.len(), 1);
                 phases[i].store(base + REVOKED, Ordering::Release);
             }

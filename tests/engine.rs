@@ -48,7 +48,7 @@ fn a_lead_shared_through_two_activities_survives_revoking_one() {
         .share(user, lead, a2, Level::Read, Expiry::Default)
         .unwrap();
     assert!(engine.can_edit(&user, &lead));
-    let gone = engine.revoke_context(&user, &lead, &a1).unwrap();
+    let gone = engine.revoke_context(&user, &lead, &a1).unwrap().unwrap();
     assert_eq!(gone.level, Level::Edit);
     assert!(
         engine.can_read(&user, &lead),
@@ -563,11 +563,11 @@ fn listings_and_bulk_revokes() {
     assert_eq!(of_alice, vec![lead, deal]);
     assert_eq!(engine.expiring_within(Duration::days(2)).len(), 2);
 
-    let by_activity = engine.revoke_from_context(&act);
+    let by_activity = engine.revoke_from_context(&act).unwrap();
     assert_eq!(by_activity.len(), 2);
     assert!(!engine.can_read(&alice, &deal));
     assert!(engine.can_read(&bob, &deal));
-    assert_eq!(engine.revoke_user(&bob).len(), 1);
-    assert_eq!(engine.revoke_entity(&lead).len(), 1);
+    assert_eq!(engine.revoke_user(&bob).unwrap().len(), 1);
+    assert_eq!(engine.revoke_entity(&lead).unwrap().len(), 1);
     assert!(engine.is_empty());
 }

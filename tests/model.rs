@@ -492,14 +492,16 @@ fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError
                 }
             }
             Op::RevokeContext(u, e, c) => {
-                let got = engine.revoke_context(&user(u), &entity(e), &context(c));
+                let got = engine
+                    .revoke_context(&user(u), &entity(e), &context(c))
+                    .unwrap();
                 prop_assert_eq!(
                     got.into_iter().collect::<Vec<_>>(),
                     m.revoke_keys(vec![(u, e, c)])
                 );
             }
             Op::RevokePair(u, e) => {
-                let got = engine.revoke_pair(&user(u), &entity(e));
+                let got = engine.revoke_pair(&user(u), &entity(e)).unwrap();
                 let keys = m
                     .grants
                     .keys()
@@ -509,17 +511,17 @@ fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError
                 prop_assert_eq!(got, m.revoke_keys(keys));
             }
             Op::RevokeUser(u) => {
-                let got = engine.revoke_user(&user(u));
+                let got = engine.revoke_user(&user(u)).unwrap();
                 let keys = m.grants.keys().filter(|k| k.0 == u).copied().collect();
                 prop_assert_eq!(got, m.revoke_keys(keys));
             }
             Op::RevokeEntity(e) => {
-                let got = engine.revoke_entity(&entity(e));
+                let got = engine.revoke_entity(&entity(e)).unwrap();
                 let keys = m.grants.keys().filter(|k| k.1 == e).copied().collect();
                 prop_assert_eq!(got, m.revoke_keys(keys));
             }
             Op::RevokeFromContext(c) => {
-                let got = engine.revoke_from_context(&context(c));
+                let got = engine.revoke_from_context(&context(c)).unwrap();
                 let keys = m.grants.keys().filter(|k| k.2 == c).copied().collect();
                 prop_assert_eq!(got, m.revoke_keys(keys));
             }

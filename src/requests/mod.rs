@@ -13,6 +13,23 @@
 //! - A record is written as `Processing` before the engine is asked, and
 //!   finished (`Completed` or `Failed`) after; an end event that arrives
 //!   before its grant's record is finished is kept and applied then.
+//!
+//! # With a durable engine
+//!
+//! When the engine has a store ([`EngineBuilder::store`]), the request
+//! layer keeps its history and rules there too:
+//!
+//! - a share's finished record is written in the same batch as its grant,
+//!   so a `Completed` status is as durable as the access it reports;
+//! - rule changes are written before the call returns;
+//! - other record updates (`Processing`, revoked, expired) go with the next
+//!   batch;
+//! - on restart the history and rules are loaded back; a request still
+//!   `Processing` (the service stopped before carrying it out) becomes
+//!   `Failed`, and grants that expired while the service was down are
+//!   recorded as expired.
+//!
+//! [`EngineBuilder::store`]: crate::EngineBuilder::store
 
 pub mod automation;
 pub mod wire;
@@ -25,10 +42,14 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, Expiry, Grant};
+use crate::engine::{Engine, Expiry, Grant, ShareSpec};
 use crate::error::Error;
 use crate::events::{Event, RevokeReason};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
+use crate::store::Change;
+
+/// The reason given to requests found unfinished when the service starts.
+pub const INTERRUPTED: &str = "interrupted: the service stopped before carrying out this request";
 
 /// The id of one share or revoke request: 32 hex digits.
 ///
@@ -704,6 +725,63 @@ impl History {
             r.completed_at = Some(at);
         }
     }
+
+    /// The write that stores a record as it now stands.
+    fn change(&self, seq: u64) -> Option<Change> {
+        self.records.get(&seq).map(|r| Change::Record {
+            seq,
+            record: Box::new(r.clone()),
+        })
+    }
+
+    /// Rebuild from stored records. Returns the sequence numbers of the
+    /// records it changed (unfinished requests, now failed).
+    fn restore(&mut self, records: Vec<(u64, HistoryRecord)>, now: DateTime<Utc>) -> Vec<u64> {
+        let mut changed = Vec::new();
+        for (seq, mut record) in records {
+            if record.status == RequestStatus::Processing {
+                record.status = RequestStatus::Failed {
+                    reason: INTERRUPTED.into(),
+                };
+                record.completed_at = Some(now);
+                changed.push(seq);
+            }
+            self.next_seq = self.next_seq.max(seq + 1);
+            self.by_request.insert(record.request, seq);
+            if let Some(key) = &record.idempotency_key {
+                self.by_key.insert(key.clone(), record.request);
+            }
+            self.by_entity.entry(record.entity).or_default().insert(seq);
+            if record.kind == RequestKind::Share
+                && record.status == RequestStatus::Completed
+                && record.ended_at().is_none()
+            {
+                if let Some(g) = record.grant {
+                    self.by_grant.insert(g, seq);
+                }
+            }
+            self.records.insert(seq, record);
+        }
+        changed
+    }
+}
+
+/// The finished form of a record, as written with its grant.
+fn finished(
+    mut record: HistoryRecord,
+    result: Result<&Grant, String>,
+    at: DateTime<Utc>,
+) -> HistoryRecord {
+    record.completed_at = Some(at);
+    match result {
+        Ok(grant) => {
+            record.status = RequestStatus::Completed;
+            record.grant = Some(grant.id);
+            record.expires_at = Some(grant.expires_at);
+        }
+        Err(reason) => record.status = RequestStatus::Failed { reason },
+    }
+    record
 }
 
 struct SharingInner {
@@ -802,6 +880,25 @@ impl Sharing {
             history: Mutex::new(History::default()),
             revoking: Mutex::new(HashMap::new()),
         });
+        if let Some(restored) = inner.engine.take_restored() {
+            let now = inner.engine.now();
+            let mut history = inner.history.lock();
+            let mut changed = history.restore(restored.records.history, now);
+            for grant in &restored.expired {
+                if let Some(seq) = history.by_grant.get(&grant.id).copied() {
+                    history.end(&grant.id, grant.expires_at, None);
+                    changed.push(seq);
+                }
+            }
+            let writes: Vec<Change> = changed.iter().filter_map(|s| history.change(*s)).collect();
+            drop(history);
+            inner.engine.write_later(writes);
+            let mut rules = inner.rules.lock();
+            for (id, rule) in restored.records.rules {
+                rules.next = rules.next.max(id.0);
+                rules.rules.insert(id, rule);
+            }
+        }
         let weak = Arc::downgrade(&inner);
         inner.engine.subscribe(move |event: &Event| {
             if let Some(inner) = weak.upgrade() {
@@ -858,6 +955,9 @@ impl Sharing {
         if let Some(key) = &sub.idempotency_key {
             history.by_key.insert(key.clone(), request);
         }
+        let write = history.change(seq);
+        drop(history);
+        self.inner.engine.write_later(write);
         (request, seq, true)
     }
 
@@ -874,13 +974,14 @@ impl Sharing {
 
     /// Carry out a recorded request and finish its record.
     fn execute(&self, request: RequestId, seq: u64, sub: &Submission) -> Outcome {
+        let pending = self.inner.history.lock().records.get(&seq).cloned();
         let result = match &sub.command {
-            Command::Share(req) => self.execute_share(req, sub.granted_by.as_ref()),
-            Command::Revoke(req) => self.execute_revoke(request, req),
+            Command::Share(req) => self.execute_share(req, sub.granted_by.as_ref(), seq, pending),
+            Command::Revoke(req) => self.execute_revoke(request, req, seq, pending),
         };
         let now = self.inner.engine.now();
         let mut history = self.inner.history.lock();
-        match result {
+        let outcome = match result {
             Ok(grant) => {
                 match sub.command {
                     Command::Share(_) => history.finish_share(seq, &grant, now),
@@ -907,13 +1008,19 @@ impl Sharing {
                     grant: None,
                 }
             }
-        }
+        };
+        let write = history.change(seq);
+        drop(history);
+        self.inner.engine.write_later(write);
+        outcome
     }
 
     fn execute_share(
         &self,
         req: &ShareRequest,
         granted_by: Option<&UserId>,
+        seq: u64,
+        pending: Option<HistoryRecord>,
     ) -> Result<Grant, String> {
         if let Some(resolver) = &self.inner.resolver {
             resolver
@@ -932,8 +1039,28 @@ impl Sharing {
                 self.check_delegation(grantor, req)?;
             }
         }
+        let spec = ShareSpec {
+            user: req.user,
+            entity: req.entity,
+            context: req.context,
+            level: req.level,
+            expiry,
+        };
         engine
-            .share(req.user, req.entity, req.context, req.level, expiry)
+            .share_then(spec, move |result, at| {
+                // The finished record goes in the grant's batch.
+                pending
+                    .map(|r| Change::Record {
+                        seq,
+                        record: Box::new(finished(
+                            r,
+                            result.as_ref().map_err(|e| e.to_string()),
+                            at,
+                        )),
+                    })
+                    .into_iter()
+                    .collect()
+            })
             .map_err(|e| e.to_string())
     }
 
@@ -969,20 +1096,45 @@ impl Sharing {
         }
     }
 
-    fn execute_revoke(&self, request: RequestId, req: &RevokeRequest) -> Result<Grant, String> {
+    fn execute_revoke(
+        &self,
+        request: RequestId,
+        req: &RevokeRequest,
+        seq: u64,
+        pending: Option<HistoryRecord>,
+    ) -> Result<Grant, String> {
         let key = (req.user, req.entity, req.context);
         // Named before the call: the event may be delivered by another thread.
         self.inner.revoking.lock().insert(key, request);
-        self.inner
-            .engine
-            .revoke_context(&req.user, &req.entity, &req.context)
-            .ok_or_else(|| {
+        let none = || {
+            format!(
+                "no live grant of `{}` for user `{}` through this context",
+                req.entity, req.user
+            )
+        };
+        let none_reason = none();
+        let result = self.inner.engine.revoke_context_then(
+            req.user,
+            req.entity,
+            req.context,
+            move |grant, at| {
+                pending
+                    .map(|r| Change::Record {
+                        seq,
+                        record: Box::new(finished(r, grant.ok_or(none_reason), at)),
+                    })
+                    .into_iter()
+                    .collect()
+            },
+        );
+        match result {
+            Ok(Some(grant)) => Ok(grant),
+            Ok(None) => {
                 self.inner.revoking.lock().remove(&key);
-                format!(
-                    "no live grant of `{}` for user `{}` through this context",
-                    req.entity, req.user
-                )
-            })
+                Err(none())
+            }
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Carry out one request now; it is finished when this returns. A
@@ -1149,27 +1301,37 @@ impl Sharing {
             .collect())
     }
 
-    /// Save a rule as a draft; returns its id. Drafts do not act.
-    pub fn add_rule(&self, mut rule: automation::Rule) -> RuleId {
+    /// Write a rule (with a durable engine) before it changes in memory.
+    fn save_rule(&self, id: RuleId, rule: &automation::Rule) -> Result<(), Error> {
+        self.inner.engine.write_now(vec![Change::Rule {
+            id,
+            rule: Box::new(rule.clone()),
+        }])
+    }
+
+    /// Save a rule as a draft; returns its id. Drafts do not act. With a
+    /// durable engine the rule is written before this returns; if the store
+    /// fails, [`Error::Store`] and no rule.
+    pub fn add_rule(&self, mut rule: automation::Rule) -> Result<RuleId, Error> {
         rule.state = automation::RuleState::Draft;
         let mut rules = self.inner.rules.lock();
+        let id = RuleId(rules.next + 1);
+        self.save_rule(id, &rule)?;
         rules.next += 1;
-        let id = RuleId(rules.next);
         rules.rules.insert(id, rule);
-        id
+        Ok(id)
     }
 
     /// Replace a rule; it becomes a draft again. Returns whether it existed.
-    pub fn update_rule(&self, id: RuleId, mut rule: automation::Rule) -> bool {
+    pub fn update_rule(&self, id: RuleId, mut rule: automation::Rule) -> Result<bool, Error> {
         rule.state = automation::RuleState::Draft;
         let mut rules = self.inner.rules.lock();
-        match rules.rules.get_mut(&id) {
-            Some(r) => {
-                *r = rule;
-                true
-            }
-            None => false,
+        if !rules.rules.contains_key(&id) {
+            return Ok(false);
         }
+        self.save_rule(id, &rule)?;
+        rules.rules.insert(id, rule);
+        Ok(true)
     }
 
     /// Publish a rule after checking it: conditions well formed, a positive
@@ -1182,7 +1344,7 @@ impl Sharing {
     /// use grantwheel::{Engine, EntityKind, Level, UserId};
     /// let sharing = Sharing::new(Engine::new());
     /// let action = ShareAction { with: ShareWith::User(UserId::from_u128(1)), duration_minutes: Some(0), level: Level::Read };
-    /// let id = sharing.add_rule(Rule::new("bad", Trigger::EntityCreated, EntityKind::OPPORTUNITY, action));
+    /// let id = sharing.add_rule(Rule::new("bad", Trigger::EntityCreated, EntityKind::OPPORTUNITY, action)).unwrap();
     /// assert_eq!(sharing.publish_rule(id).unwrap_err().field(), Some("action.duration_minutes"));
     /// ```
     pub fn publish_rule(&self, id: RuleId) -> Result<(), Error> {
@@ -1199,25 +1361,34 @@ impl Sharing {
                 return Err(Error::invalid("action.with", format!("unknown user `{u}`")));
             }
         }
-        rule.state = automation::RuleState::Published;
+        let mut published = rule.clone();
+        published.state = automation::RuleState::Published;
+        self.save_rule(id, &published)?;
+        *rule = published;
         Ok(())
     }
 
     /// Stop a rule acting (it stays as a draft). Returns whether it existed.
-    pub fn unpublish_rule(&self, id: RuleId) -> bool {
+    pub fn unpublish_rule(&self, id: RuleId) -> Result<bool, Error> {
         let mut rules = self.inner.rules.lock();
-        match rules.rules.get_mut(&id) {
-            Some(r) => {
-                r.state = automation::RuleState::Draft;
-                true
-            }
-            None => false,
-        }
+        let Some(rule) = rules.rules.get_mut(&id) else {
+            return Ok(false);
+        };
+        let mut draft = rule.clone();
+        draft.state = automation::RuleState::Draft;
+        self.save_rule(id, &draft)?;
+        *rule = draft;
+        Ok(true)
     }
 
     /// Delete a rule. Returns it.
-    pub fn remove_rule(&self, id: RuleId) -> Option<automation::Rule> {
-        self.inner.rules.lock().rules.remove(&id)
+    pub fn remove_rule(&self, id: RuleId) -> Result<Option<automation::Rule>, Error> {
+        let mut rules = self.inner.rules.lock();
+        if !rules.rules.contains_key(&id) {
+            return Ok(None);
+        }
+        self.inner.engine.write_now(vec![Change::RemoveRule(id)])?;
+        Ok(rules.rules.remove(&id))
     }
 
     /// A rule by id.
@@ -1272,10 +1443,11 @@ impl Sharing {
             if grantee.is_none() {
                 let reason = format!("rule `{}`: the event names no owner to share with", id.0);
                 let now = self.inner.engine.now();
-                self.inner
-                    .history
-                    .lock()
-                    .finish(seq, RequestStatus::Failed { reason }, now);
+                let mut history = self.inner.history.lock();
+                history.finish(seq, RequestStatus::Failed { reason }, now);
+                let write = history.change(seq);
+                drop(history);
+                self.inner.engine.write_later(write);
                 continue;
             }
             queued.push((request, seq, sub));
@@ -1451,8 +1623,10 @@ impl Sharing {
             })
             .map(|(s, _)| *s)
             .collect();
+        let mut forget = Vec::with_capacity(old.len());
         for seq in &old {
             if let Some(r) = history.records.remove(seq) {
+                forget.push(Change::Forget(r.request));
                 history.by_request.remove(&r.request);
                 if let Some(key) = &r.idempotency_key {
                     history.by_key.remove(key);
@@ -1465,6 +1639,8 @@ impl Sharing {
                 }
             }
         }
+        drop(history);
+        self.inner.engine.write_later(forget);
         old.len()
     }
 }
@@ -1498,13 +1674,21 @@ fn on_event(inner: &SharingInner, event: &Event) {
                     .remove(&(grant.id.user, grant.id.entity, grant.id.context))
                     .map_or(EndedBy::Engine, EndedBy::Request),
             };
-            inner.history.lock().end(&grant.id, now, Some(by));
+            end_record(inner, &grant.id, now, Some(by));
         }
-        Event::Expired(grant) => {
-            inner.history.lock().end(&grant.id, grant.expires_at, None);
-        }
+        Event::Expired(grant) => end_record(inner, &grant.id, grant.expires_at, None),
         _ => {}
     }
+}
+
+/// Record that a grant ended, and queue the record's write.
+fn end_record(inner: &SharingInner, grant: &GrantId, at: DateTime<Utc>, by: Option<EndedBy>) {
+    let mut history = inner.history.lock();
+    let seq = history.by_grant.get(grant).copied();
+    history.end(grant, at, by);
+    let write = seq.and_then(|s| history.change(s));
+    drop(history);
+    inner.engine.write_later(write);
 }
 
 /// The status API's answer.

@@ -1,0 +1,120 @@
+//! A store wrapper that fails chosen operations.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{Batch, Meta, Records, Store, StoreError};
+use crate::engine::Grant;
+
+/// Which operations a [`FaultyStore`] fails. Operations are counted from 1
+/// across every method of the store (loading counts too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Fail nothing.
+    #[default]
+    None,
+    /// Fail operation `n` only.
+    Once(u64),
+    /// Fail operation `n` and every one after it.
+    From(u64),
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    ops: AtomicU64,
+    fault: Mutex<Fault>,
+}
+
+/// Controls a [`FaultyStore`] from outside the engine that owns it.
+#[derive(Clone, Debug, Default)]
+pub struct FaultHandle {
+    shared: Arc<Shared>,
+}
+
+impl FaultHandle {
+    /// Set which operations fail from now on.
+    pub fn set(&self, fault: Fault) {
+        *self.shared.fault.lock() = fault;
+    }
+
+    /// Operations attempted so far (failed ones included).
+    pub fn ops(&self) -> u64 {
+        self.shared.ops.load(Ordering::SeqCst)
+    }
+}
+
+/// Wraps a store and fails the operations a [`Fault`] names, before they
+/// reach the inner store (a failed batch leaves the inner store as it
+/// was). For tests of what the engine promises when its store fails.
+///
+/// ```
+/// use grantwheel::store::{Fault, FaultyStore, MemoryStore};
+/// use grantwheel::{Context, Engine, EntityId, Error, Expiry, Level, UserId};
+///
+/// let (store, faults) = FaultyStore::new(MemoryStore::new());
+/// let engine = Engine::builder().store(store).build().unwrap();
+/// faults.set(Fault::Once(faults.ops() + 1));
+/// let (u, e) = (UserId::from_u128(1), EntityId::lead(7));
+/// let err = engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap_err();
+/// assert!(matches!(err, Error::Store { .. }));
+/// assert!(!engine.can_read(&u, &e)); // nothing half-done
+/// engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap();
+/// assert!(engine.can_read(&u, &e));
+/// ```
+#[derive(Debug)]
+pub struct FaultyStore<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: Store> FaultyStore<S> {
+    /// Wrap `inner`; the handle sets the faults.
+    pub fn new(inner: S) -> (Self, FaultHandle) {
+        let handle = FaultHandle::default();
+        (
+            FaultyStore {
+                inner,
+                shared: handle.shared.clone(),
+            },
+            handle,
+        )
+    }
+
+    fn step(&self) -> Result<(), StoreError> {
+        let op = self.shared.ops.fetch_add(1, Ordering::SeqCst) + 1;
+        let fails = match *self.shared.fault.lock() {
+            Fault::None => false,
+            Fault::Once(n) => op == n,
+            Fault::From(n) => op >= n,
+        };
+        if fails {
+            Err(StoreError::Injected { op })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<S: Store> Store for FaultyStore<S> {
+    fn meta(&mut self) -> Result<Meta, StoreError> {
+        self.step()?;
+        self.inner.meta()
+    }
+
+    fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
+        self.step()?;
+        self.inner.grants(each)
+    }
+
+    fn records(&mut self) -> Result<Records, StoreError> {
+        self.step()?;
+        self.inner.records()
+    }
+
+    fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
+        self.step()?;
+        self.inner.apply(batch)
+    }
+}

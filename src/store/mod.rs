@@ -1,0 +1,221 @@
+//! Durable state: the [`Store`] trait and its implementations.
+//!
+//! An engine built with a store ([`EngineBuilder::store`]) writes every
+//! change as part of an ordered, atomic [`Batch`] and rebuilds its state
+//! from the store when it starts. Three stores come with the crate:
+//!
+//! - [`SqliteStore`]: the durable default, one SQLite file (WAL, full
+//!   sync by default). See its documentation for the schema.
+//! - [`MemoryStore`]: keeps the batches' effect in memory; clones share it,
+//!   so a test can "restart" an engine over the same state.
+//! - [`FaultyStore`]: wraps another store and fails chosen operations, to
+//!   prove what the engine does when its store fails.
+//!
+//! # Write order
+//!
+//! - A share or an extension is written before it is visible: no check says
+//!   yes for it before the batch that holds it has been applied, and the
+//!   call returns only after that.
+//! - A revoke is visible at once (checks say no from the moment it is
+//!   decided) and is then written; if the write fails the caller gets
+//!   [`Error::NotDurable`](crate::Error::NotDurable), the grant stays
+//!   revoked in memory and the revoke is written with the next batch that
+//!   succeeds.
+//! - Concurrent calls are committed together: while one batch is being
+//!   written the calls that arrive queue up, and the next batch carries them
+//!   all (one transaction, one sync).
+//! - Expirations, and history updates that promise nothing to a caller, are
+//!   written with the next batch (or by [`Engine::flush`]). After a crash
+//!   they are recomputed: grants past their expiry are dropped when the
+//!   engine starts.
+//!
+//! [`EngineBuilder::store`]: crate::EngineBuilder::store
+//! [`Engine::flush`]: crate::Engine::flush
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Grant;
+use crate::requests::automation::Rule;
+use crate::requests::{HistoryRecord, RequestId, RuleId};
+
+mod faulty;
+mod memory;
+mod sqlite;
+
+pub use faulty::{Fault, FaultHandle, FaultyStore};
+pub use memory::MemoryStore;
+pub use sqlite::{SqliteStore, Synchronous};
+
+/// Why a grant left the live grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EndCause {
+    /// Revoked on request.
+    Revoked,
+    /// Replaced by a later share of the same (user, entity, context).
+    Replaced,
+    /// Its expiry passed.
+    Expired,
+}
+
+/// One change in a [`Batch`]. Every change is idempotent: applying it a
+/// second time leaves the store as the first time did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Change {
+    /// Insert or replace a live grant, keyed by its serial: a share, an
+    /// extension, a raised level.
+    Put(Grant),
+    /// A grant ended: remove it from the live grants (a no-op if it is not
+    /// there).
+    End {
+        /// The grant's serial.
+        serial: u64,
+        /// When it ended.
+        at: DateTime<Utc>,
+        /// Why.
+        cause: EndCause,
+    },
+    /// Insert or replace a history record, keyed by its request id.
+    Record {
+        /// The record's place in the history (increasing with creation).
+        seq: u64,
+        /// The record.
+        record: Box<HistoryRecord>,
+    },
+    /// Forget a history record (pruned by the retention period).
+    Forget(RequestId),
+    /// Insert or replace an automation rule.
+    Rule {
+        /// The rule's id.
+        id: RuleId,
+        /// The rule.
+        rule: Box<Rule>,
+    },
+    /// Remove an automation rule.
+    RemoveRule(RuleId),
+}
+
+/// An ordered, atomic group of changes.
+///
+/// Sequence numbers increase from batch to batch (gaps are allowed: a batch
+/// that failed is not retried under the same number). A store applies a
+/// batch whole or not at all, and ignores a batch whose sequence number is
+/// not above the last one it applied: replaying batches is harmless.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// The batch's sequence number.
+    pub seq: u64,
+    /// The serial the engine gives its next grant: a restarted engine
+    /// never reuses a serial, so an old grant id never names a new grant.
+    pub next_serial: u64,
+    /// The engine's time when the batch was made: a restarted engine never
+    /// runs behind it, even if the clock was set back.
+    pub clock: DateTime<Utc>,
+    /// The changes, in order.
+    pub changes: &'a [Change],
+}
+
+/// What a store knows besides the grants, history and rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The sequence number of the last batch applied (0: none).
+    pub last_seq: u64,
+    /// The highest `next_serial` of any batch applied.
+    pub next_serial: u64,
+    /// The latest `clock` of any batch applied.
+    pub clock: Option<DateTime<Utc>>,
+}
+
+/// The history records and rules a store holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Records {
+    /// History records with their sequence numbers, in sequence order.
+    pub history: Vec<(u64, HistoryRecord)>,
+    /// Automation rules, by id.
+    pub rules: Vec<(RuleId, Rule)>,
+}
+
+/// Why a store operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The storage underneath failed (disk, file system, database engine).
+    #[error("store i/o failed: {0}")]
+    Io(String),
+    /// Another engine holds the database.
+    #[error("the database `{path}` is in use by another engine (one writer at a time); stop it or open another file")]
+    Locked {
+        /// The database's path.
+        path: String,
+    },
+    /// The database was written by a newer version of this library.
+    #[error("the database's schema version {found} is newer than the {supported} this version of grantwheel reads; upgrade grantwheel")]
+    NewerSchema {
+        /// The version found in the file.
+        found: i64,
+        /// The newest version this library knows.
+        supported: i64,
+    },
+    /// Stored data could not be read back.
+    #[error("corrupt {what}: {reason}")]
+    Corrupt {
+        /// What could not be read (a table and row).
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A [`FaultyStore`] failed this operation on purpose.
+    #[error("injected fault at store operation {op}")]
+    Injected {
+        /// The operation's number (from 1).
+        op: u64,
+    },
+}
+
+/// Where an engine keeps its state. Implement it to put grantwheel's state
+/// in another database.
+///
+/// # Contract
+///
+/// - [`apply`](Store::apply) is atomic and durable when it returns `Ok`:
+///   after a crash the store shows every change of every batch it
+///   acknowledged, in order, and nothing of a batch it did not.
+/// - A batch whose `seq` is not above [`Meta::last_seq`] is ignored
+///   (returns `Ok`): replaying is harmless. Each change is also idempotent
+///   on its own (upsert by key, delete if present).
+/// - The engine calls the store from one thread at a time and never from a
+///   check; a store may block.
+/// - Loading is [`meta`](Store::meta), then [`grants`](Store::grants), then
+///   [`records`](Store::records), once at start. Grants come in any order;
+///   the engine drops those past their expiry.
+///
+/// A store shared by several engines (a later PostgreSQL store) would
+/// also stamp each batch with its engine and publish the batches as a
+/// change feed; the sequence numbers and idempotent changes are what such
+/// a feed needs.
+pub trait Store: Send {
+    /// The store's sequence number, serial and clock high-water marks.
+    fn meta(&mut self) -> Result<Meta, StoreError>;
+    /// Call `each` with every live grant stored.
+    fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError>;
+    /// The history records and rules.
+    fn records(&mut self) -> Result<Records, StoreError>;
+    /// Apply a batch atomically and durably (see the contract above).
+    fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError>;
+}
+
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn meta(&mut self) -> Result<Meta, StoreError> {
+        (**self).meta()
+    }
+    fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
+        (**self).grants(each)
+    }
+    fn records(&mut self) -> Result<Records, StoreError> {
+        (**self).records()
+    }
+    fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
+        (**self).apply(batch)
+    }
+}
