@@ -388,7 +388,8 @@ impl EngineBuilder {
                 state: Mutex::new(state),
                 hub: Hub::default(),
                 durable,
-                queue: Mutex::new(Vec::new()),
+                queue: Mutex::new(Queue::default()),
+                batch_done: parking_lot::Condvar::new(),
                 restored: Mutex::new(restored),
             }),
         };
@@ -674,6 +675,13 @@ pub(crate) struct Restored {
 type Job = Box<dyn FnOnce(&mut State, &mut Changes<'_>, u64) -> Finish + Send>;
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
 
+/// Changes waiting for a batch, and whether a caller is making one.
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    leading: bool,
+}
+
 struct Inner {
     reader: IndexReader,
     clock: ClockSource,
@@ -684,7 +692,9 @@ struct Inner {
     /// Whether the engine has a store.
     durable: bool,
     /// Changes waiting for the next batch.
-    queue: Mutex<Vec<Job>>,
+    queue: Mutex<Queue>,
+    /// Signalled when a batch is done.
+    batch_done: parking_lot::Condvar,
     /// Loaded state, until the request layer takes it.
     restored: Mutex<Option<Restored>>,
 }
@@ -1473,16 +1483,33 @@ impl Engine {
                 *out.lock() = Some(result);
             })
         });
-        self.inner.queue.lock().push(job);
-        self.commit();
-        // INVARIANT: our job was queued before we took the state lock in
-        // `commit`, so it has run, by us or by a leader that held the lock.
-        let result = slot.lock().take();
-        result.unwrap_or_else(|| {
-            Err(Error::Store {
-                reason: "the change was not carried out".into(),
-            })
-        })
+        // Leader and followers: one caller at a time makes a batch of all
+        // the changes queued; the others wait for it, and one of those
+        // whose change missed it leads the next.
+        let inner = &*self.inner;
+        let mut queue = inner.queue.lock();
+        queue.jobs.push(job);
+        loop {
+            if let Some(result) = slot.lock().take() {
+                return result;
+            }
+            if queue.leading {
+                inner.batch_done.wait(&mut queue);
+                continue;
+            }
+            queue.leading = true;
+            drop(queue);
+            self.commit();
+            queue = inner.queue.lock();
+            queue.leading = false;
+            inner.batch_done.notify_all();
+            drop(queue);
+            // Outside the leadership: a subscriber may make changes.
+            inner.hub.deliver();
+            queue = inner.queue.lock();
+            // INVARIANT: our change was queued before we led, so the batch
+            // we made carried it and its result is in the slot.
+        }
     }
 
     /// Take the state lock and, if changes are queued, run them all and
@@ -1493,7 +1520,7 @@ impl Engine {
         {
             let mut guard = inner.state.lock();
             let st = &mut *guard;
-            let jobs = std::mem::take(&mut *inner.queue.lock());
+            let jobs = std::mem::take(&mut inner.queue.lock().jobs);
             if jobs.is_empty() {
                 return;
             }
@@ -1572,7 +1599,6 @@ impl Engine {
             }
             inner.hub.enqueue(&mut events);
         }
-        inner.hub.deliver();
     }
 
     /// Write what waits for the next batch (expirations, revokes whose

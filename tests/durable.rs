@@ -1,0 +1,587 @@
+//! Durable state: restarts over both stores, the SQLite file's rules (one
+//! writer, schema version, readable schema), write order, group commit.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{Duration, TimeZone, Utc};
+use grantwheel::requests::automation::{Rule, ShareAction, ShareWith, Trigger};
+use grantwheel::requests::{
+    HistoryQuery, RequestStatus, RevokeRequest, ShareRequest, Sharing, INTERRUPTED,
+};
+use grantwheel::store::{
+    Batch, Change, MemoryStore, Meta, Records, SqliteStore, Store, StoreError,
+};
+use grantwheel::{
+    Context, Engine, EntityId, EntityKind, Error, Expiry, Grant, Level, ManualClock, UserId,
+};
+use uuid::Uuid;
+
+fn start() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
+}
+
+fn user(i: u128) -> UserId {
+    UserId::from_u128(i)
+}
+
+/// Opens engines over one store kind, again and again.
+trait Reopen {
+    fn open(&self, clock: &ManualClock) -> Engine;
+}
+
+struct Memory(MemoryStore);
+
+impl Reopen for Memory {
+    fn open(&self, clock: &ManualClock) -> Engine {
+        Engine::builder()
+            .clock(clock.clone())
+            .store(self.0.clone())
+            .build()
+            .unwrap()
+    }
+}
+
+struct Sqlite(tempfile::TempDir);
+
+impl Sqlite {
+    fn new() -> Self {
+        Sqlite(tempfile::tempdir().unwrap())
+    }
+    fn path(&self) -> std::path::PathBuf {
+        self.0.path().join("grants.db")
+    }
+}
+
+impl Reopen for Sqlite {
+    fn open(&self, clock: &ManualClock) -> Engine {
+        Engine::builder()
+            .clock(clock.clone())
+            .store(SqliteStore::open(self.path()).unwrap())
+            .build()
+            .unwrap()
+    }
+}
+
+fn stores() -> Vec<Box<dyn Reopen>> {
+    vec![
+        Box::new(Memory(MemoryStore::new())),
+        Box::new(Sqlite::new()),
+    ]
+}
+
+#[test]
+fn grants_survive_a_restart_and_expired_ones_do_not() {
+    for store in stores() {
+        let clock = ManualClock::new(start());
+        let engine = store.open(&clock);
+        let (a, b, c) = (user(1), user(2), user(3));
+        let lead = EntityId::lead(869196);
+        let deal = EntityId::new(
+            EntityKind::OPPORTUNITY,
+            grantwheel::EntityRef::Uuid(Uuid::from_u128(9)),
+        );
+        let act = Context::Activity(Uuid::from_u128(0xa));
+        let long = engine
+            .share(a, lead, act, Level::Edit, Expiry::After(Duration::days(3)))
+            .unwrap();
+        let short = engine
+            .share(
+                b,
+                deal,
+                Context::Direct,
+                Level::Read,
+                Expiry::After(Duration::hours(1)),
+            )
+            .unwrap();
+        let revoked = engine
+            .share(
+                c,
+                lead,
+                Context::Task(Uuid::from_u128(0xb)),
+                Level::Read,
+                Expiry::Default,
+            )
+            .unwrap();
+        engine.revoke(&revoked.id).unwrap();
+        let extended = engine.extend(&short.id, Duration::hours(2)).unwrap();
+        drop(engine);
+
+        // Down for two hours: the short grant (now 3 h) is still live.
+        clock.advance(Duration::hours(2));
+        let engine = store.open(&clock);
+        assert!(engine.can_edit(&a, &lead));
+        assert!(engine.can_read(&b, &deal));
+        assert!(!engine.can_read(&c, &lead), "a revoke never comes back");
+        assert_eq!(engine.grants_for(&b, &deal), vec![extended]);
+        assert_eq!(engine.grants_for(&a, &lead), vec![long]);
+        // Serials are never reused: old ids stay dead.
+        let fresh = engine
+            .share(c, lead, Context::Direct, Level::Read, Expiry::Default)
+            .unwrap();
+        assert!(fresh.id.serial > extended.id.serial.max(revoked.id.serial));
+        assert!(matches!(engine.revoke(&revoked.id), Err(Error::NotLive(_))));
+        drop(engine);
+
+        // Down past the extended expiry: dropped on load.
+        clock.advance(Duration::hours(2));
+        let engine = store.open(&clock);
+        assert!(!engine.can_read(&b, &deal));
+        assert!(engine.grants_for(&b, &deal).is_empty());
+        assert_eq!(engine.len(), 2);
+    }
+}
+
+#[test]
+fn a_clock_set_back_across_a_restart_revives_nothing() {
+    for store in stores() {
+        let clock = ManualClock::new(start());
+        let engine = store.open(&clock);
+        let (u, e) = (user(1), EntityId::lead(1));
+        engine
+            .share(
+                u,
+                e,
+                Context::Direct,
+                Level::Read,
+                Expiry::After(Duration::hours(1)),
+            )
+            .unwrap();
+        clock.advance(Duration::hours(2));
+        // A write at the later time: the store learns it.
+        engine
+            .share(
+                user(2),
+                e,
+                Context::Direct,
+                Level::Read,
+                Expiry::After(Duration::days(1)),
+            )
+            .unwrap();
+        drop(engine);
+        clock.set(start());
+        let engine = store.open(&clock);
+        assert!(!engine.can_read(&u, &e));
+        assert!(engine.now() >= start() + Duration::hours(2));
+    }
+}
+
+#[test]
+fn history_and_rules_survive_a_restart() {
+    for store in stores() {
+        let clock = ManualClock::new(start());
+        let (u, lead) = (user(1), EntityId::lead(5));
+        let (done, revoke, expiring, rule);
+        {
+            let sharing = Sharing::new(store.open(&clock));
+            done = sharing.share(ShareRequest::new(u, lead, Level::Edit));
+            expiring = sharing.share(
+                ShareRequest::new(user(2), lead, Level::Read).duration(Duration::minutes(30)),
+            );
+            revoke = sharing.revoke(RevokeRequest {
+                user: u,
+                entity: lead,
+                context: Context::Direct,
+                level: Level::Edit,
+            });
+            assert_eq!(revoke.status, RequestStatus::Completed);
+            let action = ShareAction {
+                with: ShareWith::ActivityOwner,
+                duration_minutes: Some(60),
+                level: Level::Read,
+            };
+            rule = sharing
+                .add_rule(Rule::new(
+                    "owners",
+                    Trigger::ActivityPosted,
+                    EntityKind::LEAD,
+                    action,
+                ))
+                .unwrap();
+            sharing.publish_rule(rule).unwrap();
+        }
+        clock.advance(Duration::hours(1));
+        let sharing = Sharing::new(store.open(&clock));
+        assert_eq!(
+            sharing.status(&done.request),
+            Some(RequestStatus::Completed)
+        );
+        assert_eq!(
+            sharing.status(&revoke.request),
+            Some(RequestStatus::Completed)
+        );
+        let page = sharing.history(&lead, &HistoryQuery::default()).unwrap();
+        assert_eq!(page.records.len(), 3);
+        let first = sharing.request(&done.request).unwrap();
+        assert!(
+            first.revoked.is_some(),
+            "the revoke is on the share's record"
+        );
+        let lapsed = sharing.request(&expiring.request).unwrap();
+        assert_eq!(
+            lapsed.expired_at,
+            Some(start() + Duration::minutes(30)),
+            "expired while down, recorded as expired"
+        );
+        let rules = sharing.rules();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].0, rule);
+        assert_eq!(
+            rules[0].1.state,
+            grantwheel::requests::automation::RuleState::Published
+        );
+        // New rules get new ids.
+        let next = sharing.add_rule(rules[0].1.clone()).unwrap();
+        assert!(next > rule);
+    }
+}
+
+#[test]
+fn requests_left_processing_fail_on_restart() {
+    for store in stores() {
+        let clock = ManualClock::new(start());
+        let ids;
+        {
+            let sharing = Sharing::new(store.open(&clock));
+            ids = sharing.submit(vec![grantwheel::requests::Submission::api(
+                grantwheel::requests::Command::Share(ShareRequest::new(
+                    user(1),
+                    EntityId::lead(1),
+                    Level::Read,
+                )),
+            )]);
+            assert_eq!(sharing.status(&ids[0]), Some(RequestStatus::Processing));
+            sharing.engine().flush().unwrap();
+            // Stopped before the queue was worked.
+        }
+        let sharing = Sharing::new(store.open(&clock));
+        assert_eq!(
+            sharing.status(&ids[0]),
+            Some(RequestStatus::Failed {
+                reason: INTERRUPTED.into()
+            })
+        );
+        assert!(sharing.engine().is_empty());
+    }
+}
+
+#[test]
+fn a_second_engine_on_the_same_file_is_refused() {
+    let dir = Sqlite::new();
+    let first = SqliteStore::open(dir.path()).unwrap();
+    let second = SqliteStore::open(dir.path()).unwrap_err();
+    assert!(matches!(second, StoreError::Locked { .. }), "{second}");
+    drop(first);
+    SqliteStore::open(dir.path()).unwrap();
+}
+
+#[test]
+fn a_newer_schema_is_refused_and_the_schema_reads_in_plain_sql() {
+    let dir = Sqlite::new();
+    let clock = ManualClock::new(start());
+    {
+        let engine = dir.open(&clock);
+        engine
+            .share(
+                user(1),
+                EntityId::lead(869196),
+                Context::Activity(Uuid::from_u128(0xa)),
+                Level::Edit,
+                Expiry::After(Duration::minutes(30)),
+            )
+            .unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(dir.path()).unwrap();
+        let row: (String, i64, i64, String, String) = conn
+            .query_row(
+                "SELECT user, entity_kind, entity_id, level, expires_at FROM grants_readable",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            row,
+            (
+                user(1).to_string(),
+                1,
+                869196,
+                "edit".into(),
+                "2026-11-23T09:30:00.000Z".into()
+            )
+        );
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        conn.pragma_update(None, "user_version", 2).unwrap();
+    }
+    match SqliteStore::open(dir.path()) {
+        Err(StoreError::NewerSchema {
+            found: 2,
+            supported: 1,
+        }) => {}
+        other => panic!("expected a newer-schema error, got {other:?}"),
+    }
+}
+
+#[test]
+fn replaying_a_batch_changes_nothing() {
+    let dir = Sqlite::new();
+    let sqlite: Box<dyn Store> = Box::new(SqliteStore::open(dir.path()).unwrap());
+    for mut store in [sqlite, Box::new(MemoryStore::new()) as Box<dyn Store>] {
+        let g = Grant {
+            id: grantwheel::GrantId {
+                user: user(1),
+                entity: EntityId::lead(u64::MAX),
+                context: Context::Other {
+                    kind: 9,
+                    id: Uuid::from_u128(3),
+                },
+                serial: 7,
+            },
+            level: Level::Read,
+            expires_at: start() + Duration::days(1),
+        };
+        let first = [Change::Put(g)];
+        let b1 = Batch {
+            seq: 1,
+            next_serial: 8,
+            clock: start(),
+            changes: &first,
+        };
+        store.apply(&b1).unwrap();
+        let end = [Change::End {
+            serial: 7,
+            at: start(),
+            cause: grantwheel::store::EndCause::Revoked,
+        }];
+        store
+            .apply(&Batch {
+                seq: 2,
+                next_serial: 8,
+                clock: start(),
+                changes: &end,
+            })
+            .unwrap();
+        // The first batch again: ignored, the grant stays revoked.
+        store.apply(&b1).unwrap();
+        let mut grants = Vec::new();
+        store.grants(&mut |g| grants.push(g)).unwrap();
+        assert!(grants.is_empty());
+        assert_eq!(
+            store.meta().unwrap(),
+            Meta {
+                last_seq: 2,
+                next_serial: 8,
+                clock: Some(start())
+            }
+        );
+        // And the round trip of every field.
+        store
+            .apply(&Batch {
+                seq: 3,
+                next_serial: 8,
+                clock: start(),
+                changes: &first,
+            })
+            .unwrap();
+        let mut grants = Vec::new();
+        store.grants(&mut |g| grants.push(g)).unwrap();
+        assert_eq!(grants, vec![g]);
+    }
+}
+
+/// A store that records, at each batch, what the engine's checks said.
+struct Watching {
+    inner: MemoryStore,
+    engine: Arc<OnceLock<Engine>>,
+    seen: Arc<Mutex<Vec<(bool, bool)>>>,
+    pair: (UserId, EntityId),
+}
+
+impl Store for Watching {
+    fn meta(&mut self) -> Result<Meta, StoreError> {
+        self.inner.meta()
+    }
+    fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
+        self.inner.grants(each)
+    }
+    fn records(&mut self) -> Result<Records, StoreError> {
+        self.inner.records()
+    }
+    fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
+        if let Some(engine) = self.engine.get() {
+            let (u, e) = self.pair;
+            self.seen
+                .lock()
+                .unwrap()
+                .push((engine.can_read(&u, &e), engine.can_edit(&u, &e)));
+        }
+        self.inner.apply(batch)
+    }
+}
+
+#[test]
+fn shares_show_after_they_are_written_and_revokes_before() {
+    let (u, e) = (user(1), EntityId::lead(1));
+    let cell = Arc::new(OnceLock::new());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let store = Watching {
+        inner: MemoryStore::new(),
+        engine: cell.clone(),
+        seen: seen.clone(),
+        pair: (u, e),
+    };
+    let clock = ManualClock::new(start());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .store(store)
+        .build()
+        .unwrap();
+    cell.set(engine.clone()).unwrap();
+    let read = engine
+        .share(
+            u,
+            e,
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::hours(1)),
+        )
+        .unwrap();
+    assert!(engine.can_read(&u, &e));
+    // Raise to edit through another context, then extend, then revoke both.
+    let edit = engine
+        .share(
+            u,
+            e,
+            Context::Task(Uuid::nil()),
+            Level::Edit,
+            Expiry::After(Duration::hours(1)),
+        )
+        .unwrap();
+    engine.extend(&read.id, Duration::hours(1)).unwrap();
+    engine.revoke(&edit.id).unwrap();
+    engine.revoke(&read.id).unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (false, false), // the read share, while written
+            (true, false),  // the edit share, while written
+            (true, true),   // the extension (the edit share is written)
+            (true, false),  // the edit revoke: gone before it is written
+            (false, false), // the read revoke
+        ]
+    );
+}
+
+/// A store whose writes take a while, like a sync to disk.
+struct Slow(MemoryStore);
+
+impl Store for Slow {
+    fn meta(&mut self) -> Result<Meta, StoreError> {
+        self.0.meta()
+    }
+    fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
+        self.0.grants(each)
+    }
+    fn records(&mut self) -> Result<Records, StoreError> {
+        self.0.records()
+    }
+    fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        self.0.apply(batch)
+    }
+}
+
+#[test]
+fn concurrent_shares_are_committed_together() {
+    let store = MemoryStore::new();
+    let engine = Engine::builder()
+        .store(Slow(store.clone()))
+        .build()
+        .unwrap();
+    let before = store.batches();
+    let threads = 8;
+    let per = 100;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let engine = engine.clone();
+            s.spawn(move || {
+                for i in 0..per {
+                    engine
+                        .share(
+                            user(t),
+                            EntityId::lead(i),
+                            Context::Direct,
+                            Level::Read,
+                            Expiry::Default,
+                        )
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let batches = store.batches() - before;
+    let shares = (threads as u64) * per;
+    assert_eq!(engine.len() as u64, shares);
+    assert_eq!(store.stored_grants().len() as u64, shares);
+    // While one batch is written the seven other threads queue theirs.
+    assert!(
+        batches * 3 <= shares,
+        "{batches} batches for {shares} shares"
+    );
+}
+
+#[test]
+fn share_many_is_one_batch() {
+    let store = MemoryStore::new();
+    let engine = Engine::builder().store(store.clone()).build().unwrap();
+    let before = store.batches();
+    let items = (0..100)
+        .map(|i| grantwheel::ShareSpec::new(user(i), EntityId::lead(1), Level::Read))
+        .collect();
+    let results = engine.share_many(items);
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(store.batches() - before, 1);
+    assert_eq!(store.stored_grants().len(), 100);
+}
+
+#[test]
+fn a_damaged_row_is_a_clear_error() {
+    let dir = Sqlite::new();
+    let clock = ManualClock::new(start());
+    {
+        let engine = dir.open(&clock);
+        engine
+            .share(
+                user(1),
+                EntityId::lead(1),
+                Context::Direct,
+                Level::Read,
+                Expiry::Default,
+            )
+            .unwrap();
+    }
+    {
+        let conn = rusqlite::Connection::open(dir.path()).unwrap();
+        conn.pragma_update(None, "ignore_check_constraints", true)
+            .unwrap();
+        conn.execute("UPDATE grants SET level = 'owner'", [])
+            .unwrap();
+    }
+    let err = Engine::builder()
+        .clock(clock.clone())
+        .store(SqliteStore::open(dir.path()).unwrap())
+        .build()
+        .unwrap_err();
+    match &err {
+        Error::Load(StoreError::Corrupt { what, reason }) => {
+            assert!(what.contains("serial 1"), "{what}");
+            assert!(
+                reason.contains("level") && reason.contains("owner"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a corrupt-row error, got {other:?}"),
+    }
+}
