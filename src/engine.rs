@@ -362,6 +362,7 @@ impl EngineBuilder {
             fired: Vec::new(),
             store: None,
             seq: meta.last_seq,
+            clock_written: meta.clock.map_or(0, to_millis),
             lazy: Vec::new(),
             group: None,
         };
@@ -640,6 +641,9 @@ struct State {
     store: Option<Box<dyn Store>>,
     /// The sequence number of the last batch attempted.
     seq: u64,
+    /// The latest engine time a batch has written (restarted engines never
+    /// run behind it).
+    clock_written: u64,
     /// Writes that wait for the next batch: expirations, revokes whose
     /// batch failed, history updates.
     lazy: Vec<Change>,
@@ -703,7 +707,8 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Best effort: write what waits (expirations, history updates).
         let st = self.state.get_mut();
-        if st.lazy.is_empty() {
+        let now = *self.high_water.get_mut();
+        if st.lazy.is_empty() && now <= st.clock_written {
             return;
         }
         if let Some(mut store) = st.store.take() {
@@ -711,7 +716,7 @@ impl Drop for Inner {
             let batch = Batch {
                 seq: st.seq + 1,
                 next_serial: st.next_serial,
-                clock: from_millis(*self.high_water.get_mut()),
+                clock: from_millis(now),
                 changes: &changes,
             };
             let _ = store.apply(&batch);
@@ -1542,7 +1547,9 @@ impl Engine {
                 batch.append(&mut ch.writes);
                 done.push((finish, ch.events, ch.kept_events, start..batch.len()));
             }
-            let result = if batch.is_empty() {
+            // An empty batch still records that time moved on: a restart
+            // must not run the clock back.
+            let result = if batch.is_empty() && now <= st.clock_written {
                 Ok(())
             } else {
                 st.seq += 1;
@@ -1559,6 +1566,7 @@ impl Engine {
             };
             let failure = match result {
                 Ok(()) => {
+                    st.clock_written = st.clock_written.max(now);
                     st.finalize();
                     None
                 }

@@ -4,12 +4,18 @@
 //! entity) pair must answer exactly as the model does, and the events the
 //! engine delivered must be exactly the model's.
 //!
+//! Each case runs without a store, over the memory store or over SQLite;
+//! with a store, a `Restart` step drops the engine and builds a new one
+//! over the same store: grants past their expiry are gone (without
+//! events), the rest answer as before.
+//!
 //! Cases: 2,000 by default; set `GRANTWHEEL_MODEL_CASES` for longer runs.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use grantwheel::store::{MemoryStore, SqliteStore, Synchronous};
 use grantwheel::{
     Context, Engine, EntityId, EntityKind, EntityRef, Error, Event, Expiry, Grant, GrantId, Level,
     ManualClock, OverMax, RepeatShare, RevokeReason, UserId,
@@ -71,6 +77,16 @@ enum Op {
     /// Set the clock to the n-th grant's expiry (or warning) plus -1, 0 or
     /// 1 ms, and maybe call advance: the edges.
     ClockToEdge(usize, bool, i64, bool),
+    /// Drop the engine and build it again over its store.
+    Restart,
+}
+
+/// Where the engine keeps its state.
+#[derive(Clone, Copy, Debug)]
+enum Backing {
+    Nothing,
+    Memory,
+    Sqlite,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -322,6 +338,7 @@ fn op() -> impl Strategy<Value = Op> {
                 2 => -(3 * 86_400_000i64)..0,
              ], any::<bool>()).prop_map(|(d, a)| Op::Clock(d, a)),
         4 => (0usize..8, any::<bool>(), -1i64..=1, any::<bool>()).prop_map(|(n, w, d, a)| Op::ClockToEdge(n, w, d, a)),
+        2 => Just(Op::Restart),
     ]
 }
 
@@ -393,22 +410,40 @@ fn set_clock(
     Ok(())
 }
 
-fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn run(
+    settings: Settings,
+    backing: Backing,
+    start: i64,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
     let clock = ManualClock::new(Utc.timestamp_millis_opt(start).unwrap());
-    let engine = Engine::builder()
-        .clock(clock.clone())
-        .default_duration(Duration::milliseconds(DEFAULT_MS as i64))
-        .max_duration(Duration::milliseconds(MAX_MS as i64), settings.over)
-        .repeat_share(settings.repeat)
-        .tick(Duration::milliseconds(settings.tick_ms as i64))
-        .warn_before(
-            settings
-                .warnings
-                .iter()
-                .map(|w| Duration::milliseconds(*w as i64)),
-        )
-        .build()
-        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let memory = MemoryStore::new();
+    let build = || {
+        let b = Engine::builder();
+        let b = match backing {
+            Backing::Nothing => b,
+            Backing::Memory => b.store(memory.clone()),
+            // Crash durability is not what this test is about.
+            Backing::Sqlite => b.store(
+                SqliteStore::open_with(dir.path().join("model.db"), Synchronous::Normal).unwrap(),
+            ),
+        };
+        b.clock(clock.clone())
+            .default_duration(Duration::milliseconds(DEFAULT_MS as i64))
+            .max_duration(Duration::milliseconds(MAX_MS as i64), settings.over)
+            .repeat_share(settings.repeat)
+            .tick(Duration::milliseconds(settings.tick_ms as i64))
+            .warn_before(
+                settings
+                    .warnings
+                    .iter()
+                    .map(|w| Duration::milliseconds(*w as i64)),
+            )
+            .build()
+            .unwrap()
+    };
+    let mut engine = build();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
     engine.subscribe(move |e: &Event| sink.lock().unwrap().push(e.clone()));
@@ -423,7 +458,7 @@ fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError
     for (step, op) in ops.into_iter().enumerate() {
         let now_ms = m.now as i64;
         match &op {
-            Op::Clock(..) | Op::ClockToEdge(..) => {}
+            Op::Clock(..) | Op::ClockToEdge(..) | Op::Restart => {}
             _ => m.advance(),
         }
         match op {
@@ -542,6 +577,28 @@ fn run(settings: Settings, start: i64, ops: Vec<Op>) -> Result<(), TestCaseError
                 let to = m.clock.saturating_add(by);
                 set_clock(&mut m, &clock, &engine, to, advance)?;
             }
+            Op::Restart => {
+                if matches!(backing, Backing::Nothing) {
+                    continue;
+                }
+                drop(engine);
+                engine = build();
+                let sink = seen.clone();
+                engine.subscribe(move |e: &Event| sink.lock().unwrap().push(e.clone()));
+                // Grants past their expiry are dropped on load, silently;
+                // the others are scheduled afresh (warnings already due
+                // are skipped).
+                let now = m.now;
+                m.grants.retain(|_, g| g.expires > now);
+                let stages: Vec<_> = m
+                    .grants
+                    .iter()
+                    .map(|(k, g)| (*k, m.next_timer(g.expires).0))
+                    .collect();
+                for (k, stage) in stages {
+                    m.grants.get_mut(&k).unwrap().stage = stage;
+                }
+            }
         }
         // Every pair answers as the model does.
         for u in 0..USERS {
@@ -616,9 +673,10 @@ proptest! {
     #[test]
     fn engine_matches_model(
         settings in settings(),
+        backing in prop_oneof![Just(Backing::Nothing), Just(Backing::Memory), Just(Backing::Sqlite)],
         start in 1_700_000_000_000i64..1_800_000_000_000,
         ops in proptest::collection::vec(op(), 1..100),
     ) {
-        run(settings, start, ops)?;
+        run(settings, backing, start, ops)?;
     }
 }
