@@ -666,6 +666,14 @@ struct Group {
     ended: hashbrown::HashSet<u64>,
 }
 
+/// What loading found besides the live grants.
+#[derive(Default)]
+struct Loaded {
+    expired: Vec<Grant>,
+    max_serial: u64,
+    overflow: Option<u64>,
+}
+
 /// Restored state the request layer picks up.
 pub(crate) struct Restored {
     /// History records and rules.
@@ -968,54 +976,46 @@ impl State {
     }
 
     /// Load the grants a store holds, dropping those past their expiry.
+    /// Two threads: the store decodes rows while this one indexes them.
     fn load(
         &mut self,
         reader: &IndexReader,
         store: &mut dyn Store,
         now: u64,
     ) -> Result<Restored, Error> {
-        let mut expired = Vec::new();
-        let mut max_serial = 0;
-        let mut overflow = None;
-        store.grants(&mut |grant: Grant| {
-            max_serial = max_serial.max(grant.id.serial);
-            let expires = to_millis(grant.expires_at);
-            if expires <= now {
-                expired.push(grant);
-                return;
-            }
-            let key = PairKey::new(&grant.id.user, &grant.id.entity);
-            let hash = self.index.hash(&key);
-            let found = self.index.find(&key, hash);
-            let ctx = grant.id.context.pack();
-            if let Some(g) = found.and_then(|loc| self.find_context(loc, ctx)) {
-                // Two live grants for one context (a damaged store): keep
-                // the one that lasts longer, drop the other.
-                if self.grants[g as usize].expires >= expires {
-                    self.lazy.push(Change::End {
-                        serial: grant.id.serial,
-                        at: from_millis(now),
-                        cause: EndCause::Replaced,
-                    });
-                    return;
+        const CHUNK: usize = 4096;
+        let (tx, rx) = mpsc::sync_channel::<Vec<Grant>>(8);
+        let (read, acc) = std::thread::scope(|s| {
+            let state = &mut *self;
+            let inserter = s.spawn(move || {
+                let mut acc = Loaded::default();
+                for chunk in rx {
+                    for grant in chunk {
+                        state.load_one(reader, grant, now, &mut acc);
+                    }
                 }
-                self.lazy.push(Change::End {
-                    serial: self.grants[g as usize].serial(),
-                    at: from_millis(now),
-                    cause: EndCause::Replaced,
-                });
-                self.detach(reader, g);
+                acc
+            });
+            let mut buf = Vec::with_capacity(CHUNK);
+            let read = store.grants(&mut |grant| {
+                buf.push(grant);
+                if buf.len() == CHUNK {
+                    // A send fails only if the inserter died; its panic is
+                    // raised by the join below.
+                    let _ = tx.send(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK)));
+                }
+            });
+            if !buf.is_empty() {
+                let _ = tx.send(buf);
             }
-            if self.held >= MAX_GRANTS || grant.id.serial >= MAX_SERIAL {
-                overflow.get_or_insert(grant.id.serial);
-                return;
-            }
-            let g = self.alloc(GrantRec::new(expires, grant.id.serial, ctx, grant.level));
-            let found = self.index.find(&key, hash);
-            self.attach(reader, &key, hash, found, g);
-            self.arm(g, now);
-        })?;
-        if let Some(serial) = overflow {
+            drop(tx);
+            let acc = inserter
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (read, acc)
+        });
+        read?;
+        if let Some(serial) = acc.overflow {
             return Err(Error::Load(crate::store::StoreError::Corrupt {
                 what: format!("grant with serial {serial}"),
                 reason: format!(
@@ -1024,15 +1024,59 @@ impl State {
             }));
         }
         let records = store.records()?;
-        self.next_serial = self.next_serial.max(max_serial + 1);
-        for grant in &expired {
+        self.next_serial = self.next_serial.max(acc.max_serial + 1);
+        for grant in &acc.expired {
             self.lazy.push(Change::End {
                 serial: grant.id.serial,
                 at: grant.expires_at,
                 cause: EndCause::Expired,
             });
         }
-        Ok(Restored { records, expired })
+        Ok(Restored {
+            records,
+            expired: acc.expired,
+        })
+    }
+
+    /// Index one loaded grant (or set it aside as expired).
+    fn load_one(&mut self, reader: &IndexReader, grant: Grant, now: u64, acc: &mut Loaded) {
+        acc.max_serial = acc.max_serial.max(grant.id.serial);
+        let expires = to_millis(grant.expires_at);
+        if expires <= now {
+            acc.expired.push(grant);
+            return;
+        }
+        let key = PairKey::new(&grant.id.user, &grant.id.entity);
+        let hash = self.index.hash(&key);
+        let found = self.index.find(&key, hash);
+        let ctx = grant.id.context.pack();
+        if let Some(g) = found.and_then(|loc| self.find_context(loc, ctx)) {
+            // Two live grants for one context (a damaged store): keep the
+            // one that lasts longer, drop the other.
+            let drop_serial = if self.grants[g as usize].expires >= expires {
+                grant.id.serial
+            } else {
+                let serial = self.grants[g as usize].serial();
+                self.detach(reader, g);
+                serial
+            };
+            self.lazy.push(Change::End {
+                serial: drop_serial,
+                at: from_millis(now),
+                cause: EndCause::Replaced,
+            });
+            if drop_serial == grant.id.serial {
+                return;
+            }
+        }
+        if self.held >= MAX_GRANTS || grant.id.serial >= MAX_SERIAL {
+            acc.overflow.get_or_insert(grant.id.serial);
+            return;
+        }
+        let g = self.alloc(GrantRec::new(expires, grant.id.serial, ctx, grant.level));
+        let found = self.index.find(&key, hash);
+        self.attach(reader, &key, hash, found, g);
+        self.arm(g, now);
     }
 
     /// The grants of the pair at `loc`.

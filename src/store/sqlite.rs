@@ -37,7 +37,6 @@ CREATE TABLE grants (
     level        TEXT NOT NULL CHECK (level IN ('read', 'edit')),
     expires_ms   INTEGER NOT NULL       -- exclusive; milliseconds since 1970 UTC
 );
-CREATE INDEX grants_by_pair ON grants (user, entity_kind, entity_id);
 
 -- Every share and revoke request; `record` is the whole record as JSON.
 CREATE TABLE history (
@@ -146,6 +145,9 @@ impl SqliteStore {
             conn.busy_timeout(std::time::Duration::ZERO)?;
             conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
+            // 64 MiB of page cache: batches of thousands of rows stay in
+            // memory until they are written.
+            conn.pragma_update(None, "cache_size", -65536)?;
             conn.pragma_update(
                 None,
                 "synchronous",
@@ -262,15 +264,23 @@ fn i64_of(v: u64) -> i64 {
 fn decode_grant(row: &rusqlite::Row<'_>) -> Result<Grant, (i64, String)> {
     let serial: i64 = row.get(0).map_err(|e| (-1, format!("serial: {e}")))?;
     let bad = |col: &str, why: String| (serial, format!("{col}: {why}"));
-    let text = |i: usize, col: &str| -> Result<String, (i64, String)> {
-        row.get::<_, String>(i).map_err(|e| bad(col, e.to_string()))
+    // Borrowed, not copied: loading is bound by per-row work.
+    let text = |i: usize, col: &str| -> Result<&str, (i64, String)> {
+        match row.get_ref(i).map_err(|e| bad(col, e.to_string()))? {
+            ValueRef::Text(t) => std::str::from_utf8(t).map_err(|e| bad(col, e.to_string())),
+            other => Err(bad(
+                col,
+                format!("a {} where text belongs", other.data_type()),
+            )),
+        }
     };
     if serial < 0 {
         return Err(bad("serial", "negative".into()));
     }
-    let user: UserId = text(1, "user")?
+    let user = text(1, "user")?;
+    let user: UserId = user
         .parse()
-        .map_err(|e| bad("user", format!("{e}")))?;
+        .map_err(|e| bad("user", format!("`{user}`: {e}")))?;
     let kind: i64 = row.get(2).map_err(|e| bad("entity_kind", e.to_string()))?;
     let kind =
         u16::try_from(kind).map_err(|_| bad("entity_kind", format!("`{kind}` out of range")))?;
@@ -300,7 +310,13 @@ fn decode_grant(row: &rusqlite::Row<'_>) -> Result<Grant, (i64, String)> {
         }
     };
     let ctx_kind: i64 = row.get(4).map_err(|e| bad("context_kind", e.to_string()))?;
-    let ctx_id: Option<String> = row.get(5).map_err(|e| bad("context_id", e.to_string()))?;
+    let ctx_id = match row
+        .get_ref(5)
+        .map_err(|e| bad("context_id", e.to_string()))?
+    {
+        ValueRef::Null => None,
+        _ => Some(text(5, "context_id")?),
+    };
     let context = match (ctx_kind, ctx_id) {
         (0, None) => Context::Direct,
         (k, Some(id)) if (1..=i64::from(u16::MAX) + 3).contains(&k) => {
@@ -316,7 +332,7 @@ fn decode_grant(row: &rusqlite::Row<'_>) -> Result<Grant, (i64, String)> {
             ))
         }
     };
-    let level = match text(6, "level")?.as_str() {
+    let level = match text(6, "level")? {
         "read" => Level::Read,
         "edit" => Level::Edit,
         other => return Err(bad("level", format!("`{other}` is neither read nor edit"))),
@@ -423,14 +439,18 @@ impl Store for SqliteStore {
             match change {
                 Change::Put(g) => {
                     let (kind, ctx) = g.id.context.pack();
-                    let ctx_id = (kind != 0).then(|| Uuid::from_u128(ctx).hyphenated().to_string());
+                    let mut user_buf = Uuid::encode_buffer();
+                    let user = g.id.user.0.hyphenated().encode_lower(&mut user_buf);
+                    let mut ctx_buf = Uuid::encode_buffer();
+                    let ctx_id = (kind != 0)
+                        .then(|| &*Uuid::from_u128(ctx).hyphenated().encode_lower(&mut ctx_buf));
                     tx.prepare_cached(
                         "INSERT OR REPLACE INTO grants (serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
                             i64_of(g.id.serial),
-                            g.id.user.to_string(),
+                            &*user,
                             g.id.entity.kind.code(),
                             entity_value(&g.id.entity.id),
                             kind,
