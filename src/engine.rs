@@ -686,6 +686,8 @@ pub(crate) struct Restored {
 /// batch is written (`None`) or has failed (`Some(reason)`).
 type Job = Box<dyn FnOnce(&mut State, &mut Changes<'_>, u64) -> Finish + Send>;
 type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+/// More writes for a share's batch, made from its result under the lock.
+pub(crate) type Then = Box<dyn FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change> + Send>;
 
 /// Changes waiting for a batch, and whether a caller is making one.
 #[derive(Default)]
@@ -1766,6 +1768,35 @@ impl Engine {
         })
     }
 
+    /// [`share_many`](Self::share_many), each item with its own more
+    /// writes for the same batch.
+    pub(crate) fn share_many_then(
+        &self,
+        items: Vec<(ShareSpec, Then)>,
+    ) -> Vec<Result<Grant, Error>> {
+        let n = items.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let out = self.run(move |st, ch, now| {
+            Ok(items
+                .into_iter()
+                .map(|(spec, then)| {
+                    let result = share_op(st, ch, now, &spec);
+                    if ch.durable {
+                        let more = then(&result, from_millis(now));
+                        ch.writes.extend(more);
+                    }
+                    result
+                })
+                .collect::<Vec<_>>())
+        });
+        match out {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
     /// Queue writes for the next batch without waiting for it.
     pub(crate) fn write_later(&self, changes: impl IntoIterator<Item = Change>) {
         if self.inner.durable {
@@ -2093,6 +2124,12 @@ impl Engine {
             .name("grantwheel-driver".into())
             .spawn(move || loop {
                 engine.advance();
+                if engine.inner.durable && !engine.inner.state.lock().lazy.is_empty() {
+                    // Expirations and history updates: written now rather
+                    // than with the next change. A failure is retried on
+                    // the next round.
+                    let _ = engine.flush();
+                }
                 let wait = engine
                     .next_expiry()
                     .map(|t| (t - engine.now()).to_std().unwrap_or_default())

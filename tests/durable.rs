@@ -585,3 +585,103 @@ fn a_damaged_row_is_a_clear_error() {
         other => panic!("expected a corrupt-row error, got {other:?}"),
     }
 }
+
+#[test]
+fn an_api_batch_is_one_transaction_and_fails_whole() {
+    use grantwheel::requests::wire::ItemResponse;
+    use grantwheel::store::{Fault, FaultyStore};
+    let memory = MemoryStore::new();
+    let (store, faults) = FaultyStore::new(memory.clone());
+    let sharing = Sharing::new(Engine::builder().store(store).build().unwrap());
+    let item = |u: u128| {
+        format!(
+            r#"{{"UserId":"{}","Entity":1,"EntityType":3,"EntityId":"869196","ContextEntity":1,"ContextEntityId":"f2dbf1d5-bbab-418b-bddc-4c92ecdef214","AccessType":1,"DurationInMinutes":30}}"#,
+            user(u)
+        )
+    };
+    let body = |from: u128| {
+        format!(
+            "[{}]",
+            (from..from + 50).map(item).collect::<Vec<_>>().join(",")
+        )
+    };
+    let before = memory.batches();
+    let responses = sharing.api_share(body(0).as_bytes()).unwrap();
+    assert_eq!(memory.batches() - before, 1);
+    assert!(responses
+        .iter()
+        .all(|r| matches!(r, ItemResponse::Success { .. })));
+    assert_eq!(memory.stored_grants().len(), 50);
+
+    // The store fails the next batch: every item fails, none is visible.
+    faults.set(Fault::Once(faults.ops() + 1));
+    let responses = sharing.api_share(body(100).as_bytes()).unwrap();
+    assert!(responses
+        .iter()
+        .all(|r| !matches!(r, ItemResponse::Success { .. })));
+    assert!(!sharing
+        .engine()
+        .can_read(&user(100), &EntityId::lead(869196)));
+    assert_eq!(sharing.engine().len(), 50);
+    let page = sharing
+        .history(
+            &EntityId::lead(869196),
+            &HistoryQuery::default().status("Failed"),
+        )
+        .unwrap();
+    assert_eq!(page.records.len(), 50);
+}
+
+#[test]
+fn a_subscriber_may_change_a_durable_engine() {
+    let engine = Engine::builder().store(MemoryStore::new()).build().unwrap();
+    let again = engine.clone();
+    engine.subscribe(move |e: &grantwheel::Event| {
+        if let grantwheel::Event::Granted(g) = e {
+            if g.id.user == user(1) {
+                // Re-entry from the delivering thread must not deadlock.
+                again
+                    .share(
+                        user(2),
+                        g.id.entity,
+                        Context::Direct,
+                        Level::Read,
+                        Expiry::Default,
+                    )
+                    .unwrap();
+            }
+        }
+    });
+    engine
+        .share(
+            user(1),
+            EntityId::lead(1),
+            Context::Direct,
+            Level::Read,
+            Expiry::Default,
+        )
+        .unwrap();
+    assert!(engine.can_read(&user(2), &EntityId::lead(1)));
+}
+
+#[test]
+fn pruned_history_stays_pruned_after_a_restart() {
+    for store in stores() {
+        let clock = ManualClock::new(start());
+        let lead = EntityId::lead(3);
+        {
+            let sharing = Sharing::new(store.open(&clock));
+            sharing
+                .share(ShareRequest::new(user(1), lead, Level::Read).duration(Duration::hours(1)));
+            sharing
+                .share(ShareRequest::new(user(2), lead, Level::Read).duration(Duration::days(200)));
+            clock.advance(Duration::days(100));
+            sharing.engine().advance();
+            assert_eq!(sharing.prune(), 1);
+        }
+        let sharing = Sharing::new(store.open(&clock));
+        let page = sharing.history(&lead, &HistoryQuery::default()).unwrap();
+        assert_eq!(page.records.len(), 1);
+        assert_eq!(page.records[0].user, user(2));
+    }
+}

@@ -766,6 +766,22 @@ impl History {
     }
 }
 
+/// The write of a share's finished record, made in the grant's batch.
+fn record_then(
+    seq: u64,
+    pending: Option<HistoryRecord>,
+) -> impl FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change> + Send + 'static {
+    move |result, at| {
+        pending
+            .map(|r| Change::Record {
+                seq,
+                record: Box::new(finished(r, result.as_ref().map_err(|e| e.to_string()), at)),
+            })
+            .into_iter()
+            .collect()
+    }
+}
+
 /// The finished form of a record, as written with its grant.
 fn finished(
     mut record: HistoryRecord,
@@ -976,21 +992,41 @@ impl Sharing {
     fn execute(&self, request: RequestId, seq: u64, sub: &Submission) -> Outcome {
         let pending = self.inner.history.lock().records.get(&seq).cloned();
         let result = match &sub.command {
-            Command::Share(req) => self.execute_share(req, sub.granted_by.as_ref(), seq, pending),
+            Command::Share(req) => {
+                self.precheck_share(req, sub.granted_by.as_ref())
+                    .and_then(|spec| {
+                        self.inner
+                            .engine
+                            .share_then(spec, record_then(seq, pending))
+                            .map_err(|e| e.to_string())
+                    })
+            }
             Command::Revoke(req) => self.execute_revoke(request, req, seq, pending),
         };
+        let is_share = matches!(sub.command, Command::Share(_));
+        self.conclude(request, seq, is_share, result)
+    }
+
+    /// Finish a request's record in memory (it is written with the next
+    /// batch; a share's was written with its grant already).
+    fn conclude(
+        &self,
+        request: RequestId,
+        seq: u64,
+        is_share: bool,
+        result: Result<Grant, String>,
+    ) -> Outcome {
         let now = self.inner.engine.now();
         let mut history = self.inner.history.lock();
         let outcome = match result {
             Ok(grant) => {
-                match sub.command {
-                    Command::Share(_) => history.finish_share(seq, &grant, now),
-                    Command::Revoke(_) => {
-                        history.finish(seq, RequestStatus::Completed, now);
-                        if let Some(r) = history.records.get_mut(&seq) {
-                            r.grant = Some(grant.id);
-                            r.expires_at = Some(grant.expires_at);
-                        }
+                if is_share {
+                    history.finish_share(seq, &grant, now);
+                } else {
+                    history.finish(seq, RequestStatus::Completed, now);
+                    if let Some(r) = history.records.get_mut(&seq) {
+                        r.grant = Some(grant.id);
+                        r.expires_at = Some(grant.expires_at);
                     }
                 }
                 Outcome {
@@ -1015,20 +1051,54 @@ impl Sharing {
         outcome
     }
 
-    fn execute_share(
+    /// Run share requests together: checked one by one, carried out in
+    /// one engine batch (with a durable engine, one transaction). Outcomes
+    /// in order.
+    fn run_shares(&self, subs: Vec<Submission>) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(subs.len());
+        let mut batch = Vec::new();
+        let mut waiting = Vec::new();
+        for sub in &subs {
+            let (request, seq, new) = self.begin(sub);
+            if !new {
+                outcomes.push(Some(self.outcome_of(request, seq)));
+                continue;
+            }
+            let Command::Share(req) = &sub.command else {
+                outcomes.push(Some(self.execute(request, seq, sub)));
+                continue;
+            };
+            match self.precheck_share(req, sub.granted_by.as_ref()) {
+                Ok(spec) => {
+                    let pending = self.inner.history.lock().records.get(&seq).cloned();
+                    let then: crate::engine::Then = Box::new(record_then(seq, pending));
+                    batch.push((spec, then));
+                    waiting.push((outcomes.len(), request, seq));
+                    outcomes.push(None);
+                }
+                Err(reason) => outcomes.push(Some(self.conclude(request, seq, true, Err(reason)))),
+            }
+        }
+        let results = self.inner.engine.share_many_then(batch);
+        for ((at, request, seq), result) in waiting.into_iter().zip(results) {
+            outcomes[at] =
+                Some(self.conclude(request, seq, true, result.map_err(|e| e.to_string())));
+        }
+        outcomes.into_iter().flatten().collect()
+    }
+
+    /// The checks before a share reaches the engine: the context resolver
+    /// and, for a grantor who is not privileged, the delegation limits.
+    fn precheck_share(
         &self,
         req: &ShareRequest,
         granted_by: Option<&UserId>,
-        seq: u64,
-        pending: Option<HistoryRecord>,
-    ) -> Result<Grant, String> {
+    ) -> Result<ShareSpec, String> {
         if let Some(resolver) = &self.inner.resolver {
             resolver
                 .check(&req.user, &req.entity, &req.context)
                 .map_err(|reason| format!("context refused: {reason}"))?;
         }
-        let engine = &self.inner.engine;
-        let expiry = req.duration.map_or(Expiry::Default, Expiry::After);
         if let Some(grantor) = granted_by {
             let privileged = self
                 .inner
@@ -1039,29 +1109,13 @@ impl Sharing {
                 self.check_delegation(grantor, req)?;
             }
         }
-        let spec = ShareSpec {
+        Ok(ShareSpec {
             user: req.user,
             entity: req.entity,
             context: req.context,
             level: req.level,
-            expiry,
-        };
-        engine
-            .share_then(spec, move |result, at| {
-                // The finished record goes in the grant's batch.
-                pending
-                    .map(|r| Change::Record {
-                        seq,
-                        record: Box::new(finished(
-                            r,
-                            result.as_ref().map_err(|e| e.to_string()),
-                            at,
-                        )),
-                    })
-                    .into_iter()
-                    .collect()
-            })
-            .map_err(|e| e.to_string())
+            expiry: req.duration.map_or(Expiry::Default, Expiry::After),
+        })
     }
 
     /// A grantor who is not privileged may give no more than it holds now:
@@ -1256,11 +1310,21 @@ impl Sharing {
     /// assert!(matches!(responses[0], ItemResponse::Success { .. }));
     /// ```
     pub fn api_share(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
-        Ok(wire::decode_shares(body)?
+        let items = wire::decode_shares(body)?;
+        let subs: Vec<Submission> = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .map(|item| Submission::api(Command::Share((*item).into())))
+            .collect();
+        let mut outcomes = self.run_shares(subs).into_iter();
+        Ok(items
             .into_iter()
             .map(|item| match item {
                 Err(e) => wire::ItemResponse::error("InvalidInput", e),
-                Ok(item) => respond(self.run(Submission::api(Command::Share(item.into())))),
+                Ok(_) => match outcomes.next() {
+                    Some(outcome) => respond(outcome),
+                    None => wire::ItemResponse::error("Failed", "the request was not carried out"),
+                },
             })
             .collect())
     }
