@@ -685,3 +685,37 @@ fn pruned_history_stays_pruned_after_a_restart() {
         assert_eq!(page.records[0].user, user(2));
     }
 }
+
+#[test]
+fn a_row_changed_behind_the_engine_is_refused() {
+    let dir = Sqlite::new();
+    let clock = ManualClock::new(start());
+    {
+        let engine = dir.open(&clock);
+        engine
+            .share(
+                user(1),
+                EntityId::lead(1),
+                Context::Direct,
+                Level::Read,
+                Expiry::After(Duration::hours(1)),
+            )
+            .unwrap();
+    }
+    {
+        // A valid-looking edit (as damage on disk could make): edit access
+        // for a year.
+        let conn = rusqlite::Connection::open(dir.path()).unwrap();
+        conn.execute(
+            "UPDATE grants SET level = 'edit', expires_ms = expires_ms + 31536000000",
+            [],
+        )
+        .unwrap();
+    }
+    let err = Engine::builder()
+        .clock(clock.clone())
+        .store(SqliteStore::open(dir.path()).unwrap())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+}

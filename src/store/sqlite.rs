@@ -35,7 +35,8 @@ CREATE TABLE grants (
     context_kind INTEGER NOT NULL,      -- 0 direct, 1 activity, 2 task, 3+ host kinds
     context_id   TEXT,                  -- UUID; NULL for a direct share
     level        TEXT NOT NULL CHECK (level IN ('read', 'edit')),
-    expires_ms   INTEGER NOT NULL       -- exclusive; milliseconds since 1970 UTC
+    expires_ms   INTEGER NOT NULL,      -- exclusive; milliseconds since 1970 UTC
+    crc          INTEGER NOT NULL       -- CRC-32 of the row's fields: damage is refused, not loaded
 );
 
 -- Every share and revoke request; `record` is the whole record as JSON.
@@ -260,6 +261,32 @@ fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The CRC-32 of a grant's fields in a fixed binary form: a row whose
+/// bytes were damaged on disk is refused instead of giving access it never
+/// had.
+fn grant_crc(g: &Grant) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&g.id.serial.to_le_bytes());
+    h.update(&g.id.user.as_u128().to_le_bytes());
+    h.update(&g.id.entity.kind.code().to_le_bytes());
+    match g.id.entity.id {
+        EntityRef::Number(n) => {
+            h.update(&[0]);
+            h.update(&n.to_le_bytes());
+        }
+        EntityRef::Uuid(u) => {
+            h.update(&[1]);
+            h.update(&u.as_u128().to_le_bytes());
+        }
+    }
+    let (kind, ctx) = g.id.context.pack();
+    h.update(&kind.to_le_bytes());
+    h.update(&ctx.to_le_bytes());
+    h.update(&[u8::from(g.level == Level::Edit)]);
+    h.update(&to_millis(g.expires_at).to_le_bytes());
+    h.finalize()
+}
+
 /// Decode one grant row; the error names the column.
 fn decode_grant(row: &rusqlite::Row<'_>) -> Result<Grant, (i64, String)> {
     let serial: i64 = row.get(0).map_err(|e| (-1, format!("serial: {e}")))?;
@@ -342,7 +369,7 @@ fn decode_grant(row: &rusqlite::Row<'_>) -> Result<Grant, (i64, String)> {
         .ok()
         .filter(|ms| *ms <= max_millis())
         .ok_or_else(|| bad("expires_ms", format!("`{expires}` out of range")))?;
-    Ok(Grant {
+    let grant = Grant {
         id: GrantId {
             user,
             entity: EntityId::new(EntityKind::custom(kind), entity_ref),
@@ -351,7 +378,15 @@ fn decode_grant(row: &rusqlite::Row<'_>) -> Result<Grant, (i64, String)> {
         },
         level,
         expires_at: from_millis(expires),
-    })
+    };
+    let crc: i64 = row.get(8).map_err(|e| bad("crc", e.to_string()))?;
+    if crc != i64::from(grant_crc(&grant)) {
+        return Err(bad(
+            "crc",
+            "the row does not match its checksum (damaged)".into(),
+        ));
+    }
+    Ok(grant)
 }
 
 impl Store for SqliteStore {
@@ -368,7 +403,7 @@ impl Store for SqliteStore {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms FROM grants",
+                "SELECT serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc FROM grants",
             )
             .map_err(io)?;
         let mut rows = stmt.query([]).map_err(io)?;
@@ -445,7 +480,7 @@ impl Store for SqliteStore {
                     let ctx_id = (kind != 0)
                         .then(|| &*Uuid::from_u128(ctx).hyphenated().encode_lower(&mut ctx_buf));
                     tx.prepare_cached(
-                        "INSERT OR REPLACE INTO grants (serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        "INSERT OR REPLACE INTO grants (serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
@@ -457,6 +492,7 @@ impl Store for SqliteStore {
                             ctx_id,
                             level_name(g.level),
                             i64_of(to_millis(g.expires_at)),
+                            i64::from(grant_crc(g)),
                         ])
                     })
                     .map_err(io)?;
