@@ -355,3 +355,33 @@ fn kill_nine_loses_nothing_acknowledged() {
     );
     println!("{cycles} kills, {acks} acknowledged operations, up to {held_max} live grants");
 }
+
+#[test]
+fn a_second_process_is_refused_while_the_first_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("owned.db");
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(&exe)
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the child's first acknowledged write: it holds the file.
+    let mut r = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap() > 0 && !line.contains("ACK ") {
+        line.clear();
+    }
+    let second = SqliteStore::open(&path);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    match second {
+        Err(StoreError::Locked { path: p }) => assert!(p.ends_with("owned.db")),
+        other => panic!("a second writer was let in: {other:?}"),
+    }
+    // Once the first is gone, the file opens.
+    drop(r);
+    open(&path);
+}
