@@ -2195,6 +2195,7 @@ impl ShareSpec {
     }
 }
 
+#[inline(always)]
 fn share_op(
     st: &mut State,
     ch: &mut Changes<'_>,
