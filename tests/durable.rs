@@ -719,3 +719,92 @@ fn a_row_changed_behind_the_engine_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
 }
+
+/// Marks each grant's entity as written when a batch holding its `Put`
+/// reaches the store, before the batch returns.
+struct Marking {
+    inner: MemoryStore,
+    written: Arc<Vec<std::sync::atomic::AtomicBool>>,
+}
+
+impl Store for Marking {
+    fn meta(&mut self) -> Result<Meta, StoreError> {
+        self.inner.meta()
+    }
+    fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
+        self.inner.grants(each)
+    }
+    fn records(&mut self) -> Result<Records, StoreError> {
+        self.inner.records()
+    }
+    fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
+        // Slow enough that readers run while the batch is being written.
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        self.inner.apply(batch)?;
+        for c in batch.changes {
+            if let Change::Put(g) = c {
+                if let grantwheel::EntityRef::Number(n) = g.id.entity.id {
+                    self.written[n as usize].store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn concurrent_readers_never_see_a_share_before_it_is_written() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const N: usize = 400;
+    let written: Arc<Vec<AtomicBool>> = Arc::new((0..N).map(|_| AtomicBool::new(false)).collect());
+    let engine = Engine::builder()
+        .store(Marking {
+            inner: MemoryStore::new(),
+            written: written.clone(),
+        })
+        .build()
+        .unwrap();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for w in 0..2 {
+            let engine = engine.clone();
+            s.spawn(move || {
+                for n in (w..N).step_by(2) {
+                    engine
+                        .share(
+                            user(1),
+                            EntityId::lead(n as u64),
+                            Context::Direct,
+                            Level::Edit,
+                            Expiry::Default,
+                        )
+                        .unwrap();
+                }
+            });
+        }
+        for _ in 0..2 {
+            let (engine, written, done) = (engine.clone(), written.clone(), &done);
+            s.spawn(move || {
+                let mut seen = 0;
+                while !done.load(Ordering::SeqCst) {
+                    for n in 0..N {
+                        if engine.can_read(&user(1), &EntityId::lead(n as u64)) {
+                            assert!(
+                                written[n].load(Ordering::SeqCst),
+                                "lead {n} readable before it was written"
+                            );
+                            seen += 1;
+                        }
+                    }
+                }
+                assert!(seen > 0);
+            });
+        }
+        // Writers finish, then the readers stop.
+        while engine.len() < N {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        done.store(true, Ordering::SeqCst);
+    });
+}
