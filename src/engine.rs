@@ -1672,6 +1672,18 @@ impl Engine {
         self.run(|_, _, _| Ok(()))
     }
 
+    /// Whether the driver should write: changes wait, or the time moved on
+    /// by a second since it was last written (so that after a crash and a
+    /// clock set back, the engine's time runs at most a second behind).
+    fn flush_due(&self) -> bool {
+        if !self.inner.durable {
+            return false;
+        }
+        let now = self.now_ms();
+        let st = self.inner.state.lock();
+        !st.lazy.is_empty() || now >= st.clock_written.saturating_add(1000)
+    }
+
     /// Whether the engine writes its state to a store.
     pub fn is_durable(&self) -> bool {
         self.inner.durable
@@ -2124,10 +2136,10 @@ impl Engine {
             .name("grantwheel-driver".into())
             .spawn(move || loop {
                 engine.advance();
-                if engine.inner.durable && !engine.inner.state.lock().lazy.is_empty() {
-                    // Expirations and history updates: written now rather
-                    // than with the next change. A failure is retried on
-                    // the next round.
+                if engine.flush_due() {
+                    // Expirations and history updates, and the time: written
+                    // now rather than with the next change. A failure is
+                    // retried on the next round.
                     let _ = engine.flush();
                 }
                 let wait = engine

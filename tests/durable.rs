@@ -808,3 +808,52 @@ fn concurrent_readers_never_see_a_share_before_it_is_written() {
         done.store(true, Ordering::SeqCst);
     });
 }
+
+#[test]
+fn queued_requests_are_known_after_a_restart_or_refused() {
+    use grantwheel::requests::{Command, Submission};
+    use grantwheel::store::{Fault, FaultyStore};
+    let memory = MemoryStore::new();
+    let clock = ManualClock::new(start());
+    let (store, faults) = FaultyStore::new(memory.clone());
+    let share = || {
+        Submission::api(Command::Share(ShareRequest::new(
+            user(1),
+            EntityId::lead(1),
+            Level::Read,
+        )))
+    };
+    let kept;
+    {
+        let sharing = Sharing::new(
+            Engine::builder()
+                .clock(clock.clone())
+                .store(store)
+                .build()
+                .unwrap(),
+        );
+        kept = sharing.submit(vec![share()]);
+        // The store fails: the next submission is refused, not queued.
+        faults.set(Fault::From(faults.ops() + 1));
+        let refused = sharing.submit(vec![share()]);
+        assert!(matches!(
+            sharing.status(&refused[0]),
+            Some(RequestStatus::Failed { reason }) if reason.starts_with("not accepted")
+        ));
+        assert_eq!(sharing.pending(), 1);
+        // Gone without carrying out the queue.
+    }
+    let sharing = Sharing::new(
+        Engine::builder()
+            .clock(clock.clone())
+            .store(memory)
+            .build()
+            .unwrap(),
+    );
+    assert_eq!(
+        sharing.status(&kept[0]),
+        Some(RequestStatus::Failed {
+            reason: INTERRUPTED.into()
+        })
+    );
+}

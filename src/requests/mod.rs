@@ -1239,11 +1239,27 @@ impl Sharing {
                 queued.push((request, seq, sub));
             }
         }
-        if !queued.is_empty() {
-            self.inner.queue.lock().extend(queued);
-            self.inner.queued.notify_all();
-        }
+        self.enqueue(queued);
         ids
+    }
+
+    /// Queue accepted requests. With a durable engine their `Processing`
+    /// records are written first, so an id handed out is known after a
+    /// restart; if that write fails the requests fail at once (status
+    /// `Failed`, nothing queued).
+    fn enqueue(&self, queued: Vec<(RequestId, u64, Submission)>) {
+        if queued.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.engine.flush() {
+            for (request, seq, sub) in queued {
+                let is_share = matches!(sub.command, Command::Share(_));
+                self.conclude(request, seq, is_share, Err(format!("not accepted: {e}")));
+            }
+            return;
+        }
+        self.inner.queue.lock().extend(queued);
+        self.inner.queued.notify_all();
     }
 
     /// Carry out up to `max` queued requests, oldest first. Returns how many
@@ -1516,10 +1532,7 @@ impl Sharing {
             }
             queued.push((request, seq, sub));
         }
-        if !queued.is_empty() {
-            self.inner.queue.lock().extend(queued);
-            self.inner.queued.notify_all();
-        }
+        self.enqueue(queued);
         ids
     }
 
