@@ -8,6 +8,7 @@
 //! - no acknowledged revoke is undone;
 //! - no grant past its expiry is honoured, and every grant held was asked
 //!   for;
+//! - every acknowledged share request is on record as `Completed`;
 //!
 //! then starts the next child on the same file. 200 cycles by default; set
 //! `GRANTWHEEL_CRASH_CYCLES` for more.
@@ -18,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
+use grantwheel::requests::{RequestId, RequestStatus, ShareRequest, Sharing};
 use grantwheel::store::{SqliteStore, StoreError};
 use grantwheel::{Context, Engine, EntityId, Error, Expiry, Grant, Level, UserId};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -73,10 +75,11 @@ fn crash_child() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let engine = open(std::path::Path::new(&path));
+    let sharing = Sharing::new(engine.clone());
     let stop = Instant::now() + StdDuration::from_secs(20);
     std::thread::scope(|s| {
         for t in 0..THREADS {
-            let engine = engine.clone();
+            let (engine, sharing) = (engine.clone(), sharing.clone());
             s.spawn(move || {
                 let mut rng = StdRng::seed_from_u64(seed * 31 + t as u64);
                 let users: Vec<UserId> = (0..USERS_PER_THREAD)
@@ -97,17 +100,28 @@ fn crash_child() {
                         };
                         let d = rng.gen_range(100..4000);
                         println!("TRY S {} {e} {c}", u.as_u128());
-                        let g = engine
-                            .share(
-                                u,
-                                entity(e),
-                                context(c),
-                                level,
-                                Expiry::After(Duration::milliseconds(d)),
-                            )
-                            .unwrap();
+                        // Half through the request layer: its record is kept too.
+                        let (g, request) = if rng.gen_bool(0.5) {
+                            let g = engine
+                                .share(
+                                    u,
+                                    entity(e),
+                                    context(c),
+                                    level,
+                                    Expiry::After(Duration::milliseconds(d)),
+                                )
+                                .unwrap();
+                            (g, String::from("-"))
+                        } else {
+                            let out = sharing.share(
+                                ShareRequest::new(u, entity(e), level)
+                                    .context(context(c))
+                                    .duration(Duration::milliseconds(d)),
+                            );
+                            (out.grant.unwrap(), out.request.to_string())
+                        };
                         println!(
-                            "ACK S {} {} {e} {c} {} {}",
+                            "ACK S {} {} {e} {c} {} {} {request}",
                             g.id.serial,
                             u.as_u128(),
                             u8::from(level == Level::Edit),
@@ -170,6 +184,8 @@ struct Model {
     gone: BTreeSet<u64>,
     /// (user, entity, context) keys a share was asked for.
     asked: BTreeSet<(u128, u64, u8)>,
+    /// Share requests acknowledged through the request layer.
+    requests: Vec<RequestId>,
 }
 
 impl Model {
@@ -218,6 +234,9 @@ impl Model {
                     self.gone.insert(s);
                 }
                 self.live.insert(n(2) as u64, k);
+                if f[8] != "-" {
+                    self.requests.push(f[8].parse().unwrap());
+                }
             }
             ("ACK", "R") => {
                 let s = n(2) as u64;
@@ -241,6 +260,14 @@ fn verify(path: &std::path::Path, m: &mut Model, cycle: usize) -> usize {
     store.integrity_check().unwrap();
     let before = ms(Utc::now());
     let engine = Engine::builder().store(store).build().unwrap();
+    let sharing = Sharing::new(engine.clone());
+    for request in &m.requests {
+        assert_eq!(
+            sharing.status(request),
+            Some(RequestStatus::Completed),
+            "cycle {cycle}: acknowledged request {request}"
+        );
+    }
     let mut held = BTreeMap::new();
     for u in 0..THREADS * USERS_PER_THREAD {
         for g in engine.grants_of(&user(u)) {
