@@ -591,6 +591,20 @@ impl GrantRec {
         self.stage() != FREE
     }
 
+    /// The grant as the API shows it, given its pair.
+    fn grant(&self, user: UserId, entity: EntityId) -> Grant {
+        Grant {
+            id: GrantId {
+                user,
+                entity,
+                context: self.context(),
+                serial: self.serial(),
+            },
+            level: self.level(),
+            expires_at: from_millis(self.expires),
+        }
+    }
+
     fn context(&self) -> Context {
         Context::unpack(
             self.ctx_kind(),
@@ -845,16 +859,7 @@ impl State {
     fn grant(&self, g: u32) -> Grant {
         let rec = &self.grants[g as usize];
         let (user, entity) = self.index.pair_at(rec.loc.into());
-        Grant {
-            id: GrantId {
-                user,
-                entity,
-                context: rec.context(),
-                serial: rec.serial(),
-            },
-            level: rec.level(),
-            expires_at: from_millis(rec.expires),
-        }
+        rec.grant(user, entity)
     }
 
     fn summary_of(&self, head: u32) -> Summary {
@@ -951,16 +956,7 @@ impl State {
                 }
                 if rec.expires <= now {
                     // Came due meanwhile: reclaim it as expired.
-                    let grant = Grant {
-                        id: GrantId {
-                            user,
-                            entity,
-                            context: rec.context(),
-                            serial: rec.serial(),
-                        },
-                        level: rec.level(),
-                        expires_at: from_millis(rec.expires),
-                    };
+                    let grant = rec.grant(user, entity);
                     ch.push_kept(|| Event::Expired(grant));
                     ch.end(&grant, rec.expires, EndCause::Expired);
                     continue;
@@ -1750,17 +1746,14 @@ impl Engine {
     /// assert_eq!(engine.len(), 3);
     /// ```
     pub fn share_many(&self, items: Vec<ShareSpec>) -> Vec<Result<Grant, Error>> {
-        let n = items.len();
-        let out = self.run(move |st, ch, now| {
-            Ok(items
-                .iter()
-                .map(|spec| share_op(st, ch, now, spec))
-                .collect::<Vec<_>>())
-        });
-        match out {
-            Ok(results) => results,
-            Err(e) => vec![Err(e); n],
-        }
+        // A closure that captures nothing: boxing it allocates nothing.
+        let none = |_: &Result<Grant, Error>, _: DateTime<Utc>| Vec::new();
+        self.share_many_then(
+            items
+                .into_iter()
+                .map(|spec| (spec, Box::new(none) as Then))
+                .collect(),
+        )
     }
 
     /// [`share`](Self::share), with more writes for the same batch, made
@@ -1770,14 +1763,7 @@ impl Engine {
         spec: ShareSpec,
         then: impl FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
     ) -> Result<Grant, Error> {
-        self.run(move |st, ch, now| {
-            let result = share_op(st, ch, now, &spec);
-            if ch.durable {
-                let more = then(&result, from_millis(now));
-                ch.writes.extend(more);
-            }
-            result
-        })
+        self.run(move |st, ch, now| share_op_then(st, ch, now, &spec, then))
     }
 
     /// [`share_many`](Self::share_many), each item with its own more
@@ -1793,14 +1779,7 @@ impl Engine {
         let out = self.run(move |st, ch, now| {
             Ok(items
                 .into_iter()
-                .map(|(spec, then)| {
-                    let result = share_op(st, ch, now, &spec);
-                    if ch.durable {
-                        let more = then(&result, from_millis(now));
-                        ch.writes.extend(more);
-                    }
-                    result
-                })
+                .map(|(spec, then)| share_op_then(st, ch, now, &spec, then))
                 .collect::<Vec<_>>())
         });
         match out {
@@ -2299,6 +2278,23 @@ fn share_op(
     ch.write(|| Change::Put(grant));
     ch.push(|| Event::Granted(grant));
     Ok(grant)
+}
+
+/// A share, then the caller's writes for the same batch, made from its
+/// result (durable engines only).
+fn share_op_then(
+    st: &mut State,
+    ch: &mut Changes<'_>,
+    now: u64,
+    spec: &ShareSpec,
+    then: impl FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change>,
+) -> Result<Grant, Error> {
+    let result = share_op(st, ch, now, spec);
+    if ch.durable {
+        let more = then(&result, from_millis(now));
+        ch.writes.extend(more);
+    }
+    result
 }
 
 fn revoke_context_op(

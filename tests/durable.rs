@@ -391,15 +391,15 @@ fn replaying_a_batch_changes_nothing() {
     }
 }
 
-/// A store that records, at each batch, what the engine's checks said.
-struct Watching {
+/// A memory store that calls `hook` with each batch once it is written,
+/// before the engine hears back: the hook may look at the engine's checks,
+/// or sleep like a sync to disk.
+struct Hooked<F> {
     inner: MemoryStore,
-    engine: Arc<OnceLock<Engine>>,
-    seen: Arc<Mutex<Vec<(bool, bool)>>>,
-    pair: (UserId, EntityId),
+    hook: F,
 }
 
-impl Store for Watching {
+impl<F: FnMut(&Batch<'_>) + Send> Store for Hooked<F> {
     fn meta(&mut self) -> Result<Meta, StoreError> {
         self.inner.meta()
     }
@@ -410,14 +410,9 @@ impl Store for Watching {
         self.inner.records()
     }
     fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        if let Some(engine) = self.engine.get() {
-            let (u, e) = self.pair;
-            self.seen
-                .lock()
-                .unwrap()
-                .push((engine.can_read(&u, &e), engine.can_edit(&u, &e)));
-        }
-        self.inner.apply(batch)
+        self.inner.apply(batch)?;
+        (self.hook)(batch);
+        Ok(())
     }
 }
 
@@ -426,11 +421,19 @@ fn shares_show_after_they_are_written_and_revokes_before() {
     let (u, e) = (user(1), EntityId::lead(1));
     let cell = Arc::new(OnceLock::new());
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let store = Watching {
+    let (watched, record) = (cell.clone(), seen.clone());
+    let store = Hooked {
         inner: MemoryStore::new(),
-        engine: cell.clone(),
-        seen: seen.clone(),
-        pair: (u, e),
+        // What the checks say while the batch is being written.
+        hook: move |_: &Batch<'_>| {
+            if let Some(engine) = watched.get() {
+                let engine: &Engine = engine;
+                record
+                    .lock()
+                    .unwrap()
+                    .push((engine.can_read(&u, &e), engine.can_edit(&u, &e)));
+            }
+        },
     };
     let clock = ManualClock::new(start());
     let engine = Engine::builder()
@@ -474,30 +477,15 @@ fn shares_show_after_they_are_written_and_revokes_before() {
     );
 }
 
-/// A store whose writes take a while, like a sync to disk.
-struct Slow(MemoryStore);
-
-impl Store for Slow {
-    fn meta(&mut self) -> Result<Meta, StoreError> {
-        self.0.meta()
-    }
-    fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
-        self.0.grants(each)
-    }
-    fn records(&mut self) -> Result<Records, StoreError> {
-        self.0.records()
-    }
-    fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        self.0.apply(batch)
-    }
-}
-
 #[test]
 fn concurrent_shares_are_committed_together() {
     let store = MemoryStore::new();
     let engine = Engine::builder()
-        .store(Slow(store.clone()))
+        .store(Hooked {
+            inner: store.clone(),
+            // Writes that take a while, like a sync to disk.
+            hook: |_: &Batch<'_>| std::thread::sleep(std::time::Duration::from_millis(2)),
+        })
         .build()
         .unwrap();
     let before = store.batches();
@@ -546,34 +534,36 @@ fn share_many_is_one_batch() {
     assert_eq!(store.stored_grants().len(), 100);
 }
 
-#[test]
-fn a_damaged_row_is_a_clear_error() {
+/// A database holding one grant, changed behind the engine by `sql` (check
+/// constraints off), then loaded: the error.
+fn load_after_tampering(sql: &str) -> Error {
     let dir = Sqlite::new();
     let clock = ManualClock::new(start());
-    {
-        let engine = dir.open(&clock);
-        engine
-            .share(
-                user(1),
-                EntityId::lead(1),
-                Context::Direct,
-                Level::Read,
-                Expiry::Default,
-            )
-            .unwrap();
-    }
+    dir.open(&clock)
+        .share(
+            user(1),
+            EntityId::lead(1),
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::hours(1)),
+        )
+        .unwrap();
     {
         let conn = rusqlite::Connection::open(dir.path()).unwrap();
         conn.pragma_update(None, "ignore_check_constraints", true)
             .unwrap();
-        conn.execute("UPDATE grants SET level = 'owner'", [])
-            .unwrap();
+        conn.execute(sql, []).unwrap();
     }
-    let err = Engine::builder()
-        .clock(clock.clone())
+    Engine::builder()
+        .clock(clock)
         .store(SqliteStore::open(dir.path()).unwrap())
         .build()
-        .unwrap_err();
+        .unwrap_err()
+}
+
+#[test]
+fn a_damaged_row_is_a_clear_error() {
+    let err = load_after_tampering("UPDATE grants SET level = 'owner'");
     match &err {
         Error::Load(StoreError::Corrupt { what, reason }) => {
             assert!(what.contains("serial 1"), "{what}");
@@ -688,68 +678,12 @@ fn pruned_history_stays_pruned_after_a_restart() {
 
 #[test]
 fn a_row_changed_behind_the_engine_is_refused() {
-    let dir = Sqlite::new();
-    let clock = ManualClock::new(start());
-    {
-        let engine = dir.open(&clock);
-        engine
-            .share(
-                user(1),
-                EntityId::lead(1),
-                Context::Direct,
-                Level::Read,
-                Expiry::After(Duration::hours(1)),
-            )
-            .unwrap();
-    }
-    {
-        // A valid-looking edit (as damage on disk could make): edit access
-        // for a year.
-        let conn = rusqlite::Connection::open(dir.path()).unwrap();
-        conn.execute(
-            "UPDATE grants SET level = 'edit', expires_ms = expires_ms + 31536000000",
-            [],
-        )
-        .unwrap();
-    }
-    let err = Engine::builder()
-        .clock(clock.clone())
-        .store(SqliteStore::open(dir.path()).unwrap())
-        .build()
-        .unwrap_err();
+    // A valid-looking edit (as damage on disk could make): edit access for
+    // a year.
+    let err = load_after_tampering(
+        "UPDATE grants SET level = 'edit', expires_ms = expires_ms + 31536000000",
+    );
     assert!(err.to_string().contains("checksum"), "{err}");
-}
-
-/// Marks each grant's entity as written when a batch holding its `Put`
-/// reaches the store, before the batch returns.
-struct Marking {
-    inner: MemoryStore,
-    written: Arc<Vec<std::sync::atomic::AtomicBool>>,
-}
-
-impl Store for Marking {
-    fn meta(&mut self) -> Result<Meta, StoreError> {
-        self.inner.meta()
-    }
-    fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
-        self.inner.grants(each)
-    }
-    fn records(&mut self) -> Result<Records, StoreError> {
-        self.inner.records()
-    }
-    fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        // Slow enough that readers run while the batch is being written.
-        std::thread::sleep(std::time::Duration::from_micros(200));
-        self.inner.apply(batch)?;
-        for c in batch.changes {
-            if let Change::Put(g) = c {
-                if let grantwheel::EntityRef::Number(n) = g.id.entity.id {
-                    self.written[n as usize].store(true, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 #[test]
@@ -758,9 +692,23 @@ fn concurrent_readers_never_see_a_share_before_it_is_written() {
     const N: usize = 400;
     let written: Arc<Vec<AtomicBool>> = Arc::new((0..N).map(|_| AtomicBool::new(false)).collect());
     let engine = Engine::builder()
-        .store(Marking {
+        .store(Hooked {
             inner: MemoryStore::new(),
-            written: written.clone(),
+            // Mark each share's lead as written, slowly enough that readers
+            // run while the batch is being written.
+            hook: {
+                let written = written.clone();
+                move |batch: &Batch<'_>| {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    for c in batch.changes {
+                        if let Change::Put(g) = c {
+                            if let grantwheel::EntityRef::Number(n) = g.id.entity.id {
+                                written[n as usize].store(true, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                }
+            },
         })
         .build()
         .unwrap();

@@ -990,7 +990,7 @@ impl Sharing {
 
     /// Carry out a recorded request and finish its record.
     fn execute(&self, request: RequestId, seq: u64, sub: &Submission) -> Outcome {
-        let pending = self.inner.history.lock().records.get(&seq).cloned();
+        let pending = self.pending_record(seq);
         let result = match &sub.command {
             Command::Share(req) => {
                 self.precheck_share(req, sub.granted_by.as_ref())
@@ -1005,6 +1005,15 @@ impl Sharing {
         };
         let is_share = matches!(sub.command, Command::Share(_));
         self.conclude(request, seq, is_share, result)
+    }
+
+    /// A request's record as it stands, for writing its finished form in
+    /// its grant's batch; `None` when the engine writes nothing.
+    fn pending_record(&self, seq: u64) -> Option<HistoryRecord> {
+        if !self.inner.engine.is_durable() {
+            return None;
+        }
+        self.inner.history.lock().records.get(&seq).cloned()
     }
 
     /// Finish a request's record in memory (it is written with the next
@@ -1070,7 +1079,7 @@ impl Sharing {
             };
             match self.precheck_share(req, sub.granted_by.as_ref()) {
                 Ok(spec) => {
-                    let pending = self.inner.history.lock().records.get(&seq).cloned();
+                    let pending = self.pending_record(seq);
                     let then: crate::engine::Then = Box::new(record_then(seq, pending));
                     batch.push((spec, then));
                     waiting.push((outcomes.len(), request, seq));
@@ -1326,21 +1335,34 @@ impl Sharing {
     /// assert!(matches!(responses[0], ItemResponse::Success { .. }));
     /// ```
     pub fn api_share(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
+        self.share_batch(body, "the request was not carried out", |subs| {
+            self.run_shares(subs).into_iter().map(respond).collect()
+        })
+    }
+
+    /// Decode a share batch, hand its valid items to `carry` as API
+    /// submissions, and answer every item in order: invalid ones with their
+    /// error, valid ones with what `carry` answered.
+    fn share_batch(
+        &self,
+        body: &[u8],
+        missing: &str,
+        carry: impl FnOnce(Vec<Submission>) -> Vec<wire::ItemResponse>,
+    ) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
         let items = wire::decode_shares(body)?;
         let subs: Vec<Submission> = items
             .iter()
             .filter_map(|i| i.as_ref().ok())
             .map(|item| Submission::api(Command::Share((*item).into())))
             .collect();
-        let mut outcomes = self.run_shares(subs).into_iter();
+        let mut answers = carry(subs).into_iter();
         Ok(items
             .into_iter()
             .map(|item| match item {
                 Err(e) => wire::ItemResponse::error("InvalidInput", e),
-                Ok(_) => match outcomes.next() {
-                    Some(outcome) => respond(outcome),
-                    None => wire::ItemResponse::error("Failed", "the request was not carried out"),
-                },
+                Ok(_) => answers
+                    .next()
+                    .unwrap_or_else(|| wire::ItemResponse::error("Failed", missing)),
             })
             .collect())
     }
@@ -1362,23 +1384,12 @@ impl Sharing {
         &self,
         body: &[u8],
     ) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
-        let items = wire::decode_shares(body)?;
-        let subs: Vec<Submission> = items
-            .iter()
-            .filter_map(|i| i.as_ref().ok())
-            .map(|item| Submission::api(Command::Share((*item).into())))
-            .collect();
-        let mut ids = self.submit(subs).into_iter();
-        Ok(items
-            .into_iter()
-            .map(|item| match item {
-                Err(e) => wire::ItemResponse::error("InvalidInput", e),
-                Ok(_) => match ids.next() {
-                    Some(id) => wire::ItemResponse::success(id),
-                    None => wire::ItemResponse::error("Failed", "the request was not queued"),
-                },
-            })
-            .collect())
+        self.share_batch(body, "the request was not queued", |subs| {
+            self.submit(subs)
+                .into_iter()
+                .map(wire::ItemResponse::success)
+                .collect()
+        })
     }
 
     /// Write a rule (with a durable engine) before it changes in memory.

@@ -36,18 +36,7 @@ fn engine() -> Engine {
 /// The share, revoke and status paths of the API, on one body.
 pub fn requests(data: &[u8]) {
     let sharing = Sharing::new(engine());
-    let completed = |responses: &[ItemResponse]| {
-        responses
-            .iter()
-            .filter_map(|r| match r {
-                ItemResponse::Success { message, .. } => {
-                    Some(message.id.parse::<RequestId>().unwrap())
-                }
-                _ => None,
-            })
-            .filter(|id| sharing.status(id) == Some(RequestStatus::Completed))
-            .count()
-    };
+    let completed = |responses: &[ItemResponse]| completed_in(&sharing, responses);
     match sharing.api_share(data) {
         Ok(responses) => {
             // Every grant comes from a completed request.
@@ -206,6 +195,18 @@ fn context(i: usize) -> Context {
     }
 }
 
+/// Remove the model's grants whose key `hit` accepts; returns how many of
+/// them were live (what a revoke returns).
+fn revoke_where(model: &mut BTreeMap<Key, Grant>, now: i64, hit: impl Fn(&Key) -> bool) -> usize {
+    let mut live = 0;
+    model.retain(|k, g| {
+        let gone = hit(k);
+        live += usize::from(gone && g.expires_at.timestamp_millis() > now);
+        !gone
+    });
+    live
+}
+
 /// Bounded operations applied to the engine (over a memory store) and to
 /// a plain map; every answer must agree after every step.
 pub fn ops(data: &[u8]) {
@@ -298,32 +299,14 @@ pub fn ops(data: &[u8]) {
             Op::RevokePair(a, b) => {
                 let (ui, ei) = (usize::from(a) % 3, usize::from(b) % 3);
                 let got = engine.revoke_pair(&user(ui), &entity(ei)).unwrap();
-                let want: Vec<Key> = model
-                    .keys()
-                    .filter(|k| k.0 == ui && k.1 == ei)
-                    .copied()
-                    .collect();
-                let n = want
-                    .iter()
-                    .filter(|k| live(&model, k, now).is_some())
-                    .count();
+                let n = revoke_where(&mut model, now, |k| k.0 == ui && k.1 == ei);
                 assert_eq!(got.len(), n);
-                want.iter().for_each(|k| {
-                    model.remove(k);
-                });
             }
             Op::RevokeUser(a) => {
                 let ui = usize::from(a) % 3;
                 let got = engine.revoke_user(&user(ui)).unwrap();
-                let want: Vec<Key> = model.keys().filter(|k| k.0 == ui).copied().collect();
-                let n = want
-                    .iter()
-                    .filter(|k| live(&model, k, now).is_some())
-                    .count();
+                let n = revoke_where(&mut model, now, |k| k.0 == ui);
                 assert_eq!(got.len(), n);
-                want.iter().for_each(|k| {
-                    model.remove(k);
-                });
             }
             Op::Extend(a, b, c, minutes) => {
                 let k = key(a, b, c);
