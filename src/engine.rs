@@ -1388,6 +1388,18 @@ impl Engine {
         chrono::Duration::milliseconds(i64::try_from(self.inner.cfg.max_ms).unwrap_or(i64::MAX))
     }
 
+    /// What a share longer than [`max_duration`](Self::max_duration)
+    /// gets: refused or clamped.
+    pub fn over_max(&self) -> OverMax {
+        self.inner.cfg.over_max
+    }
+
+    /// What a share of a (user, entity, context) that already has a live
+    /// grant does.
+    pub fn repeat_share(&self) -> RepeatShare {
+        self.inner.cfg.repeat
+    }
+
     /// The duration of a share that names none.
     pub fn default_duration(&self) -> chrono::Duration {
         chrono::Duration::milliseconds(i64::try_from(self.inner.cfg.default_ms).unwrap_or(i64::MAX))

@@ -95,6 +95,107 @@ pub enum EntityRef {
     Uuid(Uuid),
 }
 
+/// Why a text is not an [`EntityRef`].
+///
+/// ```
+/// use grantwheel::EntityRef;
+/// let err = "0869196".parse::<EntityRef>().unwrap_err();
+/// assert!(err.to_string().contains("leading zero"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct BadEntityRef {
+    reason: String,
+}
+
+impl BadEntityRef {
+    /// Why the text was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// The text forms of a GUID accepted as an entity id.
+const GUID_FORMS: &str = "32 hex digits or the hyphenated 8-4-4-4-12 form";
+
+/// The shape of an id is decided by what it looks like, never by what
+/// happens to parse first:
+///
+/// - a **GUID** is 32 hex digits, or the hyphenated 8-4-4-4-12 form (36
+///   characters), optionally in braces;
+/// - a **record number** is decimal digits without a leading zero (`0`
+///   alone is zero) that fit in 64 bits.
+///
+/// The two never overlap: a number has at most 20 digits. A 32-digit
+/// decimal string is therefore a GUID, and `0869196` is refused rather than
+/// guessed.
+///
+/// ```
+/// use grantwheel::EntityRef;
+/// use uuid::Uuid;
+/// assert_eq!("869196".parse::<EntityRef>().unwrap(), EntityRef::Number(869196));
+/// assert_eq!(
+///     "00000000000000000000000000869196".parse::<EntityRef>().unwrap(),
+///     EntityRef::Uuid(Uuid::from_u128(0x869196)),
+/// );
+/// assert!("0869196".parse::<EntityRef>().is_err());
+/// ```
+impl std::str::FromStr for EntityRef {
+    type Err = BadEntityRef;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| Err(BadEntityRef { reason });
+        let b = s.as_bytes();
+        let inner = match b {
+            [b'{', middle @ .., b'}'] if middle.len() == 36 => middle,
+            _ => b,
+        };
+        let hex_at = |i: usize, c: &u8| match i {
+            8 | 13 | 18 | 23 if inner.len() == 36 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        };
+        if (inner.len() == 32 || inner.len() == 36)
+            && inner.iter().enumerate().all(|(i, c)| hex_at(i, c))
+        {
+            return match Uuid::try_parse_ascii(inner) {
+                Ok(u) => Ok(EntityRef::Uuid(u)),
+                Err(e) => bad(format!("`{s}` is not a GUID: {e}")),
+            };
+        }
+        if s.is_empty() {
+            return bad("is empty".into());
+        }
+        if b.iter().all(u8::is_ascii_digit) {
+            if b.len() > 1 && b[0] == b'0' {
+                return bad(format!(
+                    "`{s}` has a leading zero: a record number is written without one, a GUID as {GUID_FORMS}"
+                ));
+            }
+            return match s.parse::<u64>() {
+                Ok(n) => Ok(EntityRef::Number(n)),
+                Err(_) => bad(format!(
+                    "`{s}` is larger than the largest record number ({})",
+                    u64::MAX
+                )),
+            };
+        }
+        bad(format!(
+            "`{s}` is neither a record number nor a GUID ({GUID_FORMS})"
+        ))
+    }
+}
+
+/// Shown as a number, or as a hyphenated GUID: the form
+/// [`FromStr`](std::str::FromStr) reads back.
+impl fmt::Display for EntityRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EntityRef::Number(n) => n.fmt(f),
+            EntityRef::Uuid(u) => u.hyphenated().fmt(f),
+        }
+    }
+}
+
 /// One shared record: its kind and its id.
 ///
 /// ```
@@ -140,10 +241,42 @@ impl fmt::Display for EntityKind {
 /// Shown as `kind:id`, for example `lead:869196`.
 impl fmt::Display for EntityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.id {
-            EntityRef::Number(n) => write!(f, "{}:{}", self.kind, n),
-            EntityRef::Uuid(u) => write!(f, "{}:{}", self.kind, u.hyphenated()),
-        }
+        write!(f, "{}:{}", self.kind, self.id)
+    }
+}
+
+/// Reads the form [`Display`](fmt::Display) writes: `lead:869196`,
+/// `opportunity:<GUID>`, `kind42:<id>`; the id follows the rules of
+/// [`EntityRef`]'s `FromStr`.
+///
+/// ```
+/// use grantwheel::EntityId;
+/// let lead: EntityId = "lead:869196".parse().unwrap();
+/// assert_eq!(lead, EntityId::lead(869196));
+/// assert!("lead:0869196".parse::<EntityId>().is_err());
+/// ```
+impl std::str::FromStr for EntityId {
+    type Err = BadEntityRef;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some((kind, id)) = s.split_once(':') else {
+            return Err(BadEntityRef {
+                reason: format!("`{s}` is not of the form `kind:id` (for example `lead:869196`)"),
+            });
+        };
+        let kind = match kind {
+            "lead" => EntityKind::LEAD,
+            "opportunity" => EntityKind::OPPORTUNITY,
+            other => match other.strip_prefix("kind").map(str::parse::<u16>) {
+                Some(Ok(code)) => EntityKind(code),
+                _ => return Err(BadEntityRef {
+                    reason: format!(
+                        "`{other}` is not an entity kind (`lead`, `opportunity` or `kind<code>`)"
+                    ),
+                }),
+            },
+        };
+        Ok(EntityId::new(kind, id.parse()?))
     }
 }
 
@@ -259,6 +392,85 @@ mod tests {
         assert_eq!(EntityId::opportunity(3).to_string(), "opportunity:3");
         let e = EntityId::new(EntityKind::custom(42), EntityRef::Uuid(Uuid::nil()));
         assert_eq!(e.to_string(), "kind42:00000000-0000-0000-0000-000000000000");
+    }
+
+    #[test]
+    fn the_issue_example_is_a_guid() {
+        let r: EntityRef = "00000000000000000000000000869196".parse().unwrap();
+        assert_eq!(r, EntityRef::Uuid(Uuid::from_u128(0x0086_9196)));
+        assert_ne!(r, EntityRef::Number(869196));
+    }
+
+    #[test]
+    fn entity_refs_refuse_what_is_neither() {
+        for (s, why) in [
+            ("", "empty"),
+            ("0869196", "leading zero"),
+            ("00", "leading zero"),
+            ("18446744073709551616", "larger"),
+            ("12ab", "neither"),
+            ("-5", "neither"),
+            ("+5", "neither"),
+            (" 5", "neither"),
+            ("0203f172-8642-11e7-9bed-069b743e848", "neither"),
+            ("0203f172864211e79bed069b743e848f0", "neither"),
+            ("0203f172-864211e7-9bed-069b743e848f", "neither"),
+            ("urn:uuid:0203f172-8642-11e7-9bed-069b743e848f", "neither"),
+        ] {
+            let err = s.parse::<EntityRef>().unwrap_err();
+            assert!(err.reason().contains(why), "{s:?}: {err}");
+        }
+        assert_eq!("0".parse::<EntityRef>().unwrap(), EntityRef::Number(0));
+        let braced = "{0203f172-8642-11e7-9bed-069b743e848f}".parse::<EntityRef>();
+        assert_eq!(
+            braced.unwrap(),
+            EntityRef::Uuid("0203f172-8642-11e7-9bed-069b743e848f".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn entity_ids_round_trip_through_text() {
+        for e in [
+            EntityId::lead(0),
+            EntityId::lead(u64::MAX),
+            EntityId::opportunity(869196),
+            EntityId::new(EntityKind::OPPORTUNITY, EntityRef::Uuid(Uuid::from_u128(7))),
+            EntityId::new(EntityKind::custom(42), EntityRef::Uuid(Uuid::nil())),
+        ] {
+            assert_eq!(e.to_string().parse::<EntityId>().unwrap(), e);
+        }
+        assert!("deal:5".parse::<EntityId>().is_err());
+        assert!("lead".parse::<EntityId>().is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_uuid_in_either_form_is_that_uuid(v: u128, upper: bool) {
+            let u = Uuid::from_u128(v);
+            for text in [u.simple().to_string(), u.hyphenated().to_string()] {
+                let text = if upper { text.to_uppercase() } else { text };
+                proptest::prop_assert_eq!(text.parse::<EntityRef>().unwrap(), EntityRef::Uuid(u));
+            }
+        }
+
+        #[test]
+        fn any_number_in_decimal_is_that_number(n: u64) {
+            proptest::prop_assert_eq!(n.to_string().parse::<EntityRef>().unwrap(), EntityRef::Number(n));
+        }
+
+        #[test]
+        fn no_text_decodes_to_both_shapes(s in "[0-9a-fA-F{}-]{0,40}") {
+            // A text is a GUID exactly when it reads as one in a GUID form,
+            // and a number exactly when it is canonical decimal.
+            let as_uuid = Uuid::try_parse(&s).ok().filter(|_| s.len() == 32 || s.len() == 36 || s.len() == 38);
+            let as_number = s.parse::<u64>().ok().filter(|n| n.to_string() == s);
+            proptest::prop_assert!(as_uuid.is_none() || as_number.is_none());
+            match s.parse::<EntityRef>() {
+                Ok(EntityRef::Uuid(u)) => proptest::prop_assert_eq!(Some(u), as_uuid),
+                Ok(EntityRef::Number(n)) => proptest::prop_assert_eq!(Some(n), as_number),
+                Err(_) => proptest::prop_assert!(as_uuid.is_none() && as_number.is_none()),
+            }
+        }
     }
 
     #[test]

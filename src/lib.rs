@@ -19,4 +19,4 @@ pub use engine::{
 };
 pub use error::Error;
 pub use events::{Event, RevokeReason, SubscriptionId};
-pub use ids::{Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};
+pub use ids::{BadEntityRef, Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::{Duration, TimeZone, Utc};
 use grantwheel::requests::automation::{Rule, ShareAction, ShareWith, Trigger};
 use grantwheel::requests::{
-    HistoryQuery, RequestStatus, RevokeRequest, ShareRequest, Sharing, INTERRUPTED,
+    FailureKind, HistoryQuery, RequestStatus, RevokeRequest, ShareRequest, Sharing, INTERRUPTED,
 };
 use grantwheel::store::{
     Batch, Change, MemoryStore, Meta, Records, SqliteStore, Store, StoreError,
@@ -257,6 +257,7 @@ fn requests_left_processing_fail_on_restart() {
         assert_eq!(
             sharing.status(&ids[0]),
             Some(RequestStatus::Failed {
+                kind: FailureKind::Interrupted,
                 reason: INTERRUPTED.into()
             })
         );
@@ -786,7 +787,7 @@ fn queued_requests_are_known_after_a_restart_or_refused() {
         let refused = sharing.submit(vec![share()]);
         assert!(matches!(
             sharing.status(&refused[0]),
-            Some(RequestStatus::Failed { reason }) if reason.starts_with("not accepted")
+            Some(RequestStatus::Failed { kind: FailureKind::Store, reason }) if reason.starts_with("not accepted")
         ));
         assert_eq!(sharing.pending(), 1);
         // Gone without carrying out the queue.
@@ -801,6 +802,7 @@ fn queued_requests_are_known_after_a_restart_or_refused() {
     assert_eq!(
         sharing.status(&kept[0]),
         Some(RequestStatus::Failed {
+            kind: FailureKind::Interrupted,
             reason: INTERRUPTED.into()
         })
     );

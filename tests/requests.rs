@@ -4,10 +4,10 @@
 use chrono::{Duration, TimeZone, Utc};
 use grantwheel::requests::wire::ItemResponse;
 use grantwheel::requests::{
-    EndedBy, HistoryQuery, RequestId, RequestKind, RequestStatus, RevokeRequest, ShareRequest,
-    Sharing, Source,
+    EndedBy, FailureKind, HistoryQuery, RequestId, RequestKind, RequestStatus, RevokeRequest,
+    ShareRequest, Sharing, Source,
 };
-use grantwheel::{Context, Engine, EntityId, Level, ManualClock, UserId};
+use grantwheel::{Context, Engine, EntityId, EntityKind, EntityRef, Level, ManualClock, UserId};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -463,7 +463,8 @@ mod submit_and_policy {
                 .context(Context::Activity(uuid::Uuid::from_u128(6))),
         );
         match &wrong.status {
-            RequestStatus::Failed { reason } => {
+            RequestStatus::Failed { kind, reason } => {
+                assert_eq!(*kind, FailureKind::ContextRefused);
                 assert!(reason.contains("owner is not the grantee"), "{reason}")
             }
             other => panic!("{other:?}"),
@@ -603,4 +604,165 @@ fn history_and_engine_agree_after_concurrent_requests() {
     }
     live.sort();
     assert_eq!(open, live);
+}
+
+// Defects found by trying the library as a new user would.
+
+/// A GUID written as 32 decimal digits is a GUID, never a record number:
+/// read as a number it shared the wrong record.
+#[test]
+fn a_guid_of_decimal_digits_shares_that_guid() {
+    let (_, sharing) = setup();
+    let user: UserId = USER.parse().unwrap();
+    let item = json!({
+        "UserId": USER, "Entity": 5, "EntityType": 3,
+        "EntityId": "00000000000000000000000000869196", "AccessType": 2, "DurationInMinutes": 60
+    });
+    let answers = sharing.api_share(&body(json!([item]))).unwrap();
+    assert!(
+        matches!(answers[0], ItemResponse::Success { .. }),
+        "{answers:?}"
+    );
+    let guid = EntityId::new(
+        EntityKind::OPPORTUNITY,
+        EntityRef::Uuid("00000000-0000-0000-0000-000000869196".parse().unwrap()),
+    );
+    assert!(sharing.engine().can_edit(&user, &guid));
+    assert!(!sharing
+        .engine()
+        .can_read(&user, &EntityId::opportunity(869196)));
+
+    // A number with a leading zero is refused, not guessed.
+    let mut item = lead_item(ACTIVITY, 1, Some(5));
+    item["EntityId"] = json!("0869196");
+    let answers = sharing.api_share(&body(json!([item]))).unwrap();
+    match &answers[0] {
+        ItemResponse::Error {
+            exception_type,
+            exception_message,
+            request_id,
+            ..
+        } => {
+            assert_eq!(exception_type, "InvalidInput");
+            assert!(
+                exception_message.starts_with("item 0: `EntityId`: `0869196` has a leading zero"),
+                "{exception_message}"
+            );
+            assert_eq!(request_id, &None);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sharing.engine().len(), 1);
+}
+
+proptest! {
+    /// Through the wire: a UUID in either form is that UUID, a decimal u64
+    /// is that number.
+    #[test]
+    fn wire_entity_ids_keep_their_shape(v: u128, n: u64, hyphens: bool) {
+        use grantwheel::requests::wire::decode_shares;
+        let u = uuid::Uuid::from_u128(v);
+        let text = if hyphens { u.hyphenated().to_string() } else { u.simple().to_string() };
+        for (id, want) in [
+            (json!(text), EntityRef::Uuid(u)),
+            (json!(n.to_string()), EntityRef::Number(n)),
+            (json!(n), EntityRef::Number(n)),
+        ] {
+            let mut item = lead_item(ACTIVITY, 1, None);
+            item["EntityId"] = id;
+            let decoded = decode_shares(&body(json!([item]))).unwrap()[0].clone().unwrap();
+            prop_assert_eq!(decoded.entity.id, want);
+        }
+    }
+}
+
+/// A duration over the engine's maximum is refused in the API's words
+/// (index, wire field, minutes), before any request is made.
+#[test]
+fn over_maximum_durations_are_refused_in_the_apis_words() {
+    let (_, sharing) = setup();
+    let answers = sharing
+        .api_share(&body(json!([
+            lead_item(ACTIVITY, 2, Some(5_271_840)),
+            lead_item(ACTIVITY_2, 2, Some(5_270_400)),
+        ])))
+        .unwrap();
+    match &answers[0] {
+        ItemResponse::Error {
+            exception_type,
+            exception_message,
+            request_id,
+            ..
+        } => {
+            assert_eq!(exception_type, "InvalidInput");
+            assert_eq!(
+                exception_message,
+                "item 0: `DurationInMinutes`: `5271840` minutes is more than the maximum of 5270400 minutes"
+            );
+            assert_eq!(request_id, &None, "no Failed request is left behind");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(answers[1], ItemResponse::Success { .. }),
+        "the maximum itself is fine"
+    );
+    let lead = EntityId::lead(869196);
+    let page = sharing.history(&lead, &HistoryQuery::default()).unwrap();
+    assert_eq!(page.records.len(), 1, "only the accepted item is a request");
+
+    // A host that clamps gets the share, clamped.
+    let clamping = Sharing::new(
+        Engine::builder()
+            .max_duration(Duration::days(100), grantwheel::OverMax::Clamp)
+            .build()
+            .unwrap(),
+    );
+    let answers = clamping
+        .api_share(&body(json!([lead_item(ACTIVITY, 2, Some(200 * 24 * 60))])))
+        .unwrap();
+    assert!(
+        matches!(answers[0], ItemResponse::Success { .. }),
+        "{answers:?}"
+    );
+
+    // A repeat share the engine refuses is a Failed request, and reads like
+    // an item error too.
+    let rejecting = Sharing::new(
+        Engine::builder()
+            .repeat_share(grantwheel::RepeatShare::Reject)
+            .build()
+            .unwrap(),
+    );
+    let twice = body(json!([
+        lead_item(ACTIVITY, 2, Some(30)),
+        lead_item(ACTIVITY, 2, Some(30))
+    ]));
+    let answers = rejecting.api_share(&twice).unwrap();
+    assert!(matches!(answers[0], ItemResponse::Success { .. }));
+    match &answers[1] {
+        ItemResponse::Error {
+            exception_type,
+            exception_message,
+            request_id: Some(id),
+            ..
+        } => {
+            assert_eq!(exception_type, "AlreadyShared");
+            assert!(
+                exception_message.starts_with(&format!(
+                    "item 1: `ContextEntityId`: `{USER}` already has edit access to `lead:869196`"
+                )),
+                "{exception_message}"
+            );
+            let id: RequestId = id.parse().unwrap();
+            assert!(matches!(
+                rejecting.status(&id),
+                Some(RequestStatus::Failed {
+                    kind: FailureKind::AlreadyShared,
+                    ..
+                })
+            ));
+        }
+        other => panic!("{other:?}"),
+    }
 }

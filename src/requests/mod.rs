@@ -42,7 +42,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, Expiry, Grant, ShareSpec};
+use crate::engine::{Engine, Expiry, Grant, OverMax, ShareSpec};
 use crate::error::Error;
 use crate::events::{Event, RevokeReason};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
@@ -148,9 +148,92 @@ pub enum RequestStatus {
     Completed,
     /// Refused or failed; nothing changed.
     Failed {
-        /// Why.
+        /// What kind of failure, for a host to map to its own codes.
+        #[serde(default)]
+        kind: FailureKind,
+        /// Why, in words.
         reason: String,
     },
+}
+
+/// What kind of failure ended a request: a host maps it to its own codes
+/// (an HTTP status, say) without reading the message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The request named something invalid (for example a duration over
+    /// the engine's maximum).
+    InvalidInput,
+    /// The host's context resolver refused the request's context.
+    ContextRefused,
+    /// The grantor may not give this access (delegation limits).
+    Delegation,
+    /// Nothing to act on: no live grant to revoke, or an automation event
+    /// that names nobody to share with.
+    NotFound,
+    /// The (user, entity, context) already has a live grant and the engine
+    /// refuses repeat shares.
+    AlreadyShared,
+    /// The engine holds as many grants as it can.
+    Capacity,
+    /// The store failed, so nothing was changed (or the request was not
+    /// accepted).
+    Store,
+    /// The service stopped before carrying the request out.
+    Interrupted,
+    /// Recorded by a version that kept no failure kinds.
+    #[default]
+    Unknown,
+}
+
+/// A failure on its way into a request's record.
+#[derive(Clone, Debug)]
+struct Failure {
+    kind: FailureKind,
+    reason: String,
+}
+
+impl Failure {
+    fn new(kind: FailureKind, reason: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            reason: reason.into(),
+        }
+    }
+
+    fn status(self) -> RequestStatus {
+        RequestStatus::Failed {
+            kind: self.kind,
+            reason: self.reason,
+        }
+    }
+}
+
+impl From<&Error> for Failure {
+    fn from(e: &Error) -> Self {
+        let kind = match e {
+            Error::Invalid { .. } => FailureKind::InvalidInput,
+            Error::AlreadyShared { existing } => {
+                return Failure::new(
+                    FailureKind::AlreadyShared,
+                    format!(
+                        "`{}` already has {} access to `{}` through this context until {}, and repeat shares are refused; revoke or extend that grant instead",
+                        existing.id.user,
+                        match existing.level {
+                            Level::Read => "read",
+                            Level::Edit => "edit",
+                        },
+                        existing.id.entity,
+                        existing.expires_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    ),
+                )
+            }
+            Error::NotLive(_) => FailureKind::NotFound,
+            Error::Full { .. } => FailureKind::Capacity,
+            _ => FailureKind::Store,
+        };
+        Failure::new(kind, e.to_string())
+    }
 }
 
 impl RequestStatus {
@@ -741,6 +824,7 @@ impl History {
         for (seq, mut record) in records {
             if record.status == RequestStatus::Processing {
                 record.status = RequestStatus::Failed {
+                    kind: FailureKind::Interrupted,
                     reason: INTERRUPTED.into(),
                 };
                 record.completed_at = Some(now);
@@ -775,7 +859,7 @@ fn record_then(
         pending
             .map(|r| Change::Record {
                 seq,
-                record: Box::new(finished(r, result.as_ref().map_err(|e| e.to_string()), at)),
+                record: Box::new(finished(r, result.as_ref().map_err(Failure::from), at)),
             })
             .into_iter()
             .collect()
@@ -785,7 +869,7 @@ fn record_then(
 /// The finished form of a record, as written with its grant.
 fn finished(
     mut record: HistoryRecord,
-    result: Result<&Grant, String>,
+    result: Result<&Grant, Failure>,
     at: DateTime<Utc>,
 ) -> HistoryRecord {
     record.completed_at = Some(at);
@@ -795,7 +879,7 @@ fn finished(
             record.grant = Some(grant.id);
             record.expires_at = Some(grant.expires_at);
         }
-        Err(reason) => record.status = RequestStatus::Failed { reason },
+        Err(failure) => record.status = failure.status(),
     }
     record
 }
@@ -998,7 +1082,7 @@ impl Sharing {
                         self.inner
                             .engine
                             .share_then(spec, record_then(seq, pending))
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| Failure::from(&e))
                     })
             }
             Command::Revoke(req) => self.execute_revoke(request, req, seq, pending),
@@ -1023,7 +1107,7 @@ impl Sharing {
         request: RequestId,
         seq: u64,
         is_share: bool,
-        result: Result<Grant, String>,
+        result: Result<Grant, Failure>,
     ) -> Outcome {
         let now = self.inner.engine.now();
         let mut history = self.inner.history.lock();
@@ -1044,8 +1128,8 @@ impl Sharing {
                     grant: Some(grant),
                 }
             }
-            Err(reason) => {
-                let status = RequestStatus::Failed { reason };
+            Err(failure) => {
+                let status = failure.status();
                 history.finish(seq, status.clone(), now);
                 Outcome {
                     request,
@@ -1091,7 +1175,7 @@ impl Sharing {
         let results = self.inner.engine.share_many_then(batch);
         for ((at, request, seq), result) in waiting.into_iter().zip(results) {
             outcomes[at] =
-                Some(self.conclude(request, seq, true, result.map_err(|e| e.to_string())));
+                Some(self.conclude(request, seq, true, result.map_err(|e| Failure::from(&e))));
         }
         outcomes.into_iter().flatten().collect()
     }
@@ -1102,11 +1186,16 @@ impl Sharing {
         &self,
         req: &ShareRequest,
         granted_by: Option<&UserId>,
-    ) -> Result<ShareSpec, String> {
+    ) -> Result<ShareSpec, Failure> {
         if let Some(resolver) = &self.inner.resolver {
             resolver
                 .check(&req.user, &req.entity, &req.context)
-                .map_err(|reason| format!("context refused: {reason}"))?;
+                .map_err(|reason| {
+                    Failure::new(
+                        FailureKind::ContextRefused,
+                        format!("context refused: {reason}"),
+                    )
+                })?;
         }
         if let Some(grantor) = granted_by {
             let privileged = self
@@ -1115,7 +1204,8 @@ impl Sharing {
                 .as_ref()
                 .is_some_and(|p| p.is_privileged(grantor, &req.entity));
             if !privileged {
-                self.check_delegation(grantor, req)?;
+                self.check_delegation(grantor, req)
+                    .map_err(|reason| Failure::new(FailureKind::Delegation, reason))?;
             }
         }
         Ok(ShareSpec {
@@ -1165,14 +1255,17 @@ impl Sharing {
         req: &RevokeRequest,
         seq: u64,
         pending: Option<HistoryRecord>,
-    ) -> Result<Grant, String> {
+    ) -> Result<Grant, Failure> {
         let key = (req.user, req.entity, req.context);
         // Named before the call: the event may be delivered by another thread.
         self.inner.revoking.lock().insert(key, request);
         let none = || {
-            format!(
-                "no live grant of `{}` for user `{}` through this context",
-                req.entity, req.user
+            Failure::new(
+                FailureKind::NotFound,
+                format!(
+                    "no live grant of `{}` for user `{}` through this context",
+                    req.entity, req.user
+                ),
             )
         };
         let none_reason = none();
@@ -1196,7 +1289,7 @@ impl Sharing {
                 self.inner.revoking.lock().remove(&key);
                 Err(none())
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(Failure::from(&e)),
         }
     }
 
@@ -1263,7 +1356,8 @@ impl Sharing {
         if let Err(e) = self.inner.engine.flush() {
             for (request, seq, sub) in queued {
                 let is_share = matches!(sub.command, Command::Share(_));
-                self.conclude(request, seq, is_share, Err(format!("not accepted: {e}")));
+                let failure = Failure::new(FailureKind::Store, format!("not accepted: {e}"));
+                self.conclude(request, seq, is_share, Err(failure));
             }
             return;
         }
@@ -1321,8 +1415,23 @@ impl Sharing {
 
     /// Carry out a share batch in the API's JSON, item by item: one response
     /// per item, in order. A bad item gets an error response and changes
-    /// nothing; the others are still carried out. Items that fail in the
-    /// engine have a request id and a `Failed` history record.
+    /// nothing; the others are still carried out.
+    ///
+    /// Which refusals leave a request behind:
+    ///
+    /// - **No request** (`ExceptionType` `InvalidInput`, no `RequestId`): an
+    ///   item that does not decode, or that the engine's settings refuse
+    ///   whatever its state: a `DurationInMinutes` over the engine's
+    ///   maximum (unless the engine clamps). Such an item was never a
+    ///   request the seed's status API could report on.
+    /// - **A `Failed` request** (`ExceptionType` `Failed`, with a
+    ///   `RequestId` whose status and history record say why): an item
+    ///   refused for the state it meets when carried out: a repeat share
+    ///   the engine refuses, a context the resolver refuses, a delegation
+    ///   limit, a full engine or a store failure.
+    ///
+    /// Every error message starts with the item's index; one that concerns
+    /// a field names it as the wire spells it.
     ///
     /// ```
     /// use grantwheel::requests::{wire::ItemResponse, Sharing};
@@ -1349,7 +1458,7 @@ impl Sharing {
         missing: &str,
         carry: impl FnOnce(Vec<Submission>) -> Vec<wire::ItemResponse>,
     ) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
-        let items = wire::decode_shares(body)?;
+        let items = wire::decode_shares_within(body, &self.limits())?;
         let subs: Vec<Submission> = items
             .iter()
             .filter_map(|i| i.as_ref().ok())
@@ -1358,22 +1467,37 @@ impl Sharing {
         let mut answers = carry(subs).into_iter();
         Ok(items
             .into_iter()
-            .map(|item| match item {
+            .enumerate()
+            .map(|(index, item)| match item {
                 Err(e) => wire::ItemResponse::error("InvalidInput", e),
-                Ok(_) => answers
-                    .next()
-                    .unwrap_or_else(|| wire::ItemResponse::error("Failed", missing)),
+                Ok(item) => answers.next().map_or_else(
+                    || wire::ItemResponse::error("Failed", format!("item {index}: {missing}")),
+                    |answer| answer.for_item(index, share_field(&item.context)),
+                ),
             })
             .collect())
+    }
+
+    /// The engine's limits, as the wire decoder checks them.
+    fn limits(&self) -> wire::Limits {
+        let engine = &self.inner.engine;
+        wire::Limits {
+            max_duration: match engine.over_max() {
+                OverMax::Reject => Some(engine.max_duration()),
+                OverMax::Clamp => None,
+            },
+        }
     }
 
     /// Carry out a revoke batch in the API's JSON, item by item.
     pub fn api_revoke(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
         Ok(wire::decode_revokes(body)?
             .into_iter()
-            .map(|item| match item {
+            .enumerate()
+            .map(|(index, item)| match item {
                 Err(e) => wire::ItemResponse::error("InvalidInput", e),
-                Ok(item) => respond(self.run(Submission::api(Command::Revoke(item.into())))),
+                Ok(item) => respond(self.run(Submission::api(Command::Revoke(item.into()))))
+                    .for_item(index, share_field(&item.context)),
             })
             .collect())
     }
@@ -1535,7 +1659,8 @@ impl Sharing {
                 let reason = format!("rule `{}`: the event names no owner to share with", id.0);
                 let now = self.inner.engine.now();
                 let mut history = self.inner.history.lock();
-                history.finish(seq, RequestStatus::Failed { reason }, now);
+                let status = Failure::new(FailureKind::NotFound, reason).status();
+                history.finish(seq, status, now);
                 let write = history.change(seq);
                 drop(history);
                 self.inner.engine.write_later(write);
@@ -1610,7 +1735,7 @@ impl Sharing {
                     response_text: status.name().into(),
                     share_status: status.code(),
                     error_message: match status {
-                        RequestStatus::Failed { reason } => Some(reason),
+                        RequestStatus::Failed { reason, .. } => Some(reason),
                         _ => None,
                     },
                 },
@@ -1745,8 +1870,19 @@ fn event_context(event: &automation::AutomationEvent) -> Context {
 
 fn respond(outcome: Outcome) -> wire::ItemResponse {
     match outcome.status {
-        RequestStatus::Failed { reason } => wire::ItemResponse::failed(outcome.request, reason),
+        RequestStatus::Failed { kind, reason } => {
+            wire::ItemResponse::failed(outcome.request, kind, reason)
+        }
         _ => wire::ItemResponse::success(outcome.request),
+    }
+}
+
+/// The wire field that names what a repeat share collides with: the
+/// context's id when there is one, else the record's.
+fn share_field(context: &Context) -> &'static str {
+    match context {
+        Context::Activity(_) => "ContextEntityId",
+        _ => "EntityId",
     }
 }
 

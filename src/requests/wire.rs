@@ -10,7 +10,7 @@
 //! | `UserId` | required | required | a UUID |
 //! | `Entity` | required | required | 1 = lead, 5 = opportunity |
 //! | `EntityType` | required | required | 3 = user |
-//! | `EntityId` | required | required | lead number or UUID, as a string or a number |
+//! | `EntityId` | required | required | a record number (no leading zero) as a string or a number, or a GUID (32 hex digits or hyphenated) |
 //! | `ContextEntity` | required for leads | required for leads | 1 = activity |
 //! | `ContextEntityId` | required for leads | required for leads | a UUID |
 //! | `AccessType` | required | optional (1) | 1 = read, 2 = write |
@@ -217,16 +217,10 @@ impl<'a> Fields<'a> {
                 if s.is_empty() {
                     return Err(self.err(field, "is empty"));
                 }
-                if let Ok(n) = s.parse::<u64>() {
-                    EntityRef::Number(n)
-                } else if let Ok(u) = Uuid::parse_str(s) {
-                    EntityRef::Uuid(u)
-                } else {
-                    return Err(self.err(
-                        field,
-                        format!("`{s}` is neither a record number nor a UUID"),
-                    ));
-                }
+                // The shape is decided by the text's form (`EntityRef`'s
+                // `FromStr`): a 32-digit GUID is never read as a number.
+                s.parse::<EntityRef>()
+                    .map_err(|e| self.err(field, e.reason().to_string()))?
             }
             other => {
                 return Err(self.err(
@@ -294,7 +288,7 @@ fn item_target<'a>(
     Ok((f, user, entity, context))
 }
 
-fn share_item(index: usize, v: &Value) -> Result<ShareItem, ItemError> {
+fn share_item(index: usize, v: &Value, limits: &Limits) -> Result<ShareItem, ItemError> {
     let (f, user, entity, context) = item_target(index, v, SHARE_FIELDS)?;
     let level = f.level(None)?;
     let duration_minutes = match f.get("DurationInMinutes") {
@@ -312,6 +306,17 @@ fn share_item(index: usize, v: &Value) -> Result<ShareItem, ItemError> {
                     "DurationInMinutes",
                     format!("`{m}` minutes is more than the limit of {MAX_DURATION_MINUTES}"),
                 ));
+            }
+            if let Some(max) = limits.max_duration {
+                if chrono::Duration::try_minutes(m).is_none_or(|d| d > max) {
+                    return Err(f.err(
+                        "DurationInMinutes",
+                        format!(
+                            "`{m}` minutes is more than the maximum of {} minutes",
+                            max.num_minutes()
+                        ),
+                    ));
+                }
             }
             Some(m)
         }
@@ -349,10 +354,41 @@ fn revoke_item(index: usize, v: &Value) -> Result<RevokeItem, ItemError> {
 /// assert_eq!(items[1].as_ref().unwrap_err().field, "UserId");
 /// ```
 pub fn decode_shares(body: &[u8]) -> Result<Vec<Result<ShareItem, ItemError>>, BatchError> {
+    decode_shares_within(body, &Limits::default())
+}
+
+/// The limits an engine sets on share items. Decoding checks them, so an
+/// item the engine would refuse for a setting the host chose is refused in
+/// the API's words (its index, its wire field, minutes) before any request
+/// is made for it.
+///
+/// ```
+/// use grantwheel::requests::wire::{decode_shares_within, Limits};
+/// let limits = Limits { max_duration: Some(chrono::Duration::days(1)) };
+/// let body = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,
+///   "EntityId":"1","AccessType":1,"DurationInMinutes":1441}]"#;
+/// let err = decode_shares_within(body, &limits).unwrap()[0].clone().unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "item 0: `DurationInMinutes`: `1441` minutes is more than the maximum of 1440 minutes"
+/// );
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest duration the engine accepts; `None` when it accepts any
+    /// (up to the wire's own [`MAX_DURATION_MINUTES`]) or clamps longer ones.
+    pub max_duration: Option<chrono::Duration>,
+}
+
+/// [`decode_shares`], refusing items beyond the engine's `limits`.
+pub fn decode_shares_within(
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Vec<Result<ShareItem, ItemError>>, BatchError> {
     Ok(items(body)?
         .iter()
         .enumerate()
-        .map(|(i, v)| share_item(i, v))
+        .map(|(i, v)| share_item(i, v, limits))
         .collect())
 }
 
@@ -482,14 +518,43 @@ impl ItemResponse {
         }
     }
 
-    /// A request that was made and failed.
-    pub fn failed(request: impl std::fmt::Display, reason: impl std::fmt::Display) -> Self {
+    /// A request that was made and failed. A repeat share refused reads
+    /// `AlreadyShared`; every other failure `Failed`.
+    pub fn failed(
+        request: impl std::fmt::Display,
+        kind: crate::requests::FailureKind,
+        reason: impl std::fmt::Display,
+    ) -> Self {
+        let exception_type = match kind {
+            crate::requests::FailureKind::AlreadyShared => "AlreadyShared",
+            _ => "Failed",
+        };
         ItemResponse::Error {
             status: "Error".into(),
-            exception_type: "Failed".into(),
+            exception_type: exception_type.into(),
             exception_message: reason.to_string(),
             request_id: Some(request.to_string()),
         }
+    }
+
+    /// The answer as the answer to item `index` of a batch: a failed
+    /// request's message starts with the index like every item error, and
+    /// a refused repeat share names `field`, the wire field it collides on.
+    pub(crate) fn for_item(mut self, index: usize, field: &str) -> Self {
+        if let ItemResponse::Error {
+            exception_type,
+            exception_message,
+            request_id: Some(_),
+            ..
+        } = &mut self
+        {
+            *exception_message = if exception_type == "AlreadyShared" {
+                format!("item {index}: `{field}`: {exception_message}")
+            } else {
+                format!("item {index}: {exception_message}")
+            };
+        }
+        self
     }
 }
 

@@ -320,14 +320,8 @@ fn decode_grant(row: &rusqlite::Row<'_>) -> Result<Grant, (i64, String)> {
         ),
         ValueRef::Text(t) => {
             let t = std::str::from_utf8(t).map_err(|e| bad("entity_id", e.to_string()))?;
-            if let Ok(n) = t.parse::<u64>() {
-                EntityRef::Number(n)
-            } else {
-                EntityRef::Uuid(
-                    t.parse::<Uuid>()
-                        .map_err(|e| bad("entity_id", format!("`{t}`: {e}")))?,
-                )
-            }
+            t.parse::<EntityRef>()
+                .map_err(|e| bad("entity_id", e.reason().to_string()))?
         }
         other => {
             return Err(bad(
