@@ -126,6 +126,7 @@ pub struct Footprint {
 ///     .unwrap();
 /// assert!(engine.is_empty());
 /// ```
+#[must_use = "a builder does nothing until `build()` is called"]
 pub struct EngineBuilder {
     clock: ClockSource,
     default_duration: chrono::Duration,
@@ -2171,6 +2172,7 @@ fn change_expiry(st: &mut State, ch: &mut Changes<'_>, g: u32, expires: u64, now
 }
 
 /// One share, as [`Engine::share`] and [`Engine::share_many`] take it.
+#[must_use = "its setters return the changed value"]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareSpec {
     /// The user to share with.
@@ -2326,8 +2328,20 @@ fn revoke_context_op(
     st.revoke_all(ch, now, vec![g]).pop()
 }
 
-/// The background thread started by [`Engine::start_driver`].
+/// The background thread started by [`Engine::start_driver`]. Dropping it
+/// stops the thread, so keep it for as long as the engine should run by
+/// itself.
+///
+/// Dropping it at once is a warning (an error under
+/// `#![deny(unused_must_use)]`):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// let engine = grantwheel::Engine::new();
+/// engine.start_driver(std::time::Duration::from_millis(10));
+/// ```
 #[derive(Debug)]
+#[must_use = "the driver stops when this handle is dropped; keep it (`let _driver = ...`) for as long as the engine should run"]
 pub struct Driver {
     stop: Option<mpsc::Sender<()>>,
     handle: Option<JoinHandle<()>>,

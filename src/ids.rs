@@ -269,11 +269,13 @@ impl std::str::FromStr for EntityId {
             "opportunity" => EntityKind::OPPORTUNITY,
             other => match other.strip_prefix("kind").map(str::parse::<u16>) {
                 Some(Ok(code)) => EntityKind(code),
-                _ => return Err(BadEntityRef {
-                    reason: format!(
+                _ => {
+                    return Err(BadEntityRef {
+                        reason: format!(
                         "`{other}` is not an entity kind (`lead`, `opportunity` or `kind<code>`)"
                     ),
-                }),
+                    })
+                }
             },
         };
         Ok(EntityId::new(kind, id.parse()?))

@@ -807,3 +807,144 @@ fn queued_requests_are_known_after_a_restart_or_refused() {
         })
     );
 }
+
+/// A database the process may not write names its path and the cause,
+/// instead of reading like a hardware fault. Root may write anything, so
+/// as root the checks run in a child process as `nobody` (and the
+/// read-only file system in a private mount namespace).
+mod unwritable {
+    use super::*;
+    use grantwheel::store::Unwritable;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    const STEP: &str = "GRANTWHEEL_UNWRITABLE_STEP";
+    const DIR: &str = "GRANTWHEEL_UNWRITABLE_DIR";
+    const NAME: &str = "unwritable::databases_that_cannot_be_written_say_why";
+
+    fn cause(path: &std::path::Path) -> Unwritable {
+        match SqliteStore::open(path) {
+            Err(StoreError::Unwritable { path: p, cause }) => {
+                assert_eq!(p, path.display().to_string());
+                let message = StoreError::Unwritable {
+                    path: p.clone(),
+                    cause,
+                }
+                .to_string();
+                assert!(message.contains(&p), "{message}");
+                cause
+            }
+            other => panic!("{}: {other:?}", path.display()),
+        }
+    }
+
+    fn make_db(path: &std::path::Path) {
+        let engine = Engine::builder()
+            .store(SqliteStore::open(path).unwrap())
+            .build()
+            .unwrap();
+        engine
+            .share(
+                user(1),
+                EntityId::lead(1),
+                Context::Direct,
+                Level::Read,
+                Expiry::Default,
+            )
+            .unwrap();
+    }
+
+    /// The cases a user without special rights meets.
+    fn as_a_plain_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grants.db");
+        make_db(&file);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o444)).unwrap();
+        assert_eq!(cause(&file), Unwritable::ReadOnlyFile);
+        // Nothing stored was lost: made writable again, it opens with its grant.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let engine = Engine::builder()
+            .store(SqliteStore::open(&file).unwrap())
+            .build()
+            .unwrap();
+        assert!(engine.can_read(&user(1), &EntityId::lead(1)));
+        drop(engine);
+
+        let missing = dir.path().join("no-such-dir").join("grants.db");
+        assert_eq!(cause(&missing), Unwritable::DirectoryMissing);
+
+        let locked_dir = dir.path().join("locked");
+        std::fs::create_dir(&locked_dir).unwrap();
+        std::fs::set_permissions(&locked_dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        assert_eq!(
+            cause(&locked_dir.join("grants.db")),
+            Unwritable::PermissionDenied
+        );
+        std::fs::set_permissions(&locked_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn is_root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    }
+
+    fn run_child(cmd: &mut Command) -> Option<bool> {
+        match cmd.status() {
+            Ok(status) => Some(status.success()),
+            Err(e) => {
+                println!("skipped: cannot start {cmd:?}: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn databases_that_cannot_be_written_say_why() {
+        let exe = std::env::current_exe().unwrap();
+        match std::env::var(STEP).as_deref() {
+            Ok("plain") => return as_a_plain_user(),
+            Ok("create") => {
+                return make_db(
+                    &std::path::Path::new(&std::env::var(DIR).unwrap()).join("grants.db"),
+                )
+            }
+            Ok("read-only-fs") => {
+                let file = std::path::Path::new(&std::env::var(DIR).unwrap()).join("grants.db");
+                return assert_eq!(cause(&file), Unwritable::ReadOnlyFileSystem);
+            }
+            _ => {}
+        }
+        if !is_root() {
+            as_a_plain_user();
+            println!("skipped: the read-only file system case needs root (a private mount)");
+            return;
+        }
+        // The test binary must be reachable by `nobody`, and so must /tmp.
+        let mut plain = Command::new("setpriv");
+        plain
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&exe)
+            .args(["--exact", NAME, "--nocapture"])
+            .env(STEP, "plain")
+            .env("TMPDIR", "/tmp");
+        if let Some(ok) = run_child(&mut plain) {
+            assert!(ok, "the plain-user cases failed (see above)");
+        }
+        let mount_dir = tempfile::tempdir().unwrap();
+        let script = r#"set -e
+mount -t tmpfs -o size=16m tmpfs "$GRANTWHEEL_UNWRITABLE_DIR"
+GRANTWHEEL_UNWRITABLE_STEP=create "$0" --exact "$1" --nocapture
+mount -o remount,ro "$GRANTWHEEL_UNWRITABLE_DIR"
+GRANTWHEEL_UNWRITABLE_STEP=read-only-fs "$0" --exact "$1" --nocapture"#;
+        let mut ro = Command::new("unshare");
+        ro.args(["--mount", "--propagation", "private", "sh", "-c", script])
+            .arg(&exe)
+            .arg(NAME)
+            .env(DIR, mount_dir.path());
+        if let Some(ok) = run_child(&mut ro) {
+            assert!(ok, "the read-only file system case failed (see above)");
+        }
+    }
+}

@@ -337,6 +337,7 @@ impl HistoryRecord {
 ///     .duration(chrono::Duration::minutes(30));
 /// assert_eq!(req.level, Level::Read);
 /// ```
+#[must_use = "its setters return the changed value"]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareRequest {
     /// The user to share with.
@@ -517,7 +518,16 @@ pub trait GrantorPolicy: Send + Sync + 'static {
     fn is_privileged(&self, grantor: &UserId, entity: &EntityId) -> bool;
 }
 
-/// The thread started by [`Sharing::start_worker`].
+/// The thread started by [`Sharing::start_worker`]. Dropping it stops the
+/// thread (after the request it is carrying out), so keep it for as long
+/// as queued requests should be carried out.
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// let sharing = grantwheel::requests::Sharing::new(grantwheel::Engine::new());
+/// sharing.start_worker();
+/// ```
+#[must_use = "the worker stops when this handle is dropped; keep it (`let _worker = ...`) while requests are queued"]
 pub struct Worker {
     stop: Arc<std::sync::atomic::AtomicBool>,
     inner: Arc<SharingInner>,
@@ -555,6 +565,7 @@ impl Drop for Worker {
 }
 
 /// Configures a [`Sharing`]; see [`Sharing::builder`].
+#[must_use = "a builder does nothing until `build()` is called"]
 pub struct SharingBuilder {
     engine: Engine,
     config: SharingConfig,
@@ -611,6 +622,7 @@ impl SharingBuilder {
 /// let q = HistoryQuery::default().source(Source::Api).limit(20);
 /// assert_eq!(q.limit, 20);
 /// ```
+#[must_use = "its setters return the changed value"]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryQuery {
     /// Only requests for this user.

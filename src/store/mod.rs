@@ -149,6 +149,15 @@ pub enum StoreError {
         /// The database's path.
         path: String,
     },
+    /// The database cannot be written: the engine needs to write it (and,
+    /// for SQLite, the journal files beside it).
+    #[error("the database `{path}` cannot be opened for writing: {cause}")]
+    Unwritable {
+        /// The database's path.
+        path: String,
+        /// Why.
+        cause: Unwritable,
+    },
     /// The database was written by a newer version of this library.
     #[error("the database's schema version {found} is newer than the {supported} this version of grantwheel reads; upgrade grantwheel")]
     NewerSchema {
@@ -171,6 +180,25 @@ pub enum StoreError {
         /// The operation's number (from 1).
         op: u64,
     },
+}
+
+/// Why a database cannot be opened for writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unwritable {
+    /// The file's permissions make it read-only.
+    #[error("the file is read-only; give the process write permission or open a copy")]
+    ReadOnlyFile,
+    /// The file system holding it is mounted read-only.
+    #[error("the file system is mounted read-only; put the database on a writable one")]
+    ReadOnlyFileSystem,
+    /// The process may not write the file or create files in its
+    /// directory (SQLite keeps its write-ahead log beside the database).
+    #[error("permission denied: the process must be able to write the file and create files in its directory")]
+    PermissionDenied,
+    /// The directory the database should be in does not exist.
+    #[error("its directory does not exist; create it first")]
+    DirectoryMissing,
 }
 
 /// Where an engine keeps its state. Implement it to put grantwheel's state

@@ -6,7 +6,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use uuid::Uuid;
 
-use super::{Batch, Change, Meta, Records, Store, StoreError};
+use super::{Batch, Change, Meta, Records, Store, StoreError, Unwritable};
 use crate::clock::{from_millis, max_millis, to_millis};
 use crate::engine::Grant;
 use crate::ids::{Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};
@@ -136,8 +136,29 @@ impl SqliteStore {
     }
 
     /// Open (or create) the database at `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Locked`] when another engine holds the file,
+    /// [`StoreError::Unwritable`] (naming the path and the cause) when the
+    /// file or its directory cannot be written, [`StoreError::NewerSchema`]
+    /// for a file from a newer version, [`StoreError::Io`] otherwise.
     pub fn open_with(path: impl AsRef<Path>, sync: Synchronous) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
+        Self::open_at(&path, sync).map_err(|e| match e {
+            StoreError::Io(reason) => match unwritable(&path) {
+                Some(cause) => StoreError::Unwritable {
+                    path: path.display().to_string(),
+                    cause,
+                },
+                None => StoreError::Io(format!("`{}`: {reason}", path.display())),
+            },
+            other => other,
+        })
+    }
+
+    fn open_at(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
         let mut conn = Connection::open(&path).map_err(io)?;
         let locked = || StoreError::Locked {
             path: path.display().to_string(),
@@ -235,6 +256,48 @@ impl SqliteStore {
                 reason: "missing".into(),
             }),
         }
+    }
+}
+
+/// Why `path` cannot be written, if that is why opening it failed. Asked
+/// only after a failure: SQLite reports all of these as a plain I/O or
+/// "readonly" error.
+fn unwritable(path: &Path) -> Option<Unwritable> {
+    use std::fs::OpenOptions;
+    use std::io::ErrorKind;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Some(Unwritable::DirectoryMissing);
+    }
+    let cause = |e: &std::io::Error, read_only_file: bool| match e.kind() {
+        ErrorKind::ReadOnlyFilesystem => Some(Unwritable::ReadOnlyFileSystem),
+        ErrorKind::PermissionDenied if read_only_file => Some(Unwritable::ReadOnlyFile),
+        ErrorKind::PermissionDenied => Some(Unwritable::PermissionDenied),
+        _ => None,
+    };
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            let read_only = std::fs::metadata(path).is_ok_and(|m| m.permissions().readonly());
+            return cause(&e, read_only);
+        }
+    }
+    // The file is writable or absent: SQLite also creates its journal
+    // files in the directory.
+    let name = path
+        .file_name()
+        .map_or_else(|| "grantwheel".into(), |n| n.to_string_lossy().into_owned());
+    let probe = dir.join(format!(".{name}.probe-{}", std::process::id()));
+    match OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(e) => cause(&e, false),
     }
 }
 
