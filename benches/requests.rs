@@ -70,7 +70,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(s.history(&lead, &q).unwrap()))
     });
     g.bench_function("failed_none_match", |b| {
-        let q = HistoryQuery::default().status("Failed");
+        let q = HistoryQuery::default().status(grantwheel::requests::StatusKind::Failed);
         b.iter(|| black_box(s.history(&lead, &q).unwrap()))
     });
     g.finish();

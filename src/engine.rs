@@ -393,6 +393,7 @@ impl EngineBuilder {
                 queue: Mutex::new(Queue::default()),
                 batch_done: parking_lot::Condvar::new(),
                 restored: Mutex::new(restored),
+                layer: Mutex::new(None),
             }),
         };
         if durable {
@@ -689,12 +690,11 @@ struct Loaded {
     overflow: Option<u64>,
 }
 
-/// Restored state the request layer picks up.
+/// Restored state the request layer picks up: loaded from the store at
+/// start, or handed back by a request layer that was dropped.
 pub(crate) struct Restored {
     /// History records and rules.
     pub(crate) records: Records,
-    /// Grants found past their expiry when the engine started.
-    pub(crate) expired: Vec<Grant>,
 }
 
 /// A change queued for the next batch; it returns what to do once the
@@ -726,6 +726,9 @@ struct Inner {
     batch_done: parking_lot::Condvar,
     /// Loaded state, until the request layer takes it.
     restored: Mutex<Option<Restored>>,
+    /// The request layer over this engine, while one lives: there is at
+    /// most one, so every handle sees one history.
+    layer: Mutex<Option<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
 }
 
 impl Drop for Inner {
@@ -1031,10 +1034,7 @@ impl State {
                 cause: EndCause::Expired,
             });
         }
-        Ok(Restored {
-            records,
-            expired: acc.expired,
-        })
+        Ok(Restored { records })
     }
 
     /// Index one loaded grant (or set it aside as expired).
@@ -1819,9 +1819,42 @@ impl Engine {
         })
     }
 
-    /// The state loaded from the store, once.
-    pub(crate) fn take_restored(&self) -> Option<Restored> {
-        self.inner.restored.lock().take()
+    /// The request layer attached to this engine: `Err` with the living
+    /// one, or `Ok` with one that `make` builds from the restored state
+    /// (taken) and that is attached from now on.
+    pub(crate) fn attach_layer<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce(Option<Restored>) -> Arc<T>,
+    ) -> Result<Arc<T>, Arc<T>> {
+        let mut slot = self.inner.layer.lock();
+        // Kept past the lock: dropping the last handle of a layer runs its
+        // drop, which hands state back to this engine.
+        let living = slot.as_ref().and_then(std::sync::Weak::upgrade);
+        if let Some(Ok(existing)) = living.clone().map(|l| l.downcast::<T>()) {
+            drop(slot);
+            return Err(existing);
+        }
+        let restored = self.inner.restored.lock().take();
+        let layer = make(restored);
+        let any: Arc<dyn std::any::Any + Send + Sync> = layer.clone();
+        *slot = Some(Arc::downgrade(&any));
+        drop(slot);
+        drop(living);
+        Ok(layer)
+    }
+
+    /// Keep a dropped request layer's state for the next one.
+    pub(crate) fn hand_back(&self, restored: Restored) {
+        *self.inner.restored.lock() = Some(restored);
+    }
+
+    /// Those of `ids` the engine no longer holds. A grant past its expiry
+    /// but not yet reclaimed is still held: its expiry event is to come.
+    pub(crate) fn not_held(&self, ids: Vec<GrantId>) -> Vec<GrantId> {
+        let st = self.inner.state.lock();
+        ids.into_iter()
+            .filter(|id| st.find_id(id, 0).is_none())
+            .collect()
     }
 
     /// Set a live grant's expiry (extend or shorten it), atomically: no

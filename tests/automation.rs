@@ -114,7 +114,10 @@ fn the_opportunity_automation_of_the_seeds() {
     assert_eq!(by_ann.len(), 1);
     assert_eq!(by_ann[0].request, first[0]);
     let done = s
-        .history(&deal, &HistoryQuery::default().status("Completed"))
+        .history(
+            &deal,
+            &HistoryQuery::default().status(grantwheel::requests::StatusKind::Completed),
+        )
         .unwrap()
         .records;
     assert_eq!(done.len(), 2);
@@ -191,7 +194,7 @@ fn publishing_checks_the_rule() {
         .clock(ManualClock::new(Utc::now()))
         .build()
         .unwrap();
-    let s = Sharing::builder(engine).users(Directory).build();
+    let s = Sharing::builder(engine).users(Directory).build().unwrap();
     let action = |with, minutes| ShareAction {
         with,
         duration_minutes: minutes,
@@ -267,4 +270,56 @@ fn rules_read_and_write_json() {
     let back: Rule = serde_json::from_str(&text).unwrap();
     assert_eq!(back, rule);
     assert!(serde_json::from_str::<Rule>(r#"{"name": "x"}"#).is_err());
+}
+
+/// "All automation" is one filter, whatever the rules: the history tab's
+/// API / Automation column.
+#[test]
+fn history_filters_by_source_kind() {
+    use grantwheel::requests::{ShareRequest, SourceKind};
+    let s = sharing();
+    let deal = EntityId::opportunity(7);
+    let action = ShareAction {
+        with: ShareWith::TaskOwner,
+        duration_minutes: Some(60),
+        level: Level::Read,
+    };
+    let rules: Vec<_> = (0..2)
+        .map(|_| {
+            let id = s
+                .add_rule(Rule::new(
+                    "r",
+                    Trigger::TaskCreated,
+                    EntityKind::OPPORTUNITY,
+                    action,
+                ))
+                .unwrap();
+            s.publish_rule(id).unwrap();
+            id
+        })
+        .collect();
+    assert_eq!(
+        s.on_event(&task_event("e1", 7, UserId::from_u128(1), json!({})))
+            .len(),
+        2
+    );
+    s.process(10);
+    s.share(ShareRequest::new(UserId::from_u128(2), deal, Level::Edit));
+    let item = json!([{"UserId": UserId::from_u128(3).to_string(), "Entity": 5, "EntityType": 3,
+        "EntityId": "7", "AccessType": 1}]);
+    s.api_share(&serde_json::to_vec(&item).unwrap()).unwrap();
+
+    let of = |kind| {
+        let page = s
+            .history(&deal, &HistoryQuery::default().source_kind(kind))
+            .unwrap();
+        page.records.iter().map(|r| r.source).collect::<Vec<_>>()
+    };
+    let automation = of(SourceKind::Automation);
+    assert_eq!(automation.len(), 2);
+    for r in &rules {
+        assert!(automation.contains(&Source::Automation { rule: *r }));
+    }
+    assert_eq!(of(SourceKind::Api), vec![Source::Api]);
+    assert_eq!(of(SourceKind::Direct), vec![Source::Direct]);
 }

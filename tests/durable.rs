@@ -617,7 +617,7 @@ fn an_api_batch_is_one_transaction_and_fails_whole() {
     let page = sharing
         .history(
             &EntityId::lead(869196),
-            &HistoryQuery::default().status("Failed"),
+            &HistoryQuery::default().status(grantwheel::requests::StatusKind::Failed),
         )
         .unwrap();
     assert_eq!(page.records.len(), 50);

@@ -14,6 +14,20 @@ fn quickstart_runs() {
 }
 
 #[test]
+fn quickstart_names_each_record_once() {
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    quickstart::run(std::sync::Arc::new(move |l: &str| {
+        sink.lock().unwrap().push(l.to_string())
+    }))
+    .unwrap();
+    let text = lines.lock().unwrap().join("\n");
+    assert!(text.contains(": share lead:869196 with "), "{text}");
+    assert!(!text.contains("lead lead"), "{text}");
+    assert!(text.contains("advance reclaimed 1 grant(s)"), "{text}");
+}
+
+#[test]
 fn persistent_quickstart_keeps_its_grants_across_runs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("quickstart.db");

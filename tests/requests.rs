@@ -105,7 +105,10 @@ fn a_lead_shared_through_two_activities_then_revoked_in_one_then_expired() {
     assert_eq!(ids[0], revoke_id);
     assert_eq!(ids[3], first_id);
     let failed = sharing
-        .history(&lead, &HistoryQuery::default().status("Failed"))
+        .history(
+            &lead,
+            &HistoryQuery::default().status(grantwheel::requests::StatusKind::Failed),
+        )
         .unwrap()
         .records;
     assert_eq!(failed.len(), 1);
@@ -456,7 +459,8 @@ mod submit_and_policy {
         let sharing = Sharing::builder(engine)
             .config(SharingConfig::default())
             .resolver(OwnerCheck)
-            .build();
+            .build()
+            .unwrap();
         let (u, e) = (UserId::from_u128(5), EntityId::lead(5));
         let wrong = sharing.share(
             ShareRequest::new(u, e, Level::Read)
@@ -490,7 +494,10 @@ mod submit_and_policy {
             .clock(ManualClock::new(Utc::now()))
             .build()
             .unwrap();
-        let sharing = Sharing::builder(engine).grantor_policy(Admins).build();
+        let sharing = Sharing::builder(engine)
+            .grantor_policy(Admins)
+            .build()
+            .unwrap();
         let lead = EntityId::lead(1);
         let (reader, target, admin) = (
             UserId::from_u128(1),
@@ -764,5 +771,141 @@ fn over_maximum_durations_are_refused_in_the_apis_words() {
             ));
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// The status API takes the id as the API carries it; a malformed id gets
+/// the not-found shape, saying why.
+#[test]
+fn the_status_api_takes_the_id_as_text() {
+    let (_, sharing) = setup();
+    let answers = sharing
+        .api_share(&body(json!([lead_item(ACTIVITY, 2, Some(30))])))
+        .unwrap();
+    let id = id_of(&answers[0]).to_string();
+    let answer = sharing.api_status(&id);
+    assert_eq!(answer.status, "Success");
+    assert_eq!(answer.message.response_text, "Completed");
+    assert_eq!(answer.message.share_status, 1);
+    for bad in [
+        "98fe",
+        "",
+        "zz000000000000000000000000000000",
+        &format!("{id}0"),
+    ] {
+        let answer = sharing.api_status(bad);
+        assert_eq!(answer.status, "Error", "{bad}");
+        assert_eq!(answer.message.response_text, "NotFound");
+        assert!(
+            answer
+                .message
+                .error_message
+                .as_deref()
+                .unwrap()
+                .contains("32 hex digits"),
+            "{answer:?}"
+        );
+    }
+    let unknown = sharing.api_status(&RequestId::random().to_string());
+    assert_eq!(unknown.message.response_text, "NotFound");
+}
+
+/// The request layer's history does not depend on when it is built: one
+/// layer per engine, and grants that ended while none listened are
+/// recorded when one is built.
+mod layer_order {
+    use super::*;
+    use grantwheel::store::MemoryStore;
+
+    fn share(s: &Sharing, user: u128, minutes: i64) -> RequestId {
+        let out = s.share(
+            ShareRequest::new(UserId::from_u128(user), EntityId::lead(1), Level::Read)
+                .duration(Duration::minutes(minutes)),
+        );
+        assert_eq!(out.status, RequestStatus::Completed);
+        out.request
+    }
+
+    #[test]
+    fn an_expiry_before_the_layer_is_built_reaches_the_history() {
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap());
+        let store = MemoryStore::new();
+        let open = || {
+            Engine::builder()
+                .clock(clock.clone())
+                .store(store.clone())
+                .build()
+                .unwrap()
+        };
+        let (expiring, revoked) = {
+            let s = Sharing::new(open());
+            (share(&s, 1, 30), share(&s, 2, 600))
+        };
+        // Restart; the grant expires and one is revoked on the engine
+        // before any request layer exists.
+        let engine = open();
+        clock.advance(Duration::minutes(31));
+        assert_eq!(engine.advance(), 1);
+        engine
+            .revoke_pair(&UserId::from_u128(2), &EntityId::lead(1))
+            .unwrap();
+        let s = Sharing::new(engine);
+        let r = s.request(&expiring).unwrap();
+        assert_eq!(r.expired_at, r.expires_at, "{r:?}");
+        let r = s.request(&revoked).unwrap();
+        assert!(matches!(r.revoked, Some((_, EndedBy::Engine))), "{r:?}");
+        // ... and it was written: the next restart reads the same.
+        drop(s);
+        let s = Sharing::new(open());
+        assert!(s.request(&expiring).unwrap().expired_at.is_some());
+        assert!(s.request(&revoked).unwrap().revoked.is_some());
+    }
+
+    #[test]
+    fn every_layer_of_an_engine_is_the_same_layer() {
+        let (clock, first) = setup();
+        let engine = first.engine().clone();
+        let a = share(&first, 1, 30);
+        let second = Sharing::new(engine.clone());
+        assert_eq!(second.status(&a), Some(RequestStatus::Completed));
+        let b = share(&second, 2, 30);
+        assert_eq!(first.status(&b), Some(RequestStatus::Completed));
+        let built = Sharing::builder(engine.clone()).build();
+        assert_eq!(built.unwrap_err().field(), Some("engine"));
+
+        // With every handle gone the engine keeps the history; an expiry
+        // meanwhile is recorded when the next layer is built.
+        drop((first, second));
+        clock.advance(Duration::minutes(30));
+        engine.advance();
+        let third = Sharing::builder(engine).build().unwrap();
+        let r = third.request(&a).unwrap();
+        assert_eq!(r.expired_at, r.expires_at);
+        assert_eq!(
+            third
+                .history(&EntityId::lead(1), &HistoryQuery::default())
+                .unwrap()
+                .records
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_restored_history_reaches_every_handle() {
+        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap());
+        let store = MemoryStore::new();
+        let open = || {
+            Engine::builder()
+                .clock(clock.clone())
+                .store(store.clone())
+                .build()
+                .unwrap()
+        };
+        let id = share(&Sharing::new(open()), 1, 30);
+        let engine = open();
+        let (x, y) = (Sharing::new(engine.clone()), Sharing::new(engine));
+        assert_eq!(x.status(&id), Some(RequestStatus::Completed));
+        assert_eq!(y.status(&id), Some(RequestStatus::Completed));
     }
 }

@@ -42,11 +42,12 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::Restored;
 use crate::engine::{Engine, Expiry, Grant, OverMax, ShareSpec};
 use crate::error::Error;
 use crate::events::{Event, RevokeReason};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
-use crate::store::Change;
+use crate::store::{Change, Records};
 
 /// The reason given to requests found unfinished when the service starts.
 pub const INTERRUPTED: &str = "interrupted: the service stopped before carrying out this request";
@@ -128,6 +129,40 @@ pub enum Source {
     },
     /// A direct call by the host.
     Direct,
+}
+
+impl Source {
+    /// The source's kind: the history tab's API / Automation column.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            Source::Api => SourceKind::Api,
+            Source::Automation { .. } => SourceKind::Automation,
+            Source::Direct => SourceKind::Direct,
+        }
+    }
+}
+
+/// The kind of a [`Source`], without the rule: filters "all automation".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SourceKind {
+    /// The share API.
+    Api,
+    /// Any automation rule.
+    Automation,
+    /// Direct calls by the host.
+    Direct,
+}
+
+/// The kind of a [`RequestStatus`], without its details: what the history
+/// tab filters by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StatusKind {
+    /// Accepted, not yet carried out.
+    Processing,
+    /// Carried out.
+    Completed,
+    /// Refused or failed.
+    Failed,
 }
 
 /// What a request asks for.
@@ -244,6 +279,15 @@ impl RequestStatus {
             RequestStatus::Processing => 0,
             RequestStatus::Completed => 1,
             RequestStatus::Failed { .. } => 2,
+        }
+    }
+
+    /// The status's kind, without its details.
+    pub fn kind(&self) -> StatusKind {
+        match self {
+            RequestStatus::Processing => StatusKind::Processing,
+            RequestStatus::Completed => StatusKind::Completed,
+            RequestStatus::Failed { .. } => StatusKind::Failed,
         }
     }
 
@@ -589,6 +633,13 @@ impl SharingBuilder {
         self
     }
 
+    /// How long records of ended grants, failed requests and revokes are
+    /// kept before [`Sharing::prune`] removes them (default 90 days).
+    pub fn retention(mut self, retention: chrono::Duration) -> Self {
+        self.config.retention = retention;
+        self
+    }
+
     /// Check each share's context with `resolver` (default: accept).
     pub fn resolver(mut self, resolver: impl ContextResolver) -> Self {
         self.resolver = Some(Box::new(resolver));
@@ -609,9 +660,31 @@ impl SharingBuilder {
         self
     }
 
-    /// Build it.
-    pub fn build(self) -> Sharing {
-        Sharing::from_builder(self)
+    /// Build the engine's request layer with these settings.
+    ///
+    /// # Errors
+    ///
+    /// An engine carries one request layer, so that every handle sees one
+    /// history: [`Error::Invalid`] (field `engine`) when the engine (or a
+    /// clone of it) already has a living one. Clone that [`Sharing`]
+    /// instead, or get it with [`Sharing::new`].
+    ///
+    /// ```
+    /// use grantwheel::requests::Sharing;
+    /// use grantwheel::Engine;
+    /// let engine = Engine::new();
+    /// let first = Sharing::builder(engine.clone()).build().unwrap();
+    /// assert_eq!(Sharing::builder(engine.clone()).build().unwrap_err().field(), Some("engine"));
+    /// ```
+    pub fn build(self) -> Result<Sharing, Error> {
+        let engine = self.engine.clone();
+        match engine.attach_layer(|restored| Sharing::layer(self, restored)) {
+            Ok(inner) => Ok(Sharing::started(inner)),
+            Err(_) => Err(Error::invalid(
+                "engine",
+                "already carries a request layer; clone that `Sharing` (or get it with `Sharing::new`) instead of building another",
+            )),
+        }
     }
 }
 
@@ -627,11 +700,12 @@ impl SharingBuilder {
 pub struct HistoryQuery {
     /// Only requests for this user.
     pub user: Option<UserId>,
-    /// Only requests with this status name (`Processing`, `Completed`,
-    /// `Failed`).
-    pub status: Option<String>,
-    /// Only requests from this source.
+    /// Only requests with this status.
+    pub status: Option<StatusKind>,
+    /// Only requests from this exact source (one rule, say).
     pub source: Option<Source>,
+    /// Only requests from this kind of source (any rule, say).
+    pub source_kind: Option<SourceKind>,
     /// Only requests made at or after this instant.
     pub from: Option<DateTime<Utc>>,
     /// Only requests made before this instant.
@@ -648,6 +722,7 @@ impl Default for HistoryQuery {
             user: None,
             status: None,
             source: None,
+            source_kind: None,
             from: None,
             until: None,
             limit: 50,
@@ -663,15 +738,28 @@ impl HistoryQuery {
         self
     }
 
-    /// Only requests whose status has this name.
-    pub fn status(mut self, status: &str) -> Self {
-        self.status = Some(status.to_string());
+    /// Only requests whose status is of this kind.
+    pub fn status(mut self, status: StatusKind) -> Self {
+        self.status = Some(status);
         self
     }
 
-    /// Only requests from `source`.
+    /// Only requests from exactly `source`.
     pub fn source(mut self, source: Source) -> Self {
         self.source = Some(source);
+        self
+    }
+
+    /// Only requests from this kind of source: every automation rule's
+    /// requests, say, as the history tab's API / Automation column.
+    ///
+    /// ```
+    /// use grantwheel::requests::{HistoryQuery, SourceKind};
+    /// let q = HistoryQuery::default().source_kind(SourceKind::Automation);
+    /// assert_eq!(q.source_kind, Some(SourceKind::Automation));
+    /// ```
+    pub fn source_kind(mut self, kind: SourceKind) -> Self {
+        self.source_kind = Some(kind);
         self
     }
 
@@ -701,14 +789,6 @@ impl HistoryQuery {
                 format!("`{}` is not between 1 and 1000", self.limit),
             ));
         }
-        if let Some(s) = &self.status {
-            if !["Processing", "Completed", "Failed"].contains(&s.as_str()) {
-                return Err(Error::invalid(
-                    "status",
-                    format!("`{s}` is not Processing, Completed or Failed"),
-                ));
-            }
-        }
         if let (Some(f), Some(u)) = (self.from, self.until) {
             if f > u {
                 return Err(Error::invalid(
@@ -722,8 +802,9 @@ impl HistoryQuery {
 
     fn keeps(&self, r: &HistoryRecord) -> bool {
         self.user.is_none_or(|u| u == r.user)
-            && self.status.as_deref().is_none_or(|s| s == r.status.name())
+            && self.status.is_none_or(|s| s == r.status.kind())
             && self.source.is_none_or(|s| s == r.source)
+            && self.source_kind.is_none_or(|k| k == r.source.kind())
             && self.from.is_none_or(|f| r.created_at >= f)
             && self.until.is_none_or(|u| r.created_at < u)
     }
@@ -909,6 +990,61 @@ struct SharingInner {
     /// Revoke requests under way, by (user, entity, context): the revoked
     /// event names its request through this.
     revoking: Mutex<HashMap<(UserId, EntityId, Context), RequestId>>,
+    /// This layer's subscription to the engine's events.
+    subscription: Mutex<Option<crate::events::SubscriptionId>>,
+}
+
+impl SharingInner {
+    /// Take back history and rules, and finish the records of grants that
+    /// ended while no layer listened: expired ones as expired, the others
+    /// as ended outside the request layer.
+    fn restore(&self, restored: Restored) {
+        let now = self.engine.now();
+        let (mut changed, open) = {
+            let mut history = self.history.lock();
+            let changed = history.restore(restored.records.history, now);
+            let open: Vec<GrantId> = history.by_grant.keys().copied().collect();
+            (changed, open)
+        };
+        let gone = self.engine.not_held(open);
+        let mut history = self.history.lock();
+        for grant in gone {
+            let Some(seq) = history.by_grant.get(&grant).copied() else {
+                continue; // its end event came meanwhile
+            };
+            let expires = history.records.get(&seq).and_then(|r| r.expires_at);
+            match expires {
+                Some(at) if at <= now => history.end(&grant, at, None),
+                _ => history.end(&grant, now, Some(EndedBy::Engine)),
+            }
+            changed.push(seq);
+        }
+        let writes: Vec<Change> = changed.iter().filter_map(|s| history.change(*s)).collect();
+        drop(history);
+        self.engine.write_later(writes);
+        let mut rules = self.rules.lock();
+        for (id, rule) in restored.records.rules {
+            rules.next = rules.next.max(id.0);
+            rules.rules.insert(id, rule);
+        }
+    }
+}
+
+impl Drop for SharingInner {
+    /// The engine keeps the history and rules for the next layer.
+    fn drop(&mut self) {
+        if let Some(id) = self.subscription.get_mut().take() {
+            self.engine.unsubscribe(id);
+        }
+        let history = std::mem::take(self.history.get_mut());
+        let rules = std::mem::take(self.rules.get_mut());
+        self.engine.hand_back(Restored {
+            records: Records {
+                history: history.records.into_iter().collect(),
+                rules: rules.rules.into_iter().collect(),
+            },
+        });
+    }
 }
 
 /// The request layer: share and revoke requests with ids, status and
@@ -937,14 +1073,32 @@ impl fmt::Debug for Sharing {
 }
 
 impl Sharing {
-    /// A request layer over `engine`, with the default settings.
+    /// The request layer of `engine`: the one it already carries, else a
+    /// new one with the default settings.
+    ///
+    /// An engine carries at most one request layer, so the order of calls
+    /// does not matter: a second `Sharing::new` over the same engine (or a
+    /// clone) is a handle on the first, and a layer built after the engine
+    /// has run a while still sees the grants that ended meanwhile (their
+    /// records are finished as expired, or as ended outside the request
+    /// layer). When the last handle is dropped, the history stays with the
+    /// engine for the next layer.
+    ///
+    /// ```
+    /// use grantwheel::requests::{ShareRequest, Sharing};
+    /// use grantwheel::{Engine, EntityId, Level, UserId};
+    /// let engine = Engine::new();
+    /// let a = Sharing::new(engine.clone());
+    /// let done = a.share(ShareRequest::new(UserId::from_u128(1), EntityId::lead(1), Level::Read));
+    /// let b = Sharing::new(engine);
+    /// assert!(b.status(&done.request).is_some(), "one history");
+    /// ```
     pub fn new(engine: Engine) -> Self {
-        Sharing::with_config(engine, SharingConfig::default())
-    }
-
-    /// A request layer over `engine`.
-    pub fn with_config(engine: Engine, config: SharingConfig) -> Self {
-        Sharing::builder(engine).config(config).build()
+        let builder = Sharing::builder(engine.clone());
+        match engine.attach_layer(|restored| Sharing::layer(builder, restored)) {
+            Ok(inner) => Sharing::started(inner),
+            Err(existing) => Sharing { inner: existing },
+        }
     }
 
     /// Configure a request layer over `engine`: settings, a context
@@ -963,7 +1117,7 @@ impl Sharing {
     ///         }
     ///     }
     /// }
-    /// let sharing = Sharing::builder(Engine::new()).resolver(NoTasks).build();
+    /// let sharing = Sharing::builder(Engine::new()).resolver(NoTasks).build().unwrap();
     /// let req = ShareRequest::new(UserId::from_u128(1), EntityId::lead(1), Level::Read)
     ///     .context(Context::Task(uuid::Uuid::nil()));
     /// assert!(matches!(sharing.share(req).status, RequestStatus::Failed { .. }));
@@ -979,7 +1133,9 @@ impl Sharing {
         }
     }
 
-    fn from_builder(b: SharingBuilder) -> Self {
+    /// A new request layer from its settings and the state the engine
+    /// kept (loaded from the store, or left by an earlier layer).
+    fn layer(b: SharingBuilder, restored: Option<Restored>) -> Arc<SharingInner> {
         let inner = Arc::new(SharingInner {
             engine: b.engine,
             config: b.config,
@@ -991,32 +1147,25 @@ impl Sharing {
             queued: parking_lot::Condvar::new(),
             history: Mutex::new(History::default()),
             revoking: Mutex::new(HashMap::new()),
+            subscription: Mutex::new(None),
         });
-        if let Some(restored) = inner.engine.take_restored() {
-            let now = inner.engine.now();
-            let mut history = inner.history.lock();
-            let mut changed = history.restore(restored.records.history, now);
-            for grant in &restored.expired {
-                if let Some(seq) = history.by_grant.get(&grant.id).copied() {
-                    history.end(&grant.id, grant.expires_at, None);
-                    changed.push(seq);
-                }
-            }
-            let writes: Vec<Change> = changed.iter().filter_map(|s| history.change(*s)).collect();
-            drop(history);
-            inner.engine.write_later(writes);
-            let mut rules = inner.rules.lock();
-            for (id, rule) in restored.records.rules {
-                rules.next = rules.next.max(id.0);
-                rules.rules.insert(id, rule);
-            }
-        }
+        // Subscribed before restoring: a grant that ends from now on either
+        // raises its event after its record is back, or is found gone below.
         let weak = Arc::downgrade(&inner);
-        inner.engine.subscribe(move |event: &Event| {
+        let id = inner.engine.subscribe(move |event: &Event| {
             if let Some(inner) = weak.upgrade() {
                 on_event(&inner, event);
             }
         });
+        *inner.subscription.lock() = Some(id);
+        if let Some(restored) = restored {
+            inner.restore(restored);
+        }
+        inner
+    }
+
+    /// A handle on a layer just attached to its engine.
+    fn started(inner: Arc<SharingInner>) -> Self {
         Sharing { inner }
     }
 
@@ -1752,14 +1901,28 @@ impl Sharing {
                     },
                 },
             },
-            None => StatusResponse {
-                status: "Error".into(),
-                message: StatusMessage {
-                    response_text: "NotFound".into(),
-                    share_status: 2,
-                    error_message: Some(format!("no request `{id}`")),
-                },
-            },
+            None => StatusResponse::not_found(format!("no request `{id}`")),
+        }
+    }
+
+    /// The status API's answer for a request id as the API carries it (the
+    /// `id` query parameter: 32 hex digits). A malformed id gets the same
+    /// not-found answer as an unknown one, saying why.
+    ///
+    /// ```
+    /// use grantwheel::requests::{ShareRequest, Sharing};
+    /// use grantwheel::{Engine, EntityId, Level, UserId};
+    /// let sharing = Sharing::new(Engine::new());
+    /// let done = sharing.share(ShareRequest::new(UserId::from_u128(1), EntityId::lead(1), Level::Read));
+    /// let answer = sharing.api_status(&done.request.to_string());
+    /// assert_eq!(answer.message.response_text, "Completed");
+    /// let bad = sharing.api_status("98fe");
+    /// assert_eq!((bad.status.as_str(), bad.message.response_text.as_str()), ("Error", "NotFound"));
+    /// ```
+    pub fn api_status(&self, id: &str) -> StatusResponse {
+        match id.trim().parse::<RequestId>() {
+            Ok(id) => self.status_response(&id),
+            Err(e) => StatusResponse::not_found(e.to_string()),
         }
     }
 
@@ -1936,6 +2099,20 @@ pub struct StatusResponse {
     /// The request's status.
     #[serde(rename = "Message")]
     pub message: StatusMessage,
+}
+
+impl StatusResponse {
+    /// The answer for a request that cannot be found.
+    fn not_found(why: String) -> Self {
+        StatusResponse {
+            status: "Error".into(),
+            message: StatusMessage {
+                response_text: "NotFound".into(),
+                share_status: 2,
+                error_message: Some(why),
+            },
+        }
+    }
 }
 
 /// The `Message` of the status API's answer.
