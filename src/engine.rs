@@ -24,7 +24,6 @@ use std::thread::JoinHandle;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 
 use crate::clock::{from_millis, max_millis, to_millis, to_millis_i64, Clock, ClockSource};
 use crate::error::Error;
@@ -34,80 +33,13 @@ use crate::index::{new_index, IndexReader, IndexWriter, Locator, PackedLocator, 
 use crate::store::{Batch, Change, EndCause, Records, Store};
 use crate::wheel::{Links, Place, Wheel, MAX_BUCKET};
 
+pub use crate::model::grant::{Access, Expiry, Footprint, Grant, OverMax, RepeatShare, ShareSpec};
+
 const NIL: u32 = u32::MAX;
 /// The most grants one engine holds: keeps grant numbers in 32 bits and
 /// each index shard far below its 2^25 slots.
 pub(crate) const MAX_GRANTS: usize = 1 << 30;
 const MS_PER_DAY: i64 = 86_400_000;
-
-/// One grant as the API shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// Its id: (user, entity, context, serial).
-    pub id: GrantId,
-    /// The access it gives.
-    pub level: Level,
-    /// The instant it ends (exclusive: at this instant it no longer holds).
-    pub expires_at: DateTime<Utc>,
-}
-
-/// How long a share lasts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Expiry {
-    /// The engine's default duration (90 days unless configured).
-    Default,
-    /// This long from now.
-    After(chrono::Duration),
-    /// Until this instant.
-    At(DateTime<Utc>),
-}
-
-/// What to do with a duration above the configured maximum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OverMax {
-    /// Refuse the share with an error naming the field.
-    Reject,
-    /// Shorten it to the maximum.
-    Clamp,
-}
-
-/// What a share does when its (user, entity, context) already has a live
-/// grant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RepeatShare {
-    /// Revoke the old grant (reason `Replaced`) and create the new one.
-    Replace,
-    /// Keep the old grant, raised to the later expiry and the higher level.
-    KeepLater,
-    /// Refuse with [`Error::AlreadyShared`].
-    Reject,
-}
-
-/// The effective access of a (user, entity) pair right now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Access {
-    /// The highest level among the pair's live grants.
-    pub level: Level,
-    /// Until when that level holds.
-    pub until: DateTime<Utc>,
-    /// Until when reading holds (at or after `until`).
-    pub read_until: DateTime<Utc>,
-}
-
-/// Memory the engine holds for its grants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Footprint {
-    /// Grants held (live, or expired and not yet reclaimed).
-    pub grants: usize,
-    /// (user, entity) pairs with at least one grant held.
-    pub pairs: usize,
-    /// Bytes of the index tables (all slots, used or not).
-    pub index_bytes: usize,
-    /// Bytes of the grant records in use.
-    pub grant_bytes: usize,
-    /// Bytes of the timing wheel's slot vectors.
-    pub wheel_bytes: usize,
-}
 
 /// Builds an [`Engine`].
 ///
@@ -2202,35 +2134,6 @@ fn change_expiry(st: &mut State, ch: &mut Changes<'_>, g: u32, expires: u64, now
         });
     }
     st.grant(g)
-}
-
-/// One share, as [`Engine::share`] and [`Engine::share_many`] take it.
-#[must_use = "its setters return the changed value"]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShareSpec {
-    /// The user to share with.
-    pub user: UserId,
-    /// The record.
-    pub entity: EntityId,
-    /// Through what.
-    pub context: Context,
-    /// The access.
-    pub level: Level,
-    /// For how long.
-    pub expiry: Expiry,
-}
-
-impl ShareSpec {
-    /// A direct share at `level` for the default duration.
-    pub fn new(user: UserId, entity: EntityId, level: Level) -> Self {
-        ShareSpec {
-            user,
-            entity,
-            context: Context::Direct,
-            level,
-            expiry: Expiry::Default,
-        }
-    }
 }
 
 #[inline(always)]

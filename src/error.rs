@@ -4,8 +4,8 @@
 //! the caller gave in backticks, and what to do about it when that is not
 //! obvious.
 
-use crate::engine::Grant;
 use crate::ids::GrantId;
+use crate::model::grant::Grant;
 use crate::store::StoreError;
 
 /// What went wrong in a share, a change or a revoke.

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod ids;
 mod index;
+mod model;
 pub mod requests;
 pub mod store;
 mod wheel;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::{Batch, Meta, Records, Store, StoreError};
-use crate::engine::Grant;
+use crate::model::grant::Grant;
 
 /// Which operations a [`FaultyStore`] fails. Operations are counted from 1
 /// across every method of the store (loading counts too).

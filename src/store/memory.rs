@@ -6,9 +6,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::{Batch, Change, Meta, Records, Store, StoreError};
-use crate::engine::Grant;
-use crate::requests::automation::Rule;
-use crate::requests::{HistoryRecord, RequestId, RuleId};
+use crate::model::grant::Grant;
+use crate::model::history::{HistoryRecord, RequestId, RuleId};
+use crate::model::rule::Rule;
 
 #[derive(Debug, Default)]
 struct State {

@@ -35,9 +35,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Grant;
-use crate::requests::automation::Rule;
-use crate::requests::{HistoryRecord, RequestId, RuleId};
+use crate::model::grant::Grant;
+use crate::model::history::{HistoryRecord, RequestId, RuleId};
+use crate::model::rule::Rule;
 
 mod faulty;
 mod memory;

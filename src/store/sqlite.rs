@@ -8,10 +8,10 @@ use uuid::Uuid;
 
 use super::{Batch, Change, Meta, Records, Store, StoreError, Unwritable};
 use crate::clock::{from_millis, max_millis, to_millis};
-use crate::engine::Grant;
 use crate::ids::{Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};
-use crate::requests::automation::Rule;
-use crate::requests::{HistoryRecord, RuleId};
+use crate::model::grant::Grant;
+use crate::model::history::{HistoryRecord, RuleId};
+use crate::model::rule::Rule;
 
 /// The schema version this library writes. Older files are migrated
 /// forward on open; newer ones are refused.

@@ -1,0 +1,106 @@
+//! Grants and the values that describe a share: what the engine, the
+//! store and the events all speak.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Context, EntityId, GrantId, Level, UserId};
+
+/// One grant as the API shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// Its id: (user, entity, context, serial).
+    pub id: GrantId,
+    /// The access it gives.
+    pub level: Level,
+    /// The instant it ends (exclusive: at this instant it no longer holds).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How long a share lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// The engine's default duration (90 days unless configured).
+    Default,
+    /// This long from now.
+    After(chrono::Duration),
+    /// Until this instant.
+    At(DateTime<Utc>),
+}
+
+/// What to do with a duration above the configured maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OverMax {
+    /// Refuse the share with an error naming the field.
+    Reject,
+    /// Shorten it to the maximum.
+    Clamp,
+}
+
+/// What a share does when its (user, entity, context) already has a live
+/// grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RepeatShare {
+    /// Revoke the old grant (reason `Replaced`) and create the new one.
+    Replace,
+    /// Keep the old grant, raised to the later expiry and the higher level.
+    KeepLater,
+    /// Refuse with [`Error::AlreadyShared`](crate::Error::AlreadyShared).
+    Reject,
+}
+
+/// The effective access of a (user, entity) pair right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Access {
+    /// The highest level among the pair's live grants.
+    pub level: Level,
+    /// Until when that level holds.
+    pub until: DateTime<Utc>,
+    /// Until when reading holds (at or after `until`).
+    pub read_until: DateTime<Utc>,
+}
+
+/// Memory the engine holds for its grants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Footprint {
+    /// Grants held (live, or expired and not yet reclaimed).
+    pub grants: usize,
+    /// (user, entity) pairs with at least one grant held.
+    pub pairs: usize,
+    /// Bytes of the index tables (all slots, used or not).
+    pub index_bytes: usize,
+    /// Bytes of the grant records in use.
+    pub grant_bytes: usize,
+    /// Bytes of the timing wheel's slot vectors.
+    pub wheel_bytes: usize,
+}
+
+/// One share, as [`Engine::share`](crate::Engine::share) and
+/// [`Engine::share_many`](crate::Engine::share_many) take it.
+#[must_use = "its setters return the changed value"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareSpec {
+    /// The user to share with.
+    pub user: UserId,
+    /// The record.
+    pub entity: EntityId,
+    /// Through what.
+    pub context: Context,
+    /// The access.
+    pub level: Level,
+    /// For how long.
+    pub expiry: Expiry,
+}
+
+impl ShareSpec {
+    /// A direct share at `level` for the default duration.
+    pub fn new(user: UserId, entity: EntityId, level: Level) -> Self {
+        ShareSpec {
+            user,
+            entity,
+            context: Context::Direct,
+            level,
+            expiry: Expiry::Default,
+        }
+    }
+}

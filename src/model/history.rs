@@ -1,0 +1,281 @@
+//! Requests and their history records: ids, sources, status, and how a
+//! shared grant ended.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Context, EntityId, GrantId, Level, UserId};
+
+/// The reason given to requests found unfinished when the service starts.
+pub const INTERRUPTED: &str = "interrupted: the service stopped before carrying out this request";
+
+/// The id of one share or revoke request: 32 hex digits.
+///
+/// ```
+/// use grantwheel::requests::RequestId;
+/// let id: RequestId = "98fe2984209c413c9b6b06a1b68111ff".parse().unwrap();
+/// assert_eq!(id.to_string(), "98fe2984209c413c9b6b06a1b68111ff");
+/// assert!("98fe".parse::<RequestId>().is_err());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u128);
+
+impl RequestId {
+    /// A new random id.
+    pub fn random() -> Self {
+        RequestId(uuid::Uuid::new_v4().as_u128())
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequestId({self})")
+    }
+}
+
+/// A request id that is not 32 hex digits.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid request id `{0}`: expected 32 hex digits")]
+pub struct BadRequestId(pub String);
+
+impl std::str::FromStr for RequestId {
+    type Err = BadRequestId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BadRequestId(s.to_string()));
+        }
+        u128::from_str_radix(s, 16)
+            .map(RequestId)
+            .map_err(|_| BadRequestId(s.to_string()))
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The id of an automation rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RuleId(pub u64);
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Source {
+    /// The share API (JSON).
+    Api,
+    /// An automation rule.
+    Automation {
+        /// The rule.
+        rule: RuleId,
+    },
+    /// A direct call by the host.
+    Direct,
+}
+
+impl Source {
+    /// The source's kind: the history tab's API / Automation column.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            Source::Api => SourceKind::Api,
+            Source::Automation { .. } => SourceKind::Automation,
+            Source::Direct => SourceKind::Direct,
+        }
+    }
+}
+
+/// The kind of a [`Source`], without the rule: filters "all automation".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SourceKind {
+    /// The share API.
+    Api,
+    /// Any automation rule.
+    Automation,
+    /// Direct calls by the host.
+    Direct,
+}
+
+/// The kind of a [`RequestStatus`], without its details: what the history
+/// tab filters by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StatusKind {
+    /// Accepted, not yet carried out.
+    Processing,
+    /// Carried out.
+    Completed,
+    /// Refused or failed.
+    Failed,
+}
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RequestKind {
+    /// Give access.
+    Share,
+    /// Take access away.
+    Revoke,
+}
+
+/// Where a request stands: the seeds' Processing, Completed, Failed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestStatus {
+    /// Accepted, not yet carried out.
+    Processing,
+    /// Carried out.
+    Completed,
+    /// Refused or failed; nothing changed.
+    Failed {
+        /// What kind of failure, for a host to map to its own codes.
+        #[serde(default)]
+        kind: FailureKind,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// What kind of failure ended a request: a host maps it to its own codes
+/// (an HTTP status, say) without reading the message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The request named something invalid (for example a duration over
+    /// the engine's maximum).
+    InvalidInput,
+    /// The host's context resolver refused the request's context.
+    ContextRefused,
+    /// The grantor may not give this access (delegation limits).
+    Delegation,
+    /// Nothing to act on: no live grant to revoke, or an automation event
+    /// that names nobody to share with.
+    NotFound,
+    /// The (user, entity, context) already has a live grant and the engine
+    /// refuses repeat shares.
+    AlreadyShared,
+    /// The engine holds as many grants as it can.
+    Capacity,
+    /// The store failed, so nothing was changed (or the request was not
+    /// accepted).
+    Store,
+    /// The service stopped before carrying the request out.
+    Interrupted,
+    /// Recorded by a version that kept no failure kinds.
+    #[default]
+    Unknown,
+}
+
+impl RequestStatus {
+    /// The numeric share status of the status API: 0 processing, 1
+    /// completed, 2 failed.
+    pub fn code(&self) -> u8 {
+        match self {
+            RequestStatus::Processing => 0,
+            RequestStatus::Completed => 1,
+            RequestStatus::Failed { .. } => 2,
+        }
+    }
+
+    /// The status's kind, without its details.
+    pub fn kind(&self) -> StatusKind {
+        match self {
+            RequestStatus::Processing => StatusKind::Processing,
+            RequestStatus::Completed => StatusKind::Completed,
+            RequestStatus::Failed { .. } => StatusKind::Failed,
+        }
+    }
+
+    /// The status's name: `Processing`, `Completed` or `Failed`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RequestStatus::Processing => "Processing",
+            RequestStatus::Completed => "Completed",
+            RequestStatus::Failed { .. } => "Failed",
+        }
+    }
+}
+
+/// Who or what ended a shared grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndedBy {
+    /// A revoke request.
+    Request(RequestId),
+    /// A later share of the same (user, entity, context) replaced it.
+    Replaced,
+    /// Revoked directly on the engine, outside the request layer.
+    Engine,
+}
+
+/// One request in the share history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    /// The request.
+    pub request: RequestId,
+    /// Share or revoke.
+    pub kind: RequestKind,
+    /// The record shared.
+    pub entity: EntityId,
+    /// The user shared with.
+    pub user: UserId,
+    /// Through what.
+    pub context: Context,
+    /// The access asked for.
+    pub level: Level,
+    /// The duration asked for (`None`: the engine's default, or a revoke).
+    pub duration: Option<chrono::Duration>,
+    /// When the granted access ends (shares that completed).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Where the request came from.
+    pub source: Source,
+    /// Where it stands.
+    pub status: RequestStatus,
+    /// The grant it created or touched (shares that completed).
+    pub grant: Option<GrantId>,
+    /// When the request was made.
+    pub created_at: DateTime<Utc>,
+    /// When it completed or failed.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When the grant was revoked or replaced, and by what.
+    pub revoked: Option<(DateTime<Utc>, EndedBy)>,
+    /// When the grant expired and was reclaimed.
+    pub expired_at: Option<DateTime<Utc>>,
+    /// The request's idempotency key, if it had one.
+    pub idempotency_key: Option<String>,
+}
+
+impl HistoryRecord {
+    /// Whether the grant this share made was live at `at`.
+    pub fn gave_access_at(&self, at: DateTime<Utc>) -> bool {
+        let (Some(start), Some(end)) = (self.completed_at, self.expires_at) else {
+            return false;
+        };
+        let end = match self.revoked {
+            Some((t, _)) => end.min(t),
+            None => end,
+        };
+        self.kind == RequestKind::Share
+            && self.status == RequestStatus::Completed
+            && start <= at
+            && at < end
+    }
+
+    /// When the record's grant stopped (revoked or expired), if it did.
+    pub fn ended_at(&self) -> Option<DateTime<Utc>> {
+        self.revoked.map(|(t, _)| t).or(self.expired_at)
+    }
+}
