@@ -1,0 +1,317 @@
+//! Building an engine: settings checked, the index made, the store
+//! loaded.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::clock::{to_millis, to_millis_i64, Clock, ClockSource};
+use crate::error::Error;
+use crate::events::Hub;
+use crate::index::new_index;
+use crate::model::grant::{OverMax, RepeatShare};
+use crate::store::Store;
+use crate::wheel::Wheel;
+
+use super::commit::Queue;
+use super::config::{Config, Timing};
+use super::state::State;
+use super::{Engine, Inner};
+
+pub(super) const MS_PER_DAY: i64 = 86_400_000;
+
+/// Builds an [`Engine`].
+///
+/// ```
+/// use grantwheel::{Engine, ManualClock, OverMax, RepeatShare};
+/// use chrono::{Duration, Utc};
+///
+/// let engine = Engine::builder()
+///     .clock(ManualClock::new(Utc::now()))
+///     .default_duration(Duration::days(30))
+///     .max_duration(Duration::days(365), OverMax::Clamp)
+///     .repeat_share(RepeatShare::KeepLater)
+///     .tick(Duration::seconds(1))
+///     .warn_before([Duration::days(14), Duration::days(1)])
+///     .build()
+///     .unwrap();
+/// assert!(engine.is_empty());
+/// ```
+#[must_use = "a builder does nothing until `build()` is called"]
+pub struct EngineBuilder {
+    clock: ClockSource,
+    default_duration: chrono::Duration,
+    max_duration: chrono::Duration,
+    over_max: OverMax,
+    repeat: RepeatShare,
+    tick: chrono::Duration,
+    warnings: Vec<chrono::Duration>,
+    capacity: usize,
+    store: Option<Box<dyn Store>>,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("default_duration", &self.default_duration)
+            .field("max_duration", &self.max_duration)
+            .field("durable", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for EngineBuilder {
+    fn default() -> Self {
+        EngineBuilder {
+            clock: ClockSource::System,
+            default_duration: chrono::Duration::days(90),
+            max_duration: chrono::Duration::days(3660),
+            over_max: OverMax::Reject,
+            repeat: RepeatShare::Replace,
+            tick: chrono::Duration::seconds(1),
+            warnings: Vec::new(),
+            capacity: 0,
+            store: None,
+        }
+    }
+}
+
+impl EngineBuilder {
+    /// The clock (default: [`SystemClock`](crate::SystemClock)).
+    ///
+    /// ```
+    /// use grantwheel::{Engine, ManualClock};
+    /// let clock = ManualClock::new(chrono::Utc::now());
+    /// let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    /// assert_eq!(engine.now(), chrono::Utc::now().min(engine.now()));
+    /// ```
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = ClockSource::new(clock);
+        self
+    }
+
+    /// The duration of a share that names none (default: 90 days).
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, ManualClock, UserId};
+    /// use chrono::{Duration, Utc};
+    /// let clock = ManualClock::new(Utc::now());
+    /// let engine = Engine::builder().clock(clock).default_duration(Duration::days(7)).build().unwrap();
+    /// let g = engine.share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::Default).unwrap();
+    /// assert_eq!(g.expires_at - engine.now(), Duration::days(7));
+    /// ```
+    pub fn default_duration(mut self, d: chrono::Duration) -> Self {
+        self.default_duration = d;
+        self
+    }
+
+    /// The longest share allowed, and what to do with a longer one
+    /// (default: 3,660 days, rejected).
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, OverMax, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::builder()
+    ///     .default_duration(Duration::days(7))
+    ///     .max_duration(Duration::days(30), OverMax::Reject)
+    ///     .build()
+    ///     .unwrap();
+    /// let err = engine
+    ///     .share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::days(31)))
+    ///     .unwrap_err();
+    /// assert_eq!(err.field(), Some("duration"));
+    /// ```
+    pub fn max_duration(mut self, d: chrono::Duration, over: OverMax) -> Self {
+        self.max_duration = d;
+        self.over_max = over;
+        self
+    }
+
+    /// What a repeated share of a live (user, entity, context) does
+    /// (default: [`RepeatShare::Replace`]).
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Error, Expiry, Level, RepeatShare, UserId};
+    /// let engine = Engine::builder().repeat_share(RepeatShare::Reject).build().unwrap();
+    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
+    /// engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap();
+    /// let again = engine.share(u, e, Context::Direct, Level::Edit, Expiry::Default);
+    /// assert!(matches!(again, Err(Error::AlreadyShared { .. })));
+    /// ```
+    pub fn repeat_share(mut self, rule: RepeatShare) -> Self {
+        self.repeat = rule;
+        self
+    }
+
+    /// The timing wheel's resolution (default: 1 second; from 1 ms to 1
+    /// day). Checks are exact to the millisecond whatever the tick; the tick
+    /// sets how soon after its expiry a grant is reclaimed and its `Expired`
+    /// event raised.
+    ///
+    /// ```
+    /// use grantwheel::Engine;
+    /// assert!(Engine::builder().tick(chrono::Duration::milliseconds(100)).build().is_ok());
+    /// assert!(Engine::builder().tick(chrono::Duration::zero()).build().is_err());
+    /// ```
+    pub fn tick(mut self, tick: chrono::Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Raise [`Event::ExpiringSoon`](crate::Event::ExpiringSoon) this long before each grant expires,
+    /// for each offset given (default: none).
+    ///
+    /// ```
+    /// use grantwheel::Engine;
+    /// use chrono::Duration;
+    /// let engine = Engine::builder().warn_before([Duration::days(14), Duration::days(1)]).build();
+    /// assert!(engine.is_ok());
+    /// ```
+    pub fn warn_before(mut self, offsets: impl IntoIterator<Item = chrono::Duration>) -> Self {
+        self.warnings = offsets.into_iter().collect();
+        self
+    }
+
+    /// Room for this many grants on numeric entities, reserved up front.
+    pub fn capacity(mut self, grants: usize) -> Self {
+        self.capacity = grants;
+        self
+    }
+
+    /// Keep the engine's state in `store` (default: none, state lives only
+    /// in memory). [`build`](Self::build) then loads the state the store
+    /// holds: grants past their expiry are dropped (and recorded as
+    /// expired), the rest are indexed and scheduled again. From then on
+    /// every change is written to the store; see [`crate::store`] for the
+    /// write order.
+    ///
+    /// ```
+    /// use grantwheel::store::SqliteStore;
+    /// use grantwheel::Engine;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let store = SqliteStore::open(dir.path().join("grants.db")).unwrap();
+    /// let engine = Engine::builder().store(store).build().unwrap();
+    /// assert!(engine.is_durable());
+    /// ```
+    pub fn store(mut self, store: impl Store + 'static) -> Self {
+        self.store = Some(Box::new(store));
+        self
+    }
+
+    /// Check the settings and build the engine.
+    pub fn build(self) -> Result<Engine, Error> {
+        let positive_ms = |field: &'static str, d: chrono::Duration| -> Result<u64, Error> {
+            let ms = d.num_milliseconds();
+            if ms <= 0 {
+                return Err(Error::invalid(
+                    field,
+                    format!("`{d}` is not at least one millisecond"),
+                ));
+            }
+            Ok(ms.unsigned_abs())
+        };
+        let default_ms = positive_ms("default_duration", self.default_duration)?;
+        let max_ms = positive_ms("max_duration", self.max_duration)?;
+        let tick_ms = positive_ms("tick", self.tick)?;
+        if self.tick.num_milliseconds() > MS_PER_DAY {
+            return Err(Error::invalid(
+                "tick",
+                format!("`{}` is longer than one day", self.tick),
+            ));
+        }
+        if default_ms > max_ms {
+            return Err(Error::invalid(
+                "default_duration",
+                format!(
+                    "`{}` is longer than the maximum duration `{}`",
+                    self.default_duration, self.max_duration
+                ),
+            ));
+        }
+        let mut warnings = Vec::with_capacity(self.warnings.len());
+        for w in &self.warnings {
+            warnings.push(positive_ms("warn_before", *w)?);
+        }
+        warnings.sort_unstable_by(|a, b| b.cmp(a));
+        warnings.dedup();
+        if warnings.len() >= usize::from(u8::MAX) {
+            return Err(Error::invalid(
+                "warn_before",
+                "more than 254 warning offsets",
+            ));
+        }
+        let timing = Timing {
+            tick_ms,
+            warnings: warnings.into_boxed_slice(),
+        };
+        let timing_copy = timing.clone();
+        let (reader, mut index) = new_index();
+        let clock = self.clock;
+        let mut now = to_millis_i64(clock.now_millis());
+        let mut store = self.store;
+        let meta = match &mut store {
+            Some(store) => store.meta()?,
+            None => Default::default(),
+        };
+        if let Some(at) = meta.clock {
+            // Never run behind the time the store last saw.
+            now = now.max(to_millis(at));
+        }
+        let mut grants = Vec::new();
+        if self.capacity > 0 {
+            grants.reserve(self.capacity);
+            index.reserve_numeric(&reader, self.capacity, &mut |_, _| {});
+        }
+        let durable = store.is_some();
+        let mut state = State {
+            index,
+            timing,
+            grants,
+            free: Vec::new(),
+            wheel: Wheel::new(now / tick_ms),
+            next_serial: meta.next_serial.max(1),
+            held: 0,
+            fired: Vec::new(),
+            store: None,
+            seq: meta.last_seq,
+            clock_written: meta.clock.map_or(0, to_millis),
+            lazy: Vec::new(),
+            group: None,
+        };
+        let restored = match store {
+            Some(mut store) => {
+                let restored = state.load(&reader, &mut *store, now)?;
+                state.store = Some(store);
+                Some(restored)
+            }
+            None => None,
+        };
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                reader,
+                clock,
+                high_water: AtomicU64::new(now),
+                cfg: Config {
+                    default_ms,
+                    max_ms,
+                    over_max: self.over_max,
+                    repeat: self.repeat,
+                    timing: timing_copy,
+                },
+                state: Mutex::new(state),
+                hub: Hub::default(),
+                durable,
+                queue: Mutex::new(Queue::default()),
+                batch_done: parking_lot::Condvar::new(),
+                restored: Mutex::new(restored),
+                layer: Mutex::new(None),
+            }),
+        };
+        if durable {
+            // Write down what the load found expired (and any duplicates).
+            engine.flush()?;
+        }
+        Ok(engine)
+    }
+}

@@ -1,0 +1,453 @@
+//! Group commit: changes queued, run under the lock, written as one batch,
+//! then published or undone.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+
+use crate::clock::from_millis;
+use crate::error::Error;
+use crate::events::Event;
+use crate::ids::{EntityId, Level, UserId};
+use crate::index::{IndexReader, PairKey};
+use crate::model::grant::Grant;
+use crate::store::{Batch, Change, EndCause};
+
+use super::config::Config;
+use super::record::{GrantRec, EDIT_BIT, NIL, PENDING_BIT};
+use super::state::State;
+use super::{Engine, Inner};
+
+/// What a batch under way needs to be undone, and to hide what it has not
+/// yet written.
+#[derive(Default)]
+pub(super) struct Group {
+    /// Each touched pair's grants as they were before the batch.
+    pub(super) pairs: hashbrown::HashMap<(UserId, EntityId), Vec<GrantRec>>,
+    /// For grants changed in the batch (by serial): the expiry and level
+    /// checks go on seeing until it is written. New grants are not in it:
+    /// checks do not see them at all.
+    pub(super) shown: hashbrown::HashMap<u64, (u64, Level)>,
+    /// Grants that ended for good in the batch (revoked on request, or
+    /// reclaimed as expired): undoing the batch does not bring them back.
+    pub(super) ended: hashbrown::HashSet<u64>,
+}
+
+/// A change queued for the next batch; it returns what to do once the
+/// batch is written (`None`) or has failed (`Some(reason)`).
+pub(super) type Job = Box<dyn FnOnce(&mut State, &mut Changes<'_>, u64) -> Finish + Send>;
+pub(super) type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+/// More writes for a share's batch, made from its result under the lock.
+pub(crate) type Then = Box<dyn FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change> + Send>;
+
+/// Changes waiting for a batch, and whether a caller is making one.
+#[derive(Default)]
+pub(super) struct Queue {
+    pub(super) jobs: Vec<Job>,
+    pub(super) leading: bool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Best effort: write what waits (expirations, history updates).
+        let st = self.state.get_mut();
+        let now = *self.high_water.get_mut();
+        if st.lazy.is_empty() && now <= st.clock_written {
+            return;
+        }
+        if let Some(mut store) = st.store.take() {
+            let changes = std::mem::take(&mut st.lazy);
+            let batch = Batch {
+                seq: st.seq + 1,
+                next_serial: st.next_serial,
+                clock: from_millis(now),
+                changes: &changes,
+            };
+            let _ = store.apply(&batch);
+        }
+    }
+}
+
+/// What a change collects while it holds the state lock.
+pub(super) struct Changes<'a> {
+    pub(super) events: Vec<Event>,
+    /// Positions in `events` of events that stand even if the batch fails.
+    pub(super) kept_events: Vec<usize>,
+    pub(super) want: bool,
+    pub(super) cfg: &'a Config,
+    pub(super) reader: &'a IndexReader,
+    /// Whether writes are collected (the engine has a store).
+    pub(super) durable: bool,
+    /// Writes undone if the batch fails.
+    pub(super) writes: Vec<Change>,
+    /// Writes that stand even if the batch fails: revokes, expirations.
+    pub(super) kept: Vec<Change>,
+    /// Grants revoked on request.
+    pub(super) revoked: Vec<Grant>,
+}
+
+impl Changes<'_> {
+    pub(super) fn push(&mut self, make: impl FnOnce() -> Event) {
+        if self.want {
+            self.events.push(make());
+        }
+    }
+
+    /// An event that stands even if the batch fails.
+    pub(super) fn push_kept(&mut self, make: impl FnOnce() -> Event) {
+        if self.want {
+            self.kept_events.push(self.events.len());
+            self.events.push(make());
+        }
+    }
+
+    /// A write undone if the batch fails.
+    pub(super) fn write(&mut self, make: impl FnOnce() -> Change) {
+        if self.durable {
+            self.writes.push(make());
+        }
+    }
+
+    /// A write that stands even if the batch fails.
+    pub(super) fn keep(&mut self, make: impl FnOnce() -> Change) {
+        if self.durable {
+            self.kept.push(make());
+        }
+    }
+
+    pub(super) fn end(&mut self, grant: &Grant, at: u64, cause: EndCause) {
+        let serial = grant.id.serial;
+        let change = move || Change::End {
+            serial,
+            at: from_millis(at),
+            cause,
+        };
+        match cause {
+            EndCause::Replaced => self.write(change),
+            EndCause::Revoked | EndCause::Expired => self.keep(change),
+        }
+    }
+}
+
+impl State {
+    /// Remember a pair's grants before a batch first touches them.
+    pub(super) fn note_pair(&mut self, user: &UserId, entity: &EntityId) {
+        let Some(group) = &self.group else { return };
+        if group.pairs.contains_key(&(*user, *entity)) {
+            return;
+        }
+        let key = PairKey::new(user, entity);
+        let saved = match self.index.find(&key, self.index.hash(&key)) {
+            Some(loc) => self
+                .pair_grants(loc)
+                .into_iter()
+                .map(|g| self.grants[g as usize])
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Some(group) = &mut self.group {
+            group.pairs.insert((*user, *entity), saved);
+        }
+    }
+
+    /// Note that a grant ended for good in the batch under way.
+    pub(super) fn ended_for_good(&mut self, serial: u64) {
+        if let Some(group) = &mut self.group {
+            group.ended.insert(serial);
+        }
+    }
+
+    /// The batch is written: show its grants.
+    pub(super) fn finalize(&mut self) {
+        let Some(group) = self.group.take() else {
+            return;
+        };
+        for (user, entity) in group.pairs.keys() {
+            let key = PairKey::new(user, entity);
+            if let Some(loc) = self.index.find(&key, self.index.hash(&key)) {
+                let head = self.index.head(loc);
+                let mut g = head;
+                while g != NIL {
+                    self.grants[g as usize].bits &= !PENDING_BIT;
+                    g = self.grants[g as usize].next;
+                }
+                let summary = self.summary_of(head);
+                self.index.update(loc, head, summary);
+            }
+        }
+    }
+
+    /// The batch failed: put every touched pair back as it was, except
+    /// for grants that ended for good.
+    pub(super) fn rollback(&mut self, ch: &mut Changes<'_>, now: u64) {
+        let Some(group) = self.group.take() else {
+            return;
+        };
+        for ((user, entity), saved) in group.pairs {
+            let key = PairKey::new(&user, &entity);
+            let hash = self.index.hash(&key);
+            if let Some(loc) = self.index.find(&key, hash) {
+                for g in self.pair_grants(loc) {
+                    self.detach(ch.reader, g);
+                }
+            }
+            for rec in saved {
+                if group.ended.contains(&rec.serial()) {
+                    continue;
+                }
+                if rec.expires <= now {
+                    // Came due meanwhile: reclaim it as expired.
+                    let grant = rec.grant(user, entity);
+                    ch.push_kept(|| Event::Expired(grant));
+                    ch.end(&grant, rec.expires, EndCause::Expired);
+                    continue;
+                }
+                let mut fresh = rec;
+                fresh.next = NIL;
+                fresh.bits &= EDIT_BIT;
+                let g = self.alloc(fresh);
+                let found = self.index.find(&key, hash);
+                self.attach(ch.reader, &key, hash, found, g);
+                let armed = self.arm(g, now);
+                debug_assert!(armed, "a restored grant is live");
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// A fresh change record for `locked` and the batch leader.
+    pub(super) fn changes(&self) -> Changes<'_> {
+        let inner = &*self.inner;
+        Changes {
+            events: Vec::new(),
+            kept_events: Vec::new(),
+            want: inner.hub.wanted(),
+            cfg: &inner.cfg,
+            reader: &inner.reader,
+            durable: inner.durable,
+            writes: Vec::new(),
+            kept: Vec::new(),
+            revoked: Vec::new(),
+        }
+    }
+
+    /// Run a change under the state lock (after reclaiming what is due),
+    /// then deliver its events. Memory-only engines.
+    pub(super) fn with_state<T>(
+        &self,
+        f: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> T,
+    ) -> T {
+        self.locked(|st, ch, now| {
+            st.advance(ch.reader, ch, now);
+            f(st, ch, now)
+        })
+    }
+
+    /// Run `f` under the state lock, then deliver the events it raised.
+    /// Writes it makes (expirations) wait for the next batch.
+    pub(super) fn locked<T>(&self, f: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> T) -> T {
+        let inner = &*self.inner;
+        let out = {
+            let mut st = inner.state.lock();
+            let now = self.now_ms();
+            let mut ch = self.changes();
+            let out = f(&mut st, &mut ch, now);
+            // INVARIANT: every held grant has exactly one timer.
+            debug_assert_eq!(st.wheel.len(), st.held);
+            if ch.durable {
+                st.lazy.append(&mut ch.kept);
+                st.lazy.append(&mut ch.writes);
+            }
+            inner.hub.enqueue(&mut ch.events);
+            out
+        };
+        inner.hub.deliver();
+        out
+    }
+
+    /// Run a change: at once on a memory-only engine; as part of the next
+    /// batch on a durable one, returning once the batch is written.
+    pub(super) fn run<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        if !self.inner.durable {
+            return self.with_state(op);
+        }
+        let slot: Arc<Mutex<Option<Result<T, Error>>>> = Arc::default();
+        let out = slot.clone();
+        let job: Job = Box::new(move |st, ch, now| {
+            let result = op(st, ch, now);
+            let revoked = std::mem::take(&mut ch.revoked);
+            Box::new(move |failure: Option<&str>| {
+                let result = match (failure, result) {
+                    (None, r) | (Some(_), r @ Err(_)) => r,
+                    (Some(reason), Ok(_)) if revoked.is_empty() => Err(Error::Store {
+                        reason: reason.to_string(),
+                    }),
+                    (Some(reason), Ok(_)) => Err(Error::NotDurable {
+                        revoked,
+                        reason: reason.to_string(),
+                    }),
+                };
+                *out.lock() = Some(result);
+            })
+        });
+        // Leader and followers: one caller at a time makes a batch of all
+        // the changes queued; the others wait for it, and one of those
+        // whose change missed it leads the next.
+        let inner = &*self.inner;
+        let mut queue = inner.queue.lock();
+        queue.jobs.push(job);
+        loop {
+            if let Some(result) = slot.lock().take() {
+                return result;
+            }
+            if queue.leading {
+                inner.batch_done.wait(&mut queue);
+                continue;
+            }
+            queue.leading = true;
+            drop(queue);
+            self.commit();
+            queue = inner.queue.lock();
+            queue.leading = false;
+            inner.batch_done.notify_all();
+            drop(queue);
+            // Outside the leadership: a subscriber may make changes.
+            inner.hub.deliver();
+            queue = inner.queue.lock();
+            // INVARIANT: our change was queued before we led, so the batch
+            // we made carried it and its result is in the slot.
+        }
+    }
+
+    /// Take the state lock and, if changes are queued, run them all and
+    /// write them as one batch (group commit: while a batch is written the
+    /// callers that arrive queue their changes for the next one).
+    pub(super) fn commit(&self) {
+        let inner = &*self.inner;
+        {
+            let mut guard = inner.state.lock();
+            let st = &mut *guard;
+            let jobs = std::mem::take(&mut inner.queue.lock().jobs);
+            if jobs.is_empty() {
+                return;
+            }
+            let now = self.now_ms();
+            let mut base = self.changes();
+            st.advance(&inner.reader, &mut base, now);
+            let mut events = std::mem::take(&mut base.events);
+            let mut batch = std::mem::take(&mut st.lazy);
+            batch.append(&mut base.kept);
+            st.group = Some(Group::default());
+            // Per change: its events, which of them stand, and the range of
+            // its undoable writes in the batch.
+            let mut done = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let mut ch = self.changes();
+                let finish = job(st, &mut ch, now);
+                batch.append(&mut ch.kept);
+                let start = batch.len();
+                batch.append(&mut ch.writes);
+                done.push((finish, ch.events, ch.kept_events, start..batch.len()));
+            }
+            // An empty batch still records that time moved on: a restart
+            // must not run the clock back.
+            let result = if batch.is_empty() && now <= st.clock_written {
+                Ok(())
+            } else {
+                st.seq += 1;
+                let b = Batch {
+                    seq: st.seq,
+                    next_serial: st.next_serial,
+                    clock: from_millis(now),
+                    changes: &batch,
+                };
+                match &mut st.store {
+                    Some(store) => store.apply(&b),
+                    None => Ok(()),
+                }
+            };
+            let failure = match result {
+                Ok(()) => {
+                    st.clock_written = st.clock_written.max(now);
+                    st.finalize();
+                    None
+                }
+                Err(e) => {
+                    let mut ch = self.changes();
+                    st.rollback(&mut ch, now);
+                    // What stands waits for the next batch.
+                    let mut undo = vec![false; batch.len()];
+                    for (_, _, _, range) in &done {
+                        undo[range.clone()].iter_mut().for_each(|u| *u = true);
+                    }
+                    st.lazy = batch
+                        .into_iter()
+                        .zip(undo)
+                        .filter_map(|(c, u)| (!u).then_some(c))
+                        .collect();
+                    st.lazy.append(&mut ch.kept);
+                    // Only the events that stand go out.
+                    for (_, evs, kept, _) in &mut done {
+                        let mut keep = vec![false; evs.len()];
+                        kept.iter().for_each(|i| keep[*i] = true);
+                        *evs = std::mem::take(evs)
+                            .into_iter()
+                            .zip(keep)
+                            .filter_map(|(e, k)| k.then_some(e))
+                            .collect();
+                    }
+                    done.push((Box::new(|_| {}), ch.events, Vec::new(), 0..0));
+                    Some(e.to_string())
+                }
+            };
+            // INVARIANT: every held grant has exactly one timer.
+            debug_assert_eq!(st.wheel.len(), st.held);
+            for (finish, evs, _, _) in done {
+                events.extend(evs);
+                // Before the lock goes: waiters read their result under it.
+                finish(failure.as_deref());
+            }
+            inner.hub.enqueue(&mut events);
+        }
+    }
+
+    /// Write what waits for the next batch (expirations, revokes whose
+    /// batch failed, history updates) now. A no-op without a store.
+    ///
+    /// ```
+    /// use grantwheel::store::MemoryStore;
+    /// use grantwheel::Engine;
+    /// let engine = Engine::builder().store(MemoryStore::new()).build().unwrap();
+    /// engine.flush().unwrap();
+    /// ```
+    pub fn flush(&self) -> Result<(), Error> {
+        if !self.inner.durable {
+            return Ok(());
+        }
+        // The batch carries what waits; an empty change is enough.
+        self.run(|_, _, _| Ok(()))
+    }
+
+    /// Queue writes for the next batch without waiting for it.
+    pub(crate) fn write_later(&self, changes: impl IntoIterator<Item = Change>) {
+        if self.inner.durable {
+            self.inner.state.lock().lazy.extend(changes);
+        }
+    }
+
+    /// Write changes now, in the next batch.
+    pub(crate) fn write_now(&self, changes: Vec<Change>) -> Result<(), Error> {
+        if !self.inner.durable {
+            return Ok(());
+        }
+        self.run(move |_, ch, _| {
+            ch.writes.extend(changes);
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! The settings an engine runs with, and how a share's expiry is resolved
+//! from them.
+
+use crate::clock::{from_millis, max_millis, to_millis};
+use crate::error::Error;
+use crate::model::grant::{Expiry, OverMax, RepeatShare};
+
+pub(super) struct Config {
+    pub(super) default_ms: u64,
+    pub(super) max_ms: u64,
+    pub(super) over_max: OverMax,
+    pub(super) repeat: RepeatShare,
+    pub(super) timing: Timing,
+}
+
+/// The tick and the warning offsets: what turns a grant into its timer.
+#[derive(Clone, Debug)]
+pub(super) struct Timing {
+    pub(super) tick_ms: u64,
+    /// Warning offsets, longest first.
+    pub(super) warnings: Box<[u64]>,
+}
+
+impl Timing {
+    /// The next timer of a grant: the first warning still ahead, else the
+    /// expiry. Returns the stage (`warnings.len()` for the expiry) and its
+    /// instant.
+    pub(super) fn next_timer(&self, expires: u64, now: u64) -> (u8, u64) {
+        for (i, w) in self.warnings.iter().enumerate() {
+            let at = expires.saturating_sub(*w);
+            if at > now {
+                return (i as u8, at);
+            }
+        }
+        (self.warnings.len() as u8, expires)
+    }
+
+    /// The instant of a grant's timer at `stage`.
+    pub(super) fn timer_at(&self, expires: u64, stage: u8) -> u64 {
+        match self.warnings.get(usize::from(stage)) {
+            Some(w) => expires.saturating_sub(*w),
+            None => expires,
+        }
+    }
+
+    /// The first tick at or after `instant`.
+    pub(super) fn tick_of(&self, instant: u64) -> u64 {
+        instant.div_ceil(self.tick_ms)
+    }
+}
+
+impl Config {
+    /// The expiry instant a share asks for, validated.
+    pub(super) fn resolve(&self, now: u64, expiry: Expiry) -> Result<u64, Error> {
+        let (field, ms) = match expiry {
+            Expiry::Default => ("duration", self.default_ms),
+            Expiry::After(d) => {
+                let ms = d.num_milliseconds();
+                if ms <= 0 {
+                    return Err(Error::invalid(
+                        "duration",
+                        format!("`{d}` is not at least one millisecond"),
+                    ));
+                }
+                ("duration", ms.unsigned_abs())
+            }
+            Expiry::At(t) => {
+                let at = to_millis(t);
+                if at <= now {
+                    return Err(Error::invalid(
+                        "expires_at",
+                        format!("`{t}` is not after the current time `{}`", from_millis(now)),
+                    ));
+                }
+                ("expires_at", at - now)
+            }
+        };
+        self.expiry_after(now, field, ms)
+    }
+
+    pub(super) fn expiry_after(
+        &self,
+        now: u64,
+        field: &'static str,
+        mut ms: u64,
+    ) -> Result<u64, Error> {
+        if ms > self.max_ms {
+            match self.over_max {
+                OverMax::Clamp => ms = self.max_ms,
+                OverMax::Reject => {
+                    return Err(Error::invalid(
+                        field,
+                        format!(
+                            "a duration of {} ms is longer than the maximum of {} ms",
+                            ms, self.max_ms
+                        ),
+                    ))
+                }
+            }
+        }
+        match now.checked_add(ms) {
+            Some(at) if at <= max_millis() => Ok(at),
+            _ => Err(Error::invalid(
+                field,
+                "the expiry would fall after the latest representable instant",
+            )),
+        }
+    }
+}

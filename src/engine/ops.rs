@@ -1,0 +1,488 @@
+//! What changes grants: shares, expiry changes, revokes, and listings.
+
+use chrono::{DateTime, Utc};
+
+use crate::clock::from_millis;
+use crate::error::Error;
+use crate::events::{Event, RevokeReason};
+use crate::ids::{Context, EntityId, GrantId, Level, UserId};
+use crate::index::PairKey;
+use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec};
+use crate::store::{Change, EndCause};
+
+use super::commit::{Changes, Then};
+use super::record::{GrantRec, MAX_GRANTS, MAX_SERIAL, PENDING_BIT};
+use super::state::State;
+use super::Engine;
+
+impl Engine {
+    /// Give `user` access to `entity` at `level` until `expiry`, through
+    /// `context`. Returns the grant as it now stands.
+    ///
+    /// A duration that is zero or negative, longer than the maximum (unless
+    /// configured to clamp), or that overflows is refused with
+    /// [`Error::Invalid`] naming `duration` or `expires_at`. When the (user,
+    /// entity, context) already has a live grant, the [`RepeatShare`] rule
+    /// decides. Grants through other contexts are untouched.
+    ///
+    /// With a store, the grant is written before any check sees it and
+    /// before this returns; if the store fails the call returns
+    /// [`Error::Store`] and nothing changed.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
+    /// use chrono::Duration;
+    /// use uuid::Uuid;
+    ///
+    /// let engine = Engine::new();
+    /// let user: UserId = "0203f172-8642-11e7-9bed-069b743e848f".parse().unwrap();
+    /// let activity = Context::Activity("f2dbf1d5-bbab-418b-bddc-4c92ecdef214".parse::<Uuid>().unwrap());
+    /// let grant = engine
+    ///     .share(user, EntityId::lead(869196), activity, Level::Edit, Expiry::After(Duration::minutes(30)))
+    ///     .unwrap();
+    /// assert!(engine.can_edit(&user, &EntityId::lead(869196)));
+    /// assert_eq!(grant.level, Level::Edit);
+    /// ```
+    pub fn share(
+        &self,
+        user: UserId,
+        entity: EntityId,
+        context: Context,
+        level: Level,
+        expiry: Expiry,
+    ) -> Result<Grant, Error> {
+        let spec = ShareSpec {
+            user,
+            entity,
+            context,
+            level,
+            expiry,
+        };
+        self.run(move |st, ch, now| share_op(st, ch, now, &spec))
+    }
+
+    /// Share several grants as one batch: one lock, and with a store one
+    /// transaction. Each item succeeds or fails on its own, as
+    /// [`share`](Self::share) would; if the store fails, every item fails
+    /// with [`Error::Store`].
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, ShareSpec, UserId};
+    /// let engine = Engine::new();
+    /// let items: Vec<ShareSpec> = (0..3)
+    ///     .map(|i| ShareSpec::new(UserId::from_u128(i), EntityId::lead(7), Level::Read))
+    ///     .collect();
+    /// let results = engine.share_many(items);
+    /// assert!(results.iter().all(|r| r.is_ok()));
+    /// assert_eq!(engine.len(), 3);
+    /// ```
+    pub fn share_many(&self, items: Vec<ShareSpec>) -> Vec<Result<Grant, Error>> {
+        // A closure that captures nothing: boxing it allocates nothing.
+        let none = |_: &Result<Grant, Error>, _: DateTime<Utc>| Vec::new();
+        self.share_many_then(
+            items
+                .into_iter()
+                .map(|spec| (spec, Box::new(none) as Then))
+                .collect(),
+        )
+    }
+
+    /// [`share`](Self::share), with more writes for the same batch, made
+    /// from the result under the lock (the request layer's history).
+    pub(crate) fn share_then(
+        &self,
+        spec: ShareSpec,
+        then: impl FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
+    ) -> Result<Grant, Error> {
+        self.run(move |st, ch, now| share_op_then(st, ch, now, &spec, then))
+    }
+
+    /// [`share_many`](Self::share_many), each item with its own more
+    /// writes for the same batch.
+    pub(crate) fn share_many_then(
+        &self,
+        items: Vec<(ShareSpec, Then)>,
+    ) -> Vec<Result<Grant, Error>> {
+        let n = items.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let out = self.run(move |st, ch, now| {
+            Ok(items
+                .into_iter()
+                .map(|(spec, then)| share_op_then(st, ch, now, &spec, then))
+                .collect::<Vec<_>>())
+        });
+        match out {
+            Ok(results) => results,
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
+    /// Set a live grant's expiry (extend or shorten it), atomically: no
+    /// check ever sees the grant missing. The new expiry must be after now
+    /// and within the maximum duration from now. With a store, a later
+    /// expiry shows only once written; an earlier one shows at once.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::new();
+    /// let g = engine.share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::hours(1))).unwrap();
+    /// let longer = engine.set_expiry(&g.id, Expiry::After(Duration::days(2))).unwrap();
+    /// assert!(longer.expires_at > g.expires_at);
+    /// ```
+    pub fn set_expiry(&self, id: &GrantId, expiry: Expiry) -> Result<Grant, Error> {
+        let id = *id;
+        self.run(move |st, ch, now| {
+            let g = st.find_id(&id, now).ok_or(Error::NotLive(id))?;
+            let expires = ch.cfg.resolve(now, expiry)?;
+            Ok(change_expiry(st, ch, g, expires, now))
+        })
+    }
+
+    /// Move a live grant's expiry by `by` (negative shortens it). The result
+    /// must stay after now and within the maximum duration from now;
+    /// otherwise [`Error::Invalid`] names `by`.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::new();
+    /// let g = engine.share(UserId::from_u128(1), EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::hours(2))).unwrap();
+    /// let shorter = engine.extend(&g.id, Duration::hours(-1)).unwrap();
+    /// assert_eq!(g.expires_at - shorter.expires_at, Duration::hours(1));
+    /// assert_eq!(engine.extend(&g.id, Duration::hours(-5)).unwrap_err().field(), Some("by"));
+    /// ```
+    pub fn extend(&self, id: &GrantId, by: chrono::Duration) -> Result<Grant, Error> {
+        let id = *id;
+        self.run(move |st, ch, now| {
+            let g = st.find_id(&id, now).ok_or(Error::NotLive(id))?;
+            let old = st.grants[g as usize].expires;
+            let by_ms = by.num_milliseconds();
+            let target = if by_ms >= 0 {
+                old.checked_add(by_ms.unsigned_abs())
+            } else {
+                old.checked_sub(by_ms.unsigned_abs())
+            };
+            let expires = match target {
+                Some(t) if t > now => ch.cfg.expiry_after(now, "by", t - now)?,
+                Some(_) => {
+                    return Err(Error::invalid(
+                        "by",
+                        format!("`{by}` would end the grant at or before now; revoke it instead"),
+                    ))
+                }
+                None => {
+                    return Err(Error::invalid(
+                        "by",
+                        format!("`{by}` moves the expiry out of the representable range"),
+                    ))
+                }
+            };
+            Ok(change_expiry(st, ch, g, expires, now))
+        })
+    }
+
+    /// Revoke one live grant by id. Returns it as it was.
+    ///
+    /// Every check says no from the moment the revoke is decided. With a
+    /// store, if the revoke cannot be written the call returns
+    /// [`Error::NotDurable`]: the grant stays revoked, and the revoke is
+    /// written with the next batch that succeeds.
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Error, Expiry, Level, UserId};
+    /// let engine = Engine::new();
+    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
+    /// let g = engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap();
+    /// engine.revoke(&g.id).unwrap();
+    /// assert!(!engine.can_read(&u, &e));
+    /// assert!(matches!(engine.revoke(&g.id), Err(Error::NotLive(_))));
+    /// ```
+    pub fn revoke(&self, id: &GrantId) -> Result<Grant, Error> {
+        let id = *id;
+        self.run(move |st, ch, now| {
+            let g = st.find_id(&id, now).ok_or(Error::NotLive(id))?;
+            Ok(st.revoke_all(ch, now, vec![g]).remove(0))
+        })
+    }
+
+    /// Revoke the live grant of (user, entity) through `context`, if any.
+    /// Grants through other contexts stay. Store failures as for
+    /// [`revoke`](Self::revoke).
+    pub fn revoke_context(
+        &self,
+        user: &UserId,
+        entity: &EntityId,
+        context: &Context,
+    ) -> Result<Option<Grant>, Error> {
+        let (user, entity, context) = (*user, *entity, *context);
+        self.run(move |st, ch, now| Ok(revoke_context_op(st, ch, now, &user, &entity, &context)))
+    }
+
+    /// [`revoke_context`](Self::revoke_context), with more writes for the
+    /// same batch made from the result under the lock.
+    pub(crate) fn revoke_context_then(
+        &self,
+        user: UserId,
+        entity: EntityId,
+        context: Context,
+        then: impl FnOnce(Option<&Grant>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
+    ) -> Result<Option<Grant>, Error> {
+        self.run(move |st, ch, now| {
+            let result = revoke_context_op(st, ch, now, &user, &entity, &context);
+            if ch.durable {
+                let more = then(result.as_ref(), from_millis(now));
+                ch.kept.extend(more);
+            }
+            Ok(result)
+        })
+    }
+
+    /// Revoke every live grant of (user, entity), whatever the context.
+    pub fn revoke_pair(&self, user: &UserId, entity: &EntityId) -> Result<Vec<Grant>, Error> {
+        let (user, entity) = (*user, *entity);
+        self.run(move |st, ch, now| {
+            let gs = st.live_in_pair(&user, &entity, now);
+            Ok(st.revoke_all(ch, now, gs))
+        })
+    }
+
+    /// Revoke every live grant of `user`. Scans the index: O(pairs).
+    pub fn revoke_user(&self, user: &UserId) -> Result<Vec<Grant>, Error> {
+        let user = *user;
+        self.run(move |st, ch, now| {
+            let gs = st.live_where(now, |u, _| *u == user);
+            Ok(st.revoke_all(ch, now, gs))
+        })
+    }
+
+    /// Revoke every live grant on `entity`. Scans the index: O(pairs).
+    pub fn revoke_entity(&self, entity: &EntityId) -> Result<Vec<Grant>, Error> {
+        let entity = *entity;
+        self.run(move |st, ch, now| {
+            let gs = st.live_where(now, |_, e| *e == entity);
+            Ok(st.revoke_all(ch, now, gs))
+        })
+    }
+
+    /// Revoke every live grant given through `context` (for example all
+    /// that one activity shared). Scans the grants: O(grants).
+    pub fn revoke_from_context(&self, context: &Context) -> Result<Vec<Grant>, Error> {
+        let (kind, id) = context.pack();
+        self.run(move |st, ch, now| {
+            let gs = st
+                .grants
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    r.used()
+                        && r.expires > now
+                        && r.ctx_kind() == kind
+                        && r.ctx_hi == (id >> 64) as u64
+                        && r.ctx_lo == id as u64
+                })
+                .map(|(g, _)| g as u32)
+                .collect();
+            Ok(st.revoke_all(ch, now, gs))
+        })
+    }
+
+    /// Read the state under the lock (after reclaiming what is due).
+    pub(super) fn read_state<T>(&self, f: impl FnOnce(&State, u64) -> T) -> T {
+        self.with_state(|st, _, now| f(st, now))
+    }
+
+    /// The live grants of (user, entity), by expiry.
+    pub fn grants_for(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
+        self.read_state(|st, now| st.sorted_by_expiry(st.live_in_pair(user, entity, now)))
+    }
+
+    /// The live grants on `entity`, by expiry. Scans the index: O(pairs).
+    pub fn grants_on(&self, entity: &EntityId) -> Vec<Grant> {
+        self.read_state(|st, now| st.sorted_by_expiry(st.live_where(now, |_, e| e == entity)))
+    }
+
+    /// The live grants of `user`, by expiry. Scans the index: O(pairs).
+    pub fn grants_of(&self, user: &UserId) -> Vec<Grant> {
+        self.read_state(|st, now| st.sorted_by_expiry(st.live_where(now, |u, _| u == user)))
+    }
+
+    /// The live grants that expire within `window` from now, by expiry.
+    /// Scans the grants: O(grants).
+    ///
+    /// ```
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::new();
+    /// let u = UserId::from_u128(1);
+    /// engine.share(u, EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::days(3))).unwrap();
+    /// engine.share(u, EntityId::lead(2), Context::Direct, Level::Read, Expiry::After(Duration::hours(2))).unwrap();
+    /// let soon = engine.expiring_within(Duration::days(1));
+    /// assert_eq!(soon.len(), 1);
+    /// assert_eq!(soon[0].id.entity, EntityId::lead(2));
+    /// ```
+    pub fn expiring_within(&self, window: chrono::Duration) -> Vec<Grant> {
+        let window = u64::try_from(window.num_milliseconds()).unwrap_or(0);
+        self.read_state(|st, now| {
+            let until = now.saturating_add(window);
+            let gs = st
+                .grants
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.used() && r.expires > now && r.expires <= until)
+                .map(|(g, _)| g as u32)
+                .collect();
+            st.sorted_by_expiry(gs)
+        })
+    }
+}
+
+pub(super) fn change_expiry(
+    st: &mut State,
+    ch: &mut Changes<'_>,
+    g: u32,
+    expires: u64,
+    now: u64,
+) -> Grant {
+    let rec = st.grants[g as usize];
+    if rec.expires != expires {
+        st.change(g, expires, rec.level(), now);
+        let grant = st.grant(g);
+        ch.write(|| Change::Put(grant));
+        ch.push(|| Event::Extended {
+            grant,
+            previous_expiry: from_millis(rec.expires),
+        });
+    }
+    st.grant(g)
+}
+
+#[inline(always)]
+pub(super) fn share_op(
+    st: &mut State,
+    ch: &mut Changes<'_>,
+    now: u64,
+    spec: &ShareSpec,
+) -> Result<Grant, Error> {
+    let ShareSpec {
+        user,
+        entity,
+        context,
+        level,
+        expiry,
+    } = *spec;
+    let reader = ch.reader;
+    let expires = ch.cfg.resolve(now, expiry)?;
+    st.note_pair(&user, &entity);
+    let key = PairKey::new(&user, &entity);
+    let ctx = context.pack();
+    let hash = st.index.hash(&key);
+    let mut found = st.index.find(&key, hash);
+    let existing = found.and_then(|loc| st.find_context(loc, ctx));
+    if let Some(g) = existing {
+        let rec = st.grants[g as usize];
+        if rec.expires <= now {
+            // Past its expiry, not yet reclaimed: reclaim it now.
+            let grant = st.grant(g);
+            ch.push_kept(|| Event::Expired(grant));
+            ch.end(&grant, rec.expires, EndCause::Expired);
+            st.ended_for_good(grant.id.serial);
+            st.detach(reader, g);
+            found = st.index.find(&key, hash);
+        } else {
+            match ch.cfg.repeat {
+                RepeatShare::Reject => {
+                    return Err(Error::AlreadyShared {
+                        existing: st.grant(g),
+                    })
+                }
+                RepeatShare::KeepLater => {
+                    let (exp, lvl) = (rec.expires.max(expires), rec.level().max(level));
+                    if (exp, lvl) != (rec.expires, rec.level()) {
+                        st.change(g, exp, lvl, now);
+                        let grant = st.grant(g);
+                        ch.write(|| Change::Put(grant));
+                        ch.push(|| Event::Extended {
+                            grant,
+                            previous_expiry: from_millis(rec.expires),
+                        });
+                    }
+                    return Ok(st.grant(g));
+                }
+                RepeatShare::Replace => {
+                    let grant = st.grant(g);
+                    ch.push(|| Event::Revoked {
+                        grant,
+                        reason: RevokeReason::Replaced,
+                    });
+                    ch.end(&grant, now, EndCause::Replaced);
+                    st.detach(reader, g);
+                    found = st.index.find(&key, hash);
+                }
+            }
+        }
+    }
+    if st.held >= MAX_GRANTS || st.next_serial >= MAX_SERIAL {
+        return Err(Error::Full { limit: MAX_GRANTS });
+    }
+    let serial = st.next_serial;
+    st.next_serial += 1;
+    let mut rec = GrantRec::new(expires, serial, ctx, level);
+    if st.group.is_some() {
+        // Hidden from checks until the batch is written.
+        rec.bits |= PENDING_BIT;
+    }
+    let g = st.alloc(rec);
+    st.attach(reader, &key, hash, found, g);
+    let armed = st.arm(g, now);
+    debug_assert!(armed, "a new grant's timer is ahead of now");
+    let grant = Grant {
+        id: GrantId {
+            user,
+            entity,
+            context,
+            serial,
+        },
+        level,
+        expires_at: from_millis(expires),
+    };
+    ch.write(|| Change::Put(grant));
+    ch.push(|| Event::Granted(grant));
+    Ok(grant)
+}
+
+/// A share, then the caller's writes for the same batch, made from its
+/// result (durable engines only).
+pub(super) fn share_op_then(
+    st: &mut State,
+    ch: &mut Changes<'_>,
+    now: u64,
+    spec: &ShareSpec,
+    then: impl FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change>,
+) -> Result<Grant, Error> {
+    let result = share_op(st, ch, now, spec);
+    if ch.durable {
+        let more = then(&result, from_millis(now));
+        ch.writes.extend(more);
+    }
+    result
+}
+
+pub(super) fn revoke_context_op(
+    st: &mut State,
+    ch: &mut Changes<'_>,
+    now: u64,
+    user: &UserId,
+    entity: &EntityId,
+    context: &Context,
+) -> Option<Grant> {
+    let key = PairKey::new(user, entity);
+    let loc = st.index.find(&key, st.index.hash(&key))?;
+    let g = st.find_context(loc, context.pack())?;
+    if st.grants[g as usize].expires <= now {
+        return None;
+    }
+    st.revoke_all(ch, now, vec![g]).pop()
+}

@@ -1,0 +1,402 @@
+//! The state behind the lock: grant records, the index writer and the
+//! wheel, and the operations that keep them in step.
+
+use crate::clock::from_millis;
+use crate::events::{Event, RevokeReason};
+use crate::ids::{EntityId, GrantId, Level, UserId};
+use crate::index::{IndexReader, IndexWriter, Locator, PackedLocator, PairKey, Summary};
+use crate::model::grant::Grant;
+use crate::store::{Change, EndCause, Store};
+use crate::wheel::{Links, Place, Wheel};
+
+use super::commit::{Changes, Group};
+use super::config::Timing;
+use super::record::{GrantRec, BUCKET_MASK, FREE, NIL, PENDING_BIT};
+
+/// The grant records as the wheel sees them: a grant's timer is due at the
+/// tick of its current stage.
+pub(super) struct GrantLinks<'a> {
+    pub(super) grants: &'a mut [GrantRec],
+    pub(super) timing: &'a Timing,
+}
+
+impl Links for GrantLinks<'_> {
+    fn deadline(&self, id: u32) -> u64 {
+        let rec = &self.grants[id as usize];
+        self.timing
+            .tick_of(self.timing.timer_at(rec.expires, rec.stage()))
+    }
+
+    fn place(&self, id: u32) -> Place {
+        let rec = &self.grants[id as usize];
+        Place {
+            bucket: (rec.bits & BUCKET_MASK) as u16,
+            pos: rec.pos,
+        }
+    }
+
+    fn set_place(&mut self, id: u32, place: Place) {
+        let rec = &mut self.grants[id as usize];
+        rec.bits = (rec.bits & !BUCKET_MASK) | u32::from(place.bucket);
+        rec.pos = place.pos;
+    }
+}
+
+pub(super) struct State {
+    pub(super) index: IndexWriter,
+    pub(super) timing: Timing,
+    pub(super) grants: Vec<GrantRec>,
+    pub(super) free: Vec<u32>,
+    pub(super) wheel: Wheel,
+    pub(super) next_serial: u64,
+    pub(super) held: usize,
+    pub(super) fired: Vec<u32>,
+    /// Where changes are written (`None`: memory only).
+    pub(super) store: Option<Box<dyn Store>>,
+    /// The sequence number of the last batch attempted.
+    pub(super) seq: u64,
+    /// The latest engine time a batch has written (restarted engines never
+    /// run behind it).
+    pub(super) clock_written: u64,
+    /// Writes that wait for the next batch: expirations, revokes whose
+    /// batch failed, history updates.
+    pub(super) lazy: Vec<Change>,
+    /// The batch being made, while one is.
+    pub(super) group: Option<Group>,
+}
+
+impl State {
+    pub(super) fn alloc(&mut self, rec: GrantRec) -> u32 {
+        self.held += 1;
+        if let Some(g) = self.free.pop() {
+            self.grants[g as usize] = rec;
+            g
+        } else {
+            self.grants.push(rec);
+            // INVARIANT: fewer than 2^32 - 1 grants are held at once.
+            (self.grants.len() - 1) as u32
+        }
+    }
+
+    pub(super) fn grant(&self, g: u32) -> Grant {
+        let rec = &self.grants[g as usize];
+        let (user, entity) = self.index.pair_at(rec.loc.into());
+        rec.grant(user, entity)
+    }
+
+    pub(super) fn summary_of(&self, head: u32) -> Summary {
+        let mut s = Summary::default();
+        let mut g = head;
+        while g != NIL {
+            let rec = &self.grants[g as usize];
+            g = rec.next;
+            let (expires, level) = if rec.bits & PENDING_BIT == 0 {
+                (rec.expires, rec.level())
+            } else {
+                // Not yet written: checks see what was there before.
+                match self
+                    .group
+                    .as_ref()
+                    .and_then(|gr| gr.shown.get(&rec.serial()))
+                {
+                    Some(&(e, l)) => (e.min(rec.expires), l.min(rec.level())),
+                    None => continue,
+                }
+            };
+            s.read_until = s.read_until.max(expires);
+            if level == Level::Edit {
+                s.edit_until = s.edit_until.max(expires);
+            }
+        }
+        s
+    }
+
+    /// The grants of the pair at `loc`.
+    pub(super) fn pair_grants(&self, loc: Locator) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut g = self.index.head(loc);
+        while g != NIL {
+            out.push(g);
+            g = self.grants[g as usize].next;
+        }
+        out
+    }
+
+    /// The grant of a pair with this context (live or not).
+    pub(super) fn find_context(&self, loc: Locator, ctx: (u32, u128)) -> Option<u32> {
+        let mut g = self.index.head(loc);
+        while g != NIL {
+            let rec = &self.grants[g as usize];
+            if rec.has_context(ctx) {
+                return Some(g);
+            }
+            g = rec.next;
+        }
+        None
+    }
+
+    /// Find a live grant by id.
+    pub(super) fn find_id(&self, id: &GrantId, now: u64) -> Option<u32> {
+        let key = PairKey::new(&id.user, &id.entity);
+        let loc = self.index.find(&key, self.index.hash(&key))?;
+        let g = self.find_context(loc, id.context.pack())?;
+        let rec = &self.grants[g as usize];
+        (rec.serial() == id.serial && rec.expires > now).then_some(g)
+    }
+
+    /// Put a new grant record into its pair (creating the pair).
+    pub(super) fn attach(
+        &mut self,
+        reader: &IndexReader,
+        key: &PairKey,
+        hash: u64,
+        found: Option<Locator>,
+        g: u32,
+    ) {
+        match found {
+            Some(loc) => {
+                let head = self.index.head(loc);
+                self.grants[g as usize].next = head;
+                self.grants[g as usize].loc = loc.into();
+                let summary = self.summary_of(g);
+                self.index.update(loc, g, summary);
+            }
+            None => {
+                self.grants[g as usize].next = NIL;
+                let summary = self.summary_of(g);
+                let grants = &mut self.grants;
+                let loc = self
+                    .index
+                    .insert(reader, key, hash, g, summary, &mut |head, loc| {
+                        relocate(grants, head, loc)
+                    });
+                self.grants[g as usize].loc = loc.into();
+            }
+        }
+    }
+
+    /// Take a grant out of its pair, the wheel and the slab.
+    pub(super) fn detach(&mut self, reader: &IndexReader, g: u32) {
+        let rec = self.grants[g as usize];
+        let loc: Locator = rec.loc.into();
+        self.wheel.cancel(
+            &mut GrantLinks {
+                grants: &mut self.grants,
+                timing: &self.timing,
+            },
+            g,
+        );
+        let head = self.index.head(loc);
+        let new_head = if head == g {
+            rec.next
+        } else {
+            let mut p = head;
+            while p != NIL && self.grants[p as usize].next != g {
+                p = self.grants[p as usize].next;
+            }
+            if p != NIL {
+                self.grants[p as usize].next = rec.next;
+            }
+            head
+        };
+        if new_head == NIL {
+            let grants = &mut self.grants;
+            self.index
+                .remove(reader, loc, &mut |head, loc| relocate(grants, head, loc));
+        } else {
+            let summary = self.summary_of(new_head);
+            self.index.update(loc, new_head, summary);
+        }
+        self.grants[g as usize].set_stage(FREE);
+        self.grants[g as usize].next = NIL;
+        self.free.push(g);
+        self.held -= 1;
+    }
+
+    /// Arm a grant's next timer. Returns `false` if it is due already.
+    pub(super) fn arm(&mut self, g: u32, now: u64) -> bool {
+        let (stage, _) = self.timing.next_timer(self.grants[g as usize].expires, now);
+        self.grants[g as usize].set_stage(stage);
+        self.wheel.schedule(
+            &mut GrantLinks {
+                grants: &mut self.grants,
+                timing: &self.timing,
+            },
+            g,
+        )
+    }
+
+    /// Set a live grant's expiry and level, re-arming its timer and
+    /// refreshing its pair.
+    pub(super) fn change(&mut self, g: u32, expires: u64, level: Level, now: u64) {
+        if self.group.is_some() {
+            let rec = self.grants[g as usize];
+            let (user, entity) = self.index.pair_at(rec.loc.into());
+            self.note_pair(&user, &entity);
+            if rec.bits & PENDING_BIT == 0 {
+                if let Some(group) = &mut self.group {
+                    group.shown.insert(rec.serial(), (rec.expires, rec.level()));
+                }
+                self.grants[g as usize].bits |= PENDING_BIT;
+            }
+        }
+        self.wheel.cancel(
+            &mut GrantLinks {
+                grants: &mut self.grants,
+                timing: &self.timing,
+            },
+            g,
+        );
+        let rec = &mut self.grants[g as usize];
+        rec.expires = expires;
+        rec.set_level(level);
+        let loc: Locator = rec.loc.into();
+        let armed = self.arm(g, now);
+        debug_assert!(armed, "a live grant's timer is ahead of now");
+        let head = self.index.head(loc);
+        let summary = self.summary_of(head);
+        self.index.update(loc, head, summary);
+    }
+
+    /// Reclaim what is due at `now`, raising warnings and expiries.
+    pub(super) fn advance(
+        &mut self,
+        reader: &IndexReader,
+        ch: &mut Changes<'_>,
+        now: u64,
+    ) -> usize {
+        let cfg = ch.cfg;
+        let mut fired = std::mem::take(&mut self.fired);
+        self.wheel.advance(
+            &mut GrantLinks {
+                grants: &mut self.grants,
+                timing: &self.timing,
+            },
+            now / cfg.timing.tick_ms,
+            &mut fired,
+        );
+        if fired.len() > 4096 {
+            // Visit the records in memory order: a mass expiry is bound by
+            // cache misses, and the events are sorted by time below anyway.
+            fired.sort_unstable();
+        }
+        let mut expired = 0;
+        let mut timed: Vec<(u64, u64, Event)> = Vec::new();
+        for &g in &fired {
+            let rec = self.grants[g as usize];
+            let warning = usize::from(rec.stage()) < cfg.timing.warnings.len();
+            if warning {
+                if rec.expires > now && ch.want {
+                    let at = rec
+                        .expires
+                        .saturating_sub(cfg.timing.warnings[usize::from(rec.stage())]);
+                    let grant = self.grant(g);
+                    timed.push((
+                        at,
+                        rec.serial(),
+                        Event::ExpiringSoon {
+                            grant,
+                            warned_at: from_millis(at),
+                        },
+                    ));
+                }
+                if self.arm(g, now) {
+                    continue;
+                }
+            }
+            if ch.want || ch.durable {
+                let grant = self.grant(g);
+                ch.end(&grant, rec.expires, EndCause::Expired);
+                if ch.want {
+                    timed.push((rec.expires, rec.serial(), Event::Expired(grant)));
+                }
+            }
+            self.detach(reader, g);
+            expired += 1;
+        }
+        fired.clear();
+        self.fired = fired;
+        if !timed.is_empty() {
+            timed.sort_by_key(|(at, serial, _)| (*at, *serial));
+            ch.events.extend(timed.into_iter().map(|(_, _, e)| e));
+        }
+        expired
+    }
+
+    /// Revoke the given grants (all live), in serial order.
+    pub(super) fn revoke_all(
+        &mut self,
+        ch: &mut Changes<'_>,
+        now: u64,
+        mut gs: Vec<u32>,
+    ) -> Vec<Grant> {
+        let reader = ch.reader;
+        gs.sort_by_key(|g| self.grants[*g as usize].serial());
+        let mut out = Vec::with_capacity(gs.len());
+        for g in gs {
+            let grant = self.grant(g);
+            ch.push_kept(|| Event::Revoked {
+                grant,
+                reason: RevokeReason::Requested,
+            });
+            if ch.durable {
+                ch.end(&grant, now, EndCause::Revoked);
+                ch.revoked.push(grant);
+                self.ended_for_good(grant.id.serial);
+            }
+            self.detach(reader, g);
+            out.push(grant);
+        }
+        out
+    }
+
+    /// The live grants of the pair at `loc`.
+    pub(super) fn live_at(&self, loc: Locator, now: u64) -> Vec<u32> {
+        let mut gs = self.pair_grants(loc);
+        gs.retain(|g| self.grants[*g as usize].expires > now);
+        gs
+    }
+
+    /// The live grants of (user, entity).
+    pub(super) fn live_in_pair(&self, user: &UserId, entity: &EntityId, now: u64) -> Vec<u32> {
+        let key = PairKey::new(user, entity);
+        match self.index.find(&key, self.index.hash(&key)) {
+            Some(loc) => self.live_at(loc, now),
+            None => Vec::new(),
+        }
+    }
+
+    /// Live grants on pairs accepted by `keep`.
+    pub(super) fn live_where(
+        &self,
+        now: u64,
+        keep: impl Fn(&UserId, &EntityId) -> bool,
+    ) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (loc, user, entity) in self.index.pairs() {
+            if keep(&user, &entity) {
+                out.extend(self.live_at(loc, now));
+            }
+        }
+        out
+    }
+
+    pub(super) fn sorted_by_expiry(&self, mut gs: Vec<u32>) -> Vec<Grant> {
+        gs.sort_by_key(|g| {
+            let r = &self.grants[*g as usize];
+            (r.expires, r.serial())
+        });
+        gs.into_iter().map(|g| self.grant(g)).collect()
+    }
+}
+
+/// Record a pair's new place in each of its grants.
+pub(super) fn relocate(grants: &mut [GrantRec], head: u32, loc: Locator) {
+    let loc = PackedLocator::from(loc);
+    let mut g = head;
+    while g != NIL {
+        let rec = &mut grants[g as usize];
+        rec.loc = loc;
+        g = rec.next;
+    }
+}
