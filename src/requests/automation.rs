@@ -17,7 +17,12 @@
 use std::collections::BTreeMap;
 
 use crate::error::Error;
-use crate::ids::UserId;
+use crate::ids::{Context, GrantId, Level, UserId};
+use crate::model::history::{FailureKind, RequestId, RequestKind, RequestStatus, Source};
+use crate::store::Change;
+
+use super::request::{Command, Failure, Outcome, RevokeRequest, ShareRequest, Submission};
+use super::Sharing;
 
 pub use crate::model::rule::{
     AutomationEvent, Condition, Op, Rule, RuleState, ShareAction, ShareWith, Trigger,
@@ -104,5 +109,211 @@ fn check_condition(c: &Condition, index: usize) -> Result<(), Error> {
             Err(reason("a comparison needs a number"))
         }
         _ => Ok(()),
+    }
+}
+
+impl Sharing {
+    /// Write a rule (with a durable engine) before it changes in memory.
+    pub(super) fn save_rule(&self, id: RuleId, rule: &Rule) -> Result<(), Error> {
+        self.inner.engine.write_now(vec![Change::Rule {
+            id,
+            rule: Box::new(rule.clone()),
+        }])
+    }
+
+    /// Save a rule as a draft; returns its id. Drafts do not act. With a
+    /// durable engine the rule is written before this returns; if the store
+    /// fails, [`Error::Store`] and no rule.
+    pub fn add_rule(&self, mut rule: Rule) -> Result<RuleId, Error> {
+        rule.state = RuleState::Draft;
+        let mut rules = self.inner.rules.lock();
+        let id = RuleId(rules.next + 1);
+        self.save_rule(id, &rule)?;
+        rules.next += 1;
+        rules.rules.insert(id, rule);
+        Ok(id)
+    }
+
+    /// Replace a rule; it becomes a draft again. Returns whether it existed.
+    pub fn update_rule(&self, id: RuleId, mut rule: Rule) -> Result<bool, Error> {
+        rule.state = RuleState::Draft;
+        let mut rules = self.inner.rules.lock();
+        if !rules.rules.contains_key(&id) {
+            return Ok(false);
+        }
+        self.save_rule(id, &rule)?;
+        rules.rules.insert(id, rule);
+        Ok(true)
+    }
+
+    /// Publish a rule after checking it: conditions well formed, a positive
+    /// duration within the engine's maximum, an owner the trigger knows, and
+    /// a fixed user the user directory knows.
+    ///
+    /// ```
+    /// use grantwheel::requests::automation::{Rule, ShareAction, ShareWith, Trigger};
+    /// use grantwheel::requests::Sharing;
+    /// use grantwheel::{Engine, EntityKind, Level, UserId};
+    /// let sharing = Sharing::new(Engine::new());
+    /// let action = ShareAction { with: ShareWith::User(UserId::from_u128(1)), duration_minutes: Some(0), level: Level::Read };
+    /// let id = sharing.add_rule(Rule::new("bad", Trigger::EntityCreated, EntityKind::OPPORTUNITY, action)).unwrap();
+    /// assert_eq!(sharing.publish_rule(id).unwrap_err().field(), Some("action.duration_minutes"));
+    /// ```
+    pub fn publish_rule(&self, id: RuleId) -> Result<(), Error> {
+        let max_minutes = self.inner.engine.max_duration().num_minutes();
+        let mut rules = self.inner.rules.lock();
+        let rule = rules
+            .rules
+            .get_mut(&id)
+            .ok_or_else(|| Error::invalid("rule", format!("no rule `{}`", id.0)))?;
+        check_rule(rule, max_minutes)?;
+        if let (ShareWith::User(u), Some(users)) = (rule.action.with, &self.inner.users) {
+            if !users.exists(&u) {
+                return Err(Error::invalid("action.with", format!("unknown user `{u}`")));
+            }
+        }
+        let mut published = rule.clone();
+        published.state = RuleState::Published;
+        self.save_rule(id, &published)?;
+        *rule = published;
+        Ok(())
+    }
+
+    /// Stop a rule acting (it stays as a draft). Returns whether it existed.
+    pub fn unpublish_rule(&self, id: RuleId) -> Result<bool, Error> {
+        let mut rules = self.inner.rules.lock();
+        let Some(rule) = rules.rules.get_mut(&id) else {
+            return Ok(false);
+        };
+        let mut draft = rule.clone();
+        draft.state = RuleState::Draft;
+        self.save_rule(id, &draft)?;
+        *rule = draft;
+        Ok(true)
+    }
+
+    /// Delete a rule. Returns it.
+    pub fn remove_rule(&self, id: RuleId) -> Result<Option<Rule>, Error> {
+        let mut rules = self.inner.rules.lock();
+        if !rules.rules.contains_key(&id) {
+            return Ok(None);
+        }
+        self.inner.engine.write_now(vec![Change::RemoveRule(id)])?;
+        Ok(rules.rules.remove(&id))
+    }
+
+    /// A rule by id.
+    pub fn rule(&self, id: RuleId) -> Option<Rule> {
+        self.inner.rules.lock().rules.get(&id).cloned()
+    }
+
+    /// All rules, by id.
+    pub fn rules(&self) -> Vec<(RuleId, Rule)> {
+        let rules = self.inner.rules.lock();
+        rules.rules.iter().map(|(id, r)| (*id, r.clone())).collect()
+    }
+
+    /// Feed an event: every matching published rule submits a share request
+    /// (source `Automation`), queued for [`process`](Self::process) or a
+    /// [`Worker`](super::Worker). The same event (same id) delivered twice creates one
+    /// request per rule. A rule whose grantee the event does not name (no
+    /// activity or task owner) gets a `Failed` request saying so. Returns the
+    /// requests' ids.
+    pub fn on_event(&self, event: &AutomationEvent) -> Vec<RequestId> {
+        use ShareWith;
+        let matching: Vec<(RuleId, Rule)> = {
+            let rules = self.inner.rules.lock();
+            rules
+                .rules
+                .iter()
+                .filter(|(_, r)| r.matches(event))
+                .map(|(id, r)| (*id, r.clone()))
+                .collect()
+        };
+        let mut ids = Vec::with_capacity(matching.len());
+        let mut queued = Vec::new();
+        for (id, rule) in matching {
+            let (grantee, context) = match rule.action.with {
+                ShareWith::User(u) => (Some(u), event_context(event)),
+                ShareWith::ActivityOwner => {
+                    (event.activity.map(|(_, owner)| owner), event_context(event))
+                }
+                ShareWith::TaskOwner => (event.task.map(|(_, owner)| owner), event_context(event)),
+            };
+            let key = format!("rule:{}:event:{}", id.0, event.id);
+            // Recorded against the owner if known, else against no one.
+            let user = grantee.unwrap_or(UserId::from_u128(0));
+            let mut req = ShareRequest::new(user, event.entity, rule.action.level).context(context);
+            req.duration = rule.action.duration_minutes.map(chrono::Duration::minutes);
+            let sub = Submission::automation(Command::Share(req), id).key(key);
+            let (request, seq, new) = self.begin(&sub);
+            ids.push(request);
+            if !new {
+                continue;
+            }
+            if grantee.is_none() {
+                let reason = format!("rule `{}`: the event names no owner to share with", id.0);
+                let now = self.inner.engine.now();
+                let mut history = self.inner.history.lock();
+                let status = Failure::new(FailureKind::NotFound, reason).status();
+                history.finish(seq, status, now);
+                let write = history.change(seq);
+                drop(history);
+                self.inner.engine.write_later(write);
+                continue;
+            }
+            queued.push((request, seq, sub));
+        }
+        self.enqueue(queued);
+        ids
+    }
+
+    /// Revoke every live grant that a rule's requests created. Each revoke
+    /// is a request (source `Automation`) with its own record.
+    pub fn revoke_rule_grants(&self, rule: RuleId) -> Vec<Outcome> {
+        let grants: Vec<(GrantId, Level)> = {
+            let history = self.inner.history.lock();
+            history
+                .records
+                .values()
+                .filter(|r| {
+                    r.source == (Source::Automation { rule })
+                        && r.kind == RequestKind::Share
+                        && r.status == RequestStatus::Completed
+                        && r.ended_at().is_none()
+                })
+                .filter_map(|r| r.grant.map(|g| (g, r.level)))
+                .collect()
+        };
+        let now = self.inner.engine.now();
+        grants
+            .into_iter()
+            .filter(|(g, _)| {
+                self.inner
+                    .engine
+                    .grants_for(&g.user, &g.entity)
+                    .iter()
+                    .any(|live| live.id == *g && live.expires_at > now)
+            })
+            .map(|(g, level)| {
+                let req = RevokeRequest {
+                    user: g.user,
+                    entity: g.entity,
+                    context: g.context,
+                    level,
+                };
+                self.run(Submission::automation(Command::Revoke(req), rule))
+            })
+            .collect()
+    }
+}
+
+/// The context a rule's share goes through: the event's activity, else its
+/// task, else none.
+pub(super) fn event_context(event: &AutomationEvent) -> Context {
+    match (event.activity, event.task) {
+        (Some((a, _)), _) => Context::Activity(a),
+        (None, Some((t, _))) => Context::Task(t),
+        (None, None) => Context::Direct,
     }
 }

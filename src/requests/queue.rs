@@ -1,0 +1,143 @@
+//! Queued requests and the worker thread that carries them out.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::model::history::{FailureKind, RequestId};
+
+use super::request::{Command, Failure, Submission};
+use super::{Sharing, SharingInner};
+
+/// The thread started by [`Sharing::start_worker`]. Dropping it stops the
+/// thread (after the request it is carrying out), so keep it for as long
+/// as queued requests should be carried out.
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// let sharing = grantwheel::requests::Sharing::new(grantwheel::Engine::new());
+/// sharing.start_worker();
+/// ```
+#[must_use = "the worker stops when this handle is dropped; keep it (`let _worker = ...`) while requests are queued"]
+pub struct Worker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    inner: Arc<SharingInner>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker").finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Stop the thread (after the request in hand) and wait for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    pub(super) fn shutdown(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        {
+            let _queue = self.inner.queue.lock();
+            self.inner.queued.notify_all();
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Sharing {
+    /// Queue requests and return their ids at once, with status
+    /// `Processing`; [`process`](Self::process) or a [`Worker`] carries them
+    /// out in order. Requests whose idempotency key was seen before are not
+    /// queued again: their earlier id is returned.
+    pub fn submit(&self, subs: Vec<Submission>) -> Vec<RequestId> {
+        let mut ids = Vec::with_capacity(subs.len());
+        let mut queued = Vec::new();
+        for sub in subs {
+            let (request, seq, new) = self.begin(&sub);
+            ids.push(request);
+            if new {
+                queued.push((request, seq, sub));
+            }
+        }
+        self.enqueue(queued);
+        ids
+    }
+
+    /// Queue accepted requests. With a durable engine their `Processing`
+    /// records are written first, so an id handed out is known after a
+    /// restart; if that write fails the requests fail at once (status
+    /// `Failed`, nothing queued).
+    pub(super) fn enqueue(&self, queued: Vec<(RequestId, u64, Submission)>) {
+        if queued.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.engine.flush() {
+            for (request, seq, sub) in queued {
+                let is_share = matches!(sub.command, Command::Share(_));
+                let failure = Failure::new(FailureKind::Store, format!("not accepted: {e}"));
+                self.conclude(request, seq, is_share, Err(failure));
+            }
+            return;
+        }
+        self.inner.queue.lock().extend(queued);
+        self.inner.queued.notify_all();
+    }
+
+    /// Carry out up to `max` queued requests, oldest first. Returns how many
+    /// were carried out.
+    pub fn process(&self, max: usize) -> usize {
+        let mut done = 0;
+        while done < max {
+            let Some((request, seq, sub)) = self.inner.queue.lock().pop_front() else {
+                break;
+            };
+            self.execute(request, seq, &sub);
+            done += 1;
+        }
+        done
+    }
+
+    /// Requests queued and not yet carried out.
+    pub fn pending(&self) -> usize {
+        self.inner.queue.lock().len()
+    }
+
+    /// Start a thread that carries out queued requests as they arrive. It
+    /// stops when the returned [`Worker`] is stopped or dropped (after the
+    /// request in hand).
+    pub fn start_worker(&self) -> Worker {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sharing, flag) = (self.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("grantwheel-requests".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                    if sharing.process(64) == 0 {
+                        let mut queue = sharing.inner.queue.lock();
+                        if queue.is_empty() && !flag.load(std::sync::atomic::Ordering::Acquire) {
+                            sharing
+                                .inner
+                                .queued
+                                .wait_for(&mut queue, std::time::Duration::from_millis(100));
+                        }
+                    }
+                }
+            })
+            .ok();
+        Worker {
+            stop,
+            inner: self.inner.clone(),
+            handle,
+        }
+    }
+}
