@@ -1,0 +1,119 @@
+//! Keys: a (user, entity) pair encoded in machine words, and its hash.
+
+use crate::ids::{EntityId, EntityKind, EntityRef, UserId};
+
+/// An encoded key: user words, entity words, kind (the last word).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Key<const K: usize>(pub(super) [u64; K]);
+
+impl<const K: usize> std::hash::Hash for Key<K> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for w in self.0 {
+            state.write_u64(w);
+        }
+    }
+}
+
+/// A pair's key in one of the two shapes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PairKey {
+    Num(Key<4>),
+    Uuid(Key<5>),
+}
+
+impl PairKey {
+    #[inline]
+    pub(crate) fn new(user: &UserId, entity: &EntityId) -> Self {
+        let u = user.as_u128();
+        let (hi, lo) = ((u >> 64) as u64, u as u64);
+        let kind = u64::from(entity.kind.code());
+        match entity.id {
+            EntityRef::Number(n) => PairKey::Num(Key([hi, lo, n, kind])),
+            EntityRef::Uuid(e) => {
+                let e = e.as_u128();
+                PairKey::Uuid(Key([hi, lo, (e >> 64) as u64, e as u64, kind]))
+            }
+        }
+    }
+}
+
+/// A keyed hash of the fixed-width keys: pairs of words are multiplied
+/// into 128 bits and folded (independent multiplies, one final mix). The
+/// seeds are random per engine, so hash flooding needs the seeds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyHasher {
+    pub(super) seeds: [u64; 2],
+}
+
+/// Per-word constants (digits of pi), so equal words in different
+/// positions do not cancel.
+pub(super) const PI: [u64; 5] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+    0x4528_21e6_38d0_1377,
+];
+
+pub(super) fn fold_mul(a: u64, b: u64) -> u64 {
+    let f = u128::from(a) * u128::from(b);
+    (f as u64) ^ ((f >> 64) as u64)
+}
+
+impl KeyHasher {
+    pub(super) fn random() -> Self {
+        use std::hash::BuildHasher;
+        let state = std::collections::hash_map::RandomState::new();
+        KeyHasher {
+            seeds: std::array::from_fn(|i| state.hash_one(i) | 1),
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn hash<const K: usize>(&self, key: &Key<K>) -> u64 {
+        let [s0, s1] = self.seeds;
+        let w = &key.0;
+        let mut h = 0;
+        let mut i = 0;
+        while i < K {
+            let a = w[i] ^ s0 ^ PI[i];
+            let b = if i + 1 < K {
+                w[i + 1] ^ s1 ^ PI[i + 1]
+            } else {
+                s1
+            };
+            h ^= fold_mul(a, b);
+            i += 2;
+        }
+        fold_mul(h ^ s0, 0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// Decode a stored key into its ids.
+pub(super) trait Decode {
+    fn decode(&self) -> (UserId, EntityId);
+}
+
+impl Decode for Key<4> {
+    fn decode(&self) -> (UserId, EntityId) {
+        let [hi, lo, id, kind] = self.0;
+        (
+            UserId::from_u128((u128::from(hi) << 64) | u128::from(lo)),
+            EntityId::new(EntityKind::custom(kind as u16), EntityRef::Number(id)),
+        )
+    }
+}
+
+impl Decode for Key<5> {
+    fn decode(&self) -> (UserId, EntityId) {
+        let [hi, lo, ehi, elo, kind] = self.0;
+        let e = (u128::from(ehi) << 64) | u128::from(elo);
+        (
+            UserId::from_u128((u128::from(hi) << 64) | u128::from(lo)),
+            EntityId::new(
+                EntityKind::custom(kind as u16),
+                EntityRef::Uuid(uuid::Uuid::from_u128(e)),
+            ),
+        )
+    }
+}
