@@ -18,6 +18,9 @@ pub use engine::{
     Access, Driver, Engine, EngineBuilder, Expiry, Footprint, Grant, OverMax, RepeatShare,
     ShareSpec,
 };
-pub use error::Error;
+pub use error::{
+    BuildError, ChangeError, Error, InvalidArgument, NotDurable, QueryError, RevokeError,
+    RuleError, ShareError,
+};
 pub use events::{Event, RevokeReason, SubscriptionId};
 pub use ids::{BadEntityRef, Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};

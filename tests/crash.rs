@@ -21,7 +21,9 @@ use std::time::{Duration as StdDuration, Instant};
 use chrono::{DateTime, Duration, Utc};
 use grantwheel::requests::{RequestId, RequestStatus, ShareRequest, Sharing};
 use grantwheel::store::{SqliteStore, StoreError};
-use grantwheel::{Context, Engine, EntityId, Error, Expiry, Grant, Level, UserId};
+use grantwheel::{
+    ChangeError, Context, Engine, EntityId, Expiry, Grant, Level, RevokeError, UserId,
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use uuid::Uuid;
 
@@ -137,7 +139,7 @@ fn crash_child() {
                         println!("TRY R {}", g.id.serial);
                         match engine.revoke(&g.id) {
                             Ok(_) => println!("ACK R {}", g.id.serial),
-                            Err(Error::NotLive(_)) => {}
+                            Err(RevokeError::NotLive(_)) => {}
                             Err(e) => panic!("revoke: {e}"),
                         }
                     } else {
@@ -149,7 +151,7 @@ fn crash_child() {
                                 println!("ACK X {} {}", g.id.serial, ms(g.expires_at));
                                 mine[i] = g;
                             }
-                            Err(Error::NotLive(_) | Error::Invalid { .. }) => {
+                            Err(ChangeError::NotLive(_) | ChangeError::Invalid(_)) => {
                                 mine.swap_remove(i);
                             }
                             Err(e) => panic!("extend: {e}"),

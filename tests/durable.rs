@@ -12,7 +12,8 @@ use grantwheel::store::{
     Batch, Change, MemoryStore, Meta, Records, SqliteStore, Store, StoreError,
 };
 use grantwheel::{
-    Context, Engine, EntityId, EntityKind, Error, Expiry, Grant, Level, ManualClock, UserId,
+    BuildError, Context, Engine, EntityId, EntityKind, Expiry, Grant, Level, ManualClock,
+    RevokeError, UserId,
 };
 use uuid::Uuid;
 
@@ -119,7 +120,10 @@ fn grants_survive_a_restart_and_expired_ones_do_not() {
             .share(c, lead, Context::Direct, Level::Read, Expiry::Default)
             .unwrap();
         assert!(fresh.id.serial > extended.id.serial.max(revoked.id.serial));
-        assert!(matches!(engine.revoke(&revoked.id), Err(Error::NotLive(_))));
+        assert!(matches!(
+            engine.revoke(&revoked.id),
+            Err(RevokeError::NotLive(_))
+        ));
         drop(engine);
 
         // Down past the extended expiry: dropped on load.
@@ -537,7 +541,7 @@ fn share_many_is_one_batch() {
 
 /// A database holding one grant, changed behind the engine by `sql` (check
 /// constraints off), then loaded: the error.
-fn load_after_tampering(sql: &str) -> Error {
+fn load_after_tampering(sql: &str) -> BuildError {
     let dir = Sqlite::new();
     let clock = ManualClock::new(start());
     dir.open(&clock)
@@ -566,7 +570,7 @@ fn load_after_tampering(sql: &str) -> Error {
 fn a_damaged_row_is_a_clear_error() {
     let err = load_after_tampering("UPDATE grants SET level = 'owner'");
     match &err {
-        Error::Load(StoreError::Corrupt { what, reason }) => {
+        BuildError::Load(StoreError::Corrupt { what, reason }) => {
             assert!(what.contains("serial 1"), "{what}");
             assert!(
                 reason.contains("level") && reason.contains("owner"),

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use grantwheel::{
-    Context, Engine, EntityId, EntityKind, EntityRef, Error, Event, Expiry, Level, ManualClock,
-    OverMax, RepeatShare, UserId,
+    Context, Engine, EntityId, EntityKind, EntityRef, Event, Expiry, Level, ManualClock, OverMax,
+    RepeatShare, RevokeError, ShareError, UserId,
 };
 use uuid::Uuid;
 
@@ -485,7 +485,10 @@ fn repeat_share_rules() {
         .unwrap();
     assert_ne!(a.id, b.id);
     assert!(!replace.can_edit(&u, &e), "replaced by the read grant");
-    assert!(matches!(replace.revoke(&a.id), Err(Error::NotLive(_))));
+    assert!(matches!(
+        replace.revoke(&a.id),
+        Err(RevokeError::NotLive(_))
+    ));
 
     let keep = build(RepeatShare::KeepLater);
     let a = keep
@@ -505,7 +508,7 @@ fn repeat_share_rules() {
     let err = reject
         .share(u, e, c, Level::Read, Expiry::Default)
         .unwrap_err();
-    assert!(matches!(err, Error::AlreadyShared { .. }));
+    assert!(matches!(err, ShareError::AlreadyShared { .. }));
     assert_eq!(reject.len(), 1);
 }
 

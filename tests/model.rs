@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use grantwheel::store::{MemoryStore, SqliteStore, Synchronous};
 use grantwheel::{
-    Context, Engine, EntityId, EntityKind, EntityRef, Error, Event, Expiry, Grant, GrantId, Level,
-    ManualClock, OverMax, RepeatShare, RevokeReason, UserId,
+    ChangeError, Context, Engine, EntityId, EntityKind, EntityRef, Event, Expiry, Grant, GrantId,
+    Level, ManualClock, OverMax, RepeatShare, RevokeError, RevokeReason, ShareError, UserId,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -379,14 +379,42 @@ fn id_for(model: &Model, k: (usize, usize, usize), stale: bool) -> GrantId {
     }
 }
 
-fn field_of<T: std::fmt::Debug>(r: &Result<T, Error>) -> Option<&'static str> {
-    match r {
-        Err(Error::Invalid { field, .. }) => Some(field),
-        Err(Error::AlreadyShared { .. }) => Some("already"),
-        Err(Error::NotLive(_)) => Some("notlive"),
-        Err(e) => panic!("unexpected error {e:?}"),
-        Ok(_) => None,
+/// What the model expects of a refusal: the rejected field, or the kind.
+trait Why: std::fmt::Debug {
+    fn why(&self) -> &'static str;
+}
+
+impl Why for ShareError {
+    fn why(&self) -> &'static str {
+        match self {
+            ShareError::Invalid(a) => a.field(),
+            ShareError::AlreadyShared { .. } => "already",
+            e => panic!("unexpected error {e:?}"),
+        }
     }
+}
+
+impl Why for ChangeError {
+    fn why(&self) -> &'static str {
+        match self {
+            ChangeError::Invalid(a) => a.field(),
+            ChangeError::NotLive(_) => "notlive",
+            e => panic!("unexpected error {e:?}"),
+        }
+    }
+}
+
+impl Why for RevokeError {
+    fn why(&self) -> &'static str {
+        match self {
+            RevokeError::NotLive(_) => "notlive",
+            e => panic!("unexpected error {e:?}"),
+        }
+    }
+}
+
+fn field_of<T: std::fmt::Debug, E: Why>(r: &Result<T, E>) -> Option<&'static str> {
+    r.as_ref().err().map(Why::why)
 }
 
 /// Set both clocks to `to` (at least 0); with `advance`, reclaim in both and

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::clock::{to_millis, to_millis_i64, Clock, ClockSource};
-use crate::error::Error;
+use crate::error::{BuildError, InvalidArgument};
 use crate::events::Hub;
 use crate::index::new_index;
 use crate::model::grant::{OverMax, RepeatShare};
-use crate::store::Store;
-use crate::wheel::Wheel;
+use crate::store::{Meta, Store};
 
 use super::commit::Queue;
 use super::config::{Config, Timing};
@@ -132,12 +131,12 @@ impl EngineBuilder {
     /// (default: [`RepeatShare::Replace`]).
     ///
     /// ```
-    /// use grantwheel::{Context, Engine, EntityId, Error, Expiry, Level, RepeatShare, UserId};
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, RepeatShare, ShareError, UserId};
     /// let engine = Engine::builder().repeat_share(RepeatShare::Reject).build().unwrap();
     /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
     /// engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap();
     /// let again = engine.share(u, e, Context::Direct, Level::Edit, Expiry::Default);
-    /// assert!(matches!(again, Err(Error::AlreadyShared { .. })));
+    /// assert!(matches!(again, Err(ShareError::AlreadyShared { .. })));
     /// ```
     pub fn repeat_share(mut self, rule: RepeatShare) -> Self {
         self.repeat = rule;
@@ -199,86 +198,46 @@ impl EngineBuilder {
         self
     }
 
-    /// Check the settings and build the engine.
-    pub fn build(self) -> Result<Engine, Error> {
-        let positive_ms = |field: &'static str, d: chrono::Duration| -> Result<u64, Error> {
-            let ms = d.num_milliseconds();
-            if ms <= 0 {
-                return Err(Error::invalid(
-                    field,
-                    format!("`{d}` is not at least one millisecond"),
-                ));
-            }
-            Ok(ms.unsigned_abs())
-        };
-        let default_ms = positive_ms("default_duration", self.default_duration)?;
-        let max_ms = positive_ms("max_duration", self.max_duration)?;
-        let tick_ms = positive_ms("tick", self.tick)?;
-        if self.tick.num_milliseconds() > MS_PER_DAY {
-            return Err(Error::invalid(
-                "tick",
-                format!("`{}` is longer than one day", self.tick),
-            ));
-        }
-        if default_ms > max_ms {
-            return Err(Error::invalid(
-                "default_duration",
-                format!(
-                    "`{}` is longer than the maximum duration `{}`",
-                    self.default_duration, self.max_duration
-                ),
-            ));
-        }
-        let mut warnings = Vec::with_capacity(self.warnings.len());
-        for w in &self.warnings {
-            warnings.push(positive_ms("warn_before", *w)?);
-        }
-        warnings.sort_unstable_by(|a, b| b.cmp(a));
-        warnings.dedup();
-        if warnings.len() >= usize::from(u8::MAX) {
-            return Err(Error::invalid(
-                "warn_before",
-                "more than 254 warning offsets",
-            ));
-        }
-        let timing = Timing {
-            tick_ms,
-            warnings: warnings.into_boxed_slice(),
-        };
-        let timing_copy = timing.clone();
-        let (reader, mut index) = new_index();
-        let clock = self.clock;
-        let mut now = to_millis_i64(clock.now_millis());
-        let mut store = self.store;
+    /// Check the settings and build the engine: with a store, its state
+    /// is loaded (grants past their expiry are dropped and written as
+    /// ended) before this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::Invalid`] names a setting that was rejected (a
+    /// duration that is not positive, a default over the maximum, a tick
+    /// longer than a day, too many warnings); [`BuildError::Load`] carries
+    /// the store's error when its state cannot be read or written.
+    ///
+    /// ```
+    /// use grantwheel::{BuildError, Engine};
+    /// let err = Engine::builder().tick(chrono::Duration::days(2)).build().unwrap_err();
+    /// assert!(matches!(&err, BuildError::Invalid(a) if a.field() == "tick"));
+    /// ```
+    pub fn build(self) -> Result<Engine, BuildError> {
+        let cfg = self.settings()?;
+        let (reader, index) = new_index();
+        let EngineBuilder {
+            clock,
+            capacity,
+            store,
+            ..
+        } = self;
+        let mut store = store;
         let meta = match &mut store {
             Some(store) => store.meta()?,
-            None => Default::default(),
+            None => Meta::default(),
         };
-        if let Some(at) = meta.clock {
-            // Never run behind the time the store last saw.
-            now = now.max(to_millis(at));
-        }
-        let mut grants = Vec::new();
-        if self.capacity > 0 {
-            grants.reserve(self.capacity);
-            index.reserve_numeric(&reader, self.capacity, &mut |_, _| {});
+        // Never run behind the time the store last saw.
+        let now = meta
+            .clock
+            .map_or(0, to_millis)
+            .max(to_millis_i64(clock.now_millis()));
+        let mut state = State::new(index, &cfg, &meta, now);
+        if capacity > 0 {
+            state.reserve(&reader, capacity);
         }
         let durable = store.is_some();
-        let mut state = State {
-            index,
-            timing,
-            grants,
-            free: Vec::new(),
-            wheel: Wheel::new(now / tick_ms),
-            next_serial: meta.next_serial.max(1),
-            held: 0,
-            fired: Vec::new(),
-            store: None,
-            seq: meta.last_seq,
-            clock_written: meta.clock.map_or(0, to_millis),
-            lazy: Vec::new(),
-            group: None,
-        };
         let restored = match store {
             Some(mut store) => {
                 let restored = state.load(&reader, &mut *store, now)?;
@@ -292,13 +251,7 @@ impl EngineBuilder {
                 reader,
                 clock,
                 high_water: AtomicU64::new(now),
-                cfg: Config {
-                    default_ms,
-                    max_ms,
-                    over_max: self.over_max,
-                    repeat: self.repeat,
-                    timing: timing_copy,
-                },
+                cfg,
                 state: Mutex::new(state),
                 hub: Hub::default(),
                 durable,
@@ -313,5 +266,59 @@ impl EngineBuilder {
             engine.flush()?;
         }
         Ok(engine)
+    }
+
+    /// The settings, checked.
+    fn settings(&self) -> Result<Config, InvalidArgument> {
+        let positive_ms = |field: &'static str, d: chrono::Duration| {
+            let ms = d.num_milliseconds();
+            if ms <= 0 {
+                return Err(InvalidArgument::new(
+                    field,
+                    format!("`{d}` is not at least one millisecond"),
+                ));
+            }
+            Ok(ms.unsigned_abs())
+        };
+        let default_ms = positive_ms("default_duration", self.default_duration)?;
+        let max_ms = positive_ms("max_duration", self.max_duration)?;
+        let tick_ms = positive_ms("tick", self.tick)?;
+        if self.tick.num_milliseconds() > MS_PER_DAY {
+            return Err(InvalidArgument::new(
+                "tick",
+                format!("`{}` is longer than one day", self.tick),
+            ));
+        }
+        if default_ms > max_ms {
+            return Err(InvalidArgument::new(
+                "default_duration",
+                format!(
+                    "`{}` is longer than the maximum duration `{}`",
+                    self.default_duration, self.max_duration
+                ),
+            ));
+        }
+        let mut warnings = Vec::with_capacity(self.warnings.len());
+        for w in &self.warnings {
+            warnings.push(positive_ms("warn_before", *w)?);
+        }
+        warnings.sort_unstable_by(|a, b| b.cmp(a));
+        warnings.dedup();
+        if warnings.len() >= usize::from(u8::MAX) {
+            return Err(InvalidArgument::new(
+                "warn_before",
+                "more than 254 warning offsets",
+            ));
+        }
+        Ok(Config {
+            default_ms,
+            max_ms,
+            over_max: self.over_max,
+            repeat: self.repeat,
+            timing: Timing {
+                tick_ms,
+                warnings: warnings.into_boxed_slice(),
+            },
+        })
     }
 }

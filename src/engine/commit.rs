@@ -7,12 +7,12 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
 use crate::clock::from_millis;
-use crate::error::Error;
+use crate::error::{FromStoreFailure, ShareError};
 use crate::events::Event;
 use crate::ids::{EntityId, Level, UserId};
 use crate::index::{IndexReader, PairKey};
 use crate::model::grant::Grant;
-use crate::store::{Batch, Change, EndCause};
+use crate::store::{Batch, Change, EndCause, StoreError};
 
 use super::config::Config;
 use super::record::{GrantRec, EDIT_BIT, NIL, PENDING_BIT};
@@ -37,9 +37,10 @@ pub(super) struct Group {
 /// A change queued for the next batch; it returns what to do once the
 /// batch is written (`None`) or has failed (`Some(reason)`).
 pub(super) type Job = Box<dyn FnOnce(&mut State, &mut Changes<'_>, u64) -> Finish + Send>;
-pub(super) type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+pub(super) type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// More writes for a share's batch, made from its result under the lock.
-pub(crate) type Then = Box<dyn FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change> + Send>;
+pub(crate) type Then =
+    Box<dyn FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change> + Send>;
 
 /// Changes waiting for a batch, and whether a caller is making one.
 #[derive(Default)]
@@ -269,28 +270,26 @@ impl Engine {
 
     /// Run a change: at once on a memory-only engine; as part of the next
     /// batch on a durable one, returning once the batch is written.
-    pub(super) fn run<T: Send + 'static>(
+    pub(super) fn run<T, E>(
         &self,
-        op: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> Result<T, Error> + Send + 'static,
-    ) -> Result<T, Error> {
+        op: impl FnOnce(&mut State, &mut Changes<'_>, u64) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: FromStoreFailure + Send + 'static,
+    {
         if !self.inner.durable {
             return self.with_state(op);
         }
-        let slot: Arc<Mutex<Option<Result<T, Error>>>> = Arc::default();
+        let slot: Arc<Mutex<Option<Result<T, E>>>> = Arc::default();
         let out = slot.clone();
         let job: Job = Box::new(move |st, ch, now| {
             let result = op(st, ch, now);
             let revoked = std::mem::take(&mut ch.revoked);
-            Box::new(move |failure: Option<&str>| {
+            Box::new(move |failure: Option<&StoreError>| {
                 let result = match (failure, result) {
                     (None, r) | (Some(_), r @ Err(_)) => r,
-                    (Some(reason), Ok(_)) if revoked.is_empty() => Err(Error::Store {
-                        reason: reason.to_string(),
-                    }),
-                    (Some(reason), Ok(_)) => Err(Error::NotDurable {
-                        revoked,
-                        reason: reason.to_string(),
-                    }),
+                    (Some(e), Ok(_)) => Err(E::from_store_failure(e.clone(), revoked)),
                 };
                 *out.lock() = Some(result);
             })
@@ -402,7 +401,7 @@ impl Engine {
                             .collect();
                     }
                     done.push((Box::new(|_| {}), ch.events, Vec::new(), 0..0));
-                    Some(e.to_string())
+                    Some(e)
                 }
             };
             // INVARIANT: every held grant has exactly one timer.
@@ -410,7 +409,7 @@ impl Engine {
             for (finish, evs, _, _) in done {
                 events.extend(evs);
                 // Before the lock goes: waiters read their result under it.
-                finish(failure.as_deref());
+                finish(failure.as_ref());
             }
             inner.hub.enqueue(&mut events);
         }
@@ -425,7 +424,7 @@ impl Engine {
     /// let engine = Engine::builder().store(MemoryStore::new()).build().unwrap();
     /// engine.flush().unwrap();
     /// ```
-    pub fn flush(&self) -> Result<(), Error> {
+    pub fn flush(&self) -> Result<(), StoreError> {
         if !self.inner.durable {
             return Ok(());
         }
@@ -441,13 +440,13 @@ impl Engine {
     }
 
     /// Write changes now, in the next batch.
-    pub(crate) fn write_now(&self, changes: Vec<Change>) -> Result<(), Error> {
+    pub(crate) fn write_now(&self, changes: Vec<Change>) -> Result<(), StoreError> {
         if !self.inner.durable {
             return Ok(());
         }
         self.run(move |_, ch, _| {
             ch.writes.extend(changes);
-            Ok(())
+            Ok::<(), StoreError>(())
         })
     }
 }

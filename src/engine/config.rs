@@ -2,7 +2,7 @@
 //! from them.
 
 use crate::clock::{from_millis, max_millis, to_millis};
-use crate::error::Error;
+use crate::error::InvalidArgument;
 use crate::model::grant::{Expiry, OverMax, RepeatShare};
 
 pub(super) struct Config {
@@ -51,13 +51,13 @@ impl Timing {
 
 impl Config {
     /// The expiry instant a share asks for, validated.
-    pub(super) fn resolve(&self, now: u64, expiry: Expiry) -> Result<u64, Error> {
+    pub(super) fn resolve(&self, now: u64, expiry: Expiry) -> Result<u64, InvalidArgument> {
         let (field, ms) = match expiry {
             Expiry::Default => ("duration", self.default_ms),
             Expiry::After(d) => {
                 let ms = d.num_milliseconds();
                 if ms <= 0 {
-                    return Err(Error::invalid(
+                    return Err(InvalidArgument::new(
                         "duration",
                         format!("`{d}` is not at least one millisecond"),
                     ));
@@ -67,7 +67,7 @@ impl Config {
             Expiry::At(t) => {
                 let at = to_millis(t);
                 if at <= now {
-                    return Err(Error::invalid(
+                    return Err(InvalidArgument::new(
                         "expires_at",
                         format!("`{t}` is not after the current time `{}`", from_millis(now)),
                     ));
@@ -83,12 +83,12 @@ impl Config {
         now: u64,
         field: &'static str,
         mut ms: u64,
-    ) -> Result<u64, Error> {
+    ) -> Result<u64, InvalidArgument> {
         if ms > self.max_ms {
             match self.over_max {
                 OverMax::Clamp => ms = self.max_ms,
                 OverMax::Reject => {
-                    return Err(Error::invalid(
+                    return Err(InvalidArgument::new(
                         field,
                         format!(
                             "a duration of {} ms is longer than the maximum of {} ms",
@@ -100,7 +100,7 @@ impl Config {
         }
         match now.checked_add(ms) {
             Some(at) if at <= max_millis() => Ok(at),
-            _ => Err(Error::invalid(
+            _ => Err(InvalidArgument::new(
                 field,
                 "the expiry would fall after the latest representable instant",
             )),

@@ -4,7 +4,7 @@
 use std::sync::{mpsc, Arc};
 
 use crate::clock::{from_millis, to_millis};
-use crate::error::Error;
+use crate::error::BuildError;
 use crate::ids::GrantId;
 use crate::index::{IndexReader, PairKey};
 use crate::model::grant::Grant;
@@ -37,7 +37,7 @@ impl State {
         reader: &IndexReader,
         store: &mut dyn Store,
         now: u64,
-    ) -> Result<Restored, Error> {
+    ) -> Result<Restored, BuildError> {
         const CHUNK: usize = 4096;
         let (tx, rx) = mpsc::sync_channel::<Vec<Grant>>(8);
         let (read, acc) = std::thread::scope(|s| {
@@ -71,7 +71,7 @@ impl State {
         });
         read?;
         if let Some(serial) = acc.overflow {
-            return Err(Error::Load(crate::store::StoreError::Corrupt {
+            return Err(BuildError::Load(crate::store::StoreError::Corrupt {
                 what: format!("grant with serial {serial}"),
                 reason: format!(
                     "beyond the engine's limits ({MAX_GRANTS} grants, serials below {MAX_SERIAL})"

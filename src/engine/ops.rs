@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::clock::from_millis;
-use crate::error::Error;
+use crate::error::{ChangeError, InvalidArgument, NotDurable, RevokeError, ShareError};
 use crate::events::{Event, RevokeReason};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
 use crate::index::PairKey;
@@ -21,13 +21,13 @@ impl Engine {
     ///
     /// A duration that is zero or negative, longer than the maximum (unless
     /// configured to clamp), or that overflows is refused with
-    /// [`Error::Invalid`] naming `duration` or `expires_at`. When the (user,
+    /// [`ShareError::Invalid`] naming `duration` or `expires_at`. When the (user,
     /// entity, context) already has a live grant, the [`RepeatShare`] rule
     /// decides. Grants through other contexts are untouched.
     ///
     /// With a store, the grant is written before any check sees it and
     /// before this returns; if the store fails the call returns
-    /// [`Error::Store`] and nothing changed.
+    /// [`ShareError::Store`] and nothing changed.
     ///
     /// ```
     /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
@@ -50,7 +50,7 @@ impl Engine {
         context: Context,
         level: Level,
         expiry: Expiry,
-    ) -> Result<Grant, Error> {
+    ) -> Result<Grant, ShareError> {
         let spec = ShareSpec {
             user,
             entity,
@@ -64,7 +64,7 @@ impl Engine {
     /// Share several grants as one batch: one lock, and with a store one
     /// transaction. Each item succeeds or fails on its own, as
     /// [`share`](Self::share) would; if the store fails, every item fails
-    /// with [`Error::Store`].
+    /// with [`ShareError::Store`].
     ///
     /// ```
     /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, ShareSpec, UserId};
@@ -76,9 +76,9 @@ impl Engine {
     /// assert!(results.iter().all(|r| r.is_ok()));
     /// assert_eq!(engine.len(), 3);
     /// ```
-    pub fn share_many(&self, items: Vec<ShareSpec>) -> Vec<Result<Grant, Error>> {
+    pub fn share_many(&self, items: Vec<ShareSpec>) -> Vec<Result<Grant, ShareError>> {
         // A closure that captures nothing: boxing it allocates nothing.
-        let none = |_: &Result<Grant, Error>, _: DateTime<Utc>| Vec::new();
+        let none = |_: &Result<Grant, ShareError>, _: DateTime<Utc>| Vec::new();
         self.share_many_then(
             items
                 .into_iter()
@@ -92,8 +92,8 @@ impl Engine {
     pub(crate) fn share_then(
         &self,
         spec: ShareSpec,
-        then: impl FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
-    ) -> Result<Grant, Error> {
+        then: impl FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
+    ) -> Result<Grant, ShareError> {
         self.run(move |st, ch, now| share_op_then(st, ch, now, &spec, then))
     }
 
@@ -102,16 +102,18 @@ impl Engine {
     pub(crate) fn share_many_then(
         &self,
         items: Vec<(ShareSpec, Then)>,
-    ) -> Vec<Result<Grant, Error>> {
+    ) -> Vec<Result<Grant, ShareError>> {
         let n = items.len();
         if n == 0 {
             return Vec::new();
         }
         let out = self.run(move |st, ch, now| {
-            Ok(items
-                .into_iter()
-                .map(|(spec, then)| share_op_then(st, ch, now, &spec, then))
-                .collect::<Vec<_>>())
+            Ok::<_, ShareError>(
+                items
+                    .into_iter()
+                    .map(|(spec, then)| share_op_then(st, ch, now, &spec, then))
+                    .collect::<Vec<_>>(),
+            )
         });
         match out {
             Ok(results) => results,
@@ -132,10 +134,10 @@ impl Engine {
     /// let longer = engine.set_expiry(&g.id, Expiry::After(Duration::days(2))).unwrap();
     /// assert!(longer.expires_at > g.expires_at);
     /// ```
-    pub fn set_expiry(&self, id: &GrantId, expiry: Expiry) -> Result<Grant, Error> {
+    pub fn set_expiry(&self, id: &GrantId, expiry: Expiry) -> Result<Grant, ChangeError> {
         let id = *id;
         self.run(move |st, ch, now| {
-            let g = st.find_id(&id, now).ok_or(Error::NotLive(id))?;
+            let g = st.find_id(&id, now).ok_or(ChangeError::NotLive(id))?;
             let expires = ch.cfg.resolve(now, expiry)?;
             Ok(change_expiry(st, ch, g, expires, now))
         })
@@ -143,7 +145,7 @@ impl Engine {
 
     /// Move a live grant's expiry by `by` (negative shortens it). The result
     /// must stay after now and within the maximum duration from now;
-    /// otherwise [`Error::Invalid`] names `by`.
+    /// otherwise [`ChangeError::Invalid`] names `by`.
     ///
     /// ```
     /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
@@ -154,10 +156,10 @@ impl Engine {
     /// assert_eq!(g.expires_at - shorter.expires_at, Duration::hours(1));
     /// assert_eq!(engine.extend(&g.id, Duration::hours(-5)).unwrap_err().field(), Some("by"));
     /// ```
-    pub fn extend(&self, id: &GrantId, by: chrono::Duration) -> Result<Grant, Error> {
+    pub fn extend(&self, id: &GrantId, by: chrono::Duration) -> Result<Grant, ChangeError> {
         let id = *id;
         self.run(move |st, ch, now| {
-            let g = st.find_id(&id, now).ok_or(Error::NotLive(id))?;
+            let g = st.find_id(&id, now).ok_or(ChangeError::NotLive(id))?;
             let old = st.grants[g as usize].expires;
             let by_ms = by.num_milliseconds();
             let target = if by_ms >= 0 {
@@ -168,16 +170,16 @@ impl Engine {
             let expires = match target {
                 Some(t) if t > now => ch.cfg.expiry_after(now, "by", t - now)?,
                 Some(_) => {
-                    return Err(Error::invalid(
+                    return Err(ChangeError::Invalid(InvalidArgument::new(
                         "by",
                         format!("`{by}` would end the grant at or before now; revoke it instead"),
-                    ))
+                    )))
                 }
                 None => {
-                    return Err(Error::invalid(
+                    return Err(ChangeError::Invalid(InvalidArgument::new(
                         "by",
                         format!("`{by}` moves the expiry out of the representable range"),
-                    ))
+                    )))
                 }
             };
             Ok(change_expiry(st, ch, g, expires, now))
@@ -188,22 +190,22 @@ impl Engine {
     ///
     /// Every check says no from the moment the revoke is decided. With a
     /// store, if the revoke cannot be written the call returns
-    /// [`Error::NotDurable`]: the grant stays revoked, and the revoke is
+    /// [`RevokeError::NotDurable`]: the grant stays revoked, and the revoke is
     /// written with the next batch that succeeds.
     ///
     /// ```
-    /// use grantwheel::{Context, Engine, EntityId, Error, Expiry, Level, UserId};
+    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, RevokeError, UserId};
     /// let engine = Engine::new();
     /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
     /// let g = engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap();
     /// engine.revoke(&g.id).unwrap();
     /// assert!(!engine.can_read(&u, &e));
-    /// assert!(matches!(engine.revoke(&g.id), Err(Error::NotLive(_))));
+    /// assert!(matches!(engine.revoke(&g.id), Err(RevokeError::NotLive(_))));
     /// ```
-    pub fn revoke(&self, id: &GrantId) -> Result<Grant, Error> {
+    pub fn revoke(&self, id: &GrantId) -> Result<Grant, RevokeError> {
         let id = *id;
         self.run(move |st, ch, now| {
-            let g = st.find_id(&id, now).ok_or(Error::NotLive(id))?;
+            let g = st.find_id(&id, now).ok_or(RevokeError::NotLive(id))?;
             Ok(st.revoke_all(ch, now, vec![g]).remove(0))
         })
     }
@@ -216,9 +218,11 @@ impl Engine {
         user: &UserId,
         entity: &EntityId,
         context: &Context,
-    ) -> Result<Option<Grant>, Error> {
+    ) -> Result<Option<Grant>, NotDurable> {
         let (user, entity, context) = (*user, *entity, *context);
-        self.run(move |st, ch, now| Ok(revoke_context_op(st, ch, now, &user, &entity, &context)))
+        self.run(move |st, ch, now| {
+            Ok::<_, NotDurable>(revoke_context_op(st, ch, now, &user, &entity, &context))
+        })
     }
 
     /// [`revoke_context`](Self::revoke_context), with more writes for the
@@ -229,47 +233,47 @@ impl Engine {
         entity: EntityId,
         context: Context,
         then: impl FnOnce(Option<&Grant>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
-    ) -> Result<Option<Grant>, Error> {
+    ) -> Result<Option<Grant>, NotDurable> {
         self.run(move |st, ch, now| {
             let result = revoke_context_op(st, ch, now, &user, &entity, &context);
             if ch.durable {
                 let more = then(result.as_ref(), from_millis(now));
                 ch.kept.extend(more);
             }
-            Ok(result)
+            Ok::<_, NotDurable>(result)
         })
     }
 
     /// Revoke every live grant of (user, entity), whatever the context.
-    pub fn revoke_pair(&self, user: &UserId, entity: &EntityId) -> Result<Vec<Grant>, Error> {
+    pub fn revoke_pair(&self, user: &UserId, entity: &EntityId) -> Result<Vec<Grant>, NotDurable> {
         let (user, entity) = (*user, *entity);
         self.run(move |st, ch, now| {
             let gs = st.live_in_pair(&user, &entity, now);
-            Ok(st.revoke_all(ch, now, gs))
+            Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
         })
     }
 
     /// Revoke every live grant of `user`. Scans the index: O(pairs).
-    pub fn revoke_user(&self, user: &UserId) -> Result<Vec<Grant>, Error> {
+    pub fn revoke_user(&self, user: &UserId) -> Result<Vec<Grant>, NotDurable> {
         let user = *user;
         self.run(move |st, ch, now| {
             let gs = st.live_where(now, |u, _| *u == user);
-            Ok(st.revoke_all(ch, now, gs))
+            Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
         })
     }
 
     /// Revoke every live grant on `entity`. Scans the index: O(pairs).
-    pub fn revoke_entity(&self, entity: &EntityId) -> Result<Vec<Grant>, Error> {
+    pub fn revoke_entity(&self, entity: &EntityId) -> Result<Vec<Grant>, NotDurable> {
         let entity = *entity;
         self.run(move |st, ch, now| {
             let gs = st.live_where(now, |_, e| *e == entity);
-            Ok(st.revoke_all(ch, now, gs))
+            Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
         })
     }
 
     /// Revoke every live grant given through `context` (for example all
     /// that one activity shared). Scans the grants: O(grants).
-    pub fn revoke_from_context(&self, context: &Context) -> Result<Vec<Grant>, Error> {
+    pub fn revoke_from_context(&self, context: &Context) -> Result<Vec<Grant>, NotDurable> {
         let (kind, id) = context.pack();
         self.run(move |st, ch, now| {
             let gs = st
@@ -285,7 +289,7 @@ impl Engine {
                 })
                 .map(|(g, _)| g as u32)
                 .collect();
-            Ok(st.revoke_all(ch, now, gs))
+            Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
         })
     }
 
@@ -365,7 +369,7 @@ pub(super) fn share_op(
     ch: &mut Changes<'_>,
     now: u64,
     spec: &ShareSpec,
-) -> Result<Grant, Error> {
+) -> Result<Grant, ShareError> {
     let ShareSpec {
         user,
         entity,
@@ -394,7 +398,7 @@ pub(super) fn share_op(
         } else {
             match ch.cfg.repeat {
                 RepeatShare::Reject => {
-                    return Err(Error::AlreadyShared {
+                    return Err(ShareError::AlreadyShared {
                         existing: st.grant(g),
                     })
                 }
@@ -425,7 +429,7 @@ pub(super) fn share_op(
         }
     }
     if st.held >= MAX_GRANTS || st.next_serial >= MAX_SERIAL {
-        return Err(Error::Full { limit: MAX_GRANTS });
+        return Err(ShareError::Full { limit: MAX_GRANTS });
     }
     let serial = st.next_serial;
     st.next_serial += 1;
@@ -460,8 +464,8 @@ pub(super) fn share_op_then(
     ch: &mut Changes<'_>,
     now: u64,
     spec: &ShareSpec,
-    then: impl FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change>,
-) -> Result<Grant, Error> {
+    then: impl FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change>,
+) -> Result<Grant, ShareError> {
     let result = share_op(st, ch, now, spec);
     if ch.durable {
         let more = then(&result, from_millis(now));

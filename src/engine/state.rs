@@ -1,16 +1,16 @@
 //! The state behind the lock: grant records, the index writer and the
 //! wheel, and the operations that keep them in step.
 
-use crate::clock::from_millis;
+use crate::clock::{from_millis, to_millis};
 use crate::events::{Event, RevokeReason};
 use crate::ids::{EntityId, GrantId, Level, UserId};
 use crate::index::{IndexReader, IndexWriter, Locator, PackedLocator, PairKey, Summary};
 use crate::model::grant::Grant;
-use crate::store::{Change, EndCause, Store};
+use crate::store::{Change, EndCause, Meta, Store};
 use crate::wheel::{Links, Place, Wheel};
 
 use super::commit::{Changes, Group};
-use super::config::Timing;
+use super::config::{Config, Timing};
 use super::record::{GrantRec, BUCKET_MASK, FREE, NIL, PENDING_BIT};
 
 /// The grant records as the wheel sees them: a grant's timer is due at the
@@ -66,6 +66,32 @@ pub(super) struct State {
 }
 
 impl State {
+    /// An empty state for an engine with settings `cfg`, resuming the
+    /// store's `meta`, at `now`.
+    pub(super) fn new(index: IndexWriter, cfg: &Config, meta: &Meta, now: u64) -> Self {
+        State {
+            index,
+            timing: cfg.timing.clone(),
+            grants: Vec::new(),
+            free: Vec::new(),
+            wheel: Wheel::new(now / cfg.timing.tick_ms),
+            next_serial: meta.next_serial.max(1),
+            held: 0,
+            fired: Vec::new(),
+            store: None,
+            seq: meta.last_seq,
+            clock_written: meta.clock.map_or(0, to_millis),
+            lazy: Vec::new(),
+            group: None,
+        }
+    }
+
+    /// Room for `grants` grants without growing (numeric entities).
+    pub(super) fn reserve(&mut self, reader: &IndexReader, grants: usize) {
+        self.grants.reserve(grants);
+        self.index.reserve_numeric(reader, grants, &mut |_, _| {});
+    }
+
     pub(super) fn alloc(&mut self, rec: GrantRec) -> u32 {
         self.held += 1;
         if let Some(g) = self.free.pop() {

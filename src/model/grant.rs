@@ -45,7 +45,7 @@ pub enum RepeatShare {
     Replace,
     /// Keep the old grant, raised to the later expiry and the higher level.
     KeepLater,
-    /// Refuse with [`Error::AlreadyShared`](crate::Error::AlreadyShared).
+    /// Refuse with [`ShareError::AlreadyShared`](crate::ShareError::AlreadyShared).
     Reject,
 }
 

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::Error;
+use crate::error::{InvalidArgument, RuleError};
 use crate::ids::{Context, GrantId, Level, UserId};
 use crate::model::history::{FailureKind, RequestId, RequestKind, RequestStatus, Source};
 use crate::store::Change;
@@ -46,19 +46,19 @@ pub(crate) struct Rules {
 /// Check the rule before publishing: conditions well formed, the
 /// duration positive and within `max_minutes`, the owner kind matching
 /// the trigger.
-pub(crate) fn check_rule(rule: &Rule, max_minutes: i64) -> Result<(), Error> {
+pub(crate) fn check_rule(rule: &Rule, max_minutes: i64) -> Result<(), InvalidArgument> {
     for (i, c) in rule.conditions.iter().enumerate() {
         check_condition(c, i)?;
     }
     if let Some(m) = rule.action.duration_minutes {
         if m <= 0 {
-            return Err(Error::invalid(
+            return Err(InvalidArgument::new(
                 "action.duration_minutes",
                 format!("`{m}` is not a positive number of minutes"),
             ));
         }
         if m > max_minutes {
-            return Err(Error::invalid(
+            return Err(InvalidArgument::new(
                 "action.duration_minutes",
                 format!("`{m}` minutes is longer than the maximum of {max_minutes}"),
             ));
@@ -73,14 +73,14 @@ pub(crate) fn check_rule(rule: &Rule, max_minutes: i64) -> Result<(), Error> {
         Trigger::TaskCreated | Trigger::TaskCompleted | Trigger::TaskReminder
     );
     match rule.action.with {
-        ShareWith::ActivityOwner if !activity => Err(Error::invalid(
+        ShareWith::ActivityOwner if !activity => Err(InvalidArgument::new(
             "action.with",
             format!(
                 "the activity owner is only known for activity triggers, not `{:?}`",
                 rule.trigger
             ),
         )),
-        ShareWith::TaskOwner if !task => Err(Error::invalid(
+        ShareWith::TaskOwner if !task => Err(InvalidArgument::new(
             "action.with",
             format!(
                 "the task owner is only known for task triggers, not `{:?}`",
@@ -92,9 +92,9 @@ pub(crate) fn check_rule(rule: &Rule, max_minutes: i64) -> Result<(), Error> {
 }
 
 /// Check one condition of a rule before publishing.
-fn check_condition(c: &Condition, index: usize) -> Result<(), Error> {
+fn check_condition(c: &Condition, index: usize) -> Result<(), InvalidArgument> {
     let reason = |r: &str| {
-        Error::invalid(
+        InvalidArgument::new(
             "conditions",
             format!("condition {index} on `{}`: {r}", c.field),
         )
@@ -114,17 +114,20 @@ fn check_condition(c: &Condition, index: usize) -> Result<(), Error> {
 
 impl Sharing {
     /// Write a rule (with a durable engine) before it changes in memory.
-    pub(super) fn save_rule(&self, id: RuleId, rule: &Rule) -> Result<(), Error> {
-        self.inner.engine.write_now(vec![Change::Rule {
-            id,
-            rule: Box::new(rule.clone()),
-        }])
+    pub(super) fn save_rule(&self, id: RuleId, rule: &Rule) -> Result<(), RuleError> {
+        self.inner
+            .engine
+            .write_now(vec![Change::Rule {
+                id,
+                rule: Box::new(rule.clone()),
+            }])
+            .map_err(RuleError::Store)
     }
 
     /// Save a rule as a draft; returns its id. Drafts do not act. With a
     /// durable engine the rule is written before this returns; if the store
-    /// fails, [`Error::Store`] and no rule.
-    pub fn add_rule(&self, mut rule: Rule) -> Result<RuleId, Error> {
+    /// fails, [`RuleError::Store`] and no rule.
+    pub fn add_rule(&self, mut rule: Rule) -> Result<RuleId, RuleError> {
         rule.state = RuleState::Draft;
         let mut rules = self.inner.rules.lock();
         let id = RuleId(rules.next + 1);
@@ -135,7 +138,7 @@ impl Sharing {
     }
 
     /// Replace a rule; it becomes a draft again. Returns whether it existed.
-    pub fn update_rule(&self, id: RuleId, mut rule: Rule) -> Result<bool, Error> {
+    pub fn update_rule(&self, id: RuleId, mut rule: Rule) -> Result<bool, RuleError> {
         rule.state = RuleState::Draft;
         let mut rules = self.inner.rules.lock();
         if !rules.rules.contains_key(&id) {
@@ -159,17 +162,16 @@ impl Sharing {
     /// let id = sharing.add_rule(Rule::new("bad", Trigger::EntityCreated, EntityKind::OPPORTUNITY, action)).unwrap();
     /// assert_eq!(sharing.publish_rule(id).unwrap_err().field(), Some("action.duration_minutes"));
     /// ```
-    pub fn publish_rule(&self, id: RuleId) -> Result<(), Error> {
+    pub fn publish_rule(&self, id: RuleId) -> Result<(), RuleError> {
         let max_minutes = self.inner.engine.max_duration().num_minutes();
         let mut rules = self.inner.rules.lock();
-        let rule = rules
-            .rules
-            .get_mut(&id)
-            .ok_or_else(|| Error::invalid("rule", format!("no rule `{}`", id.0)))?;
+        let rule = rules.rules.get_mut(&id).ok_or(RuleError::NotFound(id))?;
         check_rule(rule, max_minutes)?;
         if let (ShareWith::User(u), Some(users)) = (rule.action.with, &self.inner.users) {
             if !users.exists(&u) {
-                return Err(Error::invalid("action.with", format!("unknown user `{u}`")));
+                return Err(
+                    InvalidArgument::new("action.with", format!("unknown user `{u}`")).into(),
+                );
             }
         }
         let mut published = rule.clone();
@@ -180,7 +182,7 @@ impl Sharing {
     }
 
     /// Stop a rule acting (it stays as a draft). Returns whether it existed.
-    pub fn unpublish_rule(&self, id: RuleId) -> Result<bool, Error> {
+    pub fn unpublish_rule(&self, id: RuleId) -> Result<bool, RuleError> {
         let mut rules = self.inner.rules.lock();
         let Some(rule) = rules.rules.get_mut(&id) else {
             return Ok(false);
@@ -193,12 +195,15 @@ impl Sharing {
     }
 
     /// Delete a rule. Returns it.
-    pub fn remove_rule(&self, id: RuleId) -> Result<Option<Rule>, Error> {
+    pub fn remove_rule(&self, id: RuleId) -> Result<Option<Rule>, RuleError> {
         let mut rules = self.inner.rules.lock();
         if !rules.rules.contains_key(&id) {
             return Ok(None);
         }
-        self.inner.engine.write_now(vec![Change::RemoveRule(id)])?;
+        self.inner
+            .engine
+            .write_now(vec![Change::RemoveRule(id)])
+            .map_err(RuleError::Store)?;
         Ok(rules.rules.remove(&id))
     }
 

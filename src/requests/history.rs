@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Grant, Restored};
-use crate::error::Error;
+use crate::error::{InvalidArgument, QueryError, ShareError};
 use crate::events::{Event, RevokeReason};
 use crate::ids::{EntityId, GrantId, UserId};
 use crate::model::history::{
@@ -113,16 +113,16 @@ impl HistoryQuery {
         self
     }
 
-    pub(super) fn check(&self) -> Result<(), Error> {
+    pub(super) fn check(&self) -> Result<(), InvalidArgument> {
         if self.limit == 0 || self.limit > 1000 {
-            return Err(Error::invalid(
+            return Err(InvalidArgument::new(
                 "limit",
                 format!("`{}` is not between 1 and 1000", self.limit),
             ));
         }
         if let (Some(f), Some(u)) = (self.from, self.until) {
             if f > u {
-                return Err(Error::invalid(
+                return Err(InvalidArgument::new(
                     "from",
                     format!("`{f}` is after `until` `{u}`"),
                 ));
@@ -266,7 +266,7 @@ impl History {
 pub(super) fn record_then(
     seq: u64,
     pending: Option<HistoryRecord>,
-) -> impl FnOnce(&Result<Grant, Error>, DateTime<Utc>) -> Vec<Change> + Send + 'static {
+) -> impl FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change> + Send + 'static {
     move |result, at| {
         pending
             .map(|r| Change::Record {
@@ -382,7 +382,11 @@ impl Sharing {
     /// let rest = sharing.history(&lead, &HistoryQuery::default().after(page.next.unwrap())).unwrap();
     /// assert_eq!(rest.records.len(), 1);
     /// ```
-    pub fn history(&self, entity: &EntityId, query: &HistoryQuery) -> Result<HistoryPage, Error> {
+    pub fn history(
+        &self,
+        entity: &EntityId,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, QueryError> {
         query.check()?;
         let history = self.inner.history.lock();
         let Some(seqs) = history.by_entity.get(entity) else {

@@ -55,7 +55,7 @@ use parking_lot::Mutex;
 
 use crate::engine::Engine;
 use crate::engine::Restored;
-use crate::error::Error;
+use crate::error::{BuildError, InvalidArgument};
 use crate::events::Event;
 use crate::ids::{Context, EntityId, UserId};
 
@@ -121,7 +121,7 @@ impl SharingBuilder {
     /// # Errors
     ///
     /// An engine carries one request layer, so that every handle sees one
-    /// history: [`Error::Invalid`] (field `engine`) when the engine (or a
+    /// history: [`BuildError::Invalid`] (field `engine`) when the engine (or a
     /// clone of it) already has a living one. Clone that [`Sharing`]
     /// instead, or get it with [`Sharing::new`].
     ///
@@ -132,14 +132,15 @@ impl SharingBuilder {
     /// let first = Sharing::builder(engine.clone()).build().unwrap();
     /// assert_eq!(Sharing::builder(engine.clone()).build().unwrap_err().field(), Some("engine"));
     /// ```
-    pub fn build(self) -> Result<Sharing, Error> {
+    pub fn build(self) -> Result<Sharing, BuildError> {
         let engine = self.engine.clone();
         match engine.attach_layer(|restored| Sharing::layer(self, restored)) {
             Ok(inner) => Ok(Sharing::started(inner)),
-            Err(_) => Err(Error::invalid(
+            Err(_) => Err(InvalidArgument::new(
                 "engine",
                 "already carries a request layer; clone that `Sharing` (or get it with `Sharing::new`) instead of building another",
-            )),
+            )
+            .into()),
         }
     }
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Grant;
-use crate::error::Error;
+use crate::error::{NotDurable, ShareError};
 use crate::ids::{Context, EntityId, Level, UserId};
 use crate::model::history::{FailureKind, RequestId, RequestStatus, RuleId, Source};
 
@@ -33,11 +33,11 @@ impl Failure {
     }
 }
 
-impl From<&Error> for Failure {
-    fn from(e: &Error) -> Self {
+impl From<&ShareError> for Failure {
+    fn from(e: &ShareError) -> Self {
         let kind = match e {
-            Error::Invalid { .. } => FailureKind::InvalidInput,
-            Error::AlreadyShared { existing } => {
+            ShareError::Invalid(_) => FailureKind::InvalidInput,
+            ShareError::AlreadyShared { existing } => {
                 return Failure::new(
                     FailureKind::AlreadyShared,
                     format!(
@@ -52,11 +52,16 @@ impl From<&Error> for Failure {
                     ),
                 )
             }
-            Error::NotLive(_) => FailureKind::NotFound,
-            Error::Full { .. } => FailureKind::Capacity,
+            ShareError::Full { .. } => FailureKind::Capacity,
             _ => FailureKind::Store,
         };
         Failure::new(kind, e.to_string())
+    }
+}
+
+impl From<&NotDurable> for Failure {
+    fn from(e: &NotDurable) -> Self {
+        Failure::new(FailureKind::Store, e.to_string())
     }
 }
 

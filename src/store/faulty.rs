@@ -50,15 +50,15 @@ impl FaultHandle {
 /// was). For tests of what the engine promises when its store fails.
 ///
 /// ```
-/// use grantwheel::store::{Fault, FaultyStore, MemoryStore};
-/// use grantwheel::{Context, Engine, EntityId, Error, Expiry, Level, UserId};
+/// use grantwheel::store::{Fault, FaultyStore, MemoryStore, StoreError};
+/// use grantwheel::{Context, Engine, EntityId, Expiry, Level, ShareError, UserId};
 ///
 /// let (store, faults) = FaultyStore::new(MemoryStore::new());
 /// let engine = Engine::builder().store(store).build().unwrap();
 /// faults.set(Fault::Once(faults.ops() + 1));
 /// let (u, e) = (UserId::from_u128(1), EntityId::lead(7));
 /// let err = engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap_err();
-/// assert!(matches!(err, Error::Store { .. }));
+/// assert!(matches!(err, ShareError::Store(StoreError::Injected { .. })));
 /// assert!(!engine.can_read(&u, &e)); // nothing half-done
 /// engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap();
 /// assert!(engine.can_read(&u, &e));

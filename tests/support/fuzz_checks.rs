@@ -18,7 +18,8 @@ use grantwheel::requests::wire::ItemResponse;
 use grantwheel::requests::{RequestId, RequestStatus, Sharing};
 use grantwheel::store::{MemoryStore, SqliteStore};
 use grantwheel::{
-    Context, Engine, EntityId, Error, Expiry, Grant, GrantId, Level, ManualClock, UserId,
+    ChangeError, Context, Engine, EntityId, Expiry, Grant, GrantId, Level, ManualClock,
+    RevokeError, UserId,
 };
 use uuid::Uuid;
 
@@ -284,7 +285,7 @@ pub fn ops(data: &[u8]) {
                         assert_eq!(g, w);
                         model.remove(&k);
                     }
-                    (Err(Error::NotLive(_)), None) => {}
+                    (Err(RevokeError::NotLive(_)), None) => {}
                     (got, want) => panic!("revoke {id:?}: got {got:?}, want {want:?}"),
                 }
             }
@@ -321,7 +322,7 @@ pub fn ops(data: &[u8]) {
                         });
                         assert!(matches!(
                             engine.extend(&id, Duration::milliseconds(by)),
-                            Err(Error::NotLive(_))
+                            Err(ChangeError::NotLive(_))
                         ));
                     }
                     Some(g) => {
