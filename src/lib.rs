@@ -1,4 +1,8 @@
-#![doc = include_str!("../README.md")]
+#![cfg_attr(feature = "sqlite", doc = include_str!("../README.md"))]
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "Time-limited access grants: a constant-time grant index and a hierarchical timing wheel for expiry. Built without the `sqlite` feature: the README's examples need it."
+)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

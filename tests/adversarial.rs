@@ -2,6 +2,7 @@
 //! (`fuzz/seeds/<target>/`) and every input a fuzz run ever failed on
 //! (`fuzz/regressions/<target>/`) goes through the same checks as the fuzz
 //! targets (`tests/support/fuzz_checks.rs`).
+#![cfg(feature = "sqlite")]
 
 #[path = "support/fuzz_checks.rs"]
 mod checks;

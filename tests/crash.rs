@@ -12,6 +12,7 @@
 //!
 //! then starts the next child on the same file. 200 cycles by default; set
 //! `GRANTWHEEL_CRASH_CYCLES` for more.
+#![cfg(feature = "sqlite")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -24,7 +25,7 @@ use grantwheel::store::{SqliteStore, StoreError};
 use grantwheel::{
     ChangeError, Context, Engine, EntityId, Expiry, Grant, Level, RevokeError, UserId,
 };
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
 use uuid::Uuid;
 
 const CHILD_ENV: &str = "GRANTWHEEL_CRASH_CHILD";
@@ -90,20 +91,20 @@ fn crash_child() {
                 // This thread's users' grants, as the engine has them.
                 let mut mine: Vec<Grant> = users.iter().flat_map(|u| engine.grants_of(u)).collect();
                 while Instant::now() < stop {
-                    let op = rng.gen_range(0..10);
+                    let op = rng.random_range(0..10);
                     if op < 6 || mine.is_empty() {
-                        let u = users[rng.gen_range(0..users.len())];
-                        let e = rng.gen_range(0..ENTITIES);
-                        let c = rng.gen_range(0..2u8);
-                        let level = if rng.gen_bool(0.5) {
+                        let u = users[rng.random_range(0..users.len())];
+                        let e = rng.random_range(0..ENTITIES);
+                        let c = rng.random_range(0..2u8);
+                        let level = if rng.random_bool(0.5) {
                             Level::Read
                         } else {
                             Level::Edit
                         };
-                        let d = rng.gen_range(100..4000);
+                        let d = rng.random_range(100..4000);
                         println!("TRY S {} {e} {c}", u.as_u128());
                         // Half through the request layer: its record is kept too.
-                        let (g, request) = if rng.gen_bool(0.5) {
+                        let (g, request) = if rng.random_bool(0.5) {
                             let g = engine
                                 .share(
                                     u,
@@ -135,7 +136,7 @@ fn crash_child() {
                         });
                         mine.push(g);
                     } else if op < 8 {
-                        let g = mine.swap_remove(rng.gen_range(0..mine.len()));
+                        let g = mine.swap_remove(rng.random_range(0..mine.len()));
                         println!("TRY R {}", g.id.serial);
                         match engine.revoke(&g.id) {
                             Ok(_) => println!("ACK R {}", g.id.serial),
@@ -143,8 +144,8 @@ fn crash_child() {
                             Err(e) => panic!("revoke: {e}"),
                         }
                     } else {
-                        let i = rng.gen_range(0..mine.len());
-                        let by = Duration::milliseconds(rng.gen_range(-300..2000));
+                        let i = rng.random_range(0..mine.len());
+                        let by = Duration::milliseconds(rng.random_range(-300..2000));
                         println!("TRY X {}", mine[i].id.serial);
                         match engine.extend(&mine[i].id, by) {
                             Ok(g) => {
@@ -369,7 +370,7 @@ fn kill_nine_loses_nothing_acknowledged() {
             }
             lines
         });
-        std::thread::sleep(StdDuration::from_millis(rng.gen_range(20..150)));
+        std::thread::sleep(StdDuration::from_millis(rng.random_range(20..150)));
         child.kill().unwrap();
         child.wait().unwrap();
         for line in reader.join().unwrap() {

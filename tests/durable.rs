@@ -1,5 +1,6 @@
 //! Durable state: restarts over both stores, the SQLite file's rules (one
 //! writer, schema version, readable schema), write order, group commit.
+#![cfg(feature = "sqlite")]
 
 use std::sync::{Arc, Mutex, OnceLock};
 

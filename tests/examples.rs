@@ -4,6 +4,7 @@
 #[path = "../examples/quickstart.rs"]
 mod quickstart;
 
+#[cfg(feature = "sqlite")]
 #[allow(dead_code)]
 #[path = "../examples/persistent.rs"]
 mod persistent;
@@ -27,6 +28,7 @@ fn quickstart_names_each_record_once() {
     assert!(text.contains("advance reclaimed 1 grant(s)"), "{text}");
 }
 
+#[cfg(feature = "sqlite")]
 #[test]
 fn persistent_quickstart_keeps_its_grants_across_runs() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,13 +11,15 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use grantwheel::store::{Fault, FaultyStore, MemoryStore, SqliteStore, Store};
+#[cfg(feature = "sqlite")]
+use grantwheel::store::SqliteStore;
+use grantwheel::store::{Fault, FaultyStore, MemoryStore, Store};
 use grantwheel::Clock;
 use grantwheel::{
     BuildError, ChangeError, Context, Engine, EntityId, Expiry, Grant, GrantId, Level, ManualClock,
     NotDurable, RevokeError, ShareError, UserId,
 };
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
 use uuid::Uuid;
 
 type Key = (usize, usize, usize);
@@ -67,27 +69,27 @@ fn workload(seed: u64, len: usize) -> Vec<Op> {
     let mut rng = StdRng::seed_from_u64(seed);
     let key = |rng: &mut StdRng| {
         (
-            rng.gen_range(0..USERS),
-            rng.gen_range(0..ENTITIES),
-            rng.gen_range(0..CONTEXTS),
+            rng.random_range(0..USERS),
+            rng.random_range(0..ENTITIES),
+            rng.random_range(0..CONTEXTS),
         )
     };
     (0..len)
-        .map(|_| match rng.gen_range(0..10) {
+        .map(|_| match rng.random_range(0..10) {
             0..=3 => Op::Share(
                 key(&mut rng),
-                if rng.gen_bool(0.5) {
+                if rng.random_bool(0.5) {
                     Level::Read
                 } else {
                     Level::Edit
                 },
-                rng.gen_range(1..120),
+                rng.random_range(1..120),
             ),
-            4 => Op::Extend(key(&mut rng), rng.gen_range(-30..60)),
+            4 => Op::Extend(key(&mut rng), rng.random_range(-30..60)),
             5 => Op::Revoke(key(&mut rng)),
             6 => Op::RevokeContext(key(&mut rng)),
-            7 => Op::RevokePair(rng.gen_range(0..USERS), rng.gen_range(0..ENTITIES)),
-            8 => Op::Wait(rng.gen_range(1..40)),
+            7 => Op::RevokePair(rng.random_range(0..USERS), rng.random_range(0..ENTITIES)),
+            8 => Op::Wait(rng.random_range(1..40)),
             _ => Op::Flush,
         })
         .collect()
@@ -334,6 +336,7 @@ fn every_failed_memory_store_operation() {
     }
 }
 
+#[cfg(feature = "sqlite")]
 #[test]
 fn every_failed_sqlite_store_operation() {
     let dir = tempfile::tempdir().unwrap();

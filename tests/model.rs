@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use grantwheel::store::{MemoryStore, SqliteStore, Synchronous};
+use grantwheel::store::MemoryStore;
+#[cfg(feature = "sqlite")]
+use grantwheel::store::{SqliteStore, Synchronous};
 use grantwheel::{
     ChangeError, Context, Engine, EntityId, EntityKind, EntityRef, Event, Expiry, Grant, GrantId,
     Level, ManualClock, OverMax, RepeatShare, RevokeError, RevokeReason, ShareError, UserId,
@@ -86,8 +88,17 @@ enum Op {
 enum Backing {
     Nothing,
     Memory,
+    #[cfg(feature = "sqlite")]
     Sqlite,
 }
+
+/// The backings this build can test.
+const BACKINGS: &[Backing] = &[
+    Backing::Nothing,
+    Backing::Memory,
+    #[cfg(feature = "sqlite")]
+    Backing::Sqlite,
+];
 
 #[derive(Clone, Copy, Debug)]
 struct Settings {
@@ -445,6 +456,7 @@ fn run(
     ops: Vec<Op>,
 ) -> Result<(), TestCaseError> {
     let clock = ManualClock::new(Utc.timestamp_millis_opt(start).unwrap());
+    #[cfg(feature = "sqlite")]
     let dir = tempfile::tempdir().unwrap();
     let memory = MemoryStore::new();
     let build = || {
@@ -453,6 +465,7 @@ fn run(
             Backing::Nothing => b,
             Backing::Memory => b.store(memory.clone()),
             // Crash durability is not what this test is about.
+            #[cfg(feature = "sqlite")]
             Backing::Sqlite => b.store(
                 SqliteStore::open_with(dir.path().join("model.db"), Synchronous::Normal).unwrap(),
             ),
@@ -701,7 +714,7 @@ proptest! {
     #[test]
     fn engine_matches_model(
         settings in settings(),
-        backing in prop_oneof![Just(Backing::Nothing), Just(Backing::Memory), Just(Backing::Sqlite)],
+        backing in proptest::sample::select(BACKINGS),
         start in 1_700_000_000_000i64..1_800_000_000_000,
         ops in proptest::collection::vec(op(), 1..100),
     ) {

@@ -5,7 +5,7 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use grantwheel::{Context, Engine, EntityId, Expiry, Level, ManualClock, UserId};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
 
 /// A fixed start so runs compare.
 pub fn start() -> chrono::DateTime<Utc> {
@@ -17,14 +17,14 @@ pub fn keys(n: usize, seed: u64) -> Vec<(UserId, EntityId, Level, i64)> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..n)
         .map(|_| {
-            let user = UserId::from_u128(rng.gen());
-            let entity = EntityId::lead(rng.gen_range(0..1u64 << 40));
-            let level = if rng.gen_bool(0.5) {
+            let user = UserId::from_u128(rng.random());
+            let entity = EntityId::lead(rng.random_range(0..1u64 << 40));
+            let level = if rng.random_bool(0.5) {
                 Level::Read
             } else {
                 Level::Edit
             };
-            let secs = rng.gen_range(3_600..90 * 86_400);
+            let secs = rng.random_range(3_600..90 * 86_400);
             (user, entity, level, secs)
         })
         .collect()
@@ -65,7 +65,7 @@ pub fn baseline(keys: &[(UserId, EntityId, Level, i64)]) -> Baseline {
 /// A random visiting order over `n` keys.
 pub fn order(n: usize, len: usize, seed: u64) -> Vec<u32> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..len).map(|_| rng.gen_range(0..n as u32)).collect()
+    (0..len).map(|_| rng.random_range(0..n as u32)).collect()
 }
 
 /// Resident set size of this process, in bytes.

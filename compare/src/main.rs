@@ -15,7 +15,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
 use uuid::Uuid;
 
 const DAY_MS: i64 = 86_400_000;
@@ -59,16 +59,16 @@ fn workload(n: usize) -> (Vec<Grant>, Vec<Check>) {
     let mut rng = StdRng::seed_from_u64(7);
     let grants: Vec<Grant> = (0..n)
         .map(|_| Grant {
-            user: Uuid::from_u128(rng.gen()),
-            entity: rng.gen_range(0..1u64 << 40),
-            edit: rng.gen_bool(0.5),
-            expires_ms: start_ms() + rng.gen_range(DAY_MS / 24..90 * DAY_MS),
+            user: Uuid::from_u128(rng.random()),
+            entity: rng.random_range(0..1u64 << 40),
+            edit: rng.random_bool(0.5),
+            expires_ms: start_ms() + rng.random_range(DAY_MS / 24..90 * DAY_MS),
         })
         .collect();
     let checks = (0..ROUND_CHECKS)
         .map(|i| {
-            if rng.gen_bool(0.9) {
-                let g = grants[rng.gen_range(0..n)];
+            if rng.random_bool(0.9) {
+                let g = grants[rng.random_range(0..n)];
                 Check {
                     user: g.user,
                     entity: g.entity,
@@ -76,8 +76,8 @@ fn workload(n: usize) -> (Vec<Grant>, Vec<Check>) {
                 }
             } else {
                 Check {
-                    user: Uuid::from_u128(rng.gen()),
-                    entity: rng.gen_range(0..1u64 << 40),
+                    user: Uuid::from_u128(rng.random()),
+                    entity: rng.random_range(0..1u64 << 40),
                     edit: i % 2 == 1,
                 }
             }

@@ -186,12 +186,14 @@ impl EngineBuilder {
     /// write order.
     ///
     /// ```
+    /// # #[cfg(feature = "sqlite")] {
     /// use grantwheel::store::SqliteStore;
     /// use grantwheel::Engine;
     /// let dir = tempfile::tempdir().unwrap();
     /// let store = SqliteStore::open(dir.path().join("grants.db")).unwrap();
     /// let engine = Engine::builder().store(store).build().unwrap();
     /// assert!(engine.is_durable());
+    /// # }
     /// ```
     pub fn store(mut self, store: impl Store + 'static) -> Self {
         self.store = Some(Box::new(store));

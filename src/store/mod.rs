@@ -4,12 +4,13 @@
 //! change as part of an ordered, atomic [`Batch`] and rebuilds its state
 //! from the store when it starts. Three stores come with the crate:
 //!
-//! - [`SqliteStore`]: the durable default, one SQLite file (WAL, full
-//!   sync by default). See its documentation for the schema.
+//! - `SqliteStore` (feature `sqlite`, on by default): the durable
+//!   default, one SQLite file (WAL, full sync by default). See its
+//!   documentation for the schema.
 //! - [`MemoryStore`]: keeps the batches' effect in memory; clones share it,
 //!   so a test can "restart" an engine over the same state.
-//! - [`FaultyStore`]: wraps another store and fails chosen operations, to
-//!   prove what the engine does when its store fails.
+//! - `FaultyStore` (feature `testing`): wraps another store and fails
+//!   chosen operations, to prove what the engine does when its store fails.
 //!
 //! # Write order
 //!
@@ -39,12 +40,16 @@ use crate::model::grant::Grant;
 use crate::model::history::{HistoryRecord, RequestId, RuleId};
 use crate::model::rule::Rule;
 
+#[cfg(any(test, feature = "testing"))]
 mod faulty;
 mod memory;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
+#[cfg(any(test, feature = "testing"))]
 pub use faulty::{Fault, FaultHandle, FaultyStore};
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, Synchronous};
 
 /// Why a grant left the live grants.
@@ -60,8 +65,11 @@ pub enum EndCause {
 
 /// One change in a [`Batch`]. Every change is idempotent: applying it a
 /// second time leaves the store as the first time did.
+///
+/// Deliberately not `#[non_exhaustive]`: a store must handle every kind
+/// of change, so a new kind is a compile error in every store rather than
+/// a change silently dropped by a catch-all arm.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[non_exhaustive]
 pub enum Change {
     /// Insert or replace a live grant, keyed by its serial: a share, an
     /// extension, a raised level.
@@ -174,7 +182,9 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// A [`FaultyStore`] failed this operation on purpose.
+    /// A `FaultyStore` failed this operation on purpose (feature
+    /// `testing`).
+    #[cfg(any(test, feature = "testing"))]
     #[error("injected fault at store operation {op}")]
     Injected {
         /// The operation's number (from 1).

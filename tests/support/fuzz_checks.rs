@@ -16,7 +16,9 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use grantwheel::requests::automation::{AutomationEvent, Rule, RuleState, Trigger};
 use grantwheel::requests::wire::ItemResponse;
 use grantwheel::requests::{RequestId, RequestStatus, Sharing};
-use grantwheel::store::{MemoryStore, SqliteStore};
+use grantwheel::store::MemoryStore;
+#[cfg(feature = "sqlite")]
+use grantwheel::store::SqliteStore;
 use grantwheel::{
     ChangeError, Context, Engine, EntityId, Expiry, Grant, GrantId, Level, ManualClock,
     RevokeError, UserId,
@@ -374,6 +376,7 @@ pub fn ops(data: &[u8]) {
     }
 }
 
+#[cfg(feature = "sqlite")]
 /// The grants of the pristine database, and its bytes.
 fn pristine() -> &'static (Vec<Grant>, Vec<u8>) {
     static PRISTINE: OnceLock<(Vec<Grant>, Vec<u8>)> = OnceLock::new();
@@ -416,6 +419,7 @@ fn pristine() -> &'static (Vec<Grant>, Vec<u8>) {
 }
 
 /// A valid database damaged by the input (byte edits or a cut), opened.
+#[cfg(feature = "sqlite")]
 pub fn store_recovery(data: &[u8]) {
     let (grants, bytes) = pristine();
     let mut damaged = bytes.clone();
