@@ -166,7 +166,7 @@ impl std::str::FromStr for EntityRef {
             return bad("is empty".into());
         }
         if b.iter().all(u8::is_ascii_digit) {
-            if b.len() > 1 && b[0] == b'0' {
+            if b.len() > 1 && b.first() == Some(&b'0') {
                 return bad(format!(
                     "`{s}` has a leading zero: a record number is written without one, a GUID as {GUID_FORMS}"
                 ));

@@ -5,6 +5,19 @@
 )]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Panic-freedom and bounds discipline are checked by the compiler, not by
+// care: each remaining exception is an `#[expect(..., reason = "...")]` at
+// its site.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::allow_attributes_without_reason
+)]
 
 pub mod clock;
 mod engine;

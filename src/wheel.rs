@@ -164,7 +164,7 @@ impl Wheel {
             return false;
         }
         let idx = usize::from(place.bucket - 1);
-        let bucket = &mut self.buckets[idx];
+        let bucket = self.bucket_mut(idx);
         let pos = place.pos as usize;
         debug_assert_eq!(bucket.get(pos), Some(&id));
         bucket.swap_remove(pos);
@@ -172,7 +172,7 @@ impl Wheel {
             links.set_place(moved, place);
         }
         if bucket.is_empty() && place.bucket != PARKED {
-            self.occupied[idx / SLOTS] &= !(1u64 << (idx % SLOTS));
+            *self.occupied_mut(idx / SLOTS) &= !(1u64 << (idx % SLOTS));
         }
         links.set_place(id, Place::default());
         self.len -= 1;
@@ -187,7 +187,7 @@ impl Wheel {
         }
         loop {
             let next = self.next_expiration();
-            if !self.buckets[BUCKETS - 1].is_empty() {
+            if !self.bucket(BUCKETS - 1).is_empty() {
                 let refile_at = self.parked_min & !(EPOCH - 1);
                 let bound = next.map_or(now, |(_, _, start)| start.min(now));
                 if refile_at <= bound {
@@ -204,7 +204,7 @@ impl Wheel {
                 break;
             }
             self.elapsed = self.elapsed.max(start);
-            self.occupied[level] &= !(1u64 << slot);
+            *self.occupied_mut(level) &= !(1u64 << slot);
             // INVARIANT: entries not yet due share their level-`level` slot
             // with `elapsed`, so they drop to a lower level.
             self.drain(links, level * SLOTS + slot, now, fired);
@@ -214,7 +214,7 @@ impl Wheel {
 
     /// Empty one slot vector: fire what is due, re-file the rest.
     fn drain<L: Links>(&mut self, links: &mut L, idx: usize, now: u64, fired: &mut Vec<u32>) {
-        let mut ids = std::mem::take(&mut self.buckets[idx]);
+        let mut ids = std::mem::take(self.bucket_mut(idx));
         for &id in &ids {
             let deadline = links.deadline(id);
             if deadline <= now {
@@ -226,8 +226,9 @@ impl Wheel {
             }
         }
         ids.clear();
-        if ids.capacity() <= KEEP_CAPACITY && self.buckets[idx].is_empty() {
-            self.buckets[idx] = ids;
+        let bucket = self.bucket_mut(idx);
+        if ids.capacity() <= KEEP_CAPACITY && bucket.is_empty() {
+            *bucket = ids;
         }
     }
 
@@ -236,7 +237,7 @@ impl Wheel {
     /// scheduled. Exact for entries due within 64 ticks.
     pub(crate) fn next_wakeup(&self) -> Option<u64> {
         let wheel = self.next_expiration().map(|(_, _, s)| s.max(self.elapsed));
-        let parked = (!self.buckets[BUCKETS - 1].is_empty())
+        let parked = (!self.bucket(BUCKETS - 1).is_empty())
             .then(|| (self.parked_min & !(EPOCH - 1)).max(self.elapsed));
         match (wheel, parked) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -251,20 +252,46 @@ impl Wheel {
             PARKED
         } else {
             let slot = slot_for(deadline, level);
-            self.occupied[level] |= 1u64 << slot;
+            *self.occupied_mut(level) |= 1u64 << slot;
             place_of(level, slot)
         };
-        let bucket = &mut self.buckets[usize::from(place - 1)];
+        let bucket = self.bucket_mut(usize::from(place - 1));
         // INVARIANT: fewer than 2^32 entries are scheduled.
         let pos = bucket.len() as u32;
         bucket.push(id);
         links.set_place(id, Place { bucket: place, pos });
     }
 
+    /// The slot vector at `idx` (a place minus one).
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "idx < BUCKETS: every place is made by place_of (below PARKED) or is PARKED"
+    )]
+    fn bucket(&self, idx: usize) -> &Vec<u32> {
+        &self.buckets[idx]
+    }
+
+    /// The slot vector at `idx`, to change it.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "idx < BUCKETS: every place is made by place_of (below PARKED) or is PARKED"
+    )]
+    fn bucket_mut(&mut self, idx: usize) -> &mut Vec<u32> {
+        &mut self.buckets[idx]
+    }
+
+    /// The occupancy bitmap of `level`.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "level < LEVELS: levels of filed slots and of parked entries are never asked"
+    )]
+    fn occupied_mut(&mut self, level: usize) -> &mut u64 {
+        &mut self.occupied[level]
+    }
+
     /// The earliest occupied slot: its level, index and first tick.
     fn next_expiration(&self) -> Option<(usize, usize, u64)> {
-        for level in 0..LEVELS {
-            let occupied = self.occupied[level];
+        for (level, &occupied) in self.occupied.iter().enumerate() {
             if occupied == 0 {
                 continue;
             }

@@ -15,7 +15,7 @@ use crate::model::grant::Grant;
 use crate::store::{Batch, Change, EndCause, StoreError};
 
 use super::config::Config;
-use super::record::{GrantRec, EDIT_BIT, NIL, PENDING_BIT};
+use super::record::{GrantRec, EDIT_BIT, PENDING_BIT};
 use super::state::State;
 use super::{Engine, Inner};
 
@@ -143,7 +143,7 @@ impl State {
             Some(loc) => self
                 .pair_grants(loc)
                 .into_iter()
-                .map(|g| self.grants[g as usize])
+                .map(|g| self.grants[g])
                 .collect(),
             None => Vec::new(),
         };
@@ -167,14 +167,15 @@ impl State {
         for (user, entity) in group.pairs.keys() {
             let key = PairKey::new(user, entity);
             if let Some(loc) = self.index.find(&key, self.index.hash(&key)) {
-                let head = self.index.head(loc);
-                let mut g = head;
-                while g != NIL {
-                    self.grants[g as usize].bits &= !PENDING_BIT;
-                    g = self.grants[g as usize].next;
+                let head = self.head(loc);
+                let mut next = Some(head);
+                while let Some(g) = next {
+                    let rec = &mut self.grants[g];
+                    rec.bits &= !PENDING_BIT;
+                    next = rec.next();
                 }
                 let summary = self.summary_of(head);
-                self.index.update(loc, head, summary);
+                self.index.update(loc, head.raw(), summary);
             }
         }
     }
@@ -205,9 +206,9 @@ impl State {
                     continue;
                 }
                 let mut fresh = rec;
-                fresh.next = NIL;
+                fresh.set_next(None);
                 fresh.bits &= EDIT_BIT;
-                let g = self.alloc(fresh);
+                let g = self.grants.alloc(fresh);
                 let found = self.index.find(&key, hash);
                 self.attach(ch.reader, &key, hash, found, g);
                 let armed = self.arm(g, now);
@@ -256,7 +257,7 @@ impl Engine {
             let mut ch = self.changes();
             let out = f(&mut st, &mut ch, now);
             // INVARIANT: every held grant has exactly one timer.
-            debug_assert_eq!(st.wheel.len(), st.held);
+            debug_assert_eq!(st.wheel.len(), st.grants.held());
             if ch.durable {
                 st.lazy.append(&mut ch.kept);
                 st.lazy.append(&mut ch.writes);
@@ -379,33 +380,31 @@ impl Engine {
                 Err(e) => {
                     let mut ch = self.changes();
                     st.rollback(&mut ch, now);
-                    // What stands waits for the next batch.
-                    let mut undo = vec![false; batch.len()];
-                    for (_, _, _, range) in &done {
-                        undo[range.clone()].iter_mut().for_each(|u| *u = true);
+                    // What stands waits for the next batch: the undoable
+                    // writes of each change go, last range first so the
+                    // earlier ranges keep their positions.
+                    for (_, _, _, range) in done.iter().rev() {
+                        batch.drain(range.clone());
                     }
-                    st.lazy = batch
-                        .into_iter()
-                        .zip(undo)
-                        .filter_map(|(c, u)| (!u).then_some(c))
-                        .collect();
+                    st.lazy = batch;
                     st.lazy.append(&mut ch.kept);
-                    // Only the events that stand go out.
+                    // Only the events that stand go out (their positions
+                    // were noted in order).
                     for (_, evs, kept, _) in &mut done {
-                        let mut keep = vec![false; evs.len()];
-                        kept.iter().for_each(|i| keep[*i] = true);
-                        *evs = std::mem::take(evs)
-                            .into_iter()
-                            .zip(keep)
-                            .filter_map(|(e, k)| k.then_some(e))
-                            .collect();
+                        let mut stands = kept.iter().copied().peekable();
+                        let mut at = 0;
+                        evs.retain(|_| {
+                            let keep = stands.next_if_eq(&at).is_some();
+                            at += 1;
+                            keep
+                        });
                     }
                     done.push((Box::new(|_| {}), ch.events, Vec::new(), 0..0));
                     Some(e)
                 }
             };
             // INVARIANT: every held grant has exactly one timer.
-            debug_assert_eq!(st.wheel.len(), st.held);
+            debug_assert_eq!(st.wheel.len(), st.grants.held());
             for (finish, evs, _, _) in done {
                 events.extend(evs);
                 // Before the lock goes: waiters read their result under it.

@@ -111,10 +111,10 @@ impl State {
         if let Some(g) = found.and_then(|loc| self.find_context(loc, ctx)) {
             // Two live grants for one context (a damaged store): keep the
             // one that lasts longer, drop the other.
-            let drop_serial = if self.grants[g as usize].expires >= expires {
+            let drop_serial = if self.grants[g].expires >= expires {
                 grant.id.serial
             } else {
-                let serial = self.grants[g as usize].serial();
+                let serial = self.grants[g].serial();
                 self.detach(reader, g);
                 serial
             };
@@ -127,11 +127,13 @@ impl State {
                 return;
             }
         }
-        if self.held >= MAX_GRANTS || grant.id.serial >= MAX_SERIAL {
+        if self.grants.held() >= MAX_GRANTS || grant.id.serial >= MAX_SERIAL {
             acc.overflow.get_or_insert(grant.id.serial);
             return;
         }
-        let g = self.alloc(GrantRec::new(expires, grant.id.serial, ctx, grant.level));
+        let g = self
+            .grants
+            .alloc(GrantRec::new(expires, grant.id.serial, ctx, grant.level));
         let found = self.index.find(&key, hash);
         self.attach(reader, &key, hash, found, g);
         self.arm(g, now);

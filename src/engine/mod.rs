@@ -31,7 +31,6 @@ use crate::index::IndexReader;
 
 use self::commit::Queue;
 use self::config::Config;
-use self::record::GrantRec;
 use self::state::State;
 
 mod builder;
@@ -111,10 +110,13 @@ impl Engine {
     }
 
     /// An engine with the default settings and the system clock.
+    #[expect(
+        clippy::unreachable,
+        reason = "the default settings are valid and there is no store to fail (tested)"
+    )]
     pub fn new() -> Engine {
         match EngineBuilder::default().build() {
             Ok(e) => e,
-            // INVARIANT: the default settings are valid (see the tests).
             Err(e) => unreachable!("default settings rejected: {e}"),
         }
     }
@@ -246,7 +248,7 @@ impl Engine {
 
     /// Grants held: live, or expired and not yet reclaimed.
     pub fn len(&self) -> usize {
-        self.inner.state.lock().held
+        self.inner.state.lock().grants.held()
     }
 
     /// Whether no grant is held.
@@ -258,10 +260,10 @@ impl Engine {
     pub fn footprint(&self) -> Footprint {
         let st = self.inner.state.lock();
         Footprint {
-            grants: st.held,
+            grants: st.grants.held(),
             pairs: st.index.len(),
             index_bytes: st.index.table_bytes(),
-            grant_bytes: st.grants.len() * std::mem::size_of::<GrantRec>(),
+            grant_bytes: st.grants.bytes(),
             wheel_bytes: st.wheel.bytes(),
         }
     }

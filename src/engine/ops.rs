@@ -11,7 +11,7 @@ use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec};
 use crate::store::{Change, EndCause};
 
 use super::commit::{Changes, Then};
-use super::record::{GrantRec, MAX_GRANTS, MAX_SERIAL, PENDING_BIT};
+use super::record::{GrantIx, GrantRec, MAX_GRANTS, MAX_SERIAL, PENDING_BIT};
 use super::state::State;
 use super::Engine;
 
@@ -160,7 +160,7 @@ impl Engine {
         let id = *id;
         self.run(move |st, ch, now| {
             let g = st.find_id(&id, now).ok_or(ChangeError::NotLive(id))?;
-            let old = st.grants[g as usize].expires;
+            let old = st.grants[g].expires;
             let by_ms = by.num_milliseconds();
             let target = if by_ms >= 0 {
                 old.checked_add(by_ms.unsigned_abs())
@@ -278,16 +278,14 @@ impl Engine {
         self.run(move |st, ch, now| {
             let gs = st
                 .grants
-                .iter()
-                .enumerate()
+                .used()
                 .filter(|(_, r)| {
-                    r.used()
-                        && r.expires > now
+                    r.expires > now
                         && r.ctx_kind() == kind
                         && r.ctx_hi == (id >> 64) as u64
                         && r.ctx_lo == id as u64
                 })
-                .map(|(g, _)| g as u32)
+                .map(|(g, _)| g)
                 .collect();
             Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
         })
@@ -333,10 +331,9 @@ impl Engine {
             let until = now.saturating_add(window);
             let gs = st
                 .grants
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.used() && r.expires > now && r.expires <= until)
-                .map(|(g, _)| g as u32)
+                .used()
+                .filter(|(_, r)| r.expires > now && r.expires <= until)
+                .map(|(g, _)| g)
                 .collect();
             st.sorted_by_expiry(gs)
         })
@@ -346,11 +343,11 @@ impl Engine {
 pub(super) fn change_expiry(
     st: &mut State,
     ch: &mut Changes<'_>,
-    g: u32,
+    g: GrantIx,
     expires: u64,
     now: u64,
 ) -> Grant {
-    let rec = st.grants[g as usize];
+    let rec = st.grants[g];
     if rec.expires != expires {
         st.change(g, expires, rec.level(), now);
         let grant = st.grant(g);
@@ -386,7 +383,7 @@ pub(super) fn share_op(
     let mut found = st.index.find(&key, hash);
     let existing = found.and_then(|loc| st.find_context(loc, ctx));
     if let Some(g) = existing {
-        let rec = st.grants[g as usize];
+        let rec = st.grants[g];
         if rec.expires <= now {
             // Past its expiry, not yet reclaimed: reclaim it now.
             let grant = st.grant(g);
@@ -428,7 +425,7 @@ pub(super) fn share_op(
             }
         }
     }
-    if st.held >= MAX_GRANTS || st.next_serial >= MAX_SERIAL {
+    if st.grants.held() >= MAX_GRANTS || st.next_serial >= MAX_SERIAL {
         return Err(ShareError::Full { limit: MAX_GRANTS });
     }
     let serial = st.next_serial;
@@ -438,7 +435,7 @@ pub(super) fn share_op(
         // Hidden from checks until the batch is written.
         rec.bits |= PENDING_BIT;
     }
-    let g = st.alloc(rec);
+    let g = st.grants.alloc(rec);
     st.attach(reader, &key, hash, found, g);
     let armed = st.arm(g, now);
     debug_assert!(armed, "a new grant's timer is ahead of now");
@@ -485,7 +482,7 @@ pub(super) fn revoke_context_op(
     let key = PairKey::new(user, entity);
     let loc = st.index.find(&key, st.index.hash(&key))?;
     let g = st.find_context(loc, context.pack())?;
-    if st.grants[g as usize].expires <= now {
+    if st.grants[g].expires <= now {
         return None;
     }
     st.revoke_all(ch, now, vec![g]).pop()

@@ -21,7 +21,7 @@ pub(super) struct GrantRec {
     pub(super) ctx_lo: u64,
     pub(super) loc: PackedLocator,
     /// The next grant of the same pair.
-    pub(super) next: u32,
+    next: u32,
     /// The position in its wheel slot vector.
     pub(super) pos: u32,
     /// The wheel slot vector (bits 0..9), the timer stage (bits 9..17: a
@@ -62,6 +62,15 @@ impl GrantRec {
         };
         rec.set_level(level);
         rec
+    }
+
+    /// The next grant of the same pair.
+    pub(super) fn next(&self) -> Option<GrantIx> {
+        (self.next != NIL).then_some(GrantIx(self.next))
+    }
+
+    pub(super) fn set_next(&mut self, next: Option<GrantIx>) {
+        self.next = next.map_or(NIL, GrantIx::raw);
     }
 
     pub(super) fn serial(&self) -> u64 {
@@ -124,6 +133,132 @@ impl GrantRec {
     }
 }
 
+/// A grant record's number in the [`Slab`]: the typed handle every engine
+/// structure uses for a grant. The index (a pair's head), the wheel and
+/// each record's `next` link hold these numbers as `u32`s.
+///
+/// INVARIANT (INV-2): a `GrantIx` names a record in use: one that
+/// [`Slab::alloc`] returned and [`Slab::free`] has not released. The
+/// index, the wheel and the pair lists hold only such numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct GrantIx(u32);
+
+impl GrantIx {
+    /// A number the index, the wheel or a record's link handed back.
+    pub(super) fn from_raw(raw: u32) -> Self {
+        GrantIx(raw)
+    }
+
+    /// The number, for the index and the wheel.
+    pub(super) fn raw(self) -> u32 {
+        self.0
+    }
+}
+
+/// The grant records, by [`GrantIx`]; released records are reused.
+#[derive(Default)]
+pub(super) struct Slab {
+    recs: Vec<GrantRec>,
+    free: Vec<u32>,
+    held: usize,
+}
+
+impl Slab {
+    /// Room for `n` more records without growing.
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.recs.reserve(n);
+    }
+
+    /// Records in use: grants held (live, or expired and not reclaimed).
+    pub(super) fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Bytes of the records, used or free.
+    pub(super) fn bytes(&self) -> usize {
+        self.recs.len() * std::mem::size_of::<GrantRec>()
+    }
+
+    /// Store `rec`, reusing a released record if there is one.
+    pub(super) fn alloc(&mut self, rec: GrantRec) -> GrantIx {
+        self.held += 1;
+        if let Some(g) = self.free.pop() {
+            let g = GrantIx(g);
+            self[g] = rec;
+            g
+        } else {
+            // INVARIANT: fewer than MAX_GRANTS (2^30) records exist, so
+            // their numbers fit in 32 bits below NIL.
+            let g = GrantIx(u32::try_from(self.recs.len()).unwrap_or(NIL));
+            self.recs.push(rec);
+            g
+        }
+    }
+
+    /// Release `g`: it is marked free and its number reused later.
+    pub(super) fn free(&mut self, g: GrantIx) {
+        let rec = &mut self[g];
+        rec.set_stage(FREE);
+        rec.set_next(None);
+        self.free.push(g.0);
+        self.held -= 1;
+    }
+
+    /// The records in use, in memory order.
+    pub(super) fn used(&self) -> impl Iterator<Item = (GrantIx, &GrantRec)> + '_ {
+        (0u32..)
+            .zip(self.recs.iter())
+            .filter(|(_, r)| r.used())
+            .map(|(g, r)| (GrantIx(g), r))
+    }
+
+    /// The grants of a pair, from its head along the `next` links.
+    pub(super) fn pair(&self, head: GrantIx) -> Pair<'_> {
+        Pair {
+            slab: self,
+            next: Some(head),
+        }
+    }
+}
+
+impl std::ops::Index<GrantIx> for Slab {
+    type Output = GrantRec;
+
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "INV-2: a GrantIx names a record of this slab"
+    )]
+    fn index(&self, g: GrantIx) -> &GrantRec {
+        &self.recs[g.0 as usize]
+    }
+}
+
+impl std::ops::IndexMut<GrantIx> for Slab {
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "INV-2: a GrantIx names a record of this slab"
+    )]
+    fn index_mut(&mut self, g: GrantIx) -> &mut GrantRec {
+        &mut self.recs[g.0 as usize]
+    }
+}
+
+/// The grants of one pair, along their `next` links.
+pub(super) struct Pair<'a> {
+    slab: &'a Slab,
+    next: Option<GrantIx>,
+}
+
+impl Iterator for Pair<'_> {
+    type Item = GrantIx;
+
+    fn next(&mut self) -> Option<GrantIx> {
+        let g = self.next?;
+        self.next = self.slab[g].next();
+        Some(g)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,8 +286,11 @@ mod tests {
         );
         rec.set_stage(FREE - 1);
         rec.set_level(Level::Read);
+        let mut slab = Slab::default();
+        let g = slab.alloc(rec);
+        assert_eq!(g.raw(), 0);
         let mut links = GrantLinks {
-            grants: std::slice::from_mut(&mut rec),
+            grants: &mut slab,
             timing: &Timing {
                 tick_ms: 10,
                 warnings: Box::new([]),
@@ -173,6 +311,7 @@ mod tests {
             }
         );
         assert_eq!(links.deadline(0), 10, "99 ms rounds up to tick 10");
+        let rec = slab[g];
         assert_eq!(
             (rec.stage(), rec.level(), rec.serial()),
             (FREE - 1, Level::Read, MAX_SERIAL - 1)
@@ -201,5 +340,25 @@ mod tests {
         ] {
             assert_eq!(Locator::from(PackedLocator::from(loc)), loc);
         }
+    }
+
+    #[test]
+    fn the_slab_reuses_freed_records_and_walks_pairs() {
+        let rec = |serial| GrantRec::new(1, serial, (0, 0), Level::Read);
+        let mut slab = Slab::default();
+        let (a, b, c) = (slab.alloc(rec(1)), slab.alloc(rec(2)), slab.alloc(rec(3)));
+        assert_eq!(slab.held(), 3);
+        slab[a].set_next(Some(c));
+        slab[c].set_next(Some(b));
+        let walk: Vec<GrantIx> = slab.pair(a).collect();
+        assert_eq!(walk, vec![a, c, b]);
+        slab.free(c);
+        assert_eq!(slab.held(), 2);
+        assert!(!slab[c].used());
+        assert_eq!(slab.used().map(|(g, _)| g).collect::<Vec<_>>(), vec![a, b]);
+        let d = slab.alloc(rec(4));
+        assert_eq!(d, c, "a freed number is reused");
+        assert_eq!(slab[d].serial(), 4);
+        assert_eq!(slab.bytes(), 3 * 48);
     }
 }

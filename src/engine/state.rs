@@ -11,24 +11,24 @@ use crate::wheel::{Links, Place, Wheel};
 
 use super::commit::{Changes, Group};
 use super::config::{Config, Timing};
-use super::record::{GrantRec, BUCKET_MASK, FREE, NIL, PENDING_BIT};
+use super::record::{GrantIx, Slab, BUCKET_MASK, PENDING_BIT};
 
 /// The grant records as the wheel sees them: a grant's timer is due at the
 /// tick of its current stage.
 pub(super) struct GrantLinks<'a> {
-    pub(super) grants: &'a mut [GrantRec],
+    pub(super) grants: &'a mut Slab,
     pub(super) timing: &'a Timing,
 }
 
 impl Links for GrantLinks<'_> {
     fn deadline(&self, id: u32) -> u64 {
-        let rec = &self.grants[id as usize];
+        let rec = &self.grants[GrantIx::from_raw(id)];
         self.timing
             .tick_of(self.timing.timer_at(rec.expires, rec.stage()))
     }
 
     fn place(&self, id: u32) -> Place {
-        let rec = &self.grants[id as usize];
+        let rec = &self.grants[GrantIx::from_raw(id)];
         Place {
             bucket: (rec.bits & BUCKET_MASK) as u16,
             pos: rec.pos,
@@ -36,7 +36,7 @@ impl Links for GrantLinks<'_> {
     }
 
     fn set_place(&mut self, id: u32, place: Place) {
-        let rec = &mut self.grants[id as usize];
+        let rec = &mut self.grants[GrantIx::from_raw(id)];
         rec.bits = (rec.bits & !BUCKET_MASK) | u32::from(place.bucket);
         rec.pos = place.pos;
     }
@@ -45,11 +45,9 @@ impl Links for GrantLinks<'_> {
 pub(super) struct State {
     pub(super) index: IndexWriter,
     pub(super) timing: Timing,
-    pub(super) grants: Vec<GrantRec>,
-    pub(super) free: Vec<u32>,
+    pub(super) grants: Slab,
     pub(super) wheel: Wheel,
     pub(super) next_serial: u64,
-    pub(super) held: usize,
     pub(super) fired: Vec<u32>,
     /// Where changes are written (`None`: memory only).
     pub(super) store: Option<Box<dyn Store>>,
@@ -72,11 +70,9 @@ impl State {
         State {
             index,
             timing: cfg.timing.clone(),
-            grants: Vec::new(),
-            free: Vec::new(),
+            grants: Slab::default(),
             wheel: Wheel::new(now / cfg.timing.tick_ms),
             next_serial: meta.next_serial.max(1),
-            held: 0,
             fired: Vec::new(),
             store: None,
             seq: meta.last_seq,
@@ -92,30 +88,21 @@ impl State {
         self.index.reserve_numeric(reader, grants, &mut |_, _| {});
     }
 
-    pub(super) fn alloc(&mut self, rec: GrantRec) -> u32 {
-        self.held += 1;
-        if let Some(g) = self.free.pop() {
-            self.grants[g as usize] = rec;
-            g
-        } else {
-            self.grants.push(rec);
-            // INVARIANT: fewer than 2^32 - 1 grants are held at once.
-            (self.grants.len() - 1) as u32
-        }
+    /// The first grant of the pair at `loc`.
+    pub(super) fn head(&self, loc: Locator) -> GrantIx {
+        GrantIx::from_raw(self.index.head(loc))
     }
 
-    pub(super) fn grant(&self, g: u32) -> Grant {
-        let rec = &self.grants[g as usize];
+    pub(super) fn grant(&self, g: GrantIx) -> Grant {
+        let rec = &self.grants[g];
         let (user, entity) = self.index.pair_at(rec.loc.into());
         rec.grant(user, entity)
     }
 
-    pub(super) fn summary_of(&self, head: u32) -> Summary {
+    pub(super) fn summary_of(&self, head: GrantIx) -> Summary {
         let mut s = Summary::default();
-        let mut g = head;
-        while g != NIL {
-            let rec = &self.grants[g as usize];
-            g = rec.next;
+        for g in self.grants.pair(head) {
+            let rec = &self.grants[g];
             let (expires, level) = if rec.bits & PENDING_BIT == 0 {
                 (rec.expires, rec.level())
             } else {
@@ -138,35 +125,23 @@ impl State {
     }
 
     /// The grants of the pair at `loc`.
-    pub(super) fn pair_grants(&self, loc: Locator) -> Vec<u32> {
-        let mut out = Vec::new();
-        let mut g = self.index.head(loc);
-        while g != NIL {
-            out.push(g);
-            g = self.grants[g as usize].next;
-        }
-        out
+    pub(super) fn pair_grants(&self, loc: Locator) -> Vec<GrantIx> {
+        self.grants.pair(self.head(loc)).collect()
     }
 
     /// The grant of a pair with this context (live or not).
-    pub(super) fn find_context(&self, loc: Locator, ctx: (u32, u128)) -> Option<u32> {
-        let mut g = self.index.head(loc);
-        while g != NIL {
-            let rec = &self.grants[g as usize];
-            if rec.has_context(ctx) {
-                return Some(g);
-            }
-            g = rec.next;
-        }
-        None
+    pub(super) fn find_context(&self, loc: Locator, ctx: (u32, u128)) -> Option<GrantIx> {
+        self.grants
+            .pair(self.head(loc))
+            .find(|g| self.grants[*g].has_context(ctx))
     }
 
     /// Find a live grant by id.
-    pub(super) fn find_id(&self, id: &GrantId, now: u64) -> Option<u32> {
+    pub(super) fn find_id(&self, id: &GrantId, now: u64) -> Option<GrantIx> {
         let key = PairKey::new(&id.user, &id.entity);
         let loc = self.index.find(&key, self.index.hash(&key))?;
         let g = self.find_context(loc, id.context.pack())?;
-        let rec = &self.grants[g as usize];
+        let rec = &self.grants[g];
         (rec.serial() == id.serial && rec.expires > now).then_some(g)
     }
 
@@ -177,93 +152,93 @@ impl State {
         key: &PairKey,
         hash: u64,
         found: Option<Locator>,
-        g: u32,
+        g: GrantIx,
     ) {
         match found {
             Some(loc) => {
-                let head = self.index.head(loc);
-                self.grants[g as usize].next = head;
-                self.grants[g as usize].loc = loc.into();
+                let head = self.head(loc);
+                self.grants[g].set_next(Some(head));
+                self.grants[g].loc = loc.into();
                 let summary = self.summary_of(g);
-                self.index.update(loc, g, summary);
+                self.index.update(loc, g.raw(), summary);
             }
             None => {
-                self.grants[g as usize].next = NIL;
+                self.grants[g].set_next(None);
                 let summary = self.summary_of(g);
                 let grants = &mut self.grants;
-                let loc = self
-                    .index
-                    .insert(reader, key, hash, g, summary, &mut |head, loc| {
-                        relocate(grants, head, loc)
-                    });
-                self.grants[g as usize].loc = loc.into();
+                let loc =
+                    self.index
+                        .insert(reader, key, hash, g.raw(), summary, &mut |head, loc| {
+                            relocate(grants, head, loc)
+                        });
+                self.grants[g].loc = loc.into();
             }
         }
     }
 
     /// Take a grant out of its pair, the wheel and the slab.
-    pub(super) fn detach(&mut self, reader: &IndexReader, g: u32) {
-        let rec = self.grants[g as usize];
+    pub(super) fn detach(&mut self, reader: &IndexReader, g: GrantIx) {
+        let rec = self.grants[g];
         let loc: Locator = rec.loc.into();
         self.wheel.cancel(
             &mut GrantLinks {
                 grants: &mut self.grants,
                 timing: &self.timing,
             },
-            g,
+            g.raw(),
         );
-        let head = self.index.head(loc);
+        let head = self.head(loc);
         let new_head = if head == g {
-            rec.next
+            rec.next()
         } else {
-            let mut p = head;
-            while p != NIL && self.grants[p as usize].next != g {
-                p = self.grants[p as usize].next;
+            let before = self
+                .grants
+                .pair(head)
+                .find(|p| self.grants[*p].next() == Some(g));
+            if let Some(p) = before {
+                self.grants[p].set_next(rec.next());
             }
-            if p != NIL {
-                self.grants[p as usize].next = rec.next;
-            }
-            head
+            Some(head)
         };
-        if new_head == NIL {
-            let grants = &mut self.grants;
-            self.index
-                .remove(reader, loc, &mut |head, loc| relocate(grants, head, loc));
-        } else {
-            let summary = self.summary_of(new_head);
-            self.index.update(loc, new_head, summary);
+        match new_head {
+            None => {
+                let grants = &mut self.grants;
+                self.index
+                    .remove(reader, loc, &mut |head, loc| relocate(grants, head, loc));
+            }
+            Some(new_head) => {
+                let summary = self.summary_of(new_head);
+                self.index.update(loc, new_head.raw(), summary);
+            }
         }
-        self.grants[g as usize].set_stage(FREE);
-        self.grants[g as usize].next = NIL;
-        self.free.push(g);
-        self.held -= 1;
+        self.grants.free(g);
     }
 
     /// Arm a grant's next timer. Returns `false` if it is due already.
-    pub(super) fn arm(&mut self, g: u32, now: u64) -> bool {
-        let (stage, _) = self.timing.next_timer(self.grants[g as usize].expires, now);
-        self.grants[g as usize].set_stage(stage);
+    pub(super) fn arm(&mut self, g: GrantIx, now: u64) -> bool {
+        let (stage, _) = self.timing.next_timer(self.grants[g].expires, now);
+        self.grants[g].set_stage(stage);
         self.wheel.schedule(
             &mut GrantLinks {
                 grants: &mut self.grants,
                 timing: &self.timing,
             },
-            g,
+            g.raw(),
         )
     }
 
     /// Set a live grant's expiry and level, re-arming its timer and
     /// refreshing its pair.
-    pub(super) fn change(&mut self, g: u32, expires: u64, level: Level, now: u64) {
+    pub(super) fn change(&mut self, g: GrantIx, expires: u64, level: Level, now: u64) {
         if self.group.is_some() {
-            let rec = self.grants[g as usize];
+            let rec = self.grants[g];
             let (user, entity) = self.index.pair_at(rec.loc.into());
             self.note_pair(&user, &entity);
             if rec.bits & PENDING_BIT == 0 {
                 if let Some(group) = &mut self.group {
                     group.shown.insert(rec.serial(), (rec.expires, rec.level()));
                 }
-                self.grants[g as usize].bits |= PENDING_BIT;
+                self.grants[g].bits |= PENDING_BIT;
             }
         }
         self.wheel.cancel(
@@ -271,17 +246,17 @@ impl State {
                 grants: &mut self.grants,
                 timing: &self.timing,
             },
-            g,
+            g.raw(),
         );
-        let rec = &mut self.grants[g as usize];
+        let rec = &mut self.grants[g];
         rec.expires = expires;
         rec.set_level(level);
         let loc: Locator = rec.loc.into();
         let armed = self.arm(g, now);
         debug_assert!(armed, "a live grant's timer is ahead of now");
-        let head = self.index.head(loc);
+        let head = self.head(loc);
         let summary = self.summary_of(head);
-        self.index.update(loc, head, summary);
+        self.index.update(loc, head.raw(), summary);
     }
 
     /// Reclaim what is due at `now`, raising warnings and expiries.
@@ -308,14 +283,12 @@ impl State {
         }
         let mut expired = 0;
         let mut timed: Vec<(u64, u64, Event)> = Vec::new();
-        for &g in &fired {
-            let rec = self.grants[g as usize];
-            let warning = usize::from(rec.stage()) < cfg.timing.warnings.len();
-            if warning {
+        for g in fired.iter().copied().map(GrantIx::from_raw) {
+            let rec = self.grants[g];
+            let warning = cfg.timing.warnings.get(usize::from(rec.stage()));
+            if let Some(offset) = warning {
                 if rec.expires > now && ch.want {
-                    let at = rec
-                        .expires
-                        .saturating_sub(cfg.timing.warnings[usize::from(rec.stage())]);
+                    let at = rec.expires.saturating_sub(*offset);
                     let grant = self.grant(g);
                     timed.push((
                         at,
@@ -354,10 +327,10 @@ impl State {
         &mut self,
         ch: &mut Changes<'_>,
         now: u64,
-        mut gs: Vec<u32>,
+        mut gs: Vec<GrantIx>,
     ) -> Vec<Grant> {
         let reader = ch.reader;
-        gs.sort_by_key(|g| self.grants[*g as usize].serial());
+        gs.sort_by_key(|g| self.grants[*g].serial());
         let mut out = Vec::with_capacity(gs.len());
         for g in gs {
             let grant = self.grant(g);
@@ -377,14 +350,14 @@ impl State {
     }
 
     /// The live grants of the pair at `loc`.
-    pub(super) fn live_at(&self, loc: Locator, now: u64) -> Vec<u32> {
+    pub(super) fn live_at(&self, loc: Locator, now: u64) -> Vec<GrantIx> {
         let mut gs = self.pair_grants(loc);
-        gs.retain(|g| self.grants[*g as usize].expires > now);
+        gs.retain(|g| self.grants[*g].expires > now);
         gs
     }
 
     /// The live grants of (user, entity).
-    pub(super) fn live_in_pair(&self, user: &UserId, entity: &EntityId, now: u64) -> Vec<u32> {
+    pub(super) fn live_in_pair(&self, user: &UserId, entity: &EntityId, now: u64) -> Vec<GrantIx> {
         let key = PairKey::new(user, entity);
         match self.index.find(&key, self.index.hash(&key)) {
             Some(loc) => self.live_at(loc, now),
@@ -397,7 +370,7 @@ impl State {
         &self,
         now: u64,
         keep: impl Fn(&UserId, &EntityId) -> bool,
-    ) -> Vec<u32> {
+    ) -> Vec<GrantIx> {
         let mut out = Vec::new();
         for (loc, user, entity) in self.index.pairs() {
             if keep(&user, &entity) {
@@ -407,9 +380,9 @@ impl State {
         out
     }
 
-    pub(super) fn sorted_by_expiry(&self, mut gs: Vec<u32>) -> Vec<Grant> {
+    pub(super) fn sorted_by_expiry(&self, mut gs: Vec<GrantIx>) -> Vec<Grant> {
         gs.sort_by_key(|g| {
-            let r = &self.grants[*g as usize];
+            let r = &self.grants[*g];
             (r.expires, r.serial())
         });
         gs.into_iter().map(|g| self.grant(g)).collect()
@@ -417,12 +390,12 @@ impl State {
 }
 
 /// Record a pair's new place in each of its grants.
-pub(super) fn relocate(grants: &mut [GrantRec], head: u32, loc: Locator) {
+pub(super) fn relocate(grants: &mut Slab, head: u32, loc: Locator) {
     let loc = PackedLocator::from(loc);
-    let mut g = head;
-    while g != NIL {
-        let rec = &mut grants[g as usize];
+    let mut next = Some(GrantIx::from_raw(head));
+    while let Some(g) = next {
+        let rec = &mut grants[g];
         rec.loc = loc;
-        g = rec.next;
+        next = rec.next();
     }
 }

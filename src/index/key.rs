@@ -72,18 +72,16 @@ impl KeyHasher {
     #[inline(always)]
     pub(super) fn hash<const K: usize>(&self, key: &Key<K>) -> u64 {
         let [s0, s1] = self.seeds;
-        let w = &key.0;
         let mut h = 0;
-        let mut i = 0;
-        while i < K {
-            let a = w[i] ^ s0 ^ PI[i];
-            let b = if i + 1 < K {
-                w[i + 1] ^ s1 ^ PI[i + 1]
-            } else {
-                s1
+        // Key words in pairs, each pair folded with its constants (PI has
+        // a word for every key word); an odd last word pairs with a seed.
+        for (ws, ps) in key.0.chunks(2).zip(PI.chunks(2)) {
+            let (a, b) = match (ws, ps) {
+                ([w0, w1], [p0, p1]) => (w0 ^ s0 ^ p0, w1 ^ s1 ^ p1),
+                ([w0], [p0, ..]) => (w0 ^ s0 ^ p0, s1),
+                _ => continue,
             };
             h ^= fold_mul(a, b);
-            i += 2;
         }
         fold_mul(h ^ s0, 0x9e37_79b9_7f4a_7c15)
     }

@@ -102,10 +102,49 @@ impl From<PackedLocator> for Locator {
     }
 }
 
+/// One value per shard, indexed by a shard number. Indices are masked to
+/// the shard count, so indexing never goes out of bounds (and costs no
+/// bounds check).
+pub(crate) struct PerShard<T>([T; SHARDS]);
+
+impl<T> PerShard<T> {
+    fn from_fn(f: impl FnMut(usize) -> T) -> Self {
+        PerShard(std::array::from_fn(f))
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.0.iter()
+    }
+}
+
+impl<T> std::ops::Index<usize> for PerShard<T> {
+    type Output = T;
+
+    #[inline(always)]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "masked below SHARDS, the array's length"
+    )]
+    fn index(&self, shard: usize) -> &T {
+        &self.0[shard & (SHARDS - 1)]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for PerShard<T> {
+    #[inline(always)]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "masked below SHARDS, the array's length"
+    )]
+    fn index_mut(&mut self, shard: usize) -> &mut T {
+        &mut self.0[shard & (SHARDS - 1)]
+    }
+}
+
 /// The tables readers use, one directory version.
 struct Directory {
-    num: [Arc<Table<4>>; SHARDS],
-    uuid: [Arc<Table<5>>; SHARDS],
+    num: PerShard<Arc<Table<4>>>,
+    uuid: PerShard<Arc<Table<5>>>,
 }
 
 /// A thread's cached directory.
@@ -134,8 +173,8 @@ pub(crate) struct IndexReader {
 /// The write side of the index: owned by the engine state.
 pub(crate) struct IndexWriter {
     hasher: KeyHasher,
-    num: Vec<Shard<4>>,
-    uuid: Vec<Shard<5>>,
+    num: PerShard<Shard<4>>,
+    uuid: PerShard<Shard<5>>,
 }
 
 /// Build the index: its shared read side and its write side.
@@ -143,8 +182,8 @@ pub(crate) fn new_index() -> (IndexReader, IndexWriter) {
     let hasher = KeyHasher::random();
     let writer = IndexWriter {
         hasher,
-        num: (0..SHARDS).map(|_| Shard::new()).collect(),
-        uuid: (0..SHARDS).map(|_| Shard::new()).collect(),
+        num: PerShard::from_fn(|_| Shard::new()),
+        uuid: PerShard::from_fn(|_| Shard::new()),
     };
     let reader = IndexReader {
         id: NEXT_INDEX_ID.fetch_add(1, Ordering::Relaxed),
@@ -184,7 +223,7 @@ impl IndexReader {
     fn lookup<const K: usize>(
         &self,
         key: &Key<K>,
-        pick: fn(&Directory) -> &[Arc<Table<K>>; SHARDS],
+        pick: fn(&Directory) -> &PerShard<Arc<Table<K>>>,
     ) -> Summary {
         let hash = self.hasher.hash(key);
         let shard = shard_of(hash);
@@ -212,7 +251,7 @@ impl IndexReader {
         &self,
         key: &Key<K>,
         hash: u64,
-        pick: fn(&Directory) -> &[Arc<Table<K>>; SHARDS],
+        pick: fn(&Directory) -> &PerShard<Arc<Table<K>>>,
     ) -> Summary {
         let shard = shard_of(hash);
         loop {
@@ -248,8 +287,8 @@ impl IndexReader {
 impl IndexWriter {
     fn directory(&self) -> Directory {
         Directory {
-            num: std::array::from_fn(|i| self.num[i].table.clone()),
-            uuid: std::array::from_fn(|i| self.uuid[i].table.clone()),
+            num: PerShard::from_fn(|i| self.num[i].table.clone()),
+            uuid: PerShard::from_fn(|i| self.uuid[i].table.clone()),
         }
     }
 
@@ -439,7 +478,7 @@ impl IndexWriter {
     /// Every pair: where it is and its ids, in table order.
     pub(crate) fn pairs(&self) -> impl Iterator<Item = (Locator, UserId, EntityId)> + '_ {
         fn walk<'a, const K: usize>(
-            shards: &'a [Shard<K>],
+            shards: &'a PerShard<Shard<K>>,
             uuid_entity: bool,
         ) -> impl Iterator<Item = (Locator, UserId, EntityId)> + 'a
         where
@@ -468,7 +507,9 @@ fn update_in<const K: usize>(table: &Table<K>, slot: usize, head: u32, summary: 
     let s = table.slot(slot);
     let meta = s.meta();
     table.begin_write();
-    s.key[K - 1].store((meta & !0xffff_ffff) | u64::from(head), Ordering::Relaxed);
+    if let Some(word) = s.key.last() {
+        word.store((meta & !0xffff_ffff) | u64::from(head), Ordering::Relaxed);
+    }
     s.read.store(summary.read_until, Ordering::Relaxed);
     s.edit.store(summary.edit_until, Ordering::Relaxed);
     table.end_write();

@@ -69,15 +69,21 @@ impl<const K: usize> Slot<K> {
         }
     }
 
+    /// The last key word: the kind (high bits) and the pair's head grant
+    /// (low 32 bits). A key has at least four words, so it is always there.
     pub(super) fn meta(&self) -> u64 {
-        self.key[K - 1].load(Ordering::Relaxed)
+        self.key.last().map_or(0, |m| m.load(Ordering::Relaxed))
     }
 
     /// Whether the slot holds `key` (whose last word is the kind).
     #[inline(always)]
     pub(super) fn holds(&self, key: &Key<K>) -> bool {
-        let mut same = (self.meta() >> KIND_SHIFT) & 0xffff == key.0[K - 1];
-        for (a, b) in self.key[..K - 1].iter().zip(&key.0[..K - 1]) {
+        let (Some((meta, words)), Some((kind, want))) = (self.key.split_last(), key.0.split_last())
+        else {
+            return false;
+        };
+        let mut same = (meta.load(Ordering::Relaxed) >> KIND_SHIFT) & 0xffff == *kind;
+        for (a, b) in words.iter().zip(want) {
             same &= a.load(Ordering::Relaxed) == *b;
         }
         same
@@ -89,7 +95,9 @@ impl<const K: usize> Slot<K> {
         for (k, a) in key.iter_mut().zip(&self.key) {
             *k = a.load(Ordering::Relaxed);
         }
-        key[K - 1] = (meta >> KIND_SHIFT) & 0xffff;
+        if let Some(kind) = key.last_mut() {
+            *kind = (meta >> KIND_SHIFT) & 0xffff;
+        }
         Entry {
             key: Key(key),
             head: meta as u32,
@@ -101,11 +109,17 @@ impl<const K: usize> Slot<K> {
     }
 
     pub(super) fn store(&self, e: &Entry<K>) {
-        for (a, k) in self.key[..K - 1].iter().zip(&e.key.0[..K - 1]) {
-            a.store(*k, Ordering::Relaxed);
+        if let (Some((meta, words)), Some((kind, key))) =
+            (self.key.split_last(), e.key.0.split_last())
+        {
+            for (a, k) in words.iter().zip(key) {
+                a.store(*k, Ordering::Relaxed);
+            }
+            meta.store(
+                ((kind & 0xffff) << KIND_SHIFT) | u64::from(e.head),
+                Ordering::Relaxed,
+            );
         }
-        let meta = ((e.key.0[K - 1] & 0xffff) << KIND_SHIFT) | u64::from(e.head);
-        self.key[K - 1].store(meta, Ordering::Relaxed);
         self.read.store(e.summary.read_until, Ordering::Relaxed);
         self.edit.store(e.summary.edit_until, Ordering::Relaxed);
     }
@@ -165,10 +179,18 @@ impl<const K: usize> Table<K> {
         self.tags.len()
     }
 
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "i < cap: callers pass a slot this table's probe found or its writer issued"
+    )]
     pub(super) fn slot(&self, i: usize) -> &Slot<K> {
         &self.slots[i]
     }
 
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "g < groups: callers pass the group of a slot of this table"
+    )]
     pub(super) fn tags(&self, g: usize) -> &AtomicU64 {
         &self.tags[g]
     }
@@ -217,7 +239,8 @@ impl<const K: usize> Table<K> {
         let mut g = home(hash, groups);
         let mut left = groups;
         loop {
-            let word = self.tags[g].load(Ordering::Relaxed);
+            // `g` stays below `groups` (it wraps); fail closed otherwise.
+            let word = self.tags.get(g)?.load(Ordering::Relaxed);
             let mut m = match_tag(word, tag);
             while m != 0 {
                 let i = g * GROUP + lowest(m);

@@ -191,8 +191,10 @@ impl Sharing {
         }
         let results = self.inner.engine.share_many_then(batch);
         for ((at, request, seq), result) in waiting.into_iter().zip(results) {
-            outcomes[at] =
-                Some(self.conclude(request, seq, true, result.map_err(|e| Failure::from(&e))));
+            let outcome = self.conclude(request, seq, true, result.map_err(|e| Failure::from(&e)));
+            if let Some(slot) = outcomes.get_mut(at) {
+                *slot = Some(outcome);
+            }
         }
         outcomes.into_iter().flatten().collect()
     }

@@ -266,6 +266,17 @@ const SHARE_FIELDS: &[&str] = &[
     "DurationInMinutes",
 ];
 
+/// The share fields without `DurationInMinutes`.
+const REVOKE_FIELDS: &[&str] = &[
+    "UserId",
+    "Entity",
+    "EntityType",
+    "EntityId",
+    "ContextEntity",
+    "ContextEntityId",
+    "AccessType",
+];
+
 /// The fields of item `index`, which must be an object holding only `known`
 /// fields, and the (user, entity, context) it names.
 fn item_target<'a>(
@@ -331,8 +342,7 @@ fn share_item(index: usize, v: &Value, limits: &Limits) -> Result<ShareItem, Ite
 }
 
 fn revoke_item(index: usize, v: &Value) -> Result<RevokeItem, ItemError> {
-    // The share fields without `DurationInMinutes`.
-    let (f, user, entity, context) = item_target(index, v, &SHARE_FIELDS[..7])?;
+    let (f, user, entity, context) = item_target(index, v, REVOKE_FIELDS)?;
     let level = f.level(Some(Level::Read))?;
     Ok(RevokeItem {
         user,
