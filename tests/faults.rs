@@ -221,6 +221,9 @@ fn run(store: impl Store + 'static, clock: &ManualClock, ops: &[Op]) -> Option<M
                 }
             }
         }
+        if let Err(broken) = engine.check_invariants() {
+            panic!("after {op:?}: {broken}");
+        }
         let now = engine.now();
         for u in 0..USERS {
             for e in 0..ENTITIES {

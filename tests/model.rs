@@ -678,6 +678,9 @@ fn run(
             }
         }
         prop_assert_eq!(engine.now(), ms(m.now));
+        if let Err(broken) = engine.check_invariants() {
+            return Err(TestCaseError::fail(format!("step {step}: {broken}")));
+        }
         let got: Vec<Event> = std::mem::take(&mut *seen.lock().unwrap());
         let want = std::mem::take(&mut m.events);
         prop_assert_eq!(got, want, "events differ at step {}", step);

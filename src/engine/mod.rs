@@ -246,6 +246,15 @@ impl Engine {
             .map(|t| from_millis(t.saturating_mul(self.inner.cfg.timing.tick_ms)))
     }
 
+    /// Check the engine's internal invariants (the numbered list in the
+    /// state module): for tests, which call it after every step. Takes
+    /// the state lock and walks every grant. Feature `testing`.
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.inner.state.lock().check_invariants()
+    }
+
     /// Grants held: live, or expired and not yet reclaimed.
     pub fn len(&self) -> usize {
         self.inner.state.lock().grants.held()

@@ -1,5 +1,31 @@
 //! The state behind the lock: grant records, the index writer and the
 //! wheel, and the operations that keep them in step.
+//!
+//! # Invariants
+//!
+//! True whenever the state lock is free; [`State::check_invariants`]
+//! verifies them all (the model test calls it after every step). Sites
+//! that rely on one cite its number.
+//!
+//! - **INV-1 (pairs)**: every grant record in use is in exactly one pair
+//!   list, the one of its (user, entity), whose index entry heads the list;
+//!   no index entry has an empty list.
+//! - **INV-2 (handles)**: a [`GrantIx`] held by the index, the wheel or a
+//!   record's `next` link names a record in use (see `record.rs`).
+//! - **INV-3 (timers)**: every record in use has exactly one timer in the
+//!   wheel, and nothing else is in the wheel: `wheel.len() == held`.
+//! - **INV-4 (summaries)**: a pair's index summary is the maximum over the
+//!   pair's visible grants: read-until over all of them, edit-until over
+//!   the edit ones. A pending grant is visible as it was before its batch
+//!   (a new one not at all).
+//! - **INV-5 (pending)**: the pending bit is set only while a batch is
+//!   being made (`group` is `Some`).
+//! - **INV-6 (one per context)**: at most one record per (user, entity,
+//!   context).
+//! - **INV-7 (locations)**: each record's `loc` names its pair's index
+//!   slot.
+//! - **INV-8 (serials)**: serials of records in use are distinct and below
+//!   `next_serial`.
 
 use crate::clock::{from_millis, to_millis};
 use crate::events::{Event, RevokeReason};
@@ -386,6 +412,72 @@ impl State {
             (r.expires, r.serial())
         });
         gs.into_iter().map(|g| self.grant(g)).collect()
+    }
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl State {
+    /// Check INV-1 and INV-3 to INV-8 (INV-2 holds if these do: every
+    /// handle reached is checked to name a record in use).
+    pub(super) fn check_invariants(&self) -> Result<(), String> {
+        let mut reached = 0usize;
+        let mut serials = std::collections::HashSet::new();
+        for (loc, user, entity) in self.index.pairs() {
+            let head = self.head(loc);
+            let mut contexts = std::collections::HashSet::new();
+            let mut count = 0usize;
+            for g in self.grants.pair(head) {
+                let rec = &self.grants[g];
+                let at = || format!("pair ({user}, {entity}), grant {}", rec.serial());
+                if !rec.used() {
+                    return Err(format!("INV-2: {} is a free record", at()));
+                }
+                if Locator::from(rec.loc) != loc {
+                    return Err(format!("INV-7: {} has a stale location", at()));
+                }
+                if !contexts.insert(rec.context()) {
+                    return Err(format!("INV-6: {} repeats a context", at()));
+                }
+                if !serials.insert(rec.serial()) || rec.serial() >= self.next_serial {
+                    return Err(format!("INV-8: {} repeats a serial or is too new", at()));
+                }
+                if self.group.is_none() && rec.bits & PENDING_BIT != 0 {
+                    return Err(format!("INV-5: {} is pending outside a batch", at()));
+                }
+                if rec.bits & BUCKET_MASK == 0 {
+                    return Err(format!("INV-3: {} has no timer", at()));
+                }
+                count += 1;
+                if count > self.grants.held() {
+                    return Err(format!("INV-1: the list of ({user}, {entity}) loops"));
+                }
+            }
+            if count == 0 {
+                return Err(format!("INV-1: ({user}, {entity}) has no grants"));
+            }
+            let stored = self.index.summary_at(loc);
+            if stored != self.summary_of(head) {
+                return Err(format!(
+                    "INV-4: ({user}, {entity}) shows {stored:?}, its grants {:?}",
+                    self.summary_of(head)
+                ));
+            }
+            reached += count;
+        }
+        if reached != self.grants.held() {
+            return Err(format!(
+                "INV-1: {} records in use, {reached} in pair lists",
+                self.grants.held()
+            ));
+        }
+        if self.wheel.len() != self.grants.held() {
+            return Err(format!(
+                "INV-3: {} timers for {} records",
+                self.wheel.len(),
+                self.grants.held()
+            ));
+        }
+        Ok(())
     }
 }
 

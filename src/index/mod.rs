@@ -401,7 +401,7 @@ impl IndexWriter {
     }
 
     /// The summary of the pair at `loc`.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) fn summary_at(&self, loc: Locator) -> Summary {
         let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
         if loc.uuid_entity {
