@@ -354,7 +354,9 @@ fn the_driver_reclaims_in_the_background() {
         .build()
         .unwrap();
     let seen = recorder(&engine);
-    let driver = engine.start_driver(std::time::Duration::from_millis(20));
+    let driver = engine
+        .start_driver(std::time::Duration::from_millis(20))
+        .unwrap();
     let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
     engine
         .share(

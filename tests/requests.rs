@@ -382,7 +382,7 @@ mod submit_and_policy {
     #[test]
     fn a_worker_carries_out_the_queue() {
         let (_, sharing) = setup();
-        let worker = sharing.start_worker();
+        let worker = sharing.start_worker().unwrap();
         let ids = sharing.submit(
             (0..50)
                 .map(|u| Submission::api(share(u, 7, Level::Read)))

@@ -23,13 +23,18 @@ impl Engine {
     /// jumps is noticed). It stops when the returned [`Driver`] is stopped
     /// or dropped.
     ///
+    /// # Errors
+    ///
+    /// The operating system's error when the thread cannot be started.
+    ///
     /// ```
     /// use grantwheel::Engine;
     /// let engine = Engine::new();
-    /// let driver = engine.start_driver(std::time::Duration::from_millis(50));
+    /// let driver = engine.start_driver(std::time::Duration::from_millis(50))?;
     /// driver.stop();
+    /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn start_driver(&self, max_sleep: std::time::Duration) -> Driver {
+    pub fn start_driver(&self, max_sleep: std::time::Duration) -> std::io::Result<Driver> {
         let (tx, rx) = mpsc::channel::<()>();
         let engine = self.clone();
         let max_sleep = max_sleep.max(std::time::Duration::from_millis(1));
@@ -52,11 +57,11 @@ impl Engine {
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
-            });
-        Driver {
+            })?;
+        Ok(Driver {
             stop: Some(tx),
-            handle: handle.ok(),
-        }
+            handle: Some(handle),
+        })
     }
 }
 
@@ -70,7 +75,7 @@ impl Engine {
 /// ```compile_fail
 /// #![deny(unused_must_use)]
 /// let engine = grantwheel::Engine::new();
-/// engine.start_driver(std::time::Duration::from_millis(10));
+/// engine.start_driver(std::time::Duration::from_millis(10)).unwrap(); // stops at once
 /// ```
 #[derive(Debug)]
 #[must_use = "the driver stops when this handle is dropped; keep it (`let _driver = ...`) for as long as the engine should run"]

@@ -15,7 +15,7 @@ use super::{Sharing, SharingInner};
 /// ```compile_fail
 /// #![deny(unused_must_use)]
 /// let sharing = grantwheel::requests::Sharing::new(grantwheel::Engine::new());
-/// sharing.start_worker();
+/// sharing.start_worker().unwrap();
 /// ```
 #[must_use = "the worker stops when this handle is dropped; keep it (`let _worker = ...`) while requests are queued"]
 pub struct Worker {
@@ -115,7 +115,11 @@ impl Sharing {
     /// Start a thread that carries out queued requests as they arrive. It
     /// stops when the returned [`Worker`] is stopped or dropped (after the
     /// request in hand).
-    pub fn start_worker(&self) -> Worker {
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error when the thread cannot be started.
+    pub fn start_worker(&self) -> std::io::Result<Worker> {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (sharing, flag) = (self.clone(), stop.clone());
         let handle = std::thread::Builder::new()
@@ -132,12 +136,11 @@ impl Sharing {
                         }
                     }
                 }
-            })
-            .ok();
-        Worker {
+            })?;
+        Ok(Worker {
             stop,
             inner: self.inner.clone(),
-            handle,
-        }
+            handle: Some(handle),
+        })
     }
 }
