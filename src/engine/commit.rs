@@ -329,89 +329,92 @@ impl Engine {
     /// callers that arrive queue their changes for the next one).
     pub(super) fn commit(&self) {
         let inner = &*self.inner;
-        {
-            let mut guard = inner.state.lock();
-            let st = &mut *guard;
-            let jobs = std::mem::take(&mut inner.queue.lock().jobs);
-            if jobs.is_empty() {
-                return;
-            }
-            let now = self.now_ms();
-            let mut base = self.changes();
-            st.advance(&inner.reader, &mut base, now);
-            let mut events = std::mem::take(&mut base.events);
-            let mut batch = std::mem::take(&mut st.lazy);
-            batch.append(&mut base.kept);
-            st.group = Some(Group::default());
-            // Per change: its events, which of them stand, and the range of
-            // its undoable writes in the batch.
-            let mut done = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                let mut ch = self.changes();
-                let finish = job(st, &mut ch, now);
-                batch.append(&mut ch.kept);
-                let start = batch.len();
-                batch.append(&mut ch.writes);
-                done.push((finish, ch.events, ch.kept_events, start..batch.len()));
-            }
-            // An empty batch still records that time moved on: a restart
-            // must not run the clock back.
-            let result = if batch.is_empty() && now <= st.clock_written {
-                Ok(())
-            } else {
-                st.seq += 1;
-                let b = Batch {
-                    seq: st.seq,
-                    next_serial: st.next_serial,
-                    clock: from_millis(now),
-                    changes: &batch,
-                };
-                match &mut st.store {
-                    Some(store) => store.apply(&b),
-                    None => Ok(()),
-                }
-            };
-            let failure = match result {
-                Ok(()) => {
-                    st.clock_written = st.clock_written.max(now);
-                    st.finalize();
-                    None
-                }
-                Err(e) => {
-                    let mut ch = self.changes();
-                    st.rollback(&mut ch, now);
-                    // What stands waits for the next batch: the undoable
-                    // writes of each change go, last range first so the
-                    // earlier ranges keep their positions.
-                    for (_, _, _, range) in done.iter().rev() {
-                        batch.drain(range.clone());
-                    }
-                    st.lazy = batch;
-                    st.lazy.append(&mut ch.kept);
-                    // Only the events that stand go out (their positions
-                    // were noted in order).
-                    for (_, evs, kept, _) in &mut done {
-                        let mut stands = kept.iter().copied().peekable();
-                        let mut at = 0;
-                        evs.retain(|_| {
-                            let keep = stands.next_if_eq(&at).is_some();
-                            at += 1;
-                            keep
-                        });
-                    }
-                    done.push((Box::new(|_| {}), ch.events, Vec::new(), 0..0));
-                    Some(e)
-                }
-            };
-            // INVARIANT: every held grant has exactly one timer.
-            debug_assert_eq!(st.wheel.len(), st.grants.held());
-            for (finish, evs, _, _) in done {
-                events.extend(evs);
-                // Before the lock goes: waiters read their result under it.
-                finish(failure.as_ref());
-            }
-            inner.hub.enqueue(&mut events);
+        let mut guard = inner.state.lock();
+        let st = &mut *guard;
+        let jobs = std::mem::take(&mut inner.queue.lock().jobs);
+        if jobs.is_empty() {
+            return;
         }
+        let now = self.now_ms();
+        let mut run = self.run_jobs(st, jobs, now);
+        let failure = match write_batch(st, &run.batch, now) {
+            Ok(()) => {
+                st.clock_written = st.clock_written.max(now);
+                st.finalize();
+                None
+            }
+            Err(e) => {
+                self.undo(st, &mut run, now);
+                Some(e)
+            }
+        };
+        // INVARIANT (INV-3): every held grant has exactly one timer.
+        debug_assert_eq!(st.wheel.len(), st.grants.held());
+        let mut events = run.events;
+        for done in run.done {
+            events.extend(done.events);
+            // Before the lock goes: waiters read their result under it.
+            (done.finish)(failure.as_ref());
+        }
+        inner.hub.enqueue(&mut events);
+    }
+
+    /// Reclaim what is due, then run every queued change against the
+    /// state (INV-5: its new and changed grants pending), collecting one
+    /// batch.
+    fn run_jobs(&self, st: &mut State, jobs: Vec<Job>, now: u64) -> Run {
+        let mut base = self.changes();
+        st.advance(&self.inner.reader, &mut base, now);
+        let mut batch = std::mem::take(&mut st.lazy);
+        batch.append(&mut base.kept);
+        st.group = Some(Group::default());
+        let mut done = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut ch = self.changes();
+            let finish = job(st, &mut ch, now);
+            batch.append(&mut ch.kept);
+            let start = batch.len();
+            batch.append(&mut ch.writes);
+            done.push(Done {
+                finish,
+                events: ch.events,
+                kept_events: ch.kept_events,
+                undoable: start..batch.len(),
+            });
+        }
+        Run {
+            events: base.events,
+            batch,
+            done,
+        }
+    }
+
+    /// The batch failed: put every touched pair back (except grants that
+    /// ended for good), keep what stands for the next batch, and drop the
+    /// events of what was undone.
+    fn undo(&self, st: &mut State, run: &mut Run, now: u64) {
+        let mut ch = self.changes();
+        st.rollback(&mut ch, now);
+        // The undoable writes of each change go, last range first so the
+        // earlier ranges keep their positions.
+        let mut batch = std::mem::take(&mut run.batch);
+        for done in run.done.iter().rev() {
+            batch.drain(done.undoable.clone());
+        }
+        st.lazy = batch;
+        st.lazy.append(&mut ch.kept);
+        // Only the events that stand go out (their positions were noted in
+        // order).
+        for done in &mut run.done {
+            let mut stands = done.kept_events.iter().copied().peekable();
+            let mut at = 0;
+            done.events.retain(|_| {
+                let keep = stands.next_if_eq(&at).is_some();
+                at += 1;
+                keep
+            });
+        }
+        run.events.append(&mut ch.events);
     }
 
     /// Write what waits for the next batch (expirations, revokes whose
@@ -447,5 +450,42 @@ impl Engine {
             ch.writes.extend(changes);
             Ok::<(), StoreError>(())
         })
+    }
+}
+
+/// One batch being made: the events of the reclaim that opened it, the
+/// changes to write, and each queued change's share of it.
+struct Run {
+    events: Vec<Event>,
+    batch: Vec<Change>,
+    done: Vec<Done>,
+}
+
+/// A queued change, run: what to tell its caller, its events (and which
+/// of them stand if the batch fails), and the range of its undoable writes
+/// in the batch.
+struct Done {
+    finish: Finish,
+    events: Vec<Event>,
+    kept_events: Vec<usize>,
+    undoable: std::ops::Range<usize>,
+}
+
+/// Write `batch` as the next batch. An empty batch is still written when
+/// the time moved on: a restart must not run the clock back.
+fn write_batch(st: &mut State, batch: &[Change], now: u64) -> Result<(), StoreError> {
+    if batch.is_empty() && now <= st.clock_written {
+        return Ok(());
+    }
+    st.seq += 1;
+    let b = Batch {
+        seq: st.seq,
+        next_serial: st.next_serial,
+        clock: from_millis(now),
+        changes: batch,
+    };
+    match &mut st.store {
+        Some(store) => store.apply(&b),
+        None => Ok(()),
     }
 }

@@ -6,7 +6,7 @@ use crate::clock::from_millis;
 use crate::error::{ChangeError, InvalidArgument, NotDurable, RevokeError, ShareError};
 use crate::events::{Event, RevokeReason};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
-use crate::index::PairKey;
+use crate::index::{Locator, PairKey};
 use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec};
 use crate::store::{Change, EndCause};
 
@@ -360,6 +360,18 @@ pub(super) fn change_expiry(
     st.grant(g)
 }
 
+/// What a repeat share of a (user, entity, context) with a live grant
+/// came to.
+enum Repeat {
+    /// Settled on the existing grant (kept, raised, or refused).
+    Done(Result<Grant, ShareError>),
+    /// The old grant is gone: make the new one.
+    Make,
+}
+
+/// One share: reclaim a due grant of the same key, apply the repeat-share
+/// rule to a live one, else make a new grant (hidden until written when a
+/// batch is under way).
 #[inline(always)]
 pub(super) fn share_op(
     st: &mut State,
@@ -367,86 +379,108 @@ pub(super) fn share_op(
     now: u64,
     spec: &ShareSpec,
 ) -> Result<Grant, ShareError> {
-    let ShareSpec {
-        user,
-        entity,
-        context,
-        level,
-        expiry,
-    } = *spec;
-    let reader = ch.reader;
-    let expires = ch.cfg.resolve(now, expiry)?;
-    st.note_pair(&user, &entity);
-    let key = PairKey::new(&user, &entity);
-    let ctx = context.pack();
+    let expires = ch.cfg.resolve(now, spec.expiry)?;
+    st.note_pair(&spec.user, &spec.entity);
+    let key = PairKey::new(&spec.user, &spec.entity);
+    let ctx = spec.context.pack();
     let hash = st.index.hash(&key);
     let mut found = st.index.find(&key, hash);
-    let existing = found.and_then(|loc| st.find_context(loc, ctx));
-    if let Some(g) = existing {
-        let rec = st.grants[g];
-        if rec.expires <= now {
-            // Past its expiry, not yet reclaimed: reclaim it now.
-            let grant = st.grant(g);
-            ch.push_kept(|| Event::Expired(grant));
-            ch.end(&grant, rec.expires, EndCause::Expired);
-            st.ended_for_good(grant.id.serial);
-            st.detach(reader, g);
-            found = st.index.find(&key, hash);
-        } else {
-            match ch.cfg.repeat {
-                RepeatShare::Reject => {
-                    return Err(ShareError::AlreadyShared {
-                        existing: st.grant(g),
-                    })
-                }
-                RepeatShare::KeepLater => {
-                    let (exp, lvl) = (rec.expires.max(expires), rec.level().max(level));
-                    if (exp, lvl) != (rec.expires, rec.level()) {
-                        st.change(g, exp, lvl, now);
-                        let grant = st.grant(g);
-                        ch.write(|| Change::Put(grant));
-                        ch.push(|| Event::Extended {
-                            grant,
-                            previous_expiry: from_millis(rec.expires),
-                        });
-                    }
-                    return Ok(st.grant(g));
-                }
-                RepeatShare::Replace => {
-                    let grant = st.grant(g);
-                    ch.push(|| Event::Revoked {
-                        grant,
-                        reason: RevokeReason::Replaced,
-                    });
-                    ch.end(&grant, now, EndCause::Replaced);
-                    st.detach(reader, g);
-                    found = st.index.find(&key, hash);
-                }
+    if let Some(g) = found.and_then(|loc| st.find_context(loc, ctx)) {
+        if st.grants[g].expires <= now {
+            reclaim_due(st, ch, g);
+        } else if let Repeat::Done(result) = repeat(st, ch, g, spec.level, expires, now) {
+            return result;
+        }
+        // The old grant is gone, and the pair with it if it was alone.
+        found = st.index.find(&key, hash);
+    }
+    insert_new(st, ch, (&key, hash, found), spec, expires, now)
+}
+
+/// Reclaim a grant past its expiry that the wheel has not reached yet.
+#[inline(always)]
+fn reclaim_due(st: &mut State, ch: &mut Changes<'_>, g: GrantIx) {
+    let rec = st.grants[g];
+    let grant = st.grant(g);
+    ch.push_kept(|| Event::Expired(grant));
+    ch.end(&grant, rec.expires, EndCause::Expired);
+    st.ended_for_good(grant.id.serial);
+    st.detach(ch.reader, g);
+}
+
+/// Apply the repeat-share rule to the live grant `g`.
+#[inline(always)]
+fn repeat(
+    st: &mut State,
+    ch: &mut Changes<'_>,
+    g: GrantIx,
+    level: Level,
+    expires: u64,
+    now: u64,
+) -> Repeat {
+    let rec = st.grants[g];
+    match ch.cfg.repeat {
+        RepeatShare::Reject => Repeat::Done(Err(ShareError::AlreadyShared {
+            existing: st.grant(g),
+        })),
+        RepeatShare::KeepLater => {
+            let (exp, lvl) = (rec.expires.max(expires), rec.level().max(level));
+            if (exp, lvl) != (rec.expires, rec.level()) {
+                st.change(g, exp, lvl, now);
+                let grant = st.grant(g);
+                ch.write(|| Change::Put(grant));
+                ch.push(|| Event::Extended {
+                    grant,
+                    previous_expiry: from_millis(rec.expires),
+                });
             }
+            Repeat::Done(Ok(st.grant(g)))
+        }
+        RepeatShare::Replace => {
+            let grant = st.grant(g);
+            ch.push(|| Event::Revoked {
+                grant,
+                reason: RevokeReason::Replaced,
+            });
+            ch.end(&grant, now, EndCause::Replaced);
+            st.detach(ch.reader, g);
+            Repeat::Make
         }
     }
+}
+
+/// Make a new grant for `spec`, expiring at `expires`.
+#[inline(always)]
+fn insert_new(
+    st: &mut State,
+    ch: &mut Changes<'_>,
+    (key, hash, found): (&PairKey, u64, Option<Locator>),
+    spec: &ShareSpec,
+    expires: u64,
+    now: u64,
+) -> Result<Grant, ShareError> {
     if st.grants.held() >= MAX_GRANTS || st.next_serial >= MAX_SERIAL {
         return Err(ShareError::Full { limit: MAX_GRANTS });
     }
     let serial = st.next_serial;
     st.next_serial += 1;
-    let mut rec = GrantRec::new(expires, serial, ctx, level);
+    let mut rec = GrantRec::new(expires, serial, spec.context.pack(), spec.level);
     if st.group.is_some() {
-        // Hidden from checks until the batch is written.
+        // INV-5: hidden from checks until the batch is written.
         rec.bits |= PENDING_BIT;
     }
     let g = st.grants.alloc(rec);
-    st.attach(reader, &key, hash, found, g);
+    st.attach(ch.reader, key, hash, found, g);
     let armed = st.arm(g, now);
     debug_assert!(armed, "a new grant's timer is ahead of now");
     let grant = Grant {
         id: GrantId {
-            user,
-            entity,
-            context,
+            user: spec.user,
+            entity: spec.entity,
+            context: spec.context,
             serial,
         },
-        level,
+        level: spec.level,
         expires_at: from_millis(expires),
     };
     ch.write(|| Change::Put(grant));

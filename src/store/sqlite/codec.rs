@@ -1,0 +1,290 @@
+//! Rows in and out: how a grant, a history record and a rule are written
+//! to their tables and read back, with the CRC that guards grant rows.
+
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{params, Row, Transaction};
+use uuid::Uuid;
+
+use super::io;
+use crate::clock::{from_millis, max_millis, to_millis};
+use crate::ids::{Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};
+use crate::model::grant::Grant;
+use crate::model::history::{HistoryRecord, RequestKind, RuleId};
+use crate::model::rule::Rule;
+use crate::store::{Batch, Change, StoreError};
+
+const PUT_GRANT: &str = "INSERT OR REPLACE INTO grants (serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const END_GRANT: &str = "DELETE FROM grants WHERE serial = ?1";
+const PUT_RECORD: &str = "INSERT OR REPLACE INTO history (request, seq, kind, entity, user, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const FORGET_RECORD: &str = "DELETE FROM history WHERE request = ?1";
+const PUT_RULE: &str = "INSERT OR REPLACE INTO rules (id, rule) VALUES (?1, ?2)";
+const REMOVE_RULE: &str = "DELETE FROM rules WHERE id = ?1";
+const PUT_META: &str = "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 WHEN 'next_serial' THEN max(value, ?2) ELSE max(value, ?3) END";
+
+/// Write one change in the batch's transaction. Every kind of change is
+/// handled here: a new kind is a compile error, never a silent no-op.
+pub(super) fn write_change(tx: &Transaction<'_>, change: &Change) -> Result<(), StoreError> {
+    let run = |sql: &str, values: &[&dyn rusqlite::ToSql]| {
+        tx.prepare_cached(sql)
+            .and_then(|mut s| s.execute(values))
+            .map(|_| ())
+            .map_err(io)
+    };
+    match change {
+        Change::Put(g) => put_grant(tx, g),
+        Change::End { serial, .. } => run(END_GRANT, &[&i64_of(*serial)]),
+        Change::Record { seq, record } => put_record(tx, *seq, record),
+        Change::Forget(request) => run(FORGET_RECORD, &[&request.to_string()]),
+        Change::Rule { id, rule } => put_rule(tx, *id, rule),
+        Change::RemoveRule(id) => run(REMOVE_RULE, &[&i64_of(id.0)]),
+    }
+}
+
+/// Record the batch's sequence number and high-water marks.
+pub(super) fn write_meta(tx: &Transaction<'_>, batch: &Batch<'_>) -> Result<(), StoreError> {
+    tx.prepare_cached(PUT_META)
+        .and_then(|mut s| {
+            s.execute(params![
+                i64_of(batch.seq),
+                i64_of(batch.next_serial),
+                i64_of(to_millis(batch.clock))
+            ])
+        })
+        .map(|_| ())
+        .map_err(io)
+}
+
+fn put_grant(tx: &Transaction<'_>, g: &Grant) -> Result<(), StoreError> {
+    let (kind, ctx) = g.id.context.pack();
+    // Encoded on the stack: batches of thousands of rows allocate nothing
+    // per row.
+    let mut user_buf = Uuid::encode_buffer();
+    let user = g.id.user.0.hyphenated().encode_lower(&mut user_buf);
+    let mut ctx_buf = Uuid::encode_buffer();
+    let ctx_id =
+        (kind != 0).then(|| &*Uuid::from_u128(ctx).hyphenated().encode_lower(&mut ctx_buf));
+    tx.prepare_cached(PUT_GRANT)
+        .and_then(|mut s| {
+            s.execute(params![
+                i64_of(g.id.serial),
+                &*user,
+                g.id.entity.kind.code(),
+                entity_value(&g.id.entity.id),
+                kind,
+                ctx_id,
+                level_name(g.level),
+                i64_of(to_millis(g.expires_at)),
+                i64::from(grant_crc(g)),
+            ])
+        })
+        .map(|_| ())
+        .map_err(io)
+}
+
+fn put_record(tx: &Transaction<'_>, seq: u64, record: &HistoryRecord) -> Result<(), StoreError> {
+    let json = serde_json::to_string(record)
+        .map_err(|e| StoreError::Io(format!("encoding a history record: {e}")))?;
+    tx.prepare_cached(PUT_RECORD)
+        .and_then(|mut s| {
+            s.execute(params![
+                record.request.to_string(),
+                i64_of(seq),
+                kind_name(record.kind),
+                record.entity.to_string(),
+                record.user.to_string(),
+                record.status.name(),
+                record.created_at.to_rfc3339(),
+                json,
+            ])
+        })
+        .map(|_| ())
+        .map_err(io)
+}
+
+fn put_rule(tx: &Transaction<'_>, id: RuleId, rule: &Rule) -> Result<(), StoreError> {
+    let json =
+        serde_json::to_string(rule).map_err(|e| StoreError::Io(format!("encoding a rule: {e}")))?;
+    tx.prepare_cached(PUT_RULE)
+        .and_then(|mut s| s.execute(params![i64_of(id.0), json]))
+        .map(|_| ())
+        .map_err(io)
+}
+
+/// The `kind` column of the history table: a stable name, not a debug
+/// rendering.
+fn kind_name(kind: RequestKind) -> &'static str {
+    match kind {
+        RequestKind::Share => "Share",
+        RequestKind::Revoke => "Revoke",
+    }
+}
+
+fn entity_value(e: &EntityRef) -> Value {
+    match e {
+        EntityRef::Number(n) => match i64::try_from(*n) {
+            Ok(n) => Value::Integer(n),
+            Err(_) => Value::Text(n.to_string()),
+        },
+        EntityRef::Uuid(u) => Value::Text(u.hyphenated().to_string()),
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Read => "read",
+        Level::Edit => "edit",
+    }
+}
+
+pub(super) fn i64_of(v: u64) -> i64 {
+    // Serials stay below 2^47 and instants below the latest representable
+    // one (both far below 2^63).
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The CRC-32 of a grant's fields in a fixed binary form: a row whose
+/// bytes were damaged on disk is refused instead of giving access it never
+/// had.
+pub(super) fn grant_crc(g: &Grant) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&g.id.serial.to_le_bytes());
+    h.update(&g.id.user.as_u128().to_le_bytes());
+    h.update(&g.id.entity.kind.code().to_le_bytes());
+    match g.id.entity.id {
+        EntityRef::Number(n) => {
+            h.update(&[0]);
+            h.update(&n.to_le_bytes());
+        }
+        EntityRef::Uuid(u) => {
+            h.update(&[1]);
+            h.update(&u.as_u128().to_le_bytes());
+        }
+    }
+    let (kind, ctx) = g.id.context.pack();
+    h.update(&kind.to_le_bytes());
+    h.update(&ctx.to_le_bytes());
+    h.update(&[u8::from(g.level == Level::Edit)]);
+    h.update(&to_millis(g.expires_at).to_le_bytes());
+    h.finalize()
+}
+
+/// Why a grant row could not be read: its serial (-1 when unreadable)
+/// and the column and reason.
+pub(super) type DecodeError = (i64, String);
+
+/// Reads the columns of one grant row (`SELECT serial, user, entity_kind,
+/// entity_id, context_kind, context_id, level, expires_ms, crc`); every
+/// error names the column.
+struct GrantRow<'r, 's> {
+    row: &'r Row<'s>,
+    serial: i64,
+}
+
+impl GrantRow<'_, '_> {
+    fn bad(&self, col: &str, why: impl std::fmt::Display) -> DecodeError {
+        (self.serial, format!("{col}: {why}"))
+    }
+
+    fn int(&self, i: usize, col: &str) -> Result<i64, DecodeError> {
+        self.row.get(i).map_err(|e| self.bad(col, e))
+    }
+
+    /// A text column, borrowed: loading is bound by per-row work.
+    fn text(&self, i: usize, col: &str) -> Result<&str, DecodeError> {
+        match self.row.get_ref(i).map_err(|e| self.bad(col, e))? {
+            ValueRef::Text(t) => std::str::from_utf8(t).map_err(|e| self.bad(col, e)),
+            other => Err(self.bad(col, format!("a {} where text belongs", other.data_type()))),
+        }
+    }
+
+    fn user(&self) -> Result<UserId, DecodeError> {
+        let user = self.text(1, "user")?;
+        user.parse()
+            .map_err(|e| self.bad("user", format!("`{user}`: {e}")))
+    }
+
+    fn entity(&self) -> Result<EntityId, DecodeError> {
+        let kind = self.int(2, "entity_kind")?;
+        let kind = u16::try_from(kind)
+            .map_err(|_| self.bad("entity_kind", format!("`{kind}` out of range")))?;
+        let id = match self.row.get_ref(3).map_err(|e| self.bad("entity_id", e))? {
+            ValueRef::Integer(n) => EntityRef::Number(
+                u64::try_from(n)
+                    .map_err(|_| self.bad("entity_id", format!("`{n}` is negative")))?,
+            ),
+            // Numbers beyond i64 and UUIDs are text, read by the one rule
+            // for entity ids (`EntityRef`'s `FromStr`).
+            ValueRef::Text(_) => self
+                .text(3, "entity_id")?
+                .parse::<EntityRef>()
+                .map_err(|e| self.bad("entity_id", e.reason()))?,
+            other => {
+                return Err(self.bad(
+                    "entity_id",
+                    format!("a {} is neither a number nor a UUID", other.data_type()),
+                ))
+            }
+        };
+        Ok(EntityId::new(EntityKind::custom(kind), id))
+    }
+
+    fn context(&self) -> Result<Context, DecodeError> {
+        let kind = self.int(4, "context_kind")?;
+        let id = match self.row.get_ref(5).map_err(|e| self.bad("context_id", e))? {
+            ValueRef::Null => None,
+            _ => Some(self.text(5, "context_id")?),
+        };
+        match (kind, id) {
+            (0, None) => Ok(Context::Direct),
+            (k, Some(id)) if (1..=i64::from(u16::MAX) + 3).contains(&k) => {
+                let id: Uuid = id
+                    .parse()
+                    .map_err(|e| self.bad("context_id", format!("`{id}`: {e}")))?;
+                let k = u32::try_from(k).map_err(|_| self.bad("context_kind", k))?;
+                Ok(Context::unpack(k, id.as_u128()))
+            }
+            (k, id) => Err(self.bad(
+                "context_kind",
+                format!("kind `{k}` with id {id:?} is not a context"),
+            )),
+        }
+    }
+
+    fn level(&self) -> Result<Level, DecodeError> {
+        match self.text(6, "level")? {
+            "read" => Ok(Level::Read),
+            "edit" => Ok(Level::Edit),
+            other => Err(self.bad("level", format!("`{other}` is neither read nor edit"))),
+        }
+    }
+
+    fn expires_ms(&self) -> Result<u64, DecodeError> {
+        let expires = self.int(7, "expires_ms")?;
+        u64::try_from(expires)
+            .ok()
+            .filter(|ms| *ms <= max_millis())
+            .ok_or_else(|| self.bad("expires_ms", format!("`{expires}` out of range")))
+    }
+}
+
+/// Decode one grant row and check its CRC; the error names the column.
+pub(super) fn decode_grant(row: &Row<'_>) -> Result<Grant, DecodeError> {
+    let serial: i64 = row.get(0).map_err(|e| (-1, format!("serial: {e}")))?;
+    let r = GrantRow { row, serial };
+    let serial = u64::try_from(serial).map_err(|_| r.bad("serial", "negative"))?;
+    let grant = Grant {
+        id: GrantId {
+            user: r.user()?,
+            entity: r.entity()?,
+            context: r.context()?,
+            serial,
+        },
+        level: r.level()?,
+        expires_at: from_millis(r.expires_ms()?),
+    };
+    let crc = r.int(8, "crc")?;
+    if crc != i64::from(grant_crc(&grant)) {
+        return Err(r.bad("crc", "the row does not match its checksum (damaged)"));
+    }
+    Ok(grant)
+}
