@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use chrono::{Duration, TimeZone, Utc};
+use chrono::Duration;
 use grantwheel::requests::automation::{Rule, ShareAction, ShareWith, Trigger};
 use grantwheel::requests::{
     FailureKind, HistoryQuery, RequestStatus, RevokeRequest, ShareRequest, Sharing, INTERRUPTED,
@@ -14,17 +14,14 @@ use grantwheel::store::{
 };
 use grantwheel::{
     BuildError, Context, Engine, EntityId, EntityKind, Expiry, Grant, Level, ManualClock,
-    RevokeError, UserId,
+    RevokeError,
 };
 use uuid::Uuid;
 
-fn start() -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
-}
+#[path = "support/common.rs"]
+mod common;
 
-fn user(i: u128) -> UserId {
-    UserId::from_u128(i)
-}
+use common::{start, user};
 
 /// Opens engines over one store kind, again and again.
 trait Reopen {
@@ -589,13 +586,13 @@ fn an_api_batch_is_one_transaction_and_fails_whole() {
     let memory = MemoryStore::new();
     let (store, faults) = FaultyStore::new(memory.clone());
     let sharing = Sharing::new(Engine::builder().store(store).build().unwrap());
-    let item = |u: u128| {
+    let item = |u: usize| {
         format!(
             r#"{{"UserId":"{}","Entity":1,"EntityType":3,"EntityId":"869196","ContextEntity":1,"ContextEntityId":"f2dbf1d5-bbab-418b-bddc-4c92ecdef214","AccessType":1,"DurationInMinutes":30}}"#,
             user(u)
         )
     };
-    let body = |from: u128| {
+    let body = |from: usize| {
         format!(
             "[{}]",
             (from..from + 50).map(item).collect::<Vec<_>>().join(",")

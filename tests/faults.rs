@@ -10,48 +10,28 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 #[cfg(feature = "sqlite")]
 use grantwheel::store::SqliteStore;
 use grantwheel::store::{Fault, FaultyStore, MemoryStore, Store};
 use grantwheel::Clock;
 use grantwheel::{
-    BuildError, ChangeError, Context, Engine, EntityId, Expiry, Grant, GrantId, Level, ManualClock,
-    NotDurable, RevokeError, ShareError, UserId,
+    BuildError, ChangeError, Engine, Expiry, Grant, GrantId, Level, ManualClock, NotDurable,
+    RevokeError, ShareError,
 };
 use rand::{rngs::StdRng, RngExt, SeedableRng};
-use uuid::Uuid;
 
-type Key = (usize, usize, usize);
+#[path = "support/common.rs"]
+mod common;
+
+use common::{context, entity, start, user, AccessModel, Key};
 
 const USERS: usize = 3;
 const ENTITIES: usize = 2;
 const CONTEXTS: usize = 2;
 
-fn user(i: usize) -> UserId {
-    UserId::from_u128(0x100 + i as u128)
-}
-
-fn entity(i: usize) -> EntityId {
-    EntityId::lead(1000 + i as u64)
-}
-
-fn context(i: usize) -> Context {
-    match i {
-        0 => Context::Direct,
-        _ => Context::Activity(Uuid::from_u128(0xa0 + i as u128)),
-    }
-}
-
 fn key_of(id: &GrantId) -> Key {
-    let u = (0..USERS).find(|u| user(*u) == id.user).unwrap();
-    let e = (0..ENTITIES).find(|e| entity(*e) == id.entity).unwrap();
-    let c = (0..CONTEXTS).find(|c| context(*c) == id.context).unwrap();
-    (u, e, c)
-}
-
-fn start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
+    common::key_of(id, USERS, ENTITIES, CONTEXTS)
 }
 
 #[derive(Clone, Debug)]
@@ -95,10 +75,10 @@ fn workload(seed: u64, len: usize) -> Vec<Op> {
         .collect()
 }
 
-/// The acknowledged state.
+/// The acknowledged state: who has access, and what is not yet durable.
 #[derive(Default)]
 struct Model {
-    grants: BTreeMap<Key, Grant>,
+    access: AccessModel,
     /// Revokes reported not durable and not yet carried by a later batch.
     undurable: Vec<Grant>,
 }
@@ -110,21 +90,8 @@ impl Model {
         self.undurable.clear();
     }
 
-    fn access(&self, u: usize, e: usize, now: DateTime<Utc>) -> (bool, bool) {
-        let (mut read, mut edit) = (false, false);
-        for (k, g) in &self.grants {
-            if k.0 == u && k.1 == e && g.expires_at > now {
-                read = true;
-                edit |= g.level == Level::Edit;
-            }
-        }
-        (read, edit)
-    }
-
     fn end(&mut self, revoked: &[Grant]) {
-        for g in revoked {
-            self.grants.remove(&key_of(&g.id));
-        }
+        self.access.end(revoked);
     }
 }
 
@@ -150,20 +117,20 @@ fn run(store: impl Store + 'static, clock: &ManualClock, ops: &[Op]) -> Option<M
                 match r {
                     Ok(g) => {
                         m.ok();
-                        m.grants.insert(*k, g);
+                        m.access.share(*k, g);
                     }
                     Err(ShareError::Store(_)) => {}
                     Err(e) => panic!("share: {e}"),
                 }
             }
             Op::Extend(k, minutes) => {
-                let Some(g) = m.grants.get(k).copied() else {
+                let Some(g) = m.access.grants.get(k).copied() else {
                     continue;
                 };
                 match engine.extend(&g.id, Duration::minutes(*minutes)) {
                     Ok(g) => {
                         m.ok();
-                        m.grants.insert(*k, g);
+                        m.access.share(*k, g);
                     }
                     Err(
                         ChangeError::Store(_) | ChangeError::NotLive(_) | ChangeError::Invalid(_),
@@ -172,7 +139,7 @@ fn run(store: impl Store + 'static, clock: &ManualClock, ops: &[Op]) -> Option<M
                 }
             }
             Op::Revoke(k) => {
-                let Some(g) = m.grants.get(k).copied() else {
+                let Some(g) = m.access.grants.get(k).copied() else {
                     continue;
                 };
                 match engine.revoke(&g.id) {
@@ -227,7 +194,7 @@ fn run(store: impl Store + 'static, clock: &ManualClock, ops: &[Op]) -> Option<M
         let now = engine.now();
         for u in 0..USERS {
             for e in 0..ENTITIES {
-                let (r, w) = m.access(u, e, now);
+                let (r, w) = m.access.access(u, e, now);
                 assert_eq!(
                     (
                         engine.can_read(&user(u), &entity(e)),
@@ -267,6 +234,7 @@ fn reopened(store: impl Store + 'static, clock: &ManualClock) -> BTreeMap<Key, G
 
 fn expected(m: &Model, now: DateTime<Utc>) -> BTreeMap<Key, Grant> {
     let mut out: BTreeMap<Key, Grant> = m
+        .access
         .grants
         .iter()
         .filter(|(_, g)| g.expires_at > now)

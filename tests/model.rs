@@ -19,11 +19,10 @@ use grantwheel::store::MemoryStore;
 #[cfg(feature = "sqlite")]
 use grantwheel::store::{SqliteStore, Synchronous};
 use grantwheel::{
-    ChangeError, Context, Engine, EntityId, EntityKind, EntityRef, Event, Expiry, Grant, GrantId,
-    Level, ManualClock, OverMax, RepeatShare, RevokeError, RevokeReason, ShareError, UserId,
+    ChangeError, Engine, Event, Expiry, Grant, GrantId, Level, ManualClock, OverMax, RepeatShare,
+    RevokeError, RevokeReason, ShareError,
 };
 use proptest::prelude::*;
-use uuid::Uuid;
 
 const USERS: usize = 3;
 const ENTITIES: usize = 3;
@@ -32,25 +31,10 @@ const DEFAULT_MS: u64 = 7 * 86_400_000;
 const MAX_MS: u64 = 30 * 86_400_000;
 const YEAR_MS: i64 = 365 * 86_400_000;
 
-fn user(i: usize) -> UserId {
-    UserId::from_u128(0x1000 + i as u128)
-}
+#[path = "support/common.rs"]
+mod common;
 
-fn entity(i: usize) -> EntityId {
-    match i {
-        0 => EntityId::lead(869196),
-        1 => EntityId::opportunity(869196),
-        _ => EntityId::new(EntityKind::custom(77), EntityRef::Uuid(Uuid::from_u128(42))),
-    }
-}
-
-fn context(i: usize) -> Context {
-    match i {
-        0 => Context::Direct,
-        1 => Context::Activity(Uuid::from_u128(0xa)),
-        _ => Context::Task(Uuid::from_u128(0xb)),
-    }
-}
+use common::{context, entity, user};
 
 fn ms(t: u64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(t as i64).unwrap()

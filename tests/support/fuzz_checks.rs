@@ -8,11 +8,10 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{Duration, TimeZone, Utc};
 use grantwheel::requests::automation::{AutomationEvent, Rule, RuleState, Trigger};
 use grantwheel::requests::wire::ItemResponse;
 use grantwheel::requests::{RequestId, RequestStatus, Sharing};
@@ -25,9 +24,10 @@ use grantwheel::{
 };
 use uuid::Uuid;
 
-fn start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
-}
+#[path = "common.rs"]
+mod common;
+
+use common::{context, entity, start, user, AccessModel};
 
 fn engine() -> Engine {
     Engine::builder()
@@ -174,42 +174,6 @@ pub enum Op {
 }
 
 const MAX_MS: i64 = 3660 * 86_400_000;
-type Key = (usize, usize, usize);
-
-fn user(i: usize) -> UserId {
-    UserId::from_u128(0x900 + i as u128)
-}
-
-fn entity(i: usize) -> EntityId {
-    match i {
-        0 => EntityId::lead(1),
-        1 => EntityId::opportunity(1),
-        _ => EntityId::new(
-            grantwheel::EntityKind::custom(40),
-            grantwheel::EntityRef::Uuid(Uuid::from_u128(5)),
-        ),
-    }
-}
-
-fn context(i: usize) -> Context {
-    match i {
-        0 => Context::Direct,
-        _ => Context::Task(Uuid::from_u128(6)),
-    }
-}
-
-/// Remove the model's grants whose key `hit` accepts; returns how many of
-/// them were live (what a revoke returns).
-fn revoke_where(model: &mut BTreeMap<Key, Grant>, now: i64, hit: impl Fn(&Key) -> bool) -> usize {
-    let mut live = 0;
-    model.retain(|k, g| {
-        let gone = hit(k);
-        live += usize::from(gone && g.expires_at.timestamp_millis() > now);
-        !gone
-    });
-    live
-}
-
 /// Bounded operations applied to the engine (over a memory store) and to
 /// a plain map; every answer must agree after every step.
 pub fn ops(data: &[u8]) {
@@ -230,16 +194,11 @@ pub fn ops(data: &[u8]) {
             .unwrap()
     };
     let mut engine = build();
-    let mut model: BTreeMap<Key, Grant> = BTreeMap::new();
+    let mut model = AccessModel::default();
+    let at = |ms: i64| Utc.timestamp_millis_opt(ms).unwrap();
     let mut clock_ms = start().timestamp_millis();
     let mut now = clock_ms;
     let key = |a: u8, b: u8, c: u8| (usize::from(a) % 3, usize::from(b) % 3, usize::from(c) % 2);
-    let live = |model: &BTreeMap<Key, Grant>, k: &Key, now: i64| {
-        model
-            .get(k)
-            .copied()
-            .filter(|g| g.expires_at.timestamp_millis() > now)
-    };
     for op in ops {
         match op {
             Op::Share(a, b, c, edit, minutes) => {
@@ -258,12 +217,12 @@ pub fn ops(data: &[u8]) {
                 } else {
                     let g = got.unwrap();
                     assert_eq!(g.expires_at.timestamp_millis(), now + d);
-                    model.insert(k, g);
+                    model.share(k, g);
                 }
             }
             Op::Revoke(a, b, c, stale) => {
                 let k = key(a, b, c);
-                let (id, want) = match (live(&model, &k, now), stale) {
+                let (id, want) = match (model.live(&k, at(now)), stale) {
                     (Some(g), false) => (g.id, Some(g)),
                     (Some(g), true) => (
                         GrantId {
@@ -285,7 +244,7 @@ pub fn ops(data: &[u8]) {
                 match (engine.revoke(&id), want) {
                     (Ok(g), Some(w)) => {
                         assert_eq!(g, w);
-                        model.remove(&k);
+                        model.grants.remove(&k);
                     }
                     (Err(RevokeError::NotLive(_)), None) => {}
                     (got, want) => panic!("revoke {id:?}: got {got:?}, want {want:?}"),
@@ -296,27 +255,27 @@ pub fn ops(data: &[u8]) {
                 let got = engine
                     .revoke_context(&user(k.0), &entity(k.1), &context(k.2))
                     .unwrap();
-                assert_eq!(got, live(&model, &k, now));
-                model.remove(&k);
+                assert_eq!(got, model.live(&k, at(now)));
+                model.grants.remove(&k);
             }
             Op::RevokePair(a, b) => {
                 let (ui, ei) = (usize::from(a) % 3, usize::from(b) % 3);
                 let got = engine.revoke_pair(&user(ui), &entity(ei)).unwrap();
-                let n = revoke_where(&mut model, now, |k| k.0 == ui && k.1 == ei);
+                let n = model.revoke_where(at(now), |k| k.0 == ui && k.1 == ei);
                 assert_eq!(got.len(), n);
             }
             Op::RevokeUser(a) => {
                 let ui = usize::from(a) % 3;
                 let got = engine.revoke_user(&user(ui)).unwrap();
-                let n = revoke_where(&mut model, now, |k| k.0 == ui);
+                let n = model.revoke_where(at(now), |k| k.0 == ui);
                 assert_eq!(got.len(), n);
             }
             Op::Extend(a, b, c, minutes) => {
                 let k = key(a, b, c);
                 let by = i64::from(minutes) * 60_000;
-                match live(&model, &k, now) {
+                match model.live(&k, at(now)) {
                     None => {
-                        let id = model.get(&k).map(|g| g.id).unwrap_or(GrantId {
+                        let id = model.grants.get(&k).map(|g| g.id).unwrap_or(GrantId {
                             user: user(k.0),
                             entity: entity(k.1),
                             context: context(k.2),
@@ -333,7 +292,7 @@ pub fn ops(data: &[u8]) {
                         if target > now && target - now <= MAX_MS {
                             let got = got.unwrap();
                             assert_eq!(got.expires_at.timestamp_millis(), target);
-                            model.insert(k, got);
+                            model.share(k, got);
                         } else {
                             assert_eq!(got.unwrap_err().field(), Some("by"));
                         }
@@ -356,11 +315,7 @@ pub fn ops(data: &[u8]) {
         assert_eq!(engine.now().timestamp_millis(), now);
         for ui in 0..3 {
             for ei in 0..3 {
-                let grants: Vec<Grant> = (0..2)
-                    .filter_map(|c| live(&model, &(ui, ei, c), now))
-                    .collect();
-                let read = !grants.is_empty();
-                let edit = grants.iter().any(|g| g.level == Level::Edit);
+                let (read, edit) = model.access(ui, ei, at(now));
                 assert_eq!(
                     engine.can_read(&user(ui), &entity(ei)),
                     read,
