@@ -37,6 +37,13 @@
 //! - Time never goes backwards inside the wheel: advancing to an earlier tick
 //!   does nothing.
 
+/// A point in the wheel's time: a tick number, not milliseconds. Only the
+/// engine's timing (`Timing::tick_of`, `Timing::tick_at`,
+/// `Timing::start_ms`) converts between the two, so a millisecond instant
+/// handed to the wheel is a type error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Tick(pub(crate) u64);
+
 /// Bits of a tick consumed by one level.
 const SLOT_BITS: u32 = 6;
 /// Slots per level.
@@ -76,7 +83,7 @@ pub(crate) const MAX_BUCKET: u16 = PARKED;
 /// each entry's deadline (the wheel never stores it) and its place.
 pub(crate) trait Links {
     /// The tick entry `id` is due at. Must not change while it is filed.
-    fn deadline(&self, id: u32) -> u64;
+    fn deadline(&self, id: u32) -> Tick;
     /// Where entry `id` is filed.
     fn place(&self, id: u32) -> Place;
     /// Record where entry `id` is filed.
@@ -116,9 +123,9 @@ fn place_of(level: usize, slot: usize) -> u16 {
 
 impl Wheel {
     /// An empty wheel whose current tick is `now`.
-    pub(crate) fn new(now: u64) -> Self {
+    pub(crate) fn new(now: Tick) -> Self {
         Wheel {
-            elapsed: now,
+            elapsed: now.0,
             buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
             occupied: [0; LEVELS],
             parked_min: u64::MAX,
@@ -147,7 +154,7 @@ impl Wheel {
     /// after the current tick: the entry is due already.
     pub(crate) fn schedule<L: Links>(&mut self, links: &mut L, id: u32) -> bool {
         debug_assert!(!links.place(id).is_scheduled());
-        let deadline = links.deadline(id);
+        let Tick(deadline) = links.deadline(id);
         if deadline <= self.elapsed {
             return false;
         }
@@ -181,7 +188,8 @@ impl Wheel {
 
     /// Fire every entry whose deadline is at or before `now`, pushing their
     /// ids to `fired` (in no particular order) and unscheduling them.
-    pub(crate) fn advance<L: Links>(&mut self, links: &mut L, now: u64, fired: &mut Vec<u32>) {
+    pub(crate) fn advance<L: Links>(&mut self, links: &mut L, now: Tick, fired: &mut Vec<u32>) {
+        let now = now.0;
         if now < self.elapsed {
             return;
         }
@@ -216,7 +224,7 @@ impl Wheel {
     fn drain<L: Links>(&mut self, links: &mut L, idx: usize, now: u64, fired: &mut Vec<u32>) {
         let mut ids = std::mem::take(self.bucket_mut(idx));
         for &id in &ids {
-            let deadline = links.deadline(id);
+            let Tick(deadline) = links.deadline(id);
             if deadline <= now {
                 links.set_place(id, Place::default());
                 self.len -= 1;
@@ -235,13 +243,13 @@ impl Wheel {
     /// A tick at or before the earliest scheduled deadline, at which
     /// [`advance`](Self::advance) has work to do; `None` when nothing is
     /// scheduled. Exact for entries due within 64 ticks.
-    pub(crate) fn next_wakeup(&self) -> Option<u64> {
+    pub(crate) fn next_wakeup(&self) -> Option<Tick> {
         let wheel = self.next_expiration().map(|(_, _, s)| s.max(self.elapsed));
         let parked = (!self.bucket(BUCKETS - 1).is_empty())
             .then(|| (self.parked_min & !(EPOCH - 1)).max(self.elapsed));
         match (wheel, parked) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+            (Some(a), Some(b)) => Some(Tick(a.min(b))),
+            (a, b) => a.or(b).map(Tick),
         }
     }
 
@@ -329,8 +337,8 @@ mod tests {
     }
 
     impl Links for TestLinks {
-        fn deadline(&self, id: u32) -> u64 {
-            self.deadlines[id as usize]
+        fn deadline(&self, id: u32) -> Tick {
+            Tick(self.deadlines[id as usize])
         }
         fn place(&self, id: u32) -> Place {
             self.places[id as usize]
@@ -349,7 +357,7 @@ mod tests {
     impl Harness {
         fn new(start: u64, n: usize) -> Self {
             Harness {
-                wheel: Wheel::new(start),
+                wheel: Wheel::new(Tick(start)),
                 links: TestLinks {
                     deadlines: vec![0; n],
                     places: vec![Place::default(); n],
@@ -377,7 +385,7 @@ mod tests {
         /// Advance and check that exactly the model's due entries fired.
         fn advance(&mut self, now: u64) -> Vec<u32> {
             let mut fired = Vec::new();
-            self.wheel.advance(&mut self.links, now, &mut fired);
+            self.wheel.advance(&mut self.links, Tick(now), &mut fired);
             fired.sort_unstable();
             let now = now.max(self.wheel.elapsed());
             let due: Vec<u32> = self
@@ -392,7 +400,7 @@ mod tests {
             assert_eq!(fired, due, "fired set differs at tick {now}");
             assert_eq!(self.wheel.len(), self.model.len());
             if let Some(min) = self.model.values().min() {
-                let wake = self.wheel.next_wakeup().expect("entries are scheduled");
+                let Tick(wake) = self.wheel.next_wakeup().expect("entries are scheduled");
                 assert!(wake <= *min, "wakeup {wake} after earliest deadline {min}");
                 assert!(wake >= self.wheel.elapsed());
             } else {
@@ -486,7 +494,7 @@ mod tests {
         assert!(!h.schedule(0, 100));
         assert!(!h.schedule(0, 50));
         assert!(h.schedule(0, 101));
-        h.wheel.advance(&mut h.links, 10, &mut Vec::new());
+        h.wheel.advance(&mut h.links, Tick(10), &mut Vec::new());
         assert_eq!(h.wheel.elapsed(), 100);
         assert_eq!(h.advance(101), vec![0]);
     }

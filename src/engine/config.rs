@@ -4,6 +4,7 @@
 use crate::clock::{from_millis, max_millis, to_millis};
 use crate::error::InvalidArgument;
 use crate::model::grant::{Expiry, OverMax, RepeatShare};
+use crate::wheel::Tick;
 
 pub(super) struct Config {
     pub(super) default_ms: u64,
@@ -44,8 +45,18 @@ impl Timing {
     }
 
     /// The first tick at or after `instant`.
-    pub(super) fn tick_of(&self, instant: u64) -> u64 {
-        instant.div_ceil(self.tick_ms)
+    pub(super) fn tick_of(&self, instant: u64) -> Tick {
+        Tick(instant.div_ceil(self.tick_ms))
+    }
+
+    /// The tick `instant` falls in (rounded down): the wheel's "now".
+    pub(super) fn tick_at(&self, instant: u64) -> Tick {
+        Tick(instant / self.tick_ms)
+    }
+
+    /// The first instant of tick `t`.
+    pub(super) fn start_ms(&self, t: Tick) -> u64 {
+        t.0.saturating_mul(self.tick_ms)
     }
 }
 

@@ -243,7 +243,7 @@ impl Engine {
         let st = self.inner.state.lock();
         st.wheel
             .next_wakeup()
-            .map(|t| from_millis(t.saturating_mul(self.inner.cfg.timing.tick_ms)))
+            .map(|t| from_millis(self.inner.cfg.timing.start_ms(t)))
     }
 
     /// Check the engine's internal invariants (the numbered list in the

@@ -265,7 +265,7 @@ mod tests {
     use crate::engine::config::Timing;
     use crate::engine::state::GrantLinks;
     use crate::index::Locator;
-    use crate::wheel::{Links, Place};
+    use crate::wheel::{Links, Place, Tick};
 
     #[test]
     fn records_stay_small() {
@@ -310,7 +310,7 @@ mod tests {
                 pos: u32::MAX
             }
         );
-        assert_eq!(links.deadline(0), 10, "99 ms rounds up to tick 10");
+        assert_eq!(links.deadline(0), Tick(10), "99 ms rounds up to tick 10");
         let rec = slab[g];
         assert_eq!(
             (rec.stage(), rec.level(), rec.serial()),

@@ -33,7 +33,7 @@ use crate::ids::{EntityId, GrantId, Level, UserId};
 use crate::index::{IndexReader, IndexWriter, Locator, PackedLocator, PairKey, Summary};
 use crate::model::grant::Grant;
 use crate::store::{Change, EndCause, Meta, Store};
-use crate::wheel::{Links, Place, Wheel};
+use crate::wheel::{Links, Place, Tick, Wheel};
 
 use super::commit::{Changes, Group};
 use super::config::{Config, Timing};
@@ -47,7 +47,7 @@ pub(super) struct GrantLinks<'a> {
 }
 
 impl Links for GrantLinks<'_> {
-    fn deadline(&self, id: u32) -> u64 {
+    fn deadline(&self, id: u32) -> Tick {
         let rec = &self.grants[GrantIx::from_raw(id)];
         self.timing
             .tick_of(self.timing.timer_at(rec.expires, rec.stage()))
@@ -97,7 +97,7 @@ impl State {
             index,
             timing: cfg.timing.clone(),
             grants: Slab::default(),
-            wheel: Wheel::new(now / cfg.timing.tick_ms),
+            wheel: Wheel::new(cfg.timing.tick_at(now)),
             next_serial: meta.next_serial.max(1),
             fired: Vec::new(),
             store: None,
@@ -299,7 +299,7 @@ impl State {
                 grants: &mut self.grants,
                 timing: &self.timing,
             },
-            now / cfg.timing.tick_ms,
+            cfg.timing.tick_at(now),
             &mut fired,
         );
         if fired.len() > 4096 {
