@@ -817,6 +817,19 @@ mod layer_order {
     use super::*;
     use grantwheel::store::MemoryStore;
 
+    fn start() -> ManualClock {
+        ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap())
+    }
+
+    /// An engine over `store` (again and again: a restart each time).
+    fn opener(clock: &ManualClock, store: &MemoryStore) -> Engine {
+        Engine::builder()
+            .clock(clock.clone())
+            .store(store.clone())
+            .build()
+            .unwrap()
+    }
+
     fn share(s: &Sharing, user: u128, minutes: i64) -> RequestId {
         let out = s.share(
             ShareRequest::new(UserId::from_u128(user), EntityId::lead(1), Level::Read)
@@ -828,15 +841,8 @@ mod layer_order {
 
     #[test]
     fn an_expiry_before_the_layer_is_built_reaches_the_history() {
-        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap());
-        let store = MemoryStore::new();
-        let open = || {
-            Engine::builder()
-                .clock(clock.clone())
-                .store(store.clone())
-                .build()
-                .unwrap()
-        };
+        let (clock, store) = (start(), MemoryStore::new());
+        let open = || opener(&clock, &store);
         let (expiring, revoked) = {
             let s = Sharing::new(open());
             (share(&s, 1, 30), share(&s, 2, 600))
@@ -893,15 +899,8 @@ mod layer_order {
 
     #[test]
     fn a_restored_history_reaches_every_handle() {
-        let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap());
-        let store = MemoryStore::new();
-        let open = || {
-            Engine::builder()
-                .clock(clock.clone())
-                .store(store.clone())
-                .build()
-                .unwrap()
-        };
+        let (clock, store) = (start(), MemoryStore::new());
+        let open = || opener(&clock, &store);
         let id = share(&Sharing::new(open()), 1, 30);
         let engine = open();
         let (x, y) = (Sharing::new(engine.clone()), Sharing::new(engine));

@@ -266,16 +266,11 @@ const SHARE_FIELDS: &[&str] = &[
     "DurationInMinutes",
 ];
 
-/// The share fields without `DurationInMinutes`.
-const REVOKE_FIELDS: &[&str] = &[
-    "UserId",
-    "Entity",
-    "EntityType",
-    "EntityId",
-    "ContextEntity",
-    "ContextEntityId",
-    "AccessType",
-];
+/// The share fields without `DurationInMinutes` (the last one).
+const REVOKE_FIELDS: &[&str] = match SHARE_FIELDS.split_last() {
+    Some((_, rest)) => rest,
+    None => &[],
+};
 
 /// The fields of item `index`, which must be an object holding only `known`
 /// fields, and the (user, entity, context) it names.
