@@ -127,9 +127,49 @@ pub(crate) fn from_millis(ms: u64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// A duration in words for messages: `90 days`, `1 day 12 hours`,
+/// `30 minutes`, `250 milliseconds` (exact: every non-zero unit is named).
+pub(crate) fn words(d: chrono::Duration) -> String {
+    let ms = d.num_milliseconds();
+    let mut left = ms.unsigned_abs();
+    let mut parts = Vec::new();
+    for (unit, size) in [
+        ("day", 86_400_000),
+        ("hour", 3_600_000),
+        ("minute", 60_000),
+        ("second", 1_000),
+        ("millisecond", 1),
+    ] {
+        let n = left / size;
+        left %= size;
+        if n > 0 {
+            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
+        }
+    }
+    match (ms < 0, parts.is_empty()) {
+        (_, true) => "0 milliseconds".to_string(),
+        (true, false) => format!("-{}", parts.join(" ")),
+        (false, false) => parts.join(" "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_in_words() {
+        use chrono::Duration;
+        assert_eq!(words(Duration::days(90)), "90 days");
+        assert_eq!(words(Duration::hours(36)), "1 day 12 hours");
+        assert_eq!(words(Duration::minutes(1)), "1 minute");
+        assert_eq!(
+            words(Duration::milliseconds(61_001)),
+            "1 minute 1 second 1 millisecond"
+        );
+        assert_eq!(words(Duration::minutes(-5)), "-5 minutes");
+        assert_eq!(words(Duration::zero()), "0 milliseconds");
+    }
     use chrono::TimeZone;
 
     #[test]

@@ -576,3 +576,33 @@ fn listings_and_bulk_revokes() {
     assert_eq!(engine.revoke_entity(&lead).unwrap().len(), 1);
     assert!(engine.is_empty());
 }
+
+/// Setting errors speak days and minutes, not ISO 8601 durations.
+#[test]
+fn setting_errors_name_durations_in_words() {
+    let err = Engine::builder()
+        .max_duration(Duration::days(1), OverMax::Reject)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid `default_duration`: `90 days` is longer than the maximum duration `1 day`"
+    );
+    let engine = Engine::builder()
+        .max_duration(Duration::days(100), OverMax::Reject)
+        .build()
+        .unwrap();
+    let err = engine
+        .share(
+            UserId::from_u128(1),
+            EntityId::lead(1),
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::days(100) + Duration::hours(1)),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid `duration`: a duration of `100 days 1 hour` is longer than the maximum of 100 days"
+    );
+}

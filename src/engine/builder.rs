@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::clock::{to_millis, to_millis_i64, Clock, ClockSource};
+use crate::clock::{to_millis, to_millis_i64, words, Clock, ClockSource};
 use crate::error::{BuildError, InvalidArgument};
 use crate::events::Hub;
 use crate::index::new_index;
@@ -277,7 +277,7 @@ impl EngineBuilder {
             if ms <= 0 {
                 return Err(InvalidArgument::new(
                     field,
-                    format!("`{d}` is not at least one millisecond"),
+                    format!("`{}` is not at least one millisecond", words(d)),
                 ));
             }
             Ok(ms.unsigned_abs())
@@ -288,7 +288,7 @@ impl EngineBuilder {
         if self.tick.num_milliseconds() > MS_PER_DAY {
             return Err(InvalidArgument::new(
                 "tick",
-                format!("`{}` is longer than one day", self.tick),
+                format!("`{}` is longer than one day", words(self.tick)),
             ));
         }
         if default_ms > max_ms {
@@ -296,7 +296,8 @@ impl EngineBuilder {
                 "default_duration",
                 format!(
                     "`{}` is longer than the maximum duration `{}`",
-                    self.default_duration, self.max_duration
+                    words(self.default_duration),
+                    words(self.max_duration)
                 ),
             ));
         }

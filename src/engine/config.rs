@@ -1,7 +1,7 @@
 //! The settings an engine runs with, and how a share's expiry is resolved
 //! from them.
 
-use crate::clock::{from_millis, max_millis, to_millis};
+use crate::clock::{from_millis, max_millis, to_millis, words};
 use crate::error::InvalidArgument;
 use crate::model::grant::{Expiry, OverMax, RepeatShare};
 use crate::wheel::Tick;
@@ -70,7 +70,7 @@ impl Config {
                 if ms <= 0 {
                     return Err(InvalidArgument::new(
                         "duration",
-                        format!("`{d}` is not at least one millisecond"),
+                        format!("`{}` is not at least one millisecond", words(d)),
                     ));
                 }
                 ("duration", ms.unsigned_abs())
@@ -102,8 +102,9 @@ impl Config {
                     return Err(InvalidArgument::new(
                         field,
                         format!(
-                            "a duration of {} ms is longer than the maximum of {} ms",
-                            ms, self.max_ms
+                            "a duration of `{}` is longer than the maximum of {}",
+                            words(ms_duration(ms)),
+                            words(ms_duration(self.max_ms))
                         ),
                     ))
                 }
@@ -117,4 +118,9 @@ impl Config {
             )),
         }
     }
+}
+
+/// Milliseconds as a duration, for messages.
+fn ms_duration(ms: u64) -> chrono::Duration {
+    chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
 }

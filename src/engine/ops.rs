@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::clock::from_millis;
+use crate::clock::{from_millis, words};
 use crate::error::{ChangeError, InvalidArgument, NotDurable, RevokeError, ShareError};
 use crate::events::{Event, RevokeReason};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
@@ -172,13 +172,19 @@ impl Engine {
                 Some(_) => {
                     return Err(ChangeError::Invalid(InvalidArgument::new(
                         "by",
-                        format!("`{by}` would end the grant at or before now; revoke it instead"),
+                        format!(
+                            "`{}` would end the grant at or before now; revoke it instead",
+                            words(by)
+                        ),
                     )))
                 }
                 None => {
                     return Err(ChangeError::Invalid(InvalidArgument::new(
                         "by",
-                        format!("`{by}` moves the expiry out of the representable range"),
+                        format!(
+                            "`{}` moves the expiry out of the representable range",
+                            words(by)
+                        ),
                     )))
                 }
             };
