@@ -36,6 +36,19 @@ fn lead_item(activity: &str, access: i64, minutes: Option<i64>) -> Value {
     v
 }
 
+/// An error answer's type, message and request id.
+fn error_of(r: &ItemResponse) -> (&str, &str, Option<&str>) {
+    match r {
+        ItemResponse::Error {
+            exception_type,
+            exception_message,
+            request_id,
+            ..
+        } => (exception_type, exception_message, request_id.as_deref()),
+        other => panic!("not an error: {other:?}"),
+    }
+}
+
 fn id_of(r: &ItemResponse) -> RequestId {
     match r {
         ItemResponse::Success { message, .. } => message.id.parse().unwrap(),
@@ -643,22 +656,13 @@ fn a_guid_of_decimal_digits_shares_that_guid() {
     let mut item = lead_item(ACTIVITY, 1, Some(5));
     item["EntityId"] = json!("0869196");
     let answers = sharing.api_share(&body(json!([item]))).unwrap();
-    match &answers[0] {
-        ItemResponse::Error {
-            exception_type,
-            exception_message,
-            request_id,
-            ..
-        } => {
-            assert_eq!(exception_type, "InvalidInput");
-            assert!(
-                exception_message.starts_with("item 0: `EntityId`: `0869196` has a leading zero"),
-                "{exception_message}"
-            );
-            assert_eq!(request_id, &None);
-        }
-        other => panic!("{other:?}"),
-    }
+    let (exception_type, exception_message, request_id) = error_of(&answers[0]);
+    assert_eq!(exception_type, "InvalidInput");
+    assert!(
+        exception_message.starts_with("item 0: `EntityId`: `0869196` has a leading zero"),
+        "{exception_message}"
+    );
+    assert_eq!(request_id, None);
     assert_eq!(sharing.engine().len(), 1);
 }
 
@@ -694,22 +698,13 @@ fn over_maximum_durations_are_refused_in_the_apis_words() {
             lead_item(ACTIVITY_2, 2, Some(5_270_400)),
         ])))
         .unwrap();
-    match &answers[0] {
-        ItemResponse::Error {
-            exception_type,
-            exception_message,
-            request_id,
-            ..
-        } => {
-            assert_eq!(exception_type, "InvalidInput");
-            assert_eq!(
-                exception_message,
-                "item 0: `DurationInMinutes`: `5271840` minutes is more than the maximum of 5270400 minutes"
-            );
-            assert_eq!(request_id, &None, "no Failed request is left behind");
-        }
-        other => panic!("{other:?}"),
-    }
+    let (exception_type, exception_message, request_id) = error_of(&answers[0]);
+    assert_eq!(exception_type, "InvalidInput");
+    assert_eq!(
+        exception_message,
+        "item 0: `DurationInMinutes`: `5271840` minutes is more than the maximum of 5270400 minutes"
+    );
+    assert_eq!(request_id, None, "no Failed request is left behind");
     assert!(
         matches!(answers[1], ItemResponse::Success { .. }),
         "the maximum itself is fine"
@@ -747,31 +742,22 @@ fn over_maximum_durations_are_refused_in_the_apis_words() {
     ]));
     let answers = rejecting.api_share(&twice).unwrap();
     assert!(matches!(answers[0], ItemResponse::Success { .. }));
-    match &answers[1] {
-        ItemResponse::Error {
-            exception_type,
-            exception_message,
-            request_id: Some(id),
+    let (exception_type, exception_message, request_id) = error_of(&answers[1]);
+    assert_eq!(exception_type, "AlreadyShared");
+    assert!(
+        exception_message.starts_with(&format!(
+            "item 1: `ContextEntityId`: `{USER}` already has edit access to `lead:869196`"
+        )),
+        "{exception_message}"
+    );
+    let id: RequestId = request_id.expect("a Failed request").parse().unwrap();
+    assert!(matches!(
+        rejecting.status(&id),
+        Some(RequestStatus::Failed {
+            kind: FailureKind::AlreadyShared,
             ..
-        } => {
-            assert_eq!(exception_type, "AlreadyShared");
-            assert!(
-                exception_message.starts_with(&format!(
-                    "item 1: `ContextEntityId`: `{USER}` already has edit access to `lead:869196`"
-                )),
-                "{exception_message}"
-            );
-            let id: RequestId = id.parse().unwrap();
-            assert!(matches!(
-                rejecting.status(&id),
-                Some(RequestStatus::Failed {
-                    kind: FailureKind::AlreadyShared,
-                    ..
-                })
-            ));
-        }
-        other => panic!("{other:?}"),
-    }
+        })
+    ));
 }
 
 /// The status API takes the id as the API carries it; a malformed id gets

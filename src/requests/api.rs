@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::OverMax;
 use crate::ids::Context;
-use crate::model::history::{RequestId, RequestStatus};
+use crate::model::history::{FailureKind, RequestId, RequestStatus};
 
 use super::request::{Command, Outcome, Submission};
 use super::{wire, Sharing};
@@ -43,18 +43,18 @@ impl Sharing {
     /// ```
     pub fn api_share(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
         self.share_batch(body, "the request was not carried out", |subs| {
-            self.run_shares(subs).into_iter().map(respond).collect()
+            self.run_shares(subs)
         })
     }
 
     /// Decode a share batch, hand its valid items to `carry` as API
     /// submissions, and answer every item in order: invalid ones with their
-    /// error, valid ones with what `carry` answered.
+    /// error, valid ones with the outcome `carry` gave them.
     pub(super) fn share_batch(
         &self,
         body: &[u8],
         missing: &str,
-        carry: impl FnOnce(Vec<Submission>) -> Vec<wire::ItemResponse>,
+        carry: impl FnOnce(Vec<Submission>) -> Vec<Outcome>,
     ) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
         let items = wire::decode_shares_within(body, &self.limits())?;
         let subs: Vec<Submission> = items
@@ -70,7 +70,7 @@ impl Sharing {
                 Err(e) => wire::ItemResponse::error("InvalidInput", e),
                 Ok(item) => answers.next().map_or_else(
                     || wire::ItemResponse::error("Failed", format!("item {index}: {missing}")),
-                    |answer| answer.for_item(index, share_field(&item.context)),
+                    |outcome| respond(outcome, index, &item.context),
                 ),
             })
             .collect())
@@ -94,8 +94,11 @@ impl Sharing {
             .enumerate()
             .map(|(index, item)| match item {
                 Err(e) => wire::ItemResponse::error("InvalidInput", e),
-                Ok(item) => respond(self.run(Submission::api(Command::Revoke(item.into()))))
-                    .for_item(index, share_field(&item.context)),
+                Ok(item) => respond(
+                    self.run(Submission::api(Command::Revoke(item.into()))),
+                    index,
+                    &item.context,
+                ),
             })
             .collect())
     }
@@ -109,7 +112,11 @@ impl Sharing {
         self.share_batch(body, "the request was not queued", |subs| {
             self.submit(subs)
                 .into_iter()
-                .map(wire::ItemResponse::success)
+                .map(|request| Outcome {
+                    request,
+                    status: RequestStatus::Processing,
+                    grant: None,
+                })
                 .collect()
         })
     }
@@ -164,21 +171,23 @@ impl Sharing {
     }
 }
 
-pub(super) fn respond(outcome: Outcome) -> wire::ItemResponse {
+/// The answer to item `index` of a batch, whose request went through
+/// `context`. A failed request's message starts with the index like every
+/// item error; a refused repeat share also names the wire field it
+/// collides on (the context's id when there is one, else the record's).
+fn respond(outcome: Outcome, index: usize, context: &Context) -> wire::ItemResponse {
     match outcome.status {
         RequestStatus::Failed { kind, reason } => {
-            wire::ItemResponse::failed(outcome.request, kind, reason)
+            let message = match (kind, context) {
+                (FailureKind::AlreadyShared, Context::Activity(_)) => {
+                    format!("item {index}: `ContextEntityId`: {reason}")
+                }
+                (FailureKind::AlreadyShared, _) => format!("item {index}: `EntityId`: {reason}"),
+                _ => format!("item {index}: {reason}"),
+            };
+            wire::ItemResponse::failed(outcome.request, kind, message)
         }
         _ => wire::ItemResponse::success(outcome.request),
-    }
-}
-
-/// The wire field that names what a repeat share collides with: the
-/// context's id when there is one, else the record's.
-pub(super) fn share_field(context: &Context) -> &'static str {
-    match context {
-        Context::Activity(_) => "ContextEntityId",
-        _ => "EntityId",
     }
 }
 

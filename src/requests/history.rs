@@ -335,9 +335,7 @@ impl SharingInner {
 impl Drop for SharingInner {
     /// The engine keeps the history and rules for the next layer.
     fn drop(&mut self) {
-        if let Some(id) = self.subscription.get_mut().take() {
-            self.engine.unsubscribe(id);
-        }
+        self.engine.unsubscribe(self.subscription);
         let history = std::mem::take(self.history.get_mut());
         let rules = std::mem::take(self.rules.get_mut());
         self.engine.hand_back(Restored {
@@ -356,9 +354,7 @@ impl Sharing {
         let seq = history.by_request.get(id)?;
         history.records.get(seq).map(|r| r.status.clone())
     }
-}
 
-impl Sharing {
     /// The record of one request.
     pub fn request(&self, id: &RequestId) -> Option<HistoryRecord> {
         let history = self.inner.history.lock();

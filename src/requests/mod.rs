@@ -135,7 +135,7 @@ impl SharingBuilder {
     pub fn build(self) -> Result<Sharing, BuildError> {
         let engine = self.engine.clone();
         match engine.attach_layer(|restored| Sharing::layer(self, restored)) {
-            Ok(inner) => Ok(Sharing::started(inner)),
+            Ok(inner) => Ok(Sharing { inner }),
             Err(_) => Err(InvalidArgument::new(
                 "engine",
                 "already carries a request layer; clone that `Sharing` (or get it with `Sharing::new`) instead of building another",
@@ -175,7 +175,7 @@ struct SharingInner {
     /// event names its request through this.
     revoking: Mutex<HashMap<(UserId, EntityId, Context), RequestId>>,
     /// This layer's subscription to the engine's events.
-    subscription: Mutex<Option<crate::events::SubscriptionId>>,
+    subscription: crate::events::SubscriptionId,
 }
 
 /// The request layer: share and revoke requests with ids, status and
@@ -227,8 +227,7 @@ impl Sharing {
     pub fn new(engine: Engine) -> Self {
         let builder = Sharing::builder(engine.clone());
         match engine.attach_layer(|restored| Sharing::layer(builder, restored)) {
-            Ok(inner) => Sharing::started(inner),
-            Err(existing) => Sharing { inner: existing },
+            Ok(inner) | Err(inner) => Sharing { inner },
         }
     }
 
@@ -267,37 +266,35 @@ impl Sharing {
     /// A new request layer from its settings and the state the engine
     /// kept (loaded from the store, or left by an earlier layer).
     fn layer(b: SharingBuilder, restored: Option<Restored>) -> Arc<SharingInner> {
-        let inner = Arc::new(SharingInner {
-            engine: b.engine,
-            config: b.config,
-            resolver: b.resolver,
-            grantor_policy: b.grantor_policy,
-            users: b.users,
-            rules: Mutex::new(automation::Rules::default()),
-            queue: Mutex::new(std::collections::VecDeque::new()),
-            queued: parking_lot::Condvar::new(),
-            history: Mutex::new(History::default()),
-            revoking: Mutex::new(HashMap::new()),
-            subscription: Mutex::new(None),
-        });
         // Subscribed before restoring: a grant that ends from now on either
-        // raises its event after its record is back, or is found gone below.
-        let weak = Arc::downgrade(&inner);
-        let id = inner.engine.subscribe(move |event: &Event| {
-            if let Some(inner) = weak.upgrade() {
-                on_event(&inner, event);
+        // raises its event after its record is back, or is found gone by
+        // the restore (an event raised before the layer exists finds no
+        // layer to upgrade to, and the restore finds that grant gone).
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<SharingInner>| {
+            let weak = weak.clone();
+            let subscription = b.engine.subscribe(move |event: &Event| {
+                if let Some(inner) = weak.upgrade() {
+                    on_event(&inner, event);
+                }
+            });
+            SharingInner {
+                engine: b.engine,
+                config: b.config,
+                resolver: b.resolver,
+                grantor_policy: b.grantor_policy,
+                users: b.users,
+                rules: Mutex::new(automation::Rules::default()),
+                queue: Mutex::new(std::collections::VecDeque::new()),
+                queued: parking_lot::Condvar::new(),
+                history: Mutex::new(History::default()),
+                revoking: Mutex::new(HashMap::new()),
+                subscription,
             }
         });
-        *inner.subscription.lock() = Some(id);
         if let Some(restored) = restored {
             inner.restore(restored);
         }
         inner
-    }
-
-    /// A handle on a layer just attached to its engine.
-    fn started(inner: Arc<SharingInner>) -> Self {
-        Sharing { inner }
     }
 
     /// The engine underneath (for checks).

@@ -541,26 +541,6 @@ impl ItemResponse {
             request_id: Some(request.to_string()),
         }
     }
-
-    /// The answer as the answer to item `index` of a batch: a failed
-    /// request's message starts with the index like every item error, and
-    /// a refused repeat share names `field`, the wire field it collides on.
-    pub(crate) fn for_item(mut self, index: usize, field: &str) -> Self {
-        if let ItemResponse::Error {
-            exception_type,
-            exception_message,
-            request_id: Some(_),
-            ..
-        } = &mut self
-        {
-            *exception_message = if exception_type == "AlreadyShared" {
-                format!("item {index}: `{field}`: {exception_message}")
-            } else {
-                format!("item {index}: {exception_message}")
-            };
-        }
-        self
-    }
 }
 
 #[cfg(test)]
