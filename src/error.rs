@@ -129,6 +129,9 @@ pub enum QueryError {
     /// A filter or the page size was rejected.
     #[error(transparent)]
     Invalid(#[from] InvalidArgument),
+    /// The store could not be read (or, for pruning, written).
+    #[error(transparent)]
+    Store(StoreError),
 }
 
 /// Why a rule change failed.

@@ -71,7 +71,10 @@ fn the_opportunity_automation_of_the_seeds() {
         json!({"product": "Personal Loan"}),
     ));
     assert_eq!(first.len(), 1);
-    assert_eq!(s.status(&first[0]), Some(RequestStatus::Processing));
+    assert_eq!(
+        s.status(&first[0]).unwrap(),
+        Some(RequestStatus::Processing)
+    );
     // The same event again: the same request, one grant.
     assert_eq!(
         s.on_event(&task_event(
@@ -98,7 +101,7 @@ fn the_opportunity_automation_of_the_seeds() {
     assert!(s.engine().can_read(&ann, &deal));
     assert!(!s.engine().can_edit(&ann, &deal));
     assert!(s.engine().can_read(&bob, &deal));
-    let record = s.request(&first[0]).unwrap();
+    let record = s.request(&first[0]).unwrap().unwrap();
     assert_eq!(record.source, Source::Automation { rule: id });
     assert_eq!(record.context, Context::Task(Uuid::from_u128(1007)));
     assert_eq!(
@@ -131,13 +134,13 @@ fn the_opportunity_automation_of_the_seeds() {
     assert_eq!(from_rule.len(), 2);
 
     // Revoke everything the rule granted, in one call.
-    let revoked = s.revoke_rule_grants(id);
+    let revoked = s.revoke_rule_grants(id).unwrap();
     assert_eq!(revoked.len(), 2);
     assert!(revoked.iter().all(|o| o.status == RequestStatus::Completed));
     assert!(!s.engine().can_read(&ann, &deal));
     assert!(!s.engine().can_read(&bob, &deal));
-    assert!(s.request(&second[0]).unwrap().revoked.is_some());
-    assert!(s.revoke_rule_grants(id).is_empty());
+    assert!(s.request(&second[0]).unwrap().unwrap().revoked.is_some());
+    assert!(s.revoke_rule_grants(id).unwrap().is_empty());
 }
 
 #[test]
@@ -165,7 +168,7 @@ fn an_event_without_the_owner_fails_visibly() {
     };
     let ids = s.on_event(&event);
     assert!(matches!(
-        s.status(&ids[0]),
+        s.status(&ids[0]).unwrap(),
         Some(RequestStatus::Failed { .. })
     ));
     assert_eq!(s.process(10), 0);

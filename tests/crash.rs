@@ -266,7 +266,7 @@ fn verify(path: &std::path::Path, m: &mut Model, cycle: usize) -> usize {
     let sharing = Sharing::new(engine.clone());
     for request in &m.requests {
         assert_eq!(
-            sharing.status(request),
+            sharing.status(request).unwrap(),
             Some(RequestStatus::Completed),
             "cycle {cycle}: acknowledged request {request}"
         );

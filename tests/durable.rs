@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use chrono::Duration;
 use grantwheel::requests::automation::{Rule, ShareAction, ShareWith, Trigger};
+use grantwheel::requests::RuleId;
 use grantwheel::requests::{
     FailureKind, HistoryQuery, RequestStatus, RevokeRequest, ShareRequest, Sharing, INTERRUPTED,
 };
 use grantwheel::store::{
-    Batch, Change, MemoryStore, Meta, Records, SqliteStore, Store, StoreError,
+    Batch, Change, MemoryStore, Meta, SqliteStore, Store, StoreError, StoreReader,
 };
 use grantwheel::{
     BuildError, Context, Engine, EntityId, EntityKind, Expiry, Grant, Level, ManualClock,
@@ -204,21 +205,21 @@ fn history_and_rules_survive_a_restart() {
         clock.advance(Duration::hours(1));
         let sharing = Sharing::new(store.open(&clock));
         assert_eq!(
-            sharing.status(&done.request),
+            sharing.status(&done.request).unwrap(),
             Some(RequestStatus::Completed)
         );
         assert_eq!(
-            sharing.status(&revoke.request),
+            sharing.status(&revoke.request).unwrap(),
             Some(RequestStatus::Completed)
         );
         let page = sharing.history(&lead, &HistoryQuery::default()).unwrap();
         assert_eq!(page.records.len(), 3);
-        let first = sharing.request(&done.request).unwrap();
+        let first = sharing.request(&done.request).unwrap().unwrap();
         assert!(
             first.revoked.is_some(),
             "the revoke is on the share's record"
         );
-        let lapsed = sharing.request(&expiring.request).unwrap();
+        let lapsed = sharing.request(&expiring.request).unwrap().unwrap();
         assert_eq!(
             lapsed.expired_at,
             Some(start() + Duration::minutes(30)),
@@ -251,13 +252,16 @@ fn requests_left_processing_fail_on_restart() {
                     Level::Read,
                 )),
             )]);
-            assert_eq!(sharing.status(&ids[0]), Some(RequestStatus::Processing));
+            assert_eq!(
+                sharing.status(&ids[0]).unwrap(),
+                Some(RequestStatus::Processing)
+            );
             sharing.engine().flush().unwrap();
             // Stopped before the queue was worked.
         }
         let sharing = Sharing::new(store.open(&clock));
         assert_eq!(
-            sharing.status(&ids[0]),
+            sharing.status(&ids[0]).unwrap(),
             Some(RequestStatus::Failed {
                 kind: FailureKind::Interrupted,
                 reason: INTERRUPTED.into()
@@ -315,13 +319,13 @@ fn a_newer_schema_is_refused_and_the_schema_reads_in_plain_sql() {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 1);
-        conn.pragma_update(None, "user_version", 2).unwrap();
+        assert_eq!(version, 2);
+        conn.pragma_update(None, "user_version", 3).unwrap();
     }
     match SqliteStore::open(dir.path()) {
         Err(StoreError::NewerSchema {
-            found: 2,
-            supported: 1,
+            found: 3,
+            supported: 2,
         }) => {}
         other => panic!("expected a newer-schema error, got {other:?}"),
     }
@@ -409,13 +413,16 @@ impl<F: FnMut(&Batch<'_>) + Send> Store for Hooked<F> {
     fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
         self.inner.grants(each)
     }
-    fn records(&mut self) -> Result<Records, StoreError> {
-        self.inner.records()
+    fn rules(&mut self) -> Result<Vec<(RuleId, Rule)>, StoreError> {
+        self.inner.rules()
     }
     fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
         self.inner.apply(batch)?;
         (self.hook)(batch);
         Ok(())
+    }
+    fn reader(&self) -> Result<Arc<dyn StoreReader>, StoreError> {
+        self.inner.reader()
     }
 }
 
@@ -670,7 +677,7 @@ fn pruned_history_stays_pruned_after_a_restart() {
                 .share(ShareRequest::new(user(2), lead, Level::Read).duration(Duration::days(200)));
             clock.advance(Duration::days(100));
             sharing.engine().advance();
-            assert_eq!(sharing.prune(), 1);
+            assert_eq!(sharing.prune().unwrap(), 1);
         }
         let sharing = Sharing::new(store.open(&clock));
         let page = sharing.history(&lead, &HistoryQuery::default()).unwrap();
@@ -788,7 +795,7 @@ fn queued_requests_are_known_after_a_restart_or_refused() {
         faults.set(Fault::From(faults.ops() + 1));
         let refused = sharing.submit(vec![share()]);
         assert!(matches!(
-            sharing.status(&refused[0]),
+            sharing.status(&refused[0]).unwrap(),
             Some(RequestStatus::Failed { kind: FailureKind::Store, reason }) if reason.starts_with("not accepted")
         ));
         assert_eq!(sharing.pending(), 1);
@@ -802,7 +809,7 @@ fn queued_requests_are_known_after_a_restart_or_refused() {
             .unwrap(),
     );
     assert_eq!(
-        sharing.status(&kept[0]),
+        sharing.status(&kept[0]).unwrap(),
         Some(RequestStatus::Failed {
             kind: FailureKind::Interrupted,
             reason: INTERRUPTED.into()

@@ -68,7 +68,10 @@ fn a_lead_shared_through_two_activities_then_revoked_in_one_then_expired() {
         .unwrap();
     let first_id = id_of(&first[0]);
     assert_eq!(first_id.to_string().len(), 32);
-    assert_eq!(sharing.status(&first_id), Some(RequestStatus::Completed));
+    assert_eq!(
+        sharing.status(&first_id).unwrap(),
+        Some(RequestStatus::Completed)
+    );
     assert!(sharing.engine().can_edit(&user, &lead));
 
     // Revoking in another activity's context fails and leaves the grant.
@@ -83,7 +86,7 @@ fn a_lead_shared_through_two_activities_then_revoked_in_one_then_expired() {
         .api_share(&body(json!([lead_item(ACTIVITY_2, 1, None)])))
         .unwrap();
     let second_id = id_of(&second[0]);
-    let record = sharing.request(&second_id).unwrap();
+    let record = sharing.request(&second_id).unwrap().unwrap();
     assert_eq!(
         record.expires_at,
         Some(record.created_at + Duration::days(90))
@@ -96,7 +99,7 @@ fn a_lead_shared_through_two_activities_then_revoked_in_one_then_expired() {
     let revoke_id = id_of(&revoke[0]);
     assert!(!sharing.engine().can_edit(&user, &lead));
     assert!(sharing.engine().can_read(&user, &lead));
-    let ended = sharing.request(&first_id).unwrap();
+    let ended = sharing.request(&first_id).unwrap().unwrap();
     assert_eq!(
         ended.revoked.map(|(_, by)| by),
         Some(EndedBy::Request(revoke_id))
@@ -106,7 +109,12 @@ fn a_lead_shared_through_two_activities_then_revoked_in_one_then_expired() {
     clock.advance(Duration::days(91));
     assert!(!sharing.engine().can_read(&user, &lead));
     sharing.engine().advance();
-    assert!(sharing.request(&second_id).unwrap().expired_at.is_some());
+    assert!(sharing
+        .request(&second_id)
+        .unwrap()
+        .unwrap()
+        .expired_at
+        .is_some());
 
     // History: newest first, filterable by user, status and source.
     let all = sharing
@@ -142,10 +150,12 @@ fn a_lead_shared_through_two_activities_then_revoked_in_one_then_expired() {
     assert!(direct.records.is_empty());
 
     // Who had access at a given instant.
-    let start = sharing.request(&first_id).unwrap().created_at;
-    let then = sharing.access_at(&lead, start + Duration::minutes(1));
+    let start = sharing.request(&first_id).unwrap().unwrap().created_at;
+    let then = sharing
+        .access_at(&lead, start + Duration::minutes(1))
+        .unwrap();
     assert_eq!(then.len(), 1);
-    let later = sharing.access_at(&lead, start + Duration::days(2));
+    let later = sharing.access_at(&lead, start + Duration::days(2)).unwrap();
     assert_eq!(
         later.iter().map(|r| r.request).collect::<Vec<_>>(),
         vec![second_id]
@@ -222,9 +232,9 @@ fn history_pages_with_a_cursor_and_prunes_after_retention() {
     // Live grants' records stay; ended ones go after the retention period.
     clock.advance(Duration::hours(2));
     sharing.engine().advance();
-    assert_eq!(sharing.prune(), 0, "ended, but within retention");
+    assert_eq!(sharing.prune().unwrap(), 0, "ended, but within retention");
     clock.advance(Duration::days(91));
-    assert_eq!(sharing.prune(), 25);
+    assert_eq!(sharing.prune().unwrap(), 25);
     assert!(sharing
         .history(&lead, &HistoryQuery::default())
         .unwrap()
@@ -244,7 +254,7 @@ fn direct_revoke_names_its_request() {
         level: Level::Edit,
     });
     assert_eq!(revoke.status, RequestStatus::Completed);
-    let record = sharing.request(&share.request).unwrap();
+    let record = sharing.request(&share.request).unwrap().unwrap();
     assert_eq!(
         record.revoked.map(|(_, by)| by),
         Some(EndedBy::Request(revoke.request))
@@ -321,12 +331,12 @@ proptest! {
             match r {
                 ItemResponse::Success { message, .. } => {
                     let id: RequestId = message.id.parse().unwrap();
-                    prop_assert_eq!(sharing.status(&id), Some(RequestStatus::Completed));
+                    prop_assert_eq!(sharing.status(&id).unwrap(), Some(RequestStatus::Completed));
                     granted += 1;
                 }
                 ItemResponse::Error { request_id: Some(id), .. } => {
                     let id: RequestId = id.parse().unwrap();
-                    let is_failed = matches!(sharing.status(&id), Some(RequestStatus::Failed { .. }));
+                    let is_failed = matches!(sharing.status(&id).unwrap(), Some(RequestStatus::Failed { .. }));
                     prop_assert!(is_failed);
                     failed += 1;
                 }
@@ -375,15 +385,21 @@ mod submit_and_policy {
         ]);
         assert_eq!(ids.len(), 2);
         for id in &ids {
-            assert_eq!(sharing.status(id), Some(RequestStatus::Processing));
+            assert_eq!(sharing.status(id).unwrap(), Some(RequestStatus::Processing));
         }
         assert!(!sharing
             .engine()
             .can_read(&UserId::from_u128(1), &EntityId::lead(1)));
         assert_eq!(sharing.pending(), 2);
         assert_eq!(sharing.process(1), 1);
-        assert_eq!(sharing.status(&ids[0]), Some(RequestStatus::Completed));
-        assert_eq!(sharing.status(&ids[1]), Some(RequestStatus::Processing));
+        assert_eq!(
+            sharing.status(&ids[0]).unwrap(),
+            Some(RequestStatus::Completed)
+        );
+        assert_eq!(
+            sharing.status(&ids[1]).unwrap(),
+            Some(RequestStatus::Processing)
+        );
         assert_eq!(sharing.process(10), 1);
         assert!(sharing
             .engine()
@@ -404,7 +420,7 @@ mod submit_and_policy {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while ids
             .iter()
-            .any(|id| sharing.status(id) != Some(RequestStatus::Completed))
+            .any(|id| sharing.status(id).unwrap() != Some(RequestStatus::Completed))
         {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -426,9 +442,12 @@ mod submit_and_policy {
             .unwrap();
         let id = id_of(&r[0]);
         assert!(matches!(r[1], ItemResponse::Error { .. }));
-        assert_eq!(sharing.status(&id), Some(RequestStatus::Processing));
+        assert_eq!(
+            sharing.status(&id).unwrap(),
+            Some(RequestStatus::Processing)
+        );
         sharing.process(usize::MAX);
-        assert_eq!(sharing.status(&id), Some(RequestStatus::Completed));
+        assert_eq!(sharing.status(&id).unwrap(), Some(RequestStatus::Completed));
     }
 
     #[test]
@@ -752,7 +771,7 @@ fn over_maximum_durations_are_refused_in_the_apis_words() {
     );
     let id: RequestId = request_id.expect("a Failed request").parse().unwrap();
     assert!(matches!(
-        rejecting.status(&id),
+        rejecting.status(&id).unwrap(),
         Some(RequestStatus::Failed {
             kind: FailureKind::AlreadyShared,
             ..
@@ -842,15 +861,15 @@ mod layer_order {
             .revoke_pair(&UserId::from_u128(2), &EntityId::lead(1))
             .unwrap();
         let s = Sharing::new(engine);
-        let r = s.request(&expiring).unwrap();
+        let r = s.request(&expiring).unwrap().unwrap();
         assert_eq!(r.expired_at, r.expires_at, "{r:?}");
-        let r = s.request(&revoked).unwrap();
+        let r = s.request(&revoked).unwrap().unwrap();
         assert!(matches!(r.revoked, Some((_, EndedBy::Engine))), "{r:?}");
         // ... and it was written: the next restart reads the same.
         drop(s);
         let s = Sharing::new(open());
-        assert!(s.request(&expiring).unwrap().expired_at.is_some());
-        assert!(s.request(&revoked).unwrap().revoked.is_some());
+        assert!(s.request(&expiring).unwrap().unwrap().expired_at.is_some());
+        assert!(s.request(&revoked).unwrap().unwrap().revoked.is_some());
     }
 
     #[test]
@@ -859,9 +878,9 @@ mod layer_order {
         let engine = first.engine().clone();
         let a = share(&first, 1, 30);
         let second = Sharing::new(engine.clone());
-        assert_eq!(second.status(&a), Some(RequestStatus::Completed));
+        assert_eq!(second.status(&a).unwrap(), Some(RequestStatus::Completed));
         let b = share(&second, 2, 30);
-        assert_eq!(first.status(&b), Some(RequestStatus::Completed));
+        assert_eq!(first.status(&b).unwrap(), Some(RequestStatus::Completed));
         let built = Sharing::builder(engine.clone()).build();
         assert_eq!(built.unwrap_err().field(), Some("engine"));
 
@@ -871,7 +890,7 @@ mod layer_order {
         clock.advance(Duration::minutes(30));
         engine.advance();
         let third = Sharing::builder(engine).build().unwrap();
-        let r = third.request(&a).unwrap();
+        let r = third.request(&a).unwrap().unwrap();
         assert_eq!(r.expired_at, r.expires_at);
         assert_eq!(
             third
@@ -890,7 +909,7 @@ mod layer_order {
         let id = share(&Sharing::new(open()), 1, 30);
         let engine = open();
         let (x, y) = (Sharing::new(engine.clone()), Sharing::new(engine));
-        assert_eq!(x.status(&id), Some(RequestStatus::Completed));
-        assert_eq!(y.status(&id), Some(RequestStatus::Completed));
+        assert_eq!(x.status(&id).unwrap(), Some(RequestStatus::Completed));
+        assert_eq!(y.status(&id).unwrap(), Some(RequestStatus::Completed));
     }
 }

@@ -240,13 +240,14 @@ impl EngineBuilder {
             state.reserve(&reader, capacity);
         }
         let durable = store.is_some();
-        let restored = match store {
+        let (restored, store_reader) = match store {
             Some(mut store) => {
                 let restored = state.load(&reader, &mut *store, now)?;
+                let store_reader = store.reader()?;
                 state.store = Some(store);
-                Some(restored)
+                (Some(restored), Some(store_reader))
             }
-            None => None,
+            None => (None, None),
         };
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -257,6 +258,8 @@ impl EngineBuilder {
                 state: Mutex::new(state),
                 hub: Hub::default(),
                 durable,
+                store_reader,
+                written: AtomicU64::new(meta.last_seq),
                 queue: Mutex::new(Queue::default()),
                 batch_done: parking_lot::Condvar::new(),
                 restored: Mutex::new(restored),

@@ -339,6 +339,11 @@ impl Engine {
         let mut run = self.run_jobs(st, jobs, now);
         let failure = match write_batch(st, &run.batch, now) {
             Ok(()) => {
+                // Everything queued for this batch or an earlier one is
+                // written (what waited is carried until a batch succeeds).
+                inner
+                    .written
+                    .store(st.seq, std::sync::atomic::Ordering::Release);
                 st.clock_written = st.clock_written.max(now);
                 st.finalize();
                 None
@@ -434,11 +439,25 @@ impl Engine {
         self.run(|_, _, _| Ok(()))
     }
 
-    /// Queue writes for the next batch without waiting for it.
-    pub(crate) fn write_later(&self, changes: impl IntoIterator<Item = Change>) {
-        if self.inner.durable {
-            self.inner.state.lock().lazy.extend(changes);
+    /// Queue writes for the next batch without waiting for it. Returns
+    /// the batch that carries them: they are written once
+    /// [`written_through`](Self::written_through) reaches it.
+    pub(crate) fn write_later(&self, changes: impl IntoIterator<Item = Change>) -> u64 {
+        if !self.inner.durable {
+            return 0;
         }
+        let mut st = self.inner.state.lock();
+        st.lazy.extend(changes);
+        st.seq + 1
+    }
+
+    /// The last batch written: every change queued for it or before it is
+    /// in the store (a failed batch's writes that stand are carried to the
+    /// next one).
+    pub(crate) fn written_through(&self) -> u64 {
+        self.inner
+            .written
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Write changes now, in the next batch.

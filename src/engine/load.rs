@@ -8,7 +8,9 @@ use crate::error::BuildError;
 use crate::ids::GrantId;
 use crate::index::{IndexReader, PairKey};
 use crate::model::grant::Grant;
-use crate::store::{Change, EndCause, Records, Store};
+use crate::model::history::RuleId;
+use crate::model::rule::Rule;
+use crate::store::{Change, EndCause, MemoryStore, Store};
 
 use super::record::{GrantRec, MAX_GRANTS, MAX_SERIAL};
 use super::state::State;
@@ -23,10 +25,15 @@ pub(super) struct Loaded {
 }
 
 /// Restored state the request layer picks up: loaded from the store at
-/// start, or handed back by a request layer that was dropped.
+/// start, or handed back by a request layer that was dropped. The history
+/// is not here: it stays in the store (or, on an engine without one, in
+/// the request layer's own memory store, handed back whole).
+#[derive(Default)]
 pub(crate) struct Restored {
-    /// History records and rules.
-    pub(crate) records: Records,
+    /// Automation rules.
+    pub(crate) rules: Vec<(RuleId, Rule)>,
+    /// The history of a request layer over an engine without a store.
+    pub(crate) local: Option<MemoryStore>,
 }
 
 impl State {
@@ -78,7 +85,7 @@ impl State {
                 ),
             }));
         }
-        let records = store.records()?;
+        let rules = store.rules()?;
         self.next_serial = self.next_serial.max(acc.max_serial + 1);
         for grant in &acc.expired {
             self.lazy.push(Change::End {
@@ -87,7 +94,7 @@ impl State {
                 cause: EndCause::Expired,
             });
         }
-        Ok(Restored { records })
+        Ok(Restored { rules, local: None })
     }
 
     /// Index one loaded grant (or set it aside as expired).

@@ -28,6 +28,7 @@ use crate::clock::{from_millis, to_millis_i64, ClockSource};
 use crate::events::{Event, Hub, SubscriptionId};
 use crate::ids::{EntityId, Level, UserId};
 use crate::index::IndexReader;
+use crate::store::StoreReader;
 
 use self::commit::Queue;
 use self::config::Config;
@@ -58,6 +59,10 @@ struct Inner {
     hub: Hub,
     /// Whether the engine has a store.
     durable: bool,
+    /// The store's read side (engines with a store).
+    store_reader: Option<Arc<dyn StoreReader>>,
+    /// The sequence number of the last batch written.
+    written: AtomicU64,
     /// Changes waiting for the next batch.
     queue: Mutex<Queue>,
     /// Signalled when a batch is done.
@@ -223,6 +228,11 @@ impl Engine {
     /// Whether the engine writes its state to a store.
     pub fn is_durable(&self) -> bool {
         self.inner.durable
+    }
+
+    /// The store's read side, on an engine with a store.
+    pub(crate) fn store_reader(&self) -> Option<Arc<dyn StoreReader>> {
+        self.inner.store_reader.clone()
     }
 
     /// Reclaim every grant whose expiry has passed (to the tick), raise

@@ -2,13 +2,13 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::clock::{from_millis, words};
+use crate::clock::{from_millis, to_millis, words};
 use crate::error::{ChangeError, InvalidArgument, NotDurable, RevokeError, ShareError};
 use crate::events::{Event, RevokeReason};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
 use crate::index::{Locator, PairKey};
 use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec};
-use crate::store::{Change, EndCause};
+use crate::store::{Change, EndCause, GrantFilter};
 
 use super::commit::{Changes, Then};
 use super::record::{GrantIx, GrantRec, MAX_GRANTS, MAX_SERIAL, PENDING_BIT};
@@ -242,8 +242,8 @@ impl Engine {
     ) -> Result<Option<Grant>, NotDurable> {
         self.run(move |st, ch, now| {
             let result = revoke_context_op(st, ch, now, &user, &entity, &context);
+            let more = then(result.as_ref(), from_millis(now));
             if ch.durable {
-                let more = then(result.as_ref(), from_millis(now));
                 ch.kept.extend(more);
             }
             Ok::<_, NotDurable>(result)
@@ -259,41 +259,59 @@ impl Engine {
         })
     }
 
-    /// Revoke every live grant of `user`. Scans the index: O(pairs).
+    /// Revoke every live grant of `user`. With a store, the grants are
+    /// found through the store's index of users (cost proportional to
+    /// them); without one (or if the store cannot be read) by scanning the
+    /// index, O(pairs). See [`grants_of`](Self::grants_of) for what is
+    /// found.
     pub fn revoke_user(&self, user: &UserId) -> Result<Vec<Grant>, NotDurable> {
-        let user = *user;
-        self.run(move |st, ch, now| {
-            let gs = st.live_where(now, |u, _| *u == user);
-            Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
-        })
+        self.revoke_listed(GrantFilter::User(*user))
     }
 
-    /// Revoke every live grant on `entity`. Scans the index: O(pairs).
+    /// Revoke every live grant on `entity`: through the store's index of
+    /// entities, or by scanning as [`revoke_user`](Self::revoke_user).
     pub fn revoke_entity(&self, entity: &EntityId) -> Result<Vec<Grant>, NotDurable> {
-        let entity = *entity;
-        self.run(move |st, ch, now| {
-            let gs = st.live_where(now, |_, e| *e == entity);
-            Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
-        })
+        self.revoke_listed(GrantFilter::Entity(*entity))
     }
 
     /// Revoke every live grant given through `context` (for example all
-    /// that one activity shared). Scans the grants: O(grants).
+    /// that one activity shared): through the store's index of contexts,
+    /// or by scanning the grants, O(grants).
     pub fn revoke_from_context(&self, context: &Context) -> Result<Vec<Grant>, NotDurable> {
-        let (kind, id) = context.pack();
+        self.revoke_listed(GrantFilter::Context(*context))
+    }
+
+    /// Revoke what `filter` lists: the store's answer, each grant checked
+    /// live in memory under the lock; else what a scan finds.
+    fn revoke_listed(&self, filter: GrantFilter) -> Result<Vec<Grant>, NotDurable> {
+        let listed = self.store_listing(filter);
         self.run(move |st, ch, now| {
-            let gs = st
-                .grants
-                .used()
-                .filter(|(_, r)| {
-                    r.expires > now
-                        && r.ctx_kind() == kind
-                        && r.ctx_hi == (id >> 64) as u64
-                        && r.ctx_lo == id as u64
-                })
-                .map(|(g, _)| g)
-                .collect();
+            let gs = match listed {
+                Some(ids) => ids.iter().filter_map(|id| st.find_id(id, now)).collect(),
+                None => st.live_scan(&filter, now),
+            };
             Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
+        })
+    }
+
+    /// The ids of the grants the store lists for `filter`, if the engine
+    /// has a store that answers.
+    fn store_listing(&self, filter: GrantFilter) -> Option<Vec<GrantId>> {
+        let reader = self.inner.store_reader.as_ref()?;
+        let grants = reader.live_grants(filter, self.now()).ok()?;
+        Some(grants.into_iter().map(|g| g.id).collect())
+    }
+
+    /// The live grants `filter` selects: listed by the store (and each
+    /// checked live in memory), else found by a scan.
+    fn listing(&self, filter: GrantFilter) -> Vec<Grant> {
+        let listed = self.store_listing(filter);
+        self.read_state(|st, now| {
+            let gs = match listed {
+                Some(ids) => ids.iter().filter_map(|id| st.find_id(id, now)).collect(),
+                None => st.live_scan(&filter, now),
+            };
+            st.sorted_by_expiry(gs)
         })
     }
 
@@ -307,18 +325,30 @@ impl Engine {
         self.read_state(|st, now| st.sorted_by_expiry(st.live_in_pair(user, entity, now)))
     }
 
-    /// The live grants on `entity`, by expiry. Scans the index: O(pairs).
+    /// The live grants on `entity`, by expiry.
+    ///
+    /// # What a listing sees
+    ///
+    /// With a store, the grants come from the store's index (cost
+    /// proportional to the result, not to every grant): grants whose batch
+    /// was written (committed state), each checked under the engine's lock
+    /// to be live in memory, so a grant revoked or past its expiry is never
+    /// listed even before its end is written. A share still being written
+    /// is not listed until its call returns. Without a store (or if the
+    /// store cannot be read), the engine scans its index: O(pairs).
     pub fn grants_on(&self, entity: &EntityId) -> Vec<Grant> {
-        self.read_state(|st, now| st.sorted_by_expiry(st.live_where(now, |_, e| e == entity)))
+        self.listing(GrantFilter::Entity(*entity))
     }
 
-    /// The live grants of `user`, by expiry. Scans the index: O(pairs).
+    /// The live grants of `user`, by expiry; see
+    /// [`grants_on`](Self::grants_on) for what a listing sees and costs.
     pub fn grants_of(&self, user: &UserId) -> Vec<Grant> {
-        self.read_state(|st, now| st.sorted_by_expiry(st.live_where(now, |u, _| u == user)))
+        self.listing(GrantFilter::User(*user))
     }
 
-    /// The live grants that expire within `window` from now, by expiry.
-    /// Scans the grants: O(grants).
+    /// The live grants that expire within `window` from now, by expiry;
+    /// see [`grants_on`](Self::grants_on) for what a listing sees (without
+    /// a store this scans the grants: O(grants)).
     ///
     /// ```
     /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
@@ -332,17 +362,9 @@ impl Engine {
     /// assert_eq!(soon[0].id.entity, EntityId::lead(2));
     /// ```
     pub fn expiring_within(&self, window: chrono::Duration) -> Vec<Grant> {
-        let window = u64::try_from(window.num_milliseconds()).unwrap_or(0);
-        self.read_state(|st, now| {
-            let until = now.saturating_add(window);
-            let gs = st
-                .grants
-                .used()
-                .filter(|(_, r)| r.expires > now && r.expires <= until)
-                .map(|(g, _)| g)
-                .collect();
-            st.sorted_by_expiry(gs)
-        })
+        let window_ms = u64::try_from(window.num_milliseconds()).unwrap_or(0);
+        let until = from_millis(to_millis(self.now()).saturating_add(window_ms));
+        self.listing(GrantFilter::ExpiringBy(until))
     }
 }
 
@@ -495,7 +517,7 @@ fn insert_new(
 }
 
 /// A share, then the caller's writes for the same batch, made from its
-/// result (durable engines only).
+/// result (written by durable engines only).
 pub(super) fn share_op_then(
     st: &mut State,
     ch: &mut Changes<'_>,
@@ -504,8 +526,11 @@ pub(super) fn share_op_then(
     then: impl FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change>,
 ) -> Result<Grant, ShareError> {
     let result = share_op(st, ch, now, spec);
+    // Called on every engine: without a store the request layer keeps its
+    // records itself, here, under the lock, before anyone can see the
+    // grant (and so before any end of it).
+    let more = then(&result, from_millis(now));
     if ch.durable {
-        let more = then(&result, from_millis(now));
         ch.writes.extend(more);
     }
     result

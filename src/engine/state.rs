@@ -32,7 +32,7 @@ use crate::events::{Event, RevokeReason};
 use crate::ids::{EntityId, GrantId, Level, UserId};
 use crate::index::{IndexReader, IndexWriter, Locator, PackedLocator, PairKey, Summary};
 use crate::model::grant::Grant;
-use crate::store::{Change, EndCause, Meta, Store};
+use crate::store::{Change, EndCause, GrantFilter, Meta, Store};
 use crate::wheel::{Links, Place, Tick, Wheel};
 
 use super::commit::{Changes, Group};
@@ -388,6 +388,37 @@ impl State {
         match self.index.find(&key, self.index.hash(&key)) {
             Some(loc) => self.live_at(loc, now),
             None => Vec::new(),
+        }
+    }
+
+    /// Live grants `filter` selects, found by scanning: the pairs for a
+    /// user or an entity, O(pairs); the grants for a context or an expiry,
+    /// O(grants).
+    pub(super) fn live_scan(&self, filter: &GrantFilter, now: u64) -> Vec<GrantIx> {
+        match filter {
+            GrantFilter::User(user) => self.live_where(now, |u, _| u == user),
+            GrantFilter::Entity(entity) => self.live_where(now, |_, e| e == entity),
+            GrantFilter::Context(context) => {
+                let (kind, id) = context.pack();
+                self.grants
+                    .used()
+                    .filter(|(_, r)| {
+                        r.expires > now
+                            && r.ctx_kind() == kind
+                            && r.ctx_hi == (id >> 64) as u64
+                            && r.ctx_lo == id as u64
+                    })
+                    .map(|(g, _)| g)
+                    .collect()
+            }
+            GrantFilter::ExpiringBy(until) => {
+                let until = to_millis(*until);
+                self.grants
+                    .used()
+                    .filter(|(_, r)| r.expires > now && r.expires <= until)
+                    .map(|(g, _)| g)
+                    .collect()
+            }
         }
     }
 

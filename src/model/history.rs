@@ -23,9 +23,11 @@ pub const INTERRUPTED: &str = "interrupted: the service stopped before carrying 
 pub struct RequestId(u128);
 
 impl RequestId {
-    /// A new random id.
+    /// A new id: time-ordered (UUID version 7 layout: 48 bits of
+    /// milliseconds, then 74 random bits), so ids made later sort later
+    /// and a store's index of ids grows at its end instead of everywhere.
     pub fn random() -> Self {
-        RequestId(uuid::Uuid::new_v4().as_u128())
+        RequestId(uuid::Uuid::now_v7().as_u128())
     }
 }
 
@@ -278,4 +280,138 @@ impl HistoryRecord {
     pub fn ended_at(&self) -> Option<DateTime<Utc>> {
         self.revoked.map(|(t, _)| t).or(self.expired_at)
     }
+}
+
+/// Filters and paging of a history query. All filters are optional.
+///
+/// ```
+/// use grantwheel::requests::{HistoryQuery, Source};
+/// let q = HistoryQuery::default().source(Source::Api).limit(20);
+/// assert_eq!(q.limit, 20);
+/// ```
+#[must_use = "its setters return the changed value"]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryQuery {
+    /// Only requests for this user.
+    pub user: Option<UserId>,
+    /// Only requests with this status.
+    pub status: Option<StatusKind>,
+    /// Only requests from this exact source (one rule, say).
+    pub source: Option<Source>,
+    /// Only requests from this kind of source (any rule, say).
+    pub source_kind: Option<SourceKind>,
+    /// Only requests made at or after this instant.
+    pub from: Option<DateTime<Utc>>,
+    /// Only requests made before this instant.
+    pub until: Option<DateTime<Utc>>,
+    /// At most this many records (1 to 1,000; default 50).
+    pub limit: usize,
+    /// Continue after this cursor (from the previous page).
+    pub after: Option<Cursor>,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        HistoryQuery {
+            user: None,
+            status: None,
+            source: None,
+            source_kind: None,
+            from: None,
+            until: None,
+            limit: 50,
+            after: None,
+        }
+    }
+}
+
+impl HistoryQuery {
+    /// Only requests for `user`.
+    pub fn user(mut self, user: UserId) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// Only requests whose status is of this kind.
+    pub fn status(mut self, status: StatusKind) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only requests from exactly `source`.
+    pub fn source(mut self, source: Source) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// Only requests from this kind of source: every automation rule's
+    /// requests, say, as the history tab's API / Automation column.
+    ///
+    /// ```
+    /// use grantwheel::requests::{HistoryQuery, SourceKind};
+    /// let q = HistoryQuery::default().source_kind(SourceKind::Automation);
+    /// assert_eq!(q.source_kind, Some(SourceKind::Automation));
+    /// ```
+    pub fn source_kind(mut self, kind: SourceKind) -> Self {
+        self.source_kind = Some(kind);
+        self
+    }
+
+    /// Only requests made in `[from, until)`.
+    pub fn between(mut self, from: DateTime<Utc>, until: DateTime<Utc>) -> Self {
+        self.from = Some(from);
+        self.until = Some(until);
+        self
+    }
+
+    /// Pages of `n` records.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = n;
+        self
+    }
+
+    /// The page after `cursor`.
+    pub fn after(mut self, cursor: Cursor) -> Self {
+        self.after = Some(cursor);
+        self
+    }
+
+    /// Whether `r` passes every filter (paging aside).
+    pub fn keeps(&self, r: &HistoryRecord) -> bool {
+        self.user.is_none_or(|u| u == r.user)
+            && self.status.is_none_or(|s| s == r.status.kind())
+            && self.source.is_none_or(|s| s == r.source)
+            && self.source_kind.is_none_or(|k| k == r.source.kind())
+            && self.from.is_none_or(|f| r.created_at >= f)
+            && self.until.is_none_or(|u| r.created_at < u)
+    }
+}
+
+/// Where a history page ended: pass it to the next query. It names a
+/// place in the store's history order, so records written after the first
+/// page (which are newer) never shift the pages that follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(u64);
+
+impl Cursor {
+    /// The cursor of a page that continues with the records whose place in
+    /// the history order is below `place` (for store implementations).
+    pub fn before(place: u64) -> Self {
+        Cursor(place)
+    }
+
+    /// The place in the history order this cursor continues below.
+    pub fn place(&self) -> u64 {
+        self.0
+    }
+}
+
+/// One page of history, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The records.
+    pub records: Vec<HistoryRecord>,
+    /// The cursor of the next page, if there are more records.
+    pub next: Option<Cursor>,
 }

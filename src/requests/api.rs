@@ -134,7 +134,7 @@ impl Sharing {
     /// ```
     pub fn status_response(&self, id: &RequestId) -> StatusResponse {
         match self.status(id) {
-            Some(status) => StatusResponse {
+            Ok(Some(status)) => StatusResponse {
                 status: "Success".into(),
                 message: StatusMessage {
                     response_text: status.name().into(),
@@ -145,7 +145,8 @@ impl Sharing {
                     },
                 },
             },
-            None => StatusResponse::not_found(format!("no request `{id}`")),
+            Ok(None) => StatusResponse::not_found(format!("no request `{id}`")),
+            Err(e) => StatusResponse::unavailable(e.to_string()),
         }
     }
 
@@ -203,6 +204,19 @@ pub struct StatusResponse {
 }
 
 impl StatusResponse {
+    /// The answer when the status cannot be read now (the store failed):
+    /// a service answers it with a server error, not "not found".
+    pub(super) fn unavailable(why: String) -> Self {
+        StatusResponse {
+            status: "Error".into(),
+            message: StatusMessage {
+                response_text: "Unavailable".into(),
+                share_status: 2,
+                error_message: Some(why),
+            },
+        }
+    }
+
     /// The answer for a request that cannot be found.
     pub(super) fn not_found(why: String) -> Self {
         StatusResponse {
@@ -219,7 +233,8 @@ impl StatusResponse {
 /// The `Message` of the status API's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusMessage {
-    /// `Processing`, `Completed` or `Failed` (`NotFound` for unknown ids).
+    /// `Processing`, `Completed` or `Failed` (`NotFound` for unknown ids,
+    /// `Unavailable` when the store cannot be read).
     #[serde(rename = "ResponseText")]
     pub response_text: String,
     /// 0 processing, 1 completed, 2 failed.

@@ -16,11 +16,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::error::{InvalidArgument, RuleError};
-use crate::ids::{Context, GrantId, Level, UserId};
-use crate::model::history::{FailureKind, RequestId, RequestKind, RequestStatus, Source};
+use crate::error::{InvalidArgument, QueryError, RuleError};
+use crate::ids::{Context, UserId};
+use crate::model::history::{FailureKind, RequestId};
 use crate::store::Change;
 
+use super::execute::Begun;
 use super::request::{Command, Failure, Outcome, RevokeRequest, ShareRequest, Submission};
 use super::Sharing;
 
@@ -251,23 +252,29 @@ impl Sharing {
             let mut req = ShareRequest::new(user, event.entity, rule.action.level).context(context);
             req.duration = rule.action.duration_minutes.map(chrono::Duration::minutes);
             let sub = Submission::automation(Command::Share(req), id).key(key);
-            let (request, seq, new) = self.begin(&sub);
-            ids.push(request);
-            if !new {
-                continue;
-            }
+            let record = match self.begin(&sub) {
+                Begun::New(record) => record,
+                Begun::Seen(request) => {
+                    ids.push(request);
+                    continue;
+                }
+                Begun::Unchecked(record, failure) => {
+                    ids.push(record.request);
+                    self.conclude(record, Err(failure), false);
+                    continue;
+                }
+            };
+            ids.push(record.request);
             if grantee.is_none() {
                 let reason = format!("rule `{}`: the event names no owner to share with", id.0);
-                let now = self.inner.engine.now();
-                let mut history = self.inner.history.lock();
-                let status = Failure::new(FailureKind::NotFound, reason).status();
-                history.finish(seq, status, now);
-                let write = history.change(seq);
-                drop(history);
-                self.inner.engine.write_later(write);
+                self.conclude(
+                    record,
+                    Err(Failure::new(FailureKind::NotFound, reason)),
+                    false,
+                );
                 continue;
             }
-            queued.push((request, seq, sub));
+            queued.push((record, sub));
         }
         self.enqueue(queued);
         ids
@@ -275,24 +282,21 @@ impl Sharing {
 
     /// Revoke every live grant that a rule's requests created. Each revoke
     /// is a request (source `Automation`) with its own record.
-    pub fn revoke_rule_grants(&self, rule: RuleId) -> Vec<Outcome> {
-        let grants: Vec<(GrantId, Level)> = {
-            let history = self.inner.history.lock();
-            history
-                .records
-                .values()
-                .filter(|r| {
-                    r.source == (Source::Automation { rule })
-                        && r.kind == RequestKind::Share
-                        && r.status == RequestStatus::Completed
-                        && r.ended_at().is_none()
-                })
-                .filter_map(|r| r.grant.map(|g| (g, r.level)))
-                .collect()
-        };
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::Store`] when the store cannot be read to find them.
+    pub fn revoke_rule_grants(&self, rule: RuleId) -> Result<Vec<Outcome>, QueryError> {
+        let records = self
+            .inner
+            .backend
+            .reader()
+            .open_shares_of_rule(rule)
+            .map_err(QueryError::Store)?;
         let now = self.inner.engine.now();
-        grants
+        Ok(records
             .into_iter()
+            .filter_map(|r| r.grant.map(|g| (g, r.level)))
             .filter(|(g, _)| {
                 self.inner
                     .engine
@@ -309,7 +313,7 @@ impl Sharing {
                 };
                 self.run(Submission::automation(Command::Revoke(req), rule))
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -6,7 +6,7 @@ use crate::ids::{Context, EntityId, Level, UserId};
 use crate::model::history::{FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus};
 use crate::store::Change;
 
-use super::history::{finished, record_then};
+use super::history::{ended_by, finished, record_then};
 use super::request::{Command, Failure, Outcome, RevokeRequest, ShareRequest, Submission};
 use super::Sharing;
 
@@ -29,16 +29,45 @@ pub trait GrantorPolicy: Send + Sync + 'static {
     fn is_privileged(&self, grantor: &UserId, entity: &EntityId) -> bool;
 }
 
+/// How [`Sharing::begin`] found a submission.
+pub(super) enum Begun {
+    /// A new request, in flight from now on (its record `Processing`).
+    New(HistoryRecord),
+    /// A request that carried the same idempotency key before.
+    Seen(RequestId),
+    /// A new request whose idempotency key could not be checked (the store
+    /// could not be read): it fails without being carried out.
+    Unchecked(HistoryRecord, Failure),
+}
+
 impl Sharing {
-    /// Write a request's record as `Processing`, or find the request that
-    /// already carries the same idempotency key. Returns the id, the
-    /// record's sequence number, and whether it is new.
-    pub(super) fn begin(&self, sub: &Submission) -> (RequestId, u64, bool) {
-        let mut history = self.inner.history.lock();
+    /// Start a request: find the request that already carries its
+    /// idempotency key (in flight, waiting for its batch, or stored), or
+    /// put a new one in flight as `Processing`.
+    pub(super) fn begin(&self, sub: &Submission) -> Begun {
+        let mut memory = self.inner.memory.lock();
+        let mut unchecked = None;
         if let Some(key) = &sub.idempotency_key {
-            if let Some(id) = history.by_key.get(key) {
-                if let Some(seq) = history.by_request.get(id) {
-                    return (*id, *seq, false);
+            if let Some(id) = memory.keys.get(key) {
+                return Begun::Seen(*id);
+            }
+            let waiting = memory
+                .unwritten
+                .values()
+                .find(|(_, r)| r.idempotency_key.as_ref() == Some(key));
+            if let Some((_, r)) = waiting {
+                return Begun::Seen(r.request);
+            }
+            // Under the memory lock: two requests with one key never both
+            // miss each other.
+            match self.inner.backend.reader().request_by_key(key) {
+                Ok(Some(r)) => return Begun::Seen(r.request),
+                Ok(None) => {}
+                Err(e) => {
+                    unchecked = Some(Failure::new(
+                        FailureKind::Store,
+                        format!("the idempotency key could not be checked: {e}"),
+                    ))
                 }
             }
         }
@@ -49,9 +78,8 @@ impl Sharing {
                 ShareRequest::new(r.user, r.entity, r.level).context(r.context),
             ),
         };
-        let request = RequestId::random();
         let record = HistoryRecord {
-            request,
+            request: RequestId::random(),
             kind,
             entity: req.entity,
             user: req.user,
@@ -68,130 +96,119 @@ impl Sharing {
             expired_at: None,
             idempotency_key: sub.idempotency_key.clone(),
         };
-        let seq = history.add(record);
-        if let Some(key) = &sub.idempotency_key {
-            history.by_key.insert(key.clone(), request);
+        if let Some(failure) = unchecked {
+            return Begun::Unchecked(record, failure);
         }
-        let write = history.change(seq);
-        drop(history);
-        self.inner.engine.write_later(write);
-        (request, seq, true)
+        memory.in_flight.insert(record.request, record.clone());
+        if let Some(key) = &sub.idempotency_key {
+            memory.keys.insert(key.clone(), record.request);
+        }
+        Begun::New(record)
     }
 
-    /// The outcome of a request already on record.
-    pub(super) fn outcome_of(&self, request: RequestId, seq: u64) -> Outcome {
-        let history = self.inner.history.lock();
-        let record = history.records.get(&seq);
+    /// The outcome of a request already on record (`Processing` if it
+    /// cannot be read now).
+    pub(super) fn outcome_of(&self, request: RequestId) -> Outcome {
+        let status = self.inner.find(&request).ok().flatten().map(|r| r.status);
         Outcome {
             request,
-            status: record.map_or(RequestStatus::Processing, |r| r.status.clone()),
+            status: status.unwrap_or(RequestStatus::Processing),
             grant: None,
         }
     }
 
-    /// Carry out a recorded request and finish its record.
-    pub(super) fn execute(&self, request: RequestId, seq: u64, sub: &Submission) -> Outcome {
-        let pending = self.pending_record(seq);
-        let result = match &sub.command {
+    /// Carry out a request in flight and finish its record.
+    pub(super) fn execute(&self, record: HistoryRecord, sub: &Submission) -> Outcome {
+        match &sub.command {
             Command::Share(req) => {
-                self.precheck_share(req, sub.granted_by.as_ref())
+                let result = self
+                    .precheck_share(req, sub.granted_by.as_ref())
                     .and_then(|spec| {
+                        let then = record_then(self.inner.backend.clone(), record.clone());
                         self.inner
                             .engine
-                            .share_then(spec, record_then(seq, pending))
+                            .share_then(spec, then)
                             .map_err(|e| Failure::from(&e))
-                    })
+                    });
+                let written = result.is_ok();
+                self.conclude(record, result, written)
             }
-            Command::Revoke(req) => self.execute_revoke(request, req, seq, pending),
-        };
-        let is_share = matches!(sub.command, Command::Share(_));
-        self.conclude(request, seq, is_share, result)
-    }
-
-    /// A request's record as it stands, for writing its finished form in
-    /// its grant's batch; `None` when the engine writes nothing.
-    pub(super) fn pending_record(&self, seq: u64) -> Option<HistoryRecord> {
-        if !self.inner.engine.is_durable() {
-            return None;
+            Command::Revoke(req) => {
+                let (result, written) = self.execute_revoke(&record, req);
+                self.conclude(record, result, written)
+            }
         }
-        self.inner.history.lock().records.get(&seq).cloned()
     }
 
-    /// Finish a request's record in memory (it is written with the next
-    /// batch; a share's was written with its grant already).
+    /// Finish a request: its record is written (`written`: the engine's
+    /// batch carried it already), and it is no longer in flight.
     pub(super) fn conclude(
         &self,
-        request: RequestId,
-        seq: u64,
-        is_share: bool,
+        record: HistoryRecord,
         result: Result<Grant, Failure>,
+        written: bool,
     ) -> Outcome {
         let now = self.inner.engine.now();
-        let mut history = self.inner.history.lock();
-        let outcome = match result {
-            Ok(grant) => {
-                if is_share {
-                    history.finish_share(seq, &grant, now);
-                } else {
-                    history.finish(seq, RequestStatus::Completed, now);
-                    if let Some(r) = history.records.get_mut(&seq) {
-                        r.grant = Some(grant.id);
-                        r.expires_at = Some(grant.expires_at);
-                    }
-                }
-                Outcome {
-                    request,
-                    status: RequestStatus::Completed,
-                    grant: Some(grant),
-                }
+        let request = record.request;
+        let key = record.idempotency_key.clone();
+        let done = finished(record, result.as_ref().map_err(Clone::clone), now);
+        let status = done.status.clone();
+        if !written {
+            self.inner.write_records(vec![done]);
+        }
+        let mut memory = self.inner.memory.lock();
+        memory.in_flight.remove(&request);
+        if let Some(key) = key {
+            if memory.keys.get(&key) == Some(&request) {
+                memory.keys.remove(&key);
             }
-            Err(failure) => {
-                let status = failure.status();
-                history.finish(seq, status.clone(), now);
-                Outcome {
-                    request,
-                    status,
-                    grant: None,
-                }
-            }
-        };
-        let write = history.change(seq);
-        drop(history);
-        self.inner.engine.write_later(write);
-        outcome
+        }
+        drop(memory);
+        Outcome {
+            request,
+            status,
+            grant: result.ok(),
+        }
     }
 
     /// Run share requests together: checked one by one, carried out in
-    /// one engine batch (with a durable engine, one transaction). Outcomes
-    /// in order.
+    /// one engine batch (with a durable engine, one transaction, which also
+    /// carries the records of those refused before it). Outcomes in order.
     pub(super) fn run_shares(&self, subs: Vec<Submission>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(subs.len());
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
         for sub in &subs {
-            let (request, seq, new) = self.begin(sub);
-            if !new {
-                outcomes.push(Some(self.outcome_of(request, seq)));
-                continue;
-            }
+            let record = match self.begin(sub) {
+                Begun::Seen(request) => {
+                    outcomes.push(Some(self.outcome_of(request)));
+                    continue;
+                }
+                Begun::Unchecked(record, failure) => {
+                    outcomes.push(Some(self.conclude(record, Err(failure), false)));
+                    continue;
+                }
+                Begun::New(record) => record,
+            };
             let Command::Share(req) = &sub.command else {
-                outcomes.push(Some(self.execute(request, seq, sub)));
+                outcomes.push(Some(self.execute(record, sub)));
                 continue;
             };
             match self.precheck_share(req, sub.granted_by.as_ref()) {
                 Ok(spec) => {
-                    let pending = self.pending_record(seq);
-                    let then: crate::engine::Then = Box::new(record_then(seq, pending));
+                    let then: crate::engine::Then =
+                        Box::new(record_then(self.inner.backend.clone(), record.clone()));
                     batch.push((spec, then));
-                    waiting.push((outcomes.len(), request, seq));
+                    waiting.push((outcomes.len(), record));
                     outcomes.push(None);
                 }
-                Err(reason) => outcomes.push(Some(self.conclude(request, seq, true, Err(reason)))),
+                Err(reason) => outcomes.push(Some(self.conclude(record, Err(reason), false))),
             }
         }
         let results = self.inner.engine.share_many_then(batch);
-        for ((at, request, seq), result) in waiting.into_iter().zip(results) {
-            let outcome = self.conclude(request, seq, true, result.map_err(|e| Failure::from(&e)));
+        for ((at, record), result) in waiting.into_iter().zip(results) {
+            let written = result.is_ok();
+            let outcome = self.conclude(record, result.map_err(|e| Failure::from(&e)), written);
             if let Some(slot) = outcomes.get_mut(at) {
                 *slot = Some(outcome);
             }
@@ -272,16 +289,14 @@ impl Sharing {
         }
     }
 
+    /// Revoke through the engine, writing the request's record and the
+    /// name of the request on the ended grant's record in the revoke's
+    /// batch. Returns the result and whether that batch was written.
     pub(super) fn execute_revoke(
         &self,
-        request: RequestId,
+        record: &HistoryRecord,
         req: &RevokeRequest,
-        seq: u64,
-        pending: Option<HistoryRecord>,
-    ) -> Result<Grant, Failure> {
-        let key = (req.user, req.entity, req.context);
-        // Named before the call: the event may be delivered by another thread.
-        self.inner.revoking.lock().insert(key, request);
+    ) -> (Result<Grant, Failure>, bool) {
         let none = || {
             Failure::new(
                 FailureKind::NotFound,
@@ -292,27 +307,28 @@ impl Sharing {
             )
         };
         let none_reason = none();
+        let (backend, pending) = (self.inner.backend.clone(), record.clone());
         let result = self.inner.engine.revoke_context_then(
             req.user,
             req.entity,
             req.context,
             move |grant, at| {
-                pending
-                    .map(|r| Change::Record {
-                        seq,
-                        record: Box::new(finished(r, grant.ok_or(none_reason), at)),
-                    })
-                    .into_iter()
-                    .collect()
+                let request = pending.request;
+                let mut changes = vec![Change::Record(Box::new(finished(
+                    pending,
+                    grant.ok_or(none_reason),
+                    at,
+                )))];
+                if let Some(g) = grant {
+                    changes.push(ended_by(g, request));
+                }
+                backend.in_batch(changes)
             },
         );
         match result {
-            Ok(Some(grant)) => Ok(grant),
-            Ok(None) => {
-                self.inner.revoking.lock().remove(&key);
-                Err(none())
-            }
-            Err(e) => Err(Failure::from(&e)),
+            Ok(Some(grant)) => (Ok(grant), true),
+            Ok(None) => (Err(none()), true),
+            Err(e) => (Err(Failure::from(&e)), false),
         }
     }
 
@@ -331,11 +347,11 @@ impl Sharing {
     /// assert_eq!(sharing.engine().len(), 1);
     /// ```
     pub fn run(&self, sub: Submission) -> Outcome {
-        let (request, seq, new) = self.begin(&sub);
-        if !new {
-            return self.outcome_of(request, seq);
+        match self.begin(&sub) {
+            Begun::New(record) => self.execute(record, &sub),
+            Begun::Seen(request) => self.outcome_of(request),
+            Begun::Unchecked(record, failure) => self.conclude(record, Err(failure), false),
         }
-        self.execute(request, seq, &sub)
     }
 
     /// Share now, as a direct call; the request is finished when this

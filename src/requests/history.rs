@@ -1,284 +1,142 @@
-//! The share history: records by request, entity and grant, queries,
-//! access at an instant, pruning, and the engine events that end records.
+//! The share history: where records are written and read, what the layer
+//! keeps in memory (requests in flight, and records whose write waits for
+//! the next batch), the queries, pruning, and restart.
+//!
+//! # Ground rules
+//!
+//! - The store is the system of record. With a durable engine the layer
+//!   writes records in the engine's batches and reads them back through
+//!   the store's read side; without a store it keeps them in a
+//!   [`MemoryStore`] of its own, written at once, read the same way.
+//! - In memory: requests in flight (being carried out, or queued), and
+//!   records written with the next batch and not yet written (the
+//!   overlay). Both are looked at before the store, so a status is never
+//!   older than what a call returned.
+//! - Ends of grants (revoked, replaced, expired) reach the stored record
+//!   through the store itself ([`Change::End`] names the grant), with no
+//!   map from grants to requests in memory. An engine without a store has
+//!   no writes: its events end the records here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::engine::{Grant, Restored};
 use crate::error::{InvalidArgument, QueryError, ShareError};
 use crate::events::{Event, RevokeReason};
-use crate::ids::{EntityId, GrantId, UserId};
 use crate::model::history::{
-    EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus, Source, SourceKind,
-    StatusKind, INTERRUPTED,
+    FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus, INTERRUPTED,
 };
-use crate::store::{Change, Records};
+use crate::store::{Change, EndCause, MemoryStore, StoreReader};
+
+pub use crate::model::history::{Cursor, HistoryPage, HistoryQuery};
 
 use super::request::Failure;
 use super::{Sharing, SharingInner};
 
-/// Filters and paging of a history query. All filters are optional.
-///
-/// ```
-/// use grantwheel::requests::{HistoryQuery, Source};
-/// let q = HistoryQuery::default().source(Source::Api).limit(20);
-/// assert_eq!(q.limit, 20);
-/// ```
-#[must_use = "its setters return the changed value"]
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryQuery {
-    /// Only requests for this user.
-    pub user: Option<UserId>,
-    /// Only requests with this status.
-    pub status: Option<StatusKind>,
-    /// Only requests from this exact source (one rule, say).
-    pub source: Option<Source>,
-    /// Only requests from this kind of source (any rule, say).
-    pub source_kind: Option<SourceKind>,
-    /// Only requests made at or after this instant.
-    pub from: Option<DateTime<Utc>>,
-    /// Only requests made before this instant.
-    pub until: Option<DateTime<Utc>>,
-    /// At most this many records (1 to 1,000; default 50).
-    pub limit: usize,
-    /// Continue after this cursor (from the previous page).
-    pub after: Option<Cursor>,
+/// Where the layer keeps its records.
+#[derive(Clone)]
+pub(super) enum Backend {
+    /// The engine's store: written in the engine's batches.
+    Store(Arc<dyn StoreReader>),
+    /// The layer's own memory store (an engine without a store): written
+    /// at once.
+    Local(MemoryStore),
 }
 
-impl Default for HistoryQuery {
-    fn default() -> Self {
-        HistoryQuery {
-            user: None,
-            status: None,
-            source: None,
-            source_kind: None,
-            from: None,
-            until: None,
-            limit: 50,
-            after: None,
+impl Backend {
+    pub(super) fn reader(&self) -> &dyn StoreReader {
+        match self {
+            Backend::Store(r) => r.as_ref(),
+            Backend::Local(m) => m,
+        }
+    }
+
+    /// Changes made under the engine's lock for the batch at hand: on a
+    /// store they go with the batch; locally they are applied now, before
+    /// the lock goes (so no end of the grant can come before its record).
+    pub(super) fn in_batch(&self, changes: Vec<Change>) -> Vec<Change> {
+        match self {
+            Backend::Store(_) => changes,
+            Backend::Local(m) => {
+                m.apply_changes(&changes);
+                Vec::new()
+            }
         }
     }
 }
 
-impl HistoryQuery {
-    /// Only requests for `user`.
-    pub fn user(mut self, user: UserId) -> Self {
-        self.user = Some(user);
-        self
+/// What the layer keeps in memory.
+#[derive(Default)]
+pub(super) struct Memory {
+    /// Requests being carried out or queued, by id.
+    pub(super) in_flight: HashMap<RequestId, HistoryRecord>,
+    /// Their idempotency keys.
+    pub(super) keys: HashMap<String, RequestId>,
+    /// Records queued for the next batch, with the batch that carries
+    /// them; dropped once it is written.
+    pub(super) unwritten: HashMap<RequestId, (u64, HistoryRecord)>,
+    /// The overlay's ids in the order they were queued (batches only grow).
+    pub(super) unwritten_order: VecDeque<(u64, RequestId)>,
+}
+
+impl Memory {
+    /// Forget overlay entries whose batch is written.
+    fn settle(&mut self, written: u64) {
+        while let Some(&(batch, id)) = self.unwritten_order.front() {
+            if batch > written {
+                break;
+            }
+            self.unwritten_order.pop_front();
+            if self.unwritten.get(&id).is_some_and(|(b, _)| *b == batch) {
+                self.unwritten.remove(&id);
+            }
+        }
     }
 
-    /// Only requests whose status is of this kind.
-    pub fn status(mut self, status: StatusKind) -> Self {
-        self.status = Some(status);
-        self
+    fn find(&self, id: &RequestId) -> Option<&HistoryRecord> {
+        self.in_flight
+            .get(id)
+            .or_else(|| self.unwritten.get(id).map(|(_, r)| r))
     }
+}
 
-    /// Only requests from exactly `source`.
-    pub fn source(mut self, source: Source) -> Self {
-        self.source = Some(source);
-        self
+/// A record as a reader sees it at `now`: a completed share whose grant is
+/// past its expiry reads as expired then, even before the end is written
+/// (ends of expired grants are written with the next batch).
+pub(super) fn as_of(mut r: HistoryRecord, now: DateTime<Utc>) -> HistoryRecord {
+    if r.kind == RequestKind::Share
+        && r.status == RequestStatus::Completed
+        && r.ended_at().is_none()
+    {
+        if let Some(expires) = r.expires_at.filter(|t| *t <= now) {
+            r.expired_at = Some(expires);
+        }
     }
+    r
+}
 
-    /// Only requests from this kind of source: every automation rule's
-    /// requests, say, as the history tab's API / Automation column.
-    ///
-    /// ```
-    /// use grantwheel::requests::{HistoryQuery, SourceKind};
-    /// let q = HistoryQuery::default().source_kind(SourceKind::Automation);
-    /// assert_eq!(q.source_kind, Some(SourceKind::Automation));
-    /// ```
-    pub fn source_kind(mut self, kind: SourceKind) -> Self {
-        self.source_kind = Some(kind);
-        self
+/// Check a query's page size and time range.
+pub(super) fn check_query(q: &HistoryQuery) -> Result<(), InvalidArgument> {
+    if q.limit == 0 || q.limit > 1000 {
+        return Err(InvalidArgument::new(
+            "limit",
+            format!("`{}` is not between 1 and 1000", q.limit),
+        ));
     }
-
-    /// Only requests made in `[from, until)`.
-    pub fn between(mut self, from: DateTime<Utc>, until: DateTime<Utc>) -> Self {
-        self.from = Some(from);
-        self.until = Some(until);
-        self
-    }
-
-    /// Pages of `n` records.
-    pub fn limit(mut self, n: usize) -> Self {
-        self.limit = n;
-        self
-    }
-
-    /// The page after `cursor`.
-    pub fn after(mut self, cursor: Cursor) -> Self {
-        self.after = Some(cursor);
-        self
-    }
-
-    pub(super) fn check(&self) -> Result<(), InvalidArgument> {
-        if self.limit == 0 || self.limit > 1000 {
+    if let (Some(f), Some(u)) = (q.from, q.until) {
+        if f > u {
             return Err(InvalidArgument::new(
-                "limit",
-                format!("`{}` is not between 1 and 1000", self.limit),
+                "from",
+                format!("`{f}` is after `until` `{u}`"),
             ));
         }
-        if let (Some(f), Some(u)) = (self.from, self.until) {
-            if f > u {
-                return Err(InvalidArgument::new(
-                    "from",
-                    format!("`{f}` is after `until` `{u}`"),
-                ));
-            }
-        }
-        Ok(())
     }
-
-    pub(super) fn keeps(&self, r: &HistoryRecord) -> bool {
-        self.user.is_none_or(|u| u == r.user)
-            && self.status.is_none_or(|s| s == r.status.kind())
-            && self.source.is_none_or(|s| s == r.source)
-            && self.source_kind.is_none_or(|k| k == r.source.kind())
-            && self.from.is_none_or(|f| r.created_at >= f)
-            && self.until.is_none_or(|u| r.created_at < u)
-    }
+    Ok(())
 }
 
-/// Where a history page ended: pass it to the next query.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Cursor(u64);
-
-/// One page of history, newest first.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryPage {
-    /// The records.
-    pub records: Vec<HistoryRecord>,
-    /// The cursor of the next page, if there are more records.
-    pub next: Option<Cursor>,
-}
-
-#[derive(Default)]
-pub(super) struct History {
-    pub(super) next_seq: u64,
-    pub(super) records: BTreeMap<u64, HistoryRecord>,
-    pub(super) by_request: HashMap<RequestId, u64>,
-    /// Idempotency keys.
-    pub(super) by_key: HashMap<String, RequestId>,
-    pub(super) by_entity: HashMap<EntityId, BTreeSet<u64>>,
-    /// Share records of grants that may still be live.
-    pub(super) by_grant: HashMap<GrantId, u64>,
-    /// End events that arrived before their share record was finished.
-    pub(super) early_ends: HashMap<GrantId, (DateTime<Utc>, Option<EndedBy>)>,
-}
-
-impl History {
-    pub(super) fn add(&mut self, record: HistoryRecord) -> u64 {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.by_request.insert(record.request, seq);
-        self.by_entity.entry(record.entity).or_default().insert(seq);
-        self.records.insert(seq, record);
-        seq
-    }
-
-    pub(super) fn end(&mut self, grant: &GrantId, at: DateTime<Utc>, by: Option<EndedBy>) {
-        let Some(seq) = self.by_grant.remove(grant) else {
-            self.early_ends.insert(*grant, (at, by));
-            return;
-        };
-        if let Some(r) = self.records.get_mut(&seq) {
-            match by {
-                Some(by) => r.revoked = Some((at, by)),
-                None => r.expired_at = Some(at),
-            }
-        }
-    }
-
-    pub(super) fn finish_share(&mut self, seq: u64, grant: &Grant, at: DateTime<Utc>) {
-        if let Some(r) = self.records.get_mut(&seq) {
-            r.status = RequestStatus::Completed;
-            r.completed_at = Some(at);
-            r.grant = Some(grant.id);
-            r.expires_at = Some(grant.expires_at);
-        }
-        match self.early_ends.remove(&grant.id) {
-            Some((t, by)) => {
-                self.by_grant.insert(grant.id, seq);
-                self.end(&grant.id, t, by);
-            }
-            None => {
-                self.by_grant.insert(grant.id, seq);
-            }
-        }
-    }
-
-    pub(super) fn finish(&mut self, seq: u64, status: RequestStatus, at: DateTime<Utc>) {
-        if let Some(r) = self.records.get_mut(&seq) {
-            r.status = status;
-            r.completed_at = Some(at);
-        }
-    }
-
-    /// The write that stores a record as it now stands.
-    pub(super) fn change(&self, seq: u64) -> Option<Change> {
-        self.records.get(&seq).map(|r| Change::Record {
-            seq,
-            record: Box::new(r.clone()),
-        })
-    }
-
-    /// Rebuild from stored records. Returns the sequence numbers of the
-    /// records it changed (unfinished requests, now failed).
-    pub(super) fn restore(
-        &mut self,
-        records: Vec<(u64, HistoryRecord)>,
-        now: DateTime<Utc>,
-    ) -> Vec<u64> {
-        let mut changed = Vec::new();
-        for (seq, mut record) in records {
-            if record.status == RequestStatus::Processing {
-                record.status = RequestStatus::Failed {
-                    kind: FailureKind::Interrupted,
-                    reason: INTERRUPTED.into(),
-                };
-                record.completed_at = Some(now);
-                changed.push(seq);
-            }
-            self.next_seq = self.next_seq.max(seq + 1);
-            self.by_request.insert(record.request, seq);
-            if let Some(key) = &record.idempotency_key {
-                self.by_key.insert(key.clone(), record.request);
-            }
-            self.by_entity.entry(record.entity).or_default().insert(seq);
-            if record.kind == RequestKind::Share
-                && record.status == RequestStatus::Completed
-                && record.ended_at().is_none()
-            {
-                if let Some(g) = record.grant {
-                    self.by_grant.insert(g, seq);
-                }
-            }
-            self.records.insert(seq, record);
-        }
-        changed
-    }
-}
-
-/// The write of a share's finished record, made in the grant's batch.
-pub(super) fn record_then(
-    seq: u64,
-    pending: Option<HistoryRecord>,
-) -> impl FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change> + Send + 'static {
-    move |result, at| {
-        pending
-            .map(|r| Change::Record {
-                seq,
-                record: Box::new(finished(r, result.as_ref().map_err(Failure::from), at)),
-            })
-            .into_iter()
-            .collect()
-    }
-}
-
-/// The finished form of a record, as written with its grant.
+/// The finished form of a record.
 pub(super) fn finished(
     mut record: HistoryRecord,
     result: Result<&Grant, Failure>,
@@ -296,52 +154,157 @@ pub(super) fn finished(
     record
 }
 
+/// The write of a share's finished record, made in the grant's batch (or
+/// applied at once by a local backend) from the share's result.
+pub(super) fn record_then(
+    backend: Backend,
+    record: HistoryRecord,
+) -> impl FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change> + Send + 'static {
+    move |result, at| {
+        let done = finished(record, result.as_ref().map_err(Failure::from), at);
+        backend.in_batch(vec![Change::Record(Box::new(done))])
+    }
+}
+
 impl SharingInner {
-    /// Take back history and rules, and finish the records of grants that
-    /// ended while no layer listened: expired ones as expired, the others
-    /// as ended outside the request layer.
-    pub(super) fn restore(&self, restored: Restored) {
-        let now = self.engine.now();
-        let (mut changed, open) = {
-            let mut history = self.history.lock();
-            let changed = history.restore(restored.records.history, now);
-            let open: Vec<GrantId> = history.by_grant.keys().copied().collect();
-            (changed, open)
-        };
-        let gone = self.engine.not_held(open);
-        let mut history = self.history.lock();
-        for grant in gone {
-            let Some(seq) = history.by_grant.get(&grant).copied() else {
-                continue; // its end event came meanwhile
-            };
-            let expires = history.records.get(&seq).and_then(|r| r.expires_at);
-            match expires {
-                Some(at) if at <= now => history.end(&grant, at, None),
-                _ => history.end(&grant, now, Some(EndedBy::Engine)),
+    /// Write records that no engine batch of the caller's carries: at
+    /// once locally; with the next batch on a store, kept in the overlay
+    /// until that batch is written.
+    pub(super) fn write_records(&self, records: Vec<HistoryRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        match &self.backend {
+            Backend::Local(m) => {
+                let changes: Vec<Change> = records
+                    .into_iter()
+                    .map(|r| Change::Record(Box::new(r)))
+                    .collect();
+                m.apply_changes(&changes);
             }
-            changed.push(seq);
+            Backend::Store(_) => {
+                let mut memory = self.memory.lock();
+                let changes = records.iter().map(|r| Change::Record(Box::new(r.clone())));
+                let batch = self.engine.write_later(changes);
+                memory.settle(self.engine.written_through());
+                for r in records {
+                    memory.unwritten_order.push_back((batch, r.request));
+                    memory.unwritten.insert(r.request, (batch, r));
+                }
+            }
         }
-        let writes: Vec<Change> = changed.iter().filter_map(|s| history.change(*s)).collect();
-        drop(history);
-        self.engine.write_later(writes);
-        let mut rules = self.rules.lock();
-        for (id, rule) in restored.records.rules {
-            rules.next = rules.next.max(id.0);
-            rules.rules.insert(id, rule);
+    }
+
+    /// Make sure the overlay is in the store, so a query of the store
+    /// sees every record a call has returned.
+    fn settle_overlay(&self) -> Result<(), QueryError> {
+        let pending = {
+            let mut memory = self.memory.lock();
+            memory.settle(self.engine.written_through());
+            !memory.unwritten.is_empty()
+        };
+        if pending {
+            self.engine.flush().map_err(QueryError::Store)?;
         }
+        Ok(())
+    }
+
+    /// A request's record: in flight, queued for writing, or stored.
+    pub(super) fn find(&self, id: &RequestId) -> Result<Option<HistoryRecord>, QueryError> {
+        {
+            let mut memory = self.memory.lock();
+            memory.settle(self.engine.written_through());
+            if let Some(r) = memory.find(id) {
+                return Ok(Some(r.clone()));
+            }
+        }
+        let stored = self
+            .backend
+            .reader()
+            .request(id)
+            .map_err(QueryError::Store)?;
+        Ok(stored.map(|r| as_of(r, self.engine.now())))
+    }
+
+    /// Take back the rules, and bring the history up to date: requests
+    /// left `Processing` by a stopped service fail as interrupted; on a
+    /// local backend, grants that ended while no layer listened are
+    /// recorded.
+    pub(super) fn restore(&self, restored: Restored) {
+        {
+            let mut rules = self.rules.lock();
+            for (id, rule) in restored.rules {
+                rules.next = rules.next.max(id.0);
+                rules.rules.insert(id, rule);
+            }
+        }
+        self.fail_interrupted();
+        if let Backend::Local(local) = &self.backend {
+            self.end_unheld(local);
+        }
+    }
+
+    /// Requests the store holds as `Processing` can no longer be carried
+    /// out (their queue died with the layer that held it): they fail.
+    fn fail_interrupted(&self) {
+        const STEP: usize = 1000;
+        let now = self.engine.now();
+        loop {
+            let Ok(stuck) = self.backend.reader().processing(STEP) else {
+                return;
+            };
+            let n = stuck.len();
+            let failed = stuck
+                .into_iter()
+                .map(|r| {
+                    let interrupted = Failure::new(FailureKind::Interrupted, INTERRUPTED);
+                    finished(r, Err(interrupted), now)
+                })
+                .collect();
+            self.write_records(failed);
+            if n < STEP || self.engine.flush().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Record the ends of grants the engine no longer holds: expired ones
+    /// as expired, the others as ended outside the request layer.
+    fn end_unheld(&self, local: &MemoryStore) {
+        let now = self.engine.now();
+        let open = local.open_grants();
+        let expiry: HashMap<_, _> = open.iter().map(|(g, e)| (g.serial, *e)).collect();
+        let gone = self
+            .engine
+            .not_held(open.into_iter().map(|(g, _)| g).collect());
+        let ends: Vec<Change> = gone
+            .into_iter()
+            .map(|g| {
+                let (at, cause) = match expiry.get(&g.serial).copied().flatten() {
+                    Some(at) if at <= now => (at, EndCause::Expired),
+                    _ => (now, EndCause::Revoked),
+                };
+                Change::End {
+                    serial: g.serial,
+                    at,
+                    cause,
+                }
+            })
+            .collect();
+        local.apply_changes(&ends);
     }
 }
 
 impl Drop for SharingInner {
-    /// The engine keeps the history and rules for the next layer.
+    /// The engine keeps the rules (and a local history) for the next layer.
     fn drop(&mut self) {
         self.engine.unsubscribe(self.subscription);
-        let history = std::mem::take(self.history.get_mut());
         let rules = std::mem::take(self.rules.get_mut());
         self.engine.hand_back(Restored {
-            records: Records {
-                history: history.records.into_iter().collect(),
-                rules: rules.rules.into_iter().collect(),
+            rules: rules.rules.into_iter().collect(),
+            local: match &self.backend {
+                Backend::Local(m) => Some(m.clone()),
+                Backend::Store(_) => None,
             },
         });
     }
@@ -349,20 +312,28 @@ impl Drop for SharingInner {
 
 impl Sharing {
     /// The status of a request; `None` for an unknown (or pruned) id.
-    pub fn status(&self, id: &RequestId) -> Option<RequestStatus> {
-        let history = self.inner.history.lock();
-        let seq = history.by_request.get(id)?;
-        history.records.get(seq).map(|r| r.status.clone())
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::Store`] when the store cannot be read.
+    pub fn status(&self, id: &RequestId) -> Result<Option<RequestStatus>, QueryError> {
+        Ok(self.inner.find(id)?.map(|r| r.status))
     }
 
-    /// The record of one request.
-    pub fn request(&self, id: &RequestId) -> Option<HistoryRecord> {
-        let history = self.inner.history.lock();
-        let seq = history.by_request.get(id)?;
-        history.records.get(seq).cloned()
+    /// The record of one request: from memory while it is in flight, else
+    /// from the store.
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::Store`] when the store cannot be read.
+    pub fn request(&self, id: &RequestId) -> Result<Option<HistoryRecord>, QueryError> {
+        self.inner.find(id)
     }
 
-    /// The share history of `entity`, newest first, filtered and paged.
+    /// The share history of `entity`, newest first, filtered and paged:
+    /// a query of the store's indexes (see
+    /// [`StoreReader::history`] for
+    /// what each filter costs).
     ///
     /// ```
     /// use grantwheel::requests::{HistoryQuery, ShareRequest, Sharing, Source};
@@ -378,124 +349,126 @@ impl Sharing {
     /// let rest = sharing.history(&lead, &HistoryQuery::default().after(page.next.unwrap())).unwrap();
     /// assert_eq!(rest.records.len(), 1);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::Invalid`] for a page size outside 1 to 1,000 or a
+    /// time range that ends before it starts; [`QueryError::Store`] when
+    /// the store cannot be read.
     pub fn history(
         &self,
-        entity: &EntityId,
+        entity: &crate::ids::EntityId,
         query: &HistoryQuery,
     ) -> Result<HistoryPage, QueryError> {
-        query.check()?;
-        let history = self.inner.history.lock();
-        let Some(seqs) = history.by_entity.get(entity) else {
-            return Ok(HistoryPage {
-                records: Vec::new(),
-                next: None,
-            });
-        };
-        let upper = query.after.map_or(u64::MAX, |c| c.0);
-        let mut records = Vec::new();
-        let mut next = None;
-        for seq in seqs.range(..upper).rev() {
-            let Some(r) = history.records.get(seq) else {
-                continue;
-            };
-            if !query.keeps(r) {
-                continue;
-            }
-            if records.len() == query.limit {
-                // The next page starts at this record.
-                next = Some(Cursor(*seq + 1));
-                break;
-            }
-            records.push(r.clone());
-        }
-        Ok(HistoryPage { records, next })
+        check_query(query)?;
+        self.inner.settle_overlay()?;
+        let mut page = self
+            .inner
+            .backend
+            .reader()
+            .history(entity, query)
+            .map_err(QueryError::Store)?;
+        let now = self.inner.engine.now();
+        page.records = page.records.into_iter().map(|r| as_of(r, now)).collect();
+        Ok(page)
     }
 
     /// The share records of `entity` whose grant was live at `at`: who had
     /// access then.
-    pub fn access_at(&self, entity: &EntityId, at: DateTime<Utc>) -> Vec<HistoryRecord> {
-        let history = self.inner.history.lock();
-        let Some(seqs) = history.by_entity.get(entity) else {
-            return Vec::new();
-        };
-        seqs.iter()
-            .rev()
-            .filter_map(|s| history.records.get(s))
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::Store`] when the store cannot be read.
+    pub fn access_at(
+        &self,
+        entity: &crate::ids::EntityId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, QueryError> {
+        self.inner.settle_overlay()?;
+        let records = self
+            .inner
+            .backend
+            .reader()
+            .access_at(entity, at)
+            .map_err(QueryError::Store)?;
+        let now = self.inner.engine.now();
+        Ok(records
+            .into_iter()
+            .map(|r| as_of(r, now))
             .filter(|r| r.gave_access_at(at))
-            .cloned()
-            .collect()
+            .collect())
     }
 
     /// Remove the records whose grants ended, and the failed requests and
-    /// revokes, finished longer ago than the retention period. Returns how
-    /// many were removed.
-    pub fn prune(&self) -> usize {
+    /// revokes, finished longer ago than the retention period, in steps
+    /// of at most 1,000 records (one batch each, found through the store's
+    /// index of finishing times). Returns how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::Store`] when the store cannot be read or written; the
+    /// steps already written stay done.
+    pub fn prune(&self) -> Result<usize, QueryError> {
+        const STEP: usize = 1000;
+        // Ends waiting for the next batch (expirations) make records
+        // prunable: write them first.
+        self.inner.engine.flush().map_err(QueryError::Store)?;
         let horizon = self.inner.engine.now() - self.inner.config.retention;
-        let mut history = self.inner.history.lock();
-        let old: Vec<u64> = history
-            .records
-            .iter()
-            .filter(|(_, r)| {
-                let done = match r.kind {
-                    RequestKind::Share if r.status == RequestStatus::Completed => r.ended_at(),
-                    _ => r.completed_at,
-                };
-                done.is_some_and(|t| t < horizon)
-            })
-            .map(|(s, _)| *s)
-            .collect();
-        let mut forget = Vec::with_capacity(old.len());
-        for seq in &old {
-            if let Some(r) = history.records.remove(seq) {
-                forget.push(Change::Forget(r.request));
-                history.by_request.remove(&r.request);
-                if let Some(key) = &r.idempotency_key {
-                    history.by_key.remove(key);
-                }
-                if let Some(set) = history.by_entity.get_mut(&r.entity) {
-                    set.remove(seq);
-                    if set.is_empty() {
-                        history.by_entity.remove(&r.entity);
-                    }
-                }
+        let mut removed = 0;
+        loop {
+            let old = self
+                .inner
+                .backend
+                .reader()
+                .prunable(horizon, STEP)
+                .map_err(QueryError::Store)?;
+            let n = old.len();
+            let forget: Vec<Change> = old.into_iter().map(Change::Forget).collect();
+            match &self.inner.backend {
+                Backend::Local(m) => m.apply_changes(&forget),
+                Backend::Store(_) => self
+                    .inner
+                    .engine
+                    .write_now(forget)
+                    .map_err(QueryError::Store)?,
+            }
+            removed += n;
+            if n < STEP {
+                return Ok(removed);
             }
         }
-        drop(history);
-        self.inner.engine.write_later(forget);
-        old.len()
     }
 }
 
+/// The engine's events, on a layer without a store: end the records of
+/// grants that ended (with a store, the store does this from the batch).
 pub(super) fn on_event(inner: &SharingInner, event: &Event) {
-    let now = inner.engine.now();
-    match event {
-        Event::Revoked { grant, reason } => {
-            let by = match reason {
-                RevokeReason::Replaced => EndedBy::Replaced,
-                RevokeReason::Requested => inner
-                    .revoking
-                    .lock()
-                    .remove(&(grant.id.user, grant.id.entity, grant.id.context))
-                    .map_or(EndedBy::Engine, EndedBy::Request),
-            };
-            end_record(inner, &grant.id, now, Some(by));
-        }
-        Event::Expired(grant) => end_record(inner, &grant.id, grant.expires_at, None),
-        _ => {}
-    }
+    let Backend::Local(local) = &inner.backend else {
+        return;
+    };
+    let end = match event {
+        Event::Revoked { grant, reason } => Change::End {
+            serial: grant.id.serial,
+            at: inner.engine.now(),
+            cause: match reason {
+                RevokeReason::Replaced => EndCause::Replaced,
+                RevokeReason::Requested => EndCause::Revoked,
+            },
+        },
+        Event::Expired(grant) => Change::End {
+            serial: grant.id.serial,
+            at: grant.expires_at,
+            cause: EndCause::Expired,
+        },
+        _ => return,
+    };
+    local.apply_changes(&[end]);
 }
 
-/// Record that a grant ended, and queue the record's write.
-pub(super) fn end_record(
-    inner: &SharingInner,
-    grant: &GrantId,
-    at: DateTime<Utc>,
-    by: Option<EndedBy>,
-) {
-    let mut history = inner.history.lock();
-    let seq = history.by_grant.get(grant).copied();
-    history.end(grant, at, by);
-    let write = seq.and_then(|s| history.change(s));
-    drop(history);
-    inner.engine.write_later(write);
+/// The change that names the revoke request that ended a grant.
+pub(super) fn ended_by(grant: &Grant, request: RequestId) -> Change {
+    Change::EndedBy {
+        serial: grant.id.serial,
+        request,
+    }
 }

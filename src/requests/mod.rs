@@ -8,30 +8,38 @@
 //!
 //! # Ground rules
 //!
-//! - The history lock is never held across a call into the engine, so the
-//!   engine's events (delivered inside its calls) can update the history.
-//! - A record is written as `Processing` before the engine is asked, and
-//!   finished (`Completed` or `Failed`) after; an end event that arrives
-//!   before its grant's record is finished is kept and applied then.
+//! - The layer's memory lock is never held across a call into the engine,
+//!   so the engine's events (delivered inside its calls) can reach it.
+//! - A request is in memory while it is in flight (being carried out, or
+//!   queued), and its record is written when it finishes; the history
+//!   itself lives in the store (see the `history` module's ground rules).
 //!
 //! # With a durable engine
 //!
-//! When the engine has a store ([`EngineBuilder::store`]), the request
-//! layer keeps its history and rules there too:
+//! When the engine has a store ([`EngineBuilder::store`]), the store is the
+//! layer's system of record: status, history pages, access at an instant,
+//! idempotency keys and pruning are queries of its read side, so memory and
+//! restart time do not grow with the history.
 //!
-//! - a share's finished record is written in the same batch as its grant,
-//!   so a `Completed` status is as durable as the access it reports;
+//! - a share's finished record is written once, in the same batch as its
+//!   grant, so a `Completed` status is as durable as the access it reports;
+//!   a revoke's in the batch of the revoke;
+//! - queued requests are written as `Processing` before their ids go out;
 //! - rule changes are written before the call returns;
-//! - other record updates (`Processing`, revoked, expired) go with the next
-//!   batch;
-//! - on restart the history and rules are loaded back; a request still
-//!   `Processing` (the service stopped before carrying it out) becomes
-//!   `Failed`, and grants that expired while the service was down are
-//!   recorded as expired.
+//! - a grant's end (revoked, replaced, expired) reaches its share's record
+//!   in the store with the batch that ends the grant (expirations with the
+//!   next batch; a record read before then shows a grant past its expiry
+//!   as expired already);
+//! - failed requests that no batch of theirs carries are written with the
+//!   next batch, and read from memory until then;
+//! - on restart only the rules are loaded; a request still `Processing`
+//!   (the service stopped before carrying it out) becomes `Failed`, and
+//!   grants that expired while the service was down are recorded as
+//!   expired by the engine's first batch.
 //!
 //! [`EngineBuilder::store`]: crate::EngineBuilder::store
 
-use self::history::{on_event, History};
+use self::history::{on_event, Backend, Memory};
 
 mod api;
 pub mod automation;
@@ -47,7 +55,6 @@ pub use history::{Cursor, HistoryPage, HistoryQuery};
 pub use queue::Worker;
 pub use request::{Command, Outcome, RevokeRequest, ShareRequest, Submission};
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -57,7 +64,6 @@ use crate::engine::Engine;
 use crate::engine::Restored;
 use crate::error::{BuildError, InvalidArgument};
 use crate::events::Event;
-use crate::ids::{Context, EntityId, UserId};
 
 pub use crate::model::history::{
     BadRequestId, EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus,
@@ -168,12 +174,12 @@ struct SharingInner {
     grantor_policy: Option<Box<dyn GrantorPolicy>>,
     users: Option<Box<dyn automation::UserDirectory>>,
     rules: Mutex<automation::Rules>,
-    history: Mutex<History>,
-    queue: Mutex<std::collections::VecDeque<(RequestId, u64, Submission)>>,
+    /// Where records are written and read.
+    backend: Backend,
+    /// Requests in flight and records waiting for their batch.
+    memory: Mutex<Memory>,
+    queue: Mutex<std::collections::VecDeque<(RequestId, Submission)>>,
     queued: parking_lot::Condvar,
-    /// Revoke requests under way, by (user, entity, context): the revoked
-    /// event names its request through this.
-    revoking: Mutex<HashMap<(UserId, EntityId, Context), RequestId>>,
     /// This layer's subscription to the engine's events.
     subscription: crate::events::SubscriptionId,
 }
@@ -190,7 +196,7 @@ struct SharingInner {
 /// let outcome = sharing.share(ShareRequest::new(user, lead, Level::Edit));
 /// assert_eq!(outcome.status, RequestStatus::Completed);
 /// assert!(sharing.engine().can_edit(&user, &lead));
-/// assert_eq!(sharing.status(&outcome.request), Some(RequestStatus::Completed));
+/// assert_eq!(sharing.status(&outcome.request).unwrap(), Some(RequestStatus::Completed));
 /// ```
 #[derive(Clone)]
 pub struct Sharing {
@@ -222,7 +228,7 @@ impl Sharing {
     /// let a = Sharing::new(engine.clone());
     /// let done = a.share(ShareRequest::new(UserId::from_u128(1), EntityId::lead(1), Level::Read));
     /// let b = Sharing::new(engine);
-    /// assert!(b.status(&done.request).is_some(), "one history");
+    /// assert!(b.status(&done.request).unwrap().is_some(), "one history");
     /// ```
     pub fn new(engine: Engine) -> Self {
         let builder = Sharing::builder(engine.clone());
@@ -266,6 +272,11 @@ impl Sharing {
     /// A new request layer from its settings and the state the engine
     /// kept (loaded from the store, or left by an earlier layer).
     fn layer(b: SharingBuilder, restored: Option<Restored>) -> Arc<SharingInner> {
+        let restored = restored.unwrap_or_default();
+        let backend = match b.engine.store_reader() {
+            Some(reader) => Backend::Store(reader),
+            None => Backend::Local(restored.local.clone().unwrap_or_default()),
+        };
         // Subscribed before restoring: a grant that ends from now on either
         // raises its event after its record is back, or is found gone by
         // the restore (an event raised before the layer exists finds no
@@ -284,16 +295,14 @@ impl Sharing {
                 grantor_policy: b.grantor_policy,
                 users: b.users,
                 rules: Mutex::new(automation::Rules::default()),
+                backend,
+                memory: Mutex::new(Memory::default()),
                 queue: Mutex::new(std::collections::VecDeque::new()),
                 queued: parking_lot::Condvar::new(),
-                history: Mutex::new(History::default()),
-                revoking: Mutex::new(HashMap::new()),
                 subscription,
             }
         });
-        if let Some(restored) = restored {
-            inner.restore(restored);
-        }
+        inner.restore(restored);
         inner
     }
 

@@ -3,9 +3,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::model::history::{FailureKind, RequestId};
+use crate::model::history::{FailureKind, HistoryRecord, RequestId};
 
-use super::request::{Command, Failure, Submission};
+use super::execute::Begun;
+use super::request::{Failure, Submission};
 use super::{Sharing, SharingInner};
 
 /// The thread started by [`Sharing::start_worker`]. Dropping it stops the
@@ -63,10 +64,16 @@ impl Sharing {
         let mut ids = Vec::with_capacity(subs.len());
         let mut queued = Vec::new();
         for sub in subs {
-            let (request, seq, new) = self.begin(&sub);
-            ids.push(request);
-            if new {
-                queued.push((request, seq, sub));
+            match self.begin(&sub) {
+                Begun::New(record) => {
+                    ids.push(record.request);
+                    queued.push((record, sub));
+                }
+                Begun::Seen(request) => ids.push(request),
+                Begun::Unchecked(record, failure) => {
+                    ids.push(record.request);
+                    self.conclude(record, Err(failure), false);
+                }
             }
         }
         self.enqueue(queued);
@@ -77,19 +84,24 @@ impl Sharing {
     /// records are written first, so an id handed out is known after a
     /// restart; if that write fails the requests fail at once (status
     /// `Failed`, nothing queued).
-    pub(super) fn enqueue(&self, queued: Vec<(RequestId, u64, Submission)>) {
+    pub(super) fn enqueue(&self, queued: Vec<(HistoryRecord, Submission)>) {
         if queued.is_empty() {
+            // Failures recorded meanwhile are written with the next batch.
             return;
         }
+        self.inner
+            .write_records(queued.iter().map(|(r, _)| r.clone()).collect());
         if let Err(e) = self.inner.engine.flush() {
-            for (request, seq, sub) in queued {
-                let is_share = matches!(sub.command, Command::Share(_));
+            for (record, _) in queued {
                 let failure = Failure::new(FailureKind::Store, format!("not accepted: {e}"));
-                self.conclude(request, seq, is_share, Err(failure));
+                self.conclude(record, Err(failure), false);
             }
             return;
         }
-        self.inner.queue.lock().extend(queued);
+        self.inner
+            .queue
+            .lock()
+            .extend(queued.into_iter().map(|(r, sub)| (r.request, sub)));
         self.inner.queued.notify_all();
     }
 
@@ -98,10 +110,13 @@ impl Sharing {
     pub fn process(&self, max: usize) -> usize {
         let mut done = 0;
         while done < max {
-            let Some((request, seq, sub)) = self.inner.queue.lock().pop_front() else {
+            let Some((request, sub)) = self.inner.queue.lock().pop_front() else {
                 break;
             };
-            self.execute(request, seq, &sub);
+            let record = self.inner.memory.lock().in_flight.get(&request).cloned();
+            if let Some(record) = record {
+                self.execute(record, &sub);
+            }
             done += 1;
         }
         done

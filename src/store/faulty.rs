@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{Batch, Meta, Records, Store, StoreError};
+use super::{Batch, Meta, Store, StoreError, StoreReader};
 use crate::model::grant::Grant;
+use crate::model::history::RuleId;
+use crate::model::rule::Rule;
 
 /// Which operations a [`FaultyStore`] fails. Operations are counted from 1
 /// across every method of the store (loading counts too).
@@ -108,13 +110,20 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.grants(each)
     }
 
-    fn records(&mut self) -> Result<Records, StoreError> {
+    fn rules(&mut self) -> Result<Vec<(RuleId, Rule)>, StoreError> {
         self.step()?;
-        self.inner.records()
+        self.inner.rules()
     }
 
     fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
         self.step()?;
         self.inner.apply(batch)
+    }
+
+    /// The inner store's read side, unfaulted: the faults are counted on
+    /// the engine's own operations, which queries from other threads would
+    /// otherwise shift.
+    fn reader(&self) -> Result<Arc<dyn StoreReader>, StoreError> {
+        self.inner.reader()
     }
 }

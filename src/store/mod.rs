@@ -1,8 +1,13 @@
 //! Durable state: the [`Store`] trait and its implementations.
 //!
 //! An engine built with a store ([`EngineBuilder::store`]) writes every
-//! change as part of an ordered, atomic [`Batch`] and rebuilds its state
-//! from the store when it starts. Three stores come with the crate:
+//! change as part of an ordered, atomic [`Batch`] and rebuilds its live
+//! grants from the store when it starts. The store is the system of record
+//! for everything too large to keep in memory: the request history and
+//! its status, and the listings of live grants by user, entity, context or
+//! expiry are queries on its read side ([`StoreReader`]), so memory and
+//! restart time do not grow with the history. Three stores come with the
+//! crate:
 //!
 //! - `SqliteStore` (feature `sqlite`, on by default): the durable
 //!   default, one SQLite file (WAL, full sync by default). See its
@@ -33,11 +38,14 @@
 //! [`EngineBuilder::store`]: crate::EngineBuilder::store
 //! [`Engine::flush`]: crate::Engine::flush
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{Context, EntityId, UserId};
 use crate::model::grant::Grant;
-use crate::model::history::{HistoryRecord, RequestId, RuleId};
+use crate::model::history::{HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId};
 use crate::model::rule::Rule;
 
 #[cfg(any(test, feature = "testing"))]
@@ -75,7 +83,9 @@ pub enum Change {
     /// extension, a raised level.
     Put(Grant),
     /// A grant ended: remove it from the live grants (a no-op if it is not
-    /// there).
+    /// there), and record the end in the history record of the share that
+    /// made it (the record whose kind is share and whose grant has this
+    /// serial), if that record has no end yet.
     End {
         /// The grant's serial.
         serial: u64,
@@ -84,13 +94,21 @@ pub enum Change {
         /// Why.
         cause: EndCause,
     },
-    /// Insert or replace a history record, keyed by its request id.
-    Record {
-        /// The record's place in the history (increasing with creation).
-        seq: u64,
-        /// The record.
-        record: Box<HistoryRecord>,
+    /// The grant `serial` was revoked by the revoke request `request`: the
+    /// share record of that grant names it (whether or not its
+    /// [`End`](Change::End) was applied yet).
+    EndedBy {
+        /// The grant's serial.
+        serial: u64,
+        /// The revoke request.
+        request: RequestId,
     },
+    /// Insert or replace a history record, keyed by its request id. A new
+    /// record takes the next place in the store's history order (the
+    /// order of pages and cursors); a replaced one keeps its place, and
+    /// keeps the end that [`End`](Change::End) and
+    /// [`EndedBy`](Change::EndedBy) recorded when `record` has none.
+    Record(Box<HistoryRecord>),
     /// Forget a history record (pruned by the retention period).
     Forget(RequestId),
     /// Insert or replace an automation rule.
@@ -135,13 +153,17 @@ pub struct Meta {
     pub clock: Option<DateTime<Utc>>,
 }
 
-/// The history records and rules a store holds.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Records {
-    /// History records with their sequence numbers, in sequence order.
-    pub history: Vec<(u64, HistoryRecord)>,
-    /// Automation rules, by id.
-    pub rules: Vec<(RuleId, Rule)>,
+/// Which live grants a listing asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantFilter {
+    /// The grants of one user.
+    User(UserId),
+    /// The grants on one record.
+    Entity(EntityId),
+    /// The grants given through one context (an activity, a task).
+    Context(Context),
+    /// The grants that expire after `now` and at or before this instant.
+    ExpiringBy(DateTime<Utc>),
 }
 
 /// Why a store operation failed.
@@ -222,11 +244,12 @@ pub enum Unwritable {
 /// - A batch whose `seq` is not above [`Meta::last_seq`] is ignored
 ///   (returns `Ok`): replaying is harmless. Each change is also idempotent
 ///   on its own (upsert by key, delete if present).
-/// - The engine calls the store from one thread at a time and never from a
-///   check; a store may block.
+/// - The engine calls these methods from one thread at a time and never
+///   from a check; a store may block.
 /// - Loading is [`meta`](Store::meta), then [`grants`](Store::grants), then
-///   [`records`](Store::records), once at start. Grants come in any order;
-///   the engine drops those past their expiry.
+///   [`rules`](Store::rules), once at start. Grants come in any order; the
+///   engine drops those past their expiry. History is never loaded: it is
+///   queried through the [`reader`](Store::reader).
 ///
 /// A store shared by several engines (a later PostgreSQL store) would
 /// also stamp each batch with its engine and publish the batches as a
@@ -237,10 +260,70 @@ pub trait Store: Send {
     fn meta(&mut self) -> Result<Meta, StoreError>;
     /// Call `each` with every live grant stored.
     fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError>;
-    /// The history records and rules.
-    fn records(&mut self) -> Result<Records, StoreError>;
+    /// The automation rules, by id (rules are few: they are loaded whole).
+    fn rules(&mut self) -> Result<Vec<(RuleId, Rule)>, StoreError>;
     /// Apply a batch atomically and durably (see the contract above).
     fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError>;
+    /// A handle that answers queries from any thread, beside (not behind)
+    /// [`apply`](Store::apply). Called once, when the engine is built.
+    fn reader(&self) -> Result<Arc<dyn StoreReader>, StoreError>;
+}
+
+/// The read side of a [`Store`]: history, request status and listings of
+/// live grants, answered from the store's indexes.
+///
+/// # Contract
+///
+/// - Every answer reflects a state that includes every batch whose
+///   [`apply`](Store::apply) returned before the query began (and no part
+///   of a batch that has not returned): committed state, read consistently.
+/// - Queries are safe from any number of threads at once, while batches
+///   are applied; none waits for a batch to be written longer than the
+///   store's own locking requires.
+/// - The history order is the order in which records were first written;
+///   a [`Cursor`](crate::requests::Cursor) is a place in it. Paging with
+///   cursors returns every record that existed when the first page was read
+///   exactly once, whatever is written meanwhile (records written later
+///   are newer, so they sort before the first page).
+/// - Cost: each query is answered from an index, in time that grows with
+///   what it returns (and, where its method says so, with what it skips),
+///   never with the whole history or every grant.
+pub trait StoreReader: Send + Sync {
+    /// The record of one request; `None` when unknown (or pruned).
+    fn request(&self, id: &RequestId) -> Result<Option<HistoryRecord>, StoreError>;
+    /// The record of the request that carries this idempotency key.
+    fn request_by_key(&self, key: &str) -> Result<Option<HistoryRecord>, StoreError>;
+    /// One page of `entity`'s history, newest first: at most `query.limit`
+    /// records that pass every filter of `query`, continuing below
+    /// `query.after`; `next` is set when more records may follow.
+    ///
+    /// Time filters (`from`, `until`) are applied to what the other
+    /// filters select: their cost grows with the records they skip.
+    fn history(&self, entity: &EntityId, query: &HistoryQuery) -> Result<HistoryPage, StoreError>;
+    /// The completed share records of `entity` whose grant was live at
+    /// `at` (completed at or before it, ending after it), newest first.
+    /// Costs what the entity's completed shares ending after `at` cost.
+    fn access_at(
+        &self,
+        entity: &EntityId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, StoreError>;
+    /// Requests still `Processing`, oldest first, at most `limit`.
+    fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError>;
+    /// The completed share records of rule `rule` whose grant has not
+    /// ended (as far as the store knows), oldest first.
+    fn open_shares_of_rule(&self, rule: RuleId) -> Result<Vec<HistoryRecord>, StoreError>;
+    /// At most `limit` requests that retention may remove: shares whose
+    /// grant ended, and failed requests and revokes finished, before
+    /// `horizon`. Oldest first.
+    fn prunable(&self, horizon: DateTime<Utc>, limit: usize) -> Result<Vec<RequestId>, StoreError>;
+    /// The stored grants that `filter` selects and that expire after `now`,
+    /// ordered by expiry, then serial.
+    fn live_grants(
+        &self,
+        filter: GrantFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError>;
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -250,10 +333,13 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
         (**self).grants(each)
     }
-    fn records(&mut self) -> Result<Records, StoreError> {
-        (**self).records()
+    fn rules(&mut self) -> Result<Vec<(RuleId, Rule)>, StoreError> {
+        (**self).rules()
     }
     fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
         (**self).apply(batch)
+    }
+    fn reader(&self) -> Result<Arc<dyn StoreReader>, StoreError> {
+        (**self).reader()
     }
 }

@@ -84,7 +84,7 @@ fn completed_in(sharing: &Sharing, responses: &[ItemResponse]) -> usize {
             ItemResponse::Success { message, .. } => message.id.parse::<RequestId>().ok(),
             _ => None,
         })
-        .filter(|id| sharing.status(id) == Some(RequestStatus::Completed))
+        .filter(|id| sharing.status(id).unwrap() == Some(RequestStatus::Completed))
         .count()
 }
 

@@ -5,18 +5,16 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Row, Transaction};
 use uuid::Uuid;
 
-use super::io;
+use super::{history, io};
 use crate::clock::{from_millis, max_millis, to_millis};
 use crate::ids::{Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};
 use crate::model::grant::Grant;
-use crate::model::history::{HistoryRecord, RequestKind, RuleId};
+use crate::model::history::RuleId;
 use crate::model::rule::Rule;
 use crate::store::{Batch, Change, StoreError};
 
 const PUT_GRANT: &str = "INSERT OR REPLACE INTO grants (serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const END_GRANT: &str = "DELETE FROM grants WHERE serial = ?1";
-const PUT_RECORD: &str = "INSERT OR REPLACE INTO history (request, seq, kind, entity, user, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-const FORGET_RECORD: &str = "DELETE FROM history WHERE request = ?1";
 const PUT_RULE: &str = "INSERT OR REPLACE INTO rules (id, rule) VALUES (?1, ?2)";
 const REMOVE_RULE: &str = "DELETE FROM rules WHERE id = ?1";
 const PUT_META: &str = "UPDATE meta SET value = CASE key WHEN 'last_seq' THEN ?1 WHEN 'next_serial' THEN max(value, ?2) ELSE max(value, ?3) END";
@@ -32,9 +30,13 @@ pub(super) fn write_change(tx: &Transaction<'_>, change: &Change) -> Result<(), 
     };
     match change {
         Change::Put(g) => put_grant(tx, g),
-        Change::End { serial, .. } => run(END_GRANT, &[&i64_of(*serial)]),
-        Change::Record { seq, record } => put_record(tx, *seq, record),
-        Change::Forget(request) => run(FORGET_RECORD, &[&request.to_string()]),
+        Change::End { serial, at, cause } => {
+            run(END_GRANT, &[&i64_of(*serial)])?;
+            history::end_record(tx, *serial, *at, *cause)
+        }
+        Change::EndedBy { serial, request } => history::ended_by(tx, *serial, request),
+        Change::Record(record) => history::put_record(tx, record),
+        Change::Forget(request) => history::forget(tx, request),
         Change::Rule { id, rule } => put_rule(tx, *id, rule),
         Change::RemoveRule(id) => run(REMOVE_RULE, &[&i64_of(id.0)]),
     }
@@ -81,26 +83,6 @@ fn put_grant(tx: &Transaction<'_>, g: &Grant) -> Result<(), StoreError> {
         .map_err(io)
 }
 
-fn put_record(tx: &Transaction<'_>, seq: u64, record: &HistoryRecord) -> Result<(), StoreError> {
-    let json = serde_json::to_string(record)
-        .map_err(|e| StoreError::Io(format!("encoding a history record: {e}")))?;
-    tx.prepare_cached(PUT_RECORD)
-        .and_then(|mut s| {
-            s.execute(params![
-                record.request.to_string(),
-                i64_of(seq),
-                kind_name(record.kind),
-                record.entity.to_string(),
-                record.user.to_string(),
-                record.status.name(),
-                record.created_at.to_rfc3339(),
-                json,
-            ])
-        })
-        .map(|_| ())
-        .map_err(io)
-}
-
 fn put_rule(tx: &Transaction<'_>, id: RuleId, rule: &Rule) -> Result<(), StoreError> {
     let json =
         serde_json::to_string(rule).map_err(|e| StoreError::Io(format!("encoding a rule: {e}")))?;
@@ -110,16 +92,7 @@ fn put_rule(tx: &Transaction<'_>, id: RuleId, rule: &Rule) -> Result<(), StoreEr
         .map_err(io)
 }
 
-/// The `kind` column of the history table: a stable name, not a debug
-/// rendering.
-fn kind_name(kind: RequestKind) -> &'static str {
-    match kind {
-        RequestKind::Share => "Share",
-        RequestKind::Revoke => "Revoke",
-    }
-}
-
-fn entity_value(e: &EntityRef) -> Value {
+pub(super) fn entity_value(e: &EntityRef) -> Value {
     match e {
         EntityRef::Number(n) => match i64::try_from(*n) {
             Ok(n) => Value::Integer(n),
@@ -129,7 +102,7 @@ fn entity_value(e: &EntityRef) -> Value {
     }
 }
 
-fn level_name(level: Level) -> &'static str {
+pub(super) fn level_name(level: Level) -> &'static str {
     match level {
         Level::Read => "read",
         Level::Edit => "edit",
@@ -205,49 +178,14 @@ impl GrantRow<'_, '_> {
 
     fn entity(&self) -> Result<EntityId, DecodeError> {
         let kind = self.int(2, "entity_kind")?;
-        let kind = u16::try_from(kind)
-            .map_err(|_| self.bad("entity_kind", format!("`{kind}` out of range")))?;
-        let id = match self.row.get_ref(3).map_err(|e| self.bad("entity_id", e))? {
-            ValueRef::Integer(n) => EntityRef::Number(
-                u64::try_from(n)
-                    .map_err(|_| self.bad("entity_id", format!("`{n}` is negative")))?,
-            ),
-            // Numbers beyond i64 and UUIDs are text, read by the one rule
-            // for entity ids (`EntityRef`'s `FromStr`).
-            ValueRef::Text(_) => self
-                .text(3, "entity_id")?
-                .parse::<EntityRef>()
-                .map_err(|e| self.bad("entity_id", e.reason()))?,
-            other => {
-                return Err(self.bad(
-                    "entity_id",
-                    format!("a {} is neither a number nor a UUID", other.data_type()),
-                ))
-            }
-        };
-        Ok(EntityId::new(EntityKind::custom(kind), id))
+        let id = self.row.get_ref(3).map_err(|e| self.bad("entity_id", e))?;
+        entity_from(kind, id).map_err(|(col, why)| self.bad(col, why))
     }
 
     fn context(&self) -> Result<Context, DecodeError> {
         let kind = self.int(4, "context_kind")?;
-        let id = match self.row.get_ref(5).map_err(|e| self.bad("context_id", e))? {
-            ValueRef::Null => None,
-            _ => Some(self.text(5, "context_id")?),
-        };
-        match (kind, id) {
-            (0, None) => Ok(Context::Direct),
-            (k, Some(id)) if (1..=i64::from(u16::MAX) + 3).contains(&k) => {
-                let id: Uuid = id
-                    .parse()
-                    .map_err(|e| self.bad("context_id", format!("`{id}`: {e}")))?;
-                let k = u32::try_from(k).map_err(|_| self.bad("context_kind", k))?;
-                Ok(Context::unpack(k, id.as_u128()))
-            }
-            (k, id) => Err(self.bad(
-                "context_kind",
-                format!("kind `{k}` with id {id:?} is not a context"),
-            )),
-        }
+        let id = self.row.get_ref(5).map_err(|e| self.bad("context_id", e))?;
+        context_from(kind, id).map_err(|(col, why)| self.bad(col, why))
     }
 
     fn level(&self) -> Result<Level, DecodeError> {
@@ -265,6 +203,69 @@ impl GrantRow<'_, '_> {
             .filter(|ms| *ms <= max_millis())
             .ok_or_else(|| self.bad("expires_ms", format!("`{expires}` out of range")))
     }
+}
+
+/// An entity from its two columns (`entity_kind`, `entity_id`); the error
+/// names the column.
+pub(super) fn entity_from(kind: i64, id: ValueRef<'_>) -> Result<EntityId, (&'static str, String)> {
+    let kind =
+        u16::try_from(kind).map_err(|_| ("entity_kind", format!("`{kind}` out of range")))?;
+    let id = match id {
+        ValueRef::Integer(n) => EntityRef::Number(
+            u64::try_from(n).map_err(|_| ("entity_id", format!("`{n}` is negative")))?,
+        ),
+        // Numbers beyond i64 and UUIDs are text, read by the one rule for
+        // entity ids (`EntityRef`'s `FromStr`).
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .map_err(|e| ("entity_id", e.to_string()))?
+            .parse::<EntityRef>()
+            .map_err(|e| ("entity_id", e.reason().to_string()))?,
+        other => {
+            return Err((
+                "entity_id",
+                format!("a {} is neither a number nor a UUID", other.data_type()),
+            ))
+        }
+    };
+    Ok(EntityId::new(EntityKind::custom(kind), id))
+}
+
+/// A context from its two columns (`context_kind`, `context_id`); the
+/// error names the column.
+pub(super) fn context_from(kind: i64, id: ValueRef<'_>) -> Result<Context, (&'static str, String)> {
+    let id = match id {
+        ValueRef::Null => None,
+        ValueRef::Text(t) => {
+            Some(std::str::from_utf8(t).map_err(|e| ("context_id", e.to_string()))?)
+        }
+        other => {
+            return Err((
+                "context_id",
+                format!("a {} where text belongs", other.data_type()),
+            ))
+        }
+    };
+    match (kind, id) {
+        (0, None) => Ok(Context::Direct),
+        (k, Some(id)) if (1..=i64::from(u16::MAX) + 3).contains(&k) => {
+            let id: Uuid = id
+                .parse()
+                .map_err(|e| ("context_id", format!("`{id}`: {e}")))?;
+            let k = u32::try_from(k).map_err(|_| ("context_kind", k.to_string()))?;
+            Ok(Context::unpack(k, id.as_u128()))
+        }
+        (k, id) => Err((
+            "context_kind",
+            format!("kind `{k}` with id {id:?} is not a context"),
+        )),
+    }
+}
+
+/// The `context_id` column of a context: its UUID as text, `None` for a
+/// direct share.
+pub(super) fn context_id(ctx: Context) -> Option<String> {
+    let (kind, id) = ctx.pack();
+    (kind != 0).then(|| Uuid::from_u128(id).hyphenated().to_string())
 }
 
 /// Decode one grant row and check its CRC; the error names the column.

@@ -1,18 +1,23 @@
 //! The durable default: one SQLite file.
 
 mod codec;
+mod history;
+mod reader;
 mod schema;
 
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use self::codec::{decode_grant, write_change, write_meta};
+use self::reader::SqliteReader;
 use self::schema::{MIGRATIONS, SCHEMA_VERSION};
-use super::{Batch, Meta, Records, Store, StoreError, Unwritable};
+use super::{Batch, Meta, Store, StoreError, StoreReader, Unwritable};
 use crate::clock::{from_millis, max_millis};
 use crate::model::grant::Grant;
-use crate::model::history::{HistoryRecord, RuleId};
+use crate::model::history::RuleId;
 use crate::model::rule::Rule;
 
 /// How hard SQLite works to make each commit durable.
@@ -35,17 +40,23 @@ pub enum Synchronous {
 ///
 /// - **Durability**: `synchronous=FULL` unless [`Synchronous::Normal`] is
 ///   chosen; each batch is one transaction.
-/// - **One writer**: the file is opened in exclusive locking mode and
-///   locked at once, so a second engine (in this process or another)
-///   opening it gets [`StoreError::Locked`] instead of writing beside the
-///   first. The lock goes when the store is dropped or the process dies.
+/// - **One writer, many readers**: the store takes an exclusive lock on
+///   the file `<database>-lock` beside the database (released when the
+///   store is dropped or the process dies), so a second engine (in this
+///   process or another) opening the file gets [`StoreError::Locked`]
+///   instead of writing beside the first. Queries ([`Store::reader`]) run
+///   on connections of their own and never wait for a batch being written
+///   (WAL): the `sqlite3` shell can read the file while the engine runs.
 /// - **Schema**: readable with the `sqlite3` shell (tables `grants`,
-///   `history`, `rules`, `meta`, and the view `grants_readable`), versioned
-///   in `PRAGMA user_version`, migrated forward on open; a file from a
-///   newer version is refused with [`StoreError::NewerSchema`].
+///   `history`, `rules`, `meta`, and the views `grants_readable` and
+///   `history_readable`), versioned in `PRAGMA user_version`, migrated
+///   forward on open (keeping every record); a file from a newer version is
+///   refused with [`StoreError::NewerSchema`]. Every query of the read side
+///   is served by an index: `EXPLAIN QUERY PLAN` shows no table scan (the
+///   crate's tests check it).
 /// - **Compaction**: ended grants are deleted, not flagged, so the grant
 ///   table holds live grants only; history rows go when the request layer
-///   prunes them.
+///   prunes them ([`Sharing::prune`](crate::requests::Sharing::prune)).
 ///
 /// ```
 /// use grantwheel::store::SqliteStore;
@@ -65,17 +76,21 @@ pub enum Synchronous {
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// Held for the store's life: the one-writer lock.
+    _lock: File,
 }
 
 fn io(e: rusqlite::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-fn busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
+/// The file whose lock makes the store the file's one writer: a file of
+/// its own, never opened by SQLite (closing a descriptor of the database
+/// itself would drop SQLite's own locks on it).
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-lock");
+    PathBuf::from(name)
 }
 
 impl SqliteStore {
@@ -108,13 +123,36 @@ impl SqliteStore {
 
     fn open_at(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
-        let mut conn = Connection::open(&path).map_err(io)?;
         let locked = || StoreError::Locked {
             path: path.display().to_string(),
         };
+        // Asked before SQLite sees the file: SQLite opens a file it may not
+        // write read-only, without a word, and then makes its journal files
+        // read-only too, which would keep the file unwritable after its
+        // permissions are fixed.
+        if let Some(cause) = unwritable(&path) {
+            return Err(StoreError::Unwritable {
+                path: path.display().to_string(),
+                cause,
+            });
+        }
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lock_path(&path))
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(locked()),
+            Err(TryLockError::Error(e)) => return Err(StoreError::Io(e.to_string())),
+        }
+        let mut conn = Connection::open(&path).map_err(io)?;
         let setup = |conn: &Connection| -> rusqlite::Result<()> {
-            conn.busy_timeout(std::time::Duration::ZERO)?;
-            conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+            // Readers in WAL mode never block the writer; only a checkpoint
+            // or recovery may make it wait, briefly.
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             // 64 MiB of page cache: batches of thousands of rows stay in
             // memory until they are written.
@@ -127,11 +165,15 @@ impl SqliteStore {
                     Synchronous::Normal => "NORMAL",
                 },
             )?;
-            // Take the write lock now and keep it (exclusive locking mode).
-            conn.execute_batch("BEGIN EXCLUSIVE; COMMIT;")
+            // Fails now, not at the first batch, if the file is read-only.
+            conn.execute_batch("BEGIN IMMEDIATE; COMMIT;")
         };
-        if let Err(e) = setup(&conn) {
-            return Err(if busy(&e) { locked() } else { io(e) });
+        setup(&conn).map_err(io)?;
+        // SQLite opens a file it may not write read-only, without a word.
+        if conn.is_readonly(rusqlite::MAIN_DB).map_err(io)? {
+            return Err(StoreError::Io(
+                "attempt to write a readonly database".into(),
+            ));
         }
         let found: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -152,14 +194,18 @@ impl SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Exclusive)
                 .map_err(io)?;
-            for (v, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-                tx.execute_batch(sql).map_err(io)?;
+            for (v, migrate) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+                migrate(&tx)?;
                 tx.pragma_update(None, "user_version", v as i64 + 1)
                     .map_err(io)?;
             }
             tx.commit().map_err(io)?;
         }
-        Ok(SqliteStore { conn, path })
+        Ok(SqliteStore {
+            conn,
+            path,
+            _lock: lock,
+        })
     }
 
     /// The database file's path.
@@ -278,48 +324,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn records(&mut self) -> Result<Records, StoreError> {
-        let mut history = Vec::new();
-        {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT seq, request, record FROM history ORDER BY seq")
-                .map_err(io)?;
-            let mut rows = stmt.query([]).map_err(io)?;
-            while let Some(row) = rows.next().map_err(io)? {
-                let request: String = row.get(1).map_err(io)?;
-                let corrupt = |reason: String| StoreError::Corrupt {
-                    what: format!("history row `{request}`"),
-                    reason,
-                };
-                let seq: i64 = row.get(0).map_err(|e| corrupt(e.to_string()))?;
-                let seq = u64::try_from(seq).map_err(|_| corrupt(format!("seq `{seq}`")))?;
-                let json: String = row.get(2).map_err(|e| corrupt(e.to_string()))?;
-                let record: HistoryRecord =
-                    serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
-                history.push((seq, record));
-            }
-        }
+    fn rules(&mut self) -> Result<Vec<(RuleId, Rule)>, StoreError> {
         let mut rules = Vec::new();
-        {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT id, rule FROM rules ORDER BY id")
-                .map_err(io)?;
-            let mut rows = stmt.query([]).map_err(io)?;
-            while let Some(row) = rows.next().map_err(io)? {
-                let id: i64 = row.get(0).map_err(io)?;
-                let corrupt = |reason: String| StoreError::Corrupt {
-                    what: format!("rules row {id}"),
-                    reason,
-                };
-                let id = u64::try_from(id).map_err(|_| corrupt("negative id".into()))?;
-                let json: String = row.get(1).map_err(|e| corrupt(e.to_string()))?;
-                let rule: Rule = serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
-                rules.push((RuleId(id), rule));
-            }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, rule FROM rules ORDER BY id")
+            .map_err(io)?;
+        let mut rows = stmt.query([]).map_err(io)?;
+        while let Some(row) = rows.next().map_err(io)? {
+            let id: i64 = row.get(0).map_err(io)?;
+            let corrupt = |reason: String| StoreError::Corrupt {
+                what: format!("rules row {id}"),
+                reason,
+            };
+            let id = u64::try_from(id).map_err(|_| corrupt("negative id".into()))?;
+            let json: String = row.get(1).map_err(|e| corrupt(e.to_string()))?;
+            let rule: Rule = serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
+            rules.push((RuleId(id), rule));
         }
-        Ok(Records { history, rules })
+        Ok(rules)
+    }
+
+    fn reader(&self) -> Result<Arc<dyn StoreReader>, StoreError> {
+        Ok(Arc::new(SqliteReader::new(self.path.clone())))
     }
 
     fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
@@ -338,3 +365,6 @@ impl Store for SqliteStore {
         tx.commit().map_err(io)
     }
 }
+
+#[cfg(test)]
+mod tests;

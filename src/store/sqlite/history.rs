@@ -1,0 +1,387 @@
+//! History rows: a record in columns, written by request id, ended by
+//! grant serial, read back with every error naming its column.
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{params, Row, Transaction};
+
+use super::codec::{context_from, context_id, entity_from, entity_value, i64_of, level_name};
+use super::io;
+use crate::ids::{GrantId, Level, UserId};
+use crate::model::history::{
+    EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus, RuleId, Source,
+};
+use crate::store::{EndCause, StoreError};
+
+/// The indexes of the history table, one per query of the read side.
+pub(super) const HISTORY_INDEXES: &str = "
+-- An entity's page, unfiltered or by status and source: one range per
+-- (status, source), merged newest first.
+CREATE INDEX history_by_entity_status ON history (entity_kind, entity_id, status, source, seq);
+-- An entity's page for one user.
+CREATE INDEX history_by_entity_user ON history (entity_kind, entity_id, user, seq);
+-- An entity's page for one rule, and a rule's grants still open.
+CREATE INDEX history_by_rule ON history (rule, entity_kind, entity_id, seq) WHERE rule IS NOT NULL;
+CREATE INDEX history_open_by_rule ON history (rule, seq)
+    WHERE rule IS NOT NULL AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL;
+-- Idempotency keys.
+CREATE UNIQUE INDEX history_by_key ON history (idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- The share record of a grant, when the grant ends.
+CREATE INDEX history_by_grant ON history (grant_serial) WHERE kind = 'share' AND grant_serial IS NOT NULL;
+-- Requests still being processed (failed as interrupted at start).
+CREATE INDEX history_processing ON history (seq) WHERE status = 'Processing';
+-- Retention: what finished longest ago first.
+CREATE INDEX history_by_done ON history (done_ms, seq) WHERE done_ms IS NOT NULL;
+";
+
+/// The columns a record is read from, in this order.
+pub(super) const COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key";
+
+const WRITTEN: &str = "request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key";
+
+/// Insert or replace by request id. A replaced record keeps its place
+/// (`seq`), and keeps a recorded end when the new one has none.
+const PUT: &str = "INSERT INTO history (request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)
+ON CONFLICT (request) DO UPDATE SET
+    kind = excluded.kind, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
+    user = excluded.user, context_kind = excluded.context_kind, context_id = excluded.context_id,
+    level = excluded.level, duration_ms = excluded.duration_ms, expires_ms = excluded.expires_ms,
+    source = excluded.source, rule = excluded.rule, status = excluded.status,
+    failure_kind = excluded.failure_kind, reason = excluded.reason,
+    grant_serial = excluded.grant_serial, created_ms = excluded.created_ms,
+    completed_ms = excluded.completed_ms,
+    end_cause = CASE WHEN excluded.end_ms IS NULL THEN history.end_cause ELSE excluded.end_cause END,
+    end_ms = coalesce(excluded.end_ms, history.end_ms),
+    ended_by = coalesce(excluded.ended_by, history.ended_by),
+    idempotency_key = excluded.idempotency_key";
+
+const END: &str = "UPDATE history SET end_ms = ?2, end_cause = ?3 WHERE grant_serial = ?1 AND kind = 'share' AND end_ms IS NULL";
+const ENDED_BY: &str =
+    "UPDATE history SET ended_by = ?2 WHERE grant_serial = ?1 AND kind = 'share'";
+const FORGET: &str = "DELETE FROM history WHERE request = ?1";
+
+/// A record's columns, in the order of [`WRITTEN`].
+fn values(r: &HistoryRecord) -> [Value; 22] {
+    let text = |s: &str| Value::Text(s.to_string());
+    let opt_ms = |t: Option<DateTime<Utc>>| t.map_or(Value::Null, |t| Value::Integer(ms(t)));
+    let (kind, _) = r.context.pack();
+    let (source, rule) = match r.source {
+        Source::Api => ("api", Value::Null),
+        Source::Automation { rule } => ("automation", Value::Integer(i64_of(rule.0))),
+        Source::Direct => ("direct", Value::Null),
+    };
+    let (failure, reason) = match &r.status {
+        RequestStatus::Failed { kind, reason } => (text(failure_name(*kind)), text(reason)),
+        _ => (Value::Null, Value::Null),
+    };
+    let (end_ms, cause, by) = match (r.revoked, r.expired_at) {
+        (Some((t, by)), _) => {
+            let (cause, by) = match by {
+                EndedBy::Request(id) => ("revoked", Value::Text(id.to_string())),
+                EndedBy::Engine => ("revoked", Value::Null),
+                EndedBy::Replaced => ("replaced", Value::Null),
+            };
+            (Value::Integer(ms(t)), text(cause), by)
+        }
+        (None, Some(t)) => (Value::Integer(ms(t)), text("expired"), Value::Null),
+        (None, None) => (Value::Null, Value::Null, Value::Null),
+    };
+    [
+        Value::Text(r.request.to_string()),
+        text(match r.kind {
+            RequestKind::Share => "share",
+            RequestKind::Revoke => "revoke",
+        }),
+        Value::Integer(i64::from(r.entity.kind.code())),
+        entity_value(&r.entity.id),
+        Value::Text(r.user.0.hyphenated().to_string()),
+        Value::Integer(i64::from(kind)),
+        context_id(r.context).map_or(Value::Null, Value::Text),
+        text(level_name(r.level)),
+        r.duration
+            .map_or(Value::Null, |d| Value::Integer(d.num_milliseconds())),
+        opt_ms(r.expires_at),
+        text(source),
+        rule,
+        text(r.status.name()),
+        failure,
+        reason,
+        r.grant
+            .map_or(Value::Null, |g| Value::Integer(i64_of(g.serial))),
+        Value::Integer(ms(r.created_at)),
+        opt_ms(r.completed_at),
+        end_ms,
+        cause,
+        by,
+        r.idempotency_key
+            .as_ref()
+            .map_or(Value::Null, |k| Value::Text(k.clone())),
+    ]
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// Insert or replace a record by its request id.
+pub(super) fn put_record(tx: &Transaction<'_>, r: &HistoryRecord) -> Result<(), StoreError> {
+    tx.prepare_cached(PUT)
+        .and_then(|mut s| s.execute(rusqlite::params_from_iter(values(r))))
+        .map(|_| ())
+        .map_err(io)
+}
+
+/// Insert a record at a given place (migrations only).
+pub(super) fn insert_with_place(
+    tx: &Transaction<'_>,
+    table: &str,
+    seq: i64,
+    r: &HistoryRecord,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO {table} (seq, {WRITTEN}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+    );
+    let mut all = vec![Value::Integer(seq)];
+    all.extend(values(r));
+    tx.prepare_cached(&sql)
+        .and_then(|mut s| s.execute(rusqlite::params_from_iter(all)))
+        .map(|_| ())
+        .map_err(io)
+}
+
+/// Record the end of the grant `serial` in its share record.
+pub(super) fn end_record(
+    tx: &Transaction<'_>,
+    serial: u64,
+    at: DateTime<Utc>,
+    cause: EndCause,
+) -> Result<(), StoreError> {
+    let cause = match cause {
+        EndCause::Revoked => "revoked",
+        EndCause::Replaced => "replaced",
+        EndCause::Expired => "expired",
+    };
+    tx.prepare_cached(END)
+        .and_then(|mut s| s.execute(params![i64_of(serial), ms(at), cause]))
+        .map(|_| ())
+        .map_err(io)
+}
+
+/// Name the revoke request that ended the grant `serial`.
+pub(super) fn ended_by(
+    tx: &Transaction<'_>,
+    serial: u64,
+    request: &RequestId,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(ENDED_BY)
+        .and_then(|mut s| s.execute(params![i64_of(serial), request.to_string()]))
+        .map(|_| ())
+        .map_err(io)
+}
+
+/// Forget a record.
+pub(super) fn forget(tx: &Transaction<'_>, request: &RequestId) -> Result<(), StoreError> {
+    tx.prepare_cached(FORGET)
+        .and_then(|mut s| s.execute(params![request.to_string()]))
+        .map(|_| ())
+        .map_err(io)
+}
+
+/// The stable name of a failure kind in the `failure_kind` column.
+fn failure_name(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::InvalidInput => "InvalidInput",
+        FailureKind::ContextRefused => "ContextRefused",
+        FailureKind::Delegation => "Delegation",
+        FailureKind::NotFound => "NotFound",
+        FailureKind::AlreadyShared => "AlreadyShared",
+        FailureKind::Capacity => "Capacity",
+        FailureKind::Store => "Store",
+        FailureKind::Interrupted => "Interrupted",
+        FailureKind::Unknown => "Unknown",
+    }
+}
+
+fn failure_of(name: &str) -> Option<FailureKind> {
+    Some(match name {
+        "InvalidInput" => FailureKind::InvalidInput,
+        "ContextRefused" => FailureKind::ContextRefused,
+        "Delegation" => FailureKind::Delegation,
+        "NotFound" => FailureKind::NotFound,
+        "AlreadyShared" => FailureKind::AlreadyShared,
+        "Capacity" => FailureKind::Capacity,
+        "Store" => FailureKind::Store,
+        "Interrupted" => FailureKind::Interrupted,
+        "Unknown" => FailureKind::Unknown,
+        _ => return None,
+    })
+}
+
+/// Reads one history row (selected as [`COLUMNS`]); every error names the
+/// request and the column.
+struct HistoryRow<'r, 's> {
+    row: &'r Row<'s>,
+}
+
+type Bad = (&'static str, String);
+
+impl HistoryRow<'_, '_> {
+    fn get_ref(&self, i: usize, col: &'static str) -> Result<ValueRef<'_>, Bad> {
+        self.row.get_ref(i).map_err(|e| (col, e.to_string()))
+    }
+
+    fn int(&self, i: usize, col: &'static str) -> Result<Option<i64>, Bad> {
+        match self.get_ref(i, col)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Integer(n) => Ok(Some(n)),
+            other => Err((
+                col,
+                format!("a {} where a number belongs", other.data_type()),
+            )),
+        }
+    }
+
+    fn text(&self, i: usize, col: &'static str) -> Result<Option<&str>, Bad> {
+        match self.get_ref(i, col)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .map(Some)
+                .map_err(|e| (col, e.to_string())),
+            other => Err((col, format!("a {} where text belongs", other.data_type()))),
+        }
+    }
+
+    fn need<T>(v: Option<T>, col: &'static str) -> Result<T, Bad> {
+        v.ok_or((col, "missing".to_string()))
+    }
+
+    fn time(&self, i: usize, col: &'static str) -> Result<Option<DateTime<Utc>>, Bad> {
+        self.int(i, col)?
+            .map(|ms| {
+                DateTime::<Utc>::from_timestamp_millis(ms)
+                    .ok_or((col, format!("`{ms}` out of range")))
+            })
+            .transpose()
+    }
+
+    fn request(&self, i: usize, col: &'static str) -> Result<Option<RequestId>, Bad> {
+        self.text(i, col)?
+            .map(|t| {
+                t.parse()
+                    .map_err(|e: crate::model::history::BadRequestId| (col, e.to_string()))
+            })
+            .transpose()
+    }
+
+    fn decode(&self) -> Result<(u64, HistoryRecord), Bad> {
+        let seq = Self::need(self.int(0, "seq")?, "seq")?;
+        let seq = u64::try_from(seq).map_err(|_| ("seq", format!("`{seq}` is negative")))?;
+        let request = Self::need(self.request(1, "request")?, "request")?;
+        let kind = match Self::need(self.text(2, "kind")?, "kind")? {
+            "share" => RequestKind::Share,
+            "revoke" => RequestKind::Revoke,
+            other => return Err(("kind", format!("`{other}` is neither share nor revoke"))),
+        };
+        let entity = entity_from(
+            Self::need(self.int(3, "entity_kind")?, "entity_kind")?,
+            self.get_ref(4, "entity_id")?,
+        )?;
+        let user_text = Self::need(self.text(5, "user")?, "user")?;
+        let user: UserId = user_text
+            .parse()
+            .map_err(|e| ("user", format!("`{user_text}`: {e}")))?;
+        let context = context_from(
+            Self::need(self.int(6, "context_kind")?, "context_kind")?,
+            self.get_ref(7, "context_id")?,
+        )?;
+        let level = match Self::need(self.text(8, "level")?, "level")? {
+            "read" => Level::Read,
+            "edit" => Level::Edit,
+            other => return Err(("level", format!("`{other}` is neither read nor edit"))),
+        };
+        let duration = self
+            .int(9, "duration_ms")?
+            .map(chrono::Duration::milliseconds);
+        let source = match (
+            Self::need(self.text(11, "source")?, "source")?,
+            self.int(12, "rule")?,
+        ) {
+            ("api", _) => Source::Api,
+            ("direct", _) => Source::Direct,
+            ("automation", Some(rule)) => Source::Automation {
+                rule: RuleId(
+                    u64::try_from(rule).map_err(|_| ("rule", format!("`{rule}` is negative")))?,
+                ),
+            },
+            (other, rule) => return Err(("source", format!("`{other}` with rule {rule:?}"))),
+        };
+        let status = match Self::need(self.text(13, "status")?, "status")? {
+            "Processing" => RequestStatus::Processing,
+            "Completed" => RequestStatus::Completed,
+            "Failed" => RequestStatus::Failed {
+                kind: self
+                    .text(14, "failure_kind")?
+                    .map_or(Some(FailureKind::Unknown), failure_of)
+                    .ok_or(("failure_kind", "not a failure kind".to_string()))?,
+                reason: self.text(15, "reason")?.unwrap_or_default().to_string(),
+            },
+            other => return Err(("status", format!("`{other}` is not a status"))),
+        };
+        let grant = self
+            .int(16, "grant_serial")?
+            .map(|s| {
+                u64::try_from(s)
+                    .map(|serial| GrantId {
+                        user,
+                        entity,
+                        context,
+                        serial,
+                    })
+                    .map_err(|_| ("grant_serial", format!("`{s}` is negative")))
+            })
+            .transpose()?;
+        let end = self.time(19, "end_ms")?;
+        let by = self.request(21, "ended_by")?;
+        let (revoked, expired_at) = match (end, self.text(20, "end_cause")?) {
+            (None, _) => (None, None),
+            (Some(t), Some("expired")) => (None, Some(t)),
+            (Some(t), Some("replaced")) => (Some((t, EndedBy::Replaced)), None),
+            (Some(t), Some("revoked")) => (
+                Some((t, by.map_or(EndedBy::Engine, EndedBy::Request))),
+                None,
+            ),
+            (Some(_), cause) => return Err(("end_cause", format!("{cause:?} is not a cause"))),
+        };
+        let record = HistoryRecord {
+            request,
+            kind,
+            entity,
+            user,
+            context,
+            level,
+            duration,
+            expires_at: self.time(10, "expires_ms")?,
+            source,
+            status,
+            grant,
+            created_at: Self::need(self.time(17, "created_ms")?, "created_ms")?,
+            completed_at: self.time(18, "completed_ms")?,
+            revoked,
+            expired_at,
+            idempotency_key: self.text(22, "idempotency_key")?.map(str::to_string),
+        };
+        Ok((seq, record))
+    }
+}
+
+/// Decode a row selected as [`COLUMNS`]: its place and record.
+pub(super) fn decode(row: &Row<'_>) -> Result<(u64, HistoryRecord), StoreError> {
+    HistoryRow { row }.decode().map_err(|(col, reason)| {
+        let request: String = row.get(1).unwrap_or_else(|_| "?".into());
+        StoreError::Corrupt {
+            what: format!("history row `{request}`"),
+            reason: format!("{col}: {reason}"),
+        }
+    })
+}

@@ -1,0 +1,435 @@
+//! The read side: queries on connections of their own, beside the writer.
+//!
+//! In WAL mode a reader sees the last commit made before its read
+//! transaction began and never waits for the writer, so a history page is
+//! not held up by a batch being written, and a batch is not held up by a
+//! page being read. Each query runs in one read transaction, so a query
+//! that reads several index ranges (a page merged from its status and
+//! source ranges) sees one state.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection};
+
+use super::codec::{context_id, decode_grant, entity_value, i64_of};
+use super::history::{decode, COLUMNS};
+use super::io;
+use crate::clock::to_millis;
+use crate::ids::EntityId;
+use crate::model::grant::Grant;
+use crate::model::history::{
+    Cursor, HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId, Source, SourceKind,
+    StatusKind,
+};
+use crate::store::{GrantFilter, StoreError, StoreReader};
+
+/// Idle connections kept for the next queries; more are opened while
+/// more queries run at once, and closed when they are done.
+const IDLE: usize = 8;
+
+/// The read side of a [`SqliteStore`](super::SqliteStore).
+#[derive(Debug)]
+pub(super) struct SqliteReader {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+const GRANT_COLUMNS: &str =
+    "serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc";
+
+impl SqliteReader {
+    pub(super) fn new(path: PathBuf) -> Self {
+        SqliteReader {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open(&self.path).map_err(io)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(io)?;
+        conn.pragma_update(None, "query_only", true).map_err(io)?;
+        // Reads touch a few pages per query; the writer keeps the big cache.
+        conn.pragma_update(None, "cache_size", -8192).map_err(io)?;
+        Ok(conn)
+    }
+
+    /// Run `f` in one read transaction on an idle (or new) connection.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = match self.idle.lock().pop() {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        conn.execute_batch("BEGIN").map_err(io)?;
+        let out = f(&conn);
+        let end = conn.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
+        if end.is_ok() {
+            let mut idle = self.idle.lock();
+            if idle.len() < IDLE {
+                idle.push(conn);
+            }
+        }
+        let out = out?;
+        end.map_err(io)?;
+        Ok(out)
+    }
+
+    fn one(
+        &self,
+        sql: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> Result<Option<HistoryRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(io)?;
+            let mut rows = stmt.query(values).map_err(io)?;
+            match rows.next().map_err(io)? {
+                Some(row) => Ok(Some(decode(row)?.1)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn all(
+        &self,
+        sql: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(sql).map_err(io)?;
+            let mut rows = stmt.query(values).map_err(io)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(io)? {
+                out.push(decode(row)?.1);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// One index range of a page: its query and the values it binds.
+struct Range {
+    sql: String,
+    values: Vec<Value>,
+}
+
+/// The ranges a page is merged from: the user's range, the rule's, or one
+/// range per (status, source) that the filters allow.
+fn ranges(entity: &EntityId, q: &HistoryQuery, below: i64) -> Vec<Range> {
+    let head = format!("SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2");
+    let kind = Value::Integer(i64::from(entity.kind.code()));
+    let id = entity_value(&entity.id);
+    if let Some(user) = q.user {
+        return vec![Range {
+            sql: format!("{head} AND user = ?3 AND seq < ?4 ORDER BY seq DESC"),
+            values: vec![
+                kind,
+                id,
+                Value::Text(user.0.hyphenated().to_string()),
+                Value::Integer(below),
+            ],
+        }];
+    }
+    if let Some(Source::Automation { rule }) = q.source {
+        return vec![Range {
+            sql: format!("{head} AND rule = ?3 AND seq < ?4 ORDER BY seq DESC"),
+            values: vec![
+                kind,
+                id,
+                Value::Integer(i64_of(rule.0)),
+                Value::Integer(below),
+            ],
+        }];
+    }
+    let statuses: &[&str] = match q.status {
+        Some(StatusKind::Processing) => &["Processing"],
+        Some(StatusKind::Completed) => &["Completed"],
+        Some(StatusKind::Failed) => &["Failed"],
+        None => &["Processing", "Completed", "Failed"],
+    };
+    let source_kind = q.source.map(|s| s.kind()).or(q.source_kind);
+    let sources: &[&str] = match source_kind {
+        Some(SourceKind::Api) => &["api"],
+        Some(SourceKind::Automation) => &["automation"],
+        Some(SourceKind::Direct) => &["direct"],
+        None => &["api", "automation", "direct"],
+    };
+    let mut out = Vec::with_capacity(statuses.len() * sources.len());
+    for status in statuses {
+        for source in sources {
+            out.push(Range {
+                sql: format!(
+                    "{head} AND status = ?3 AND source = ?4 AND seq < ?5 ORDER BY seq DESC"
+                ),
+                values: vec![
+                    kind.clone(),
+                    id.clone(),
+                    Value::Text((*status).into()),
+                    Value::Text((*source).into()),
+                    Value::Integer(below),
+                ],
+            });
+        }
+    }
+    out
+}
+
+impl StoreReader for SqliteReader {
+    fn request(&self, id: &RequestId) -> Result<Option<HistoryRecord>, StoreError> {
+        self.one(
+            &format!("SELECT {COLUMNS} FROM history WHERE request = ?1"),
+            &[&id.to_string()],
+        )
+    }
+
+    fn request_by_key(&self, key: &str) -> Result<Option<HistoryRecord>, StoreError> {
+        self.one(
+            &format!("SELECT {COLUMNS} FROM history WHERE idempotency_key = ?1"),
+            &[&key],
+        )
+    }
+
+    fn history(&self, entity: &EntityId, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let below = query.after.map_or(i64::MAX, |c| i64_of(c.place()));
+        let ranges = ranges(entity, query, below);
+        let want = query.limit.saturating_add(1);
+        let mut found = self.read(|conn| {
+            let mut stmts = Vec::with_capacity(ranges.len());
+            for r in &ranges {
+                stmts.push(conn.prepare_cached(&r.sql).map_err(io)?);
+            }
+            let mut streams = Vec::with_capacity(ranges.len());
+            for (stmt, r) in stmts.iter_mut().zip(&ranges) {
+                streams.push(stmt.query(params_from_iter(r.values.iter())).map_err(io)?);
+            }
+            // Each stream's next record that passes every filter.
+            let mut heads = Vec::with_capacity(streams.len());
+            for rows in &mut streams {
+                heads.push(next_kept(rows, query)?);
+            }
+            let mut out: Vec<(u64, HistoryRecord)> = Vec::new();
+            while out.len() < want {
+                // The newest head: the merge of ranges that are each
+                // newest first.
+                let newest = heads
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, h)| h.as_ref().map(|(seq, _)| (*seq, i)))
+                    .max();
+                let Some((_, i)) = newest else { break };
+                let (Some(head), Some(rows)) = (heads.get_mut(i), streams.get_mut(i)) else {
+                    break;
+                };
+                let next = next_kept(rows, query)?;
+                if let Some(taken) = std::mem::replace(head, next) {
+                    out.push(taken);
+                }
+            }
+            Ok(out)
+        })?;
+        let next = if found.len() > query.limit {
+            found.truncate(query.limit);
+            found.last().map(|(seq, _)| Cursor::before(*seq))
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            records: found.into_iter().map(|(_, r)| r).collect(),
+            next,
+        })
+    }
+
+    fn access_at(
+        &self,
+        entity: &EntityId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        let all = self.all(
+            &format!(
+                "SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"
+            ),
+            &[
+                &i64::from(entity.kind.code()),
+                &entity_value(&entity.id),
+                &at.timestamp_millis(),
+            ],
+        )?;
+        Ok(all.into_iter().filter(|r| r.gave_access_at(at)).collect())
+    }
+
+    fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.all(
+            &format!(
+                "SELECT {COLUMNS} FROM history WHERE status = 'Processing' ORDER BY seq LIMIT ?1"
+            ),
+            &[&i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+    }
+
+    fn open_shares_of_rule(&self, rule: RuleId) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.all(
+            &format!(
+                "SELECT {COLUMNS} FROM history WHERE rule = ?1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL ORDER BY seq"
+            ),
+            &[&i64_of(rule.0)],
+        )
+    }
+
+    fn prunable(&self, horizon: DateTime<Utc>, limit: usize) -> Result<Vec<RequestId>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT request FROM history WHERE done_ms < ?1 ORDER BY done_ms, seq LIMIT ?2",
+                )
+                .map_err(io)?;
+            let mut rows = stmt
+                .query(params![
+                    horizon.timestamp_millis(),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ])
+                .map_err(io)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(io)? {
+                let text: String = row.get(0).map_err(io)?;
+                out.push(
+                    text.parse()
+                        .map_err(
+                            |e: crate::model::history::BadRequestId| StoreError::Corrupt {
+                                what: "history row".into(),
+                                reason: format!("request: {e}"),
+                            },
+                        )?,
+                );
+            }
+            Ok(out)
+        })
+    }
+
+    fn live_grants(
+        &self,
+        filter: GrantFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let now = Value::Integer(i64_of(to_millis(now)));
+        let (cond, mut values) = match filter {
+            GrantFilter::User(u) => (
+                "user = ?1 AND expires_ms > ?2",
+                vec![Value::Text(u.0.hyphenated().to_string())],
+            ),
+            GrantFilter::Entity(e) => (
+                "entity_kind = ?1 AND entity_id = ?2 AND expires_ms > ?3",
+                vec![
+                    Value::Integer(i64::from(e.kind.code())),
+                    entity_value(&e.id),
+                ],
+            ),
+            GrantFilter::Context(c) => (
+                "context_kind = ?1 AND context_id IS ?2 AND expires_ms > ?3",
+                vec![
+                    Value::Integer(i64::from(c.pack().0)),
+                    context_id(c).map_or(Value::Null, Value::Text),
+                ],
+            ),
+            GrantFilter::ExpiringBy(until) => (
+                "expires_ms > ?2 AND expires_ms <= ?1",
+                vec![Value::Integer(i64_of(to_millis(until)))],
+            ),
+        };
+        values.push(now);
+        let sql =
+            format!("SELECT {GRANT_COLUMNS} FROM grants WHERE {cond} ORDER BY expires_ms, serial");
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql).map_err(io)?;
+            let mut rows = stmt.query(params_from_iter(values.iter())).map_err(io)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(io)? {
+                out.push(
+                    decode_grant(row).map_err(|(serial, reason)| StoreError::Corrupt {
+                        what: format!("grants row with serial {serial}"),
+                        reason,
+                    })?,
+                );
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The next row of `rows` whose record passes every filter of `q`.
+fn next_kept(
+    rows: &mut rusqlite::Rows<'_>,
+    q: &HistoryQuery,
+) -> Result<Option<(u64, HistoryRecord)>, StoreError> {
+    while let Some(row) = rows.next().map_err(io)? {
+        let (seq, record) = decode(row)?;
+        if q.keeps(&record) {
+            return Ok(Some((seq, record)));
+        }
+    }
+    Ok(None)
+}
+
+/// The query plan SQLite chooses for each query of the read side, one
+/// line per step (for the docs and the test that no query scans a table).
+#[cfg(test)]
+pub(super) fn plans(conn: &Connection) -> Vec<(String, String)> {
+    let entity = EntityId::lead(1);
+    let mut out = Vec::new();
+    let q = HistoryQuery::default();
+    let mut queries: Vec<(String, String, Vec<Value>)> = Vec::new();
+    for (name, query) in [
+        ("page", q.clone()),
+        (
+            "page by user",
+            q.clone().user(crate::ids::UserId::from_u128(1)),
+        ),
+        ("page by status", q.clone().status(StatusKind::Failed)),
+        (
+            "page by source kind",
+            q.clone().source_kind(SourceKind::Api),
+        ),
+        (
+            "page by rule",
+            q.clone().source(Source::Automation { rule: RuleId(1) }),
+        ),
+    ] {
+        if let Some(r) = ranges(&entity, &query, 10).into_iter().next() {
+            queries.push((name.into(), r.sql, r.values));
+        }
+    }
+    let one = |sql: &str, v: Vec<Value>| (sql.to_string(), v);
+    for (name, (sql, v)) in [
+        ("request by id", one(&format!("SELECT {COLUMNS} FROM history WHERE request = ?1"), vec![Value::Text("x".into())])),
+        ("request by key", one(&format!("SELECT {COLUMNS} FROM history WHERE idempotency_key = ?1"), vec![Value::Text("k".into())])),
+        ("processing", one(&format!("SELECT {COLUMNS} FROM history WHERE status = 'Processing' ORDER BY seq LIMIT ?1"), vec![Value::Integer(10)])),
+        ("open shares of a rule", one(&format!("SELECT {COLUMNS} FROM history WHERE rule = ?1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL ORDER BY seq"), vec![Value::Integer(1)])),
+        ("prunable", one("SELECT request FROM history WHERE done_ms < ?1 ORDER BY done_ms, seq LIMIT ?2", vec![Value::Integer(1), Value::Integer(10)])),
+        ("access at", one(&format!("SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),
+        ("end a share record", one("UPDATE history SET end_ms = ?2, end_cause = ?3 WHERE grant_serial = ?1 AND kind = 'share' AND end_ms IS NULL", vec![Value::Integer(1), Value::Integer(1), Value::Text("expired".into())])),
+        ("grants of a user", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE user = ?1 AND expires_ms > ?2 ORDER BY expires_ms, serial"), vec![Value::Text("u".into()), Value::Integer(1)])),
+        ("grants on an entity", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE entity_kind = ?1 AND entity_id = ?2 AND expires_ms > ?3 ORDER BY expires_ms, serial"), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),
+        ("grants through a context", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE context_kind = ?1 AND context_id IS ?2 AND expires_ms > ?3 ORDER BY expires_ms, serial"), vec![Value::Integer(1), Value::Text("c".into()), Value::Integer(1)])),
+        ("grants expiring", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE expires_ms > ?2 AND expires_ms <= ?1 ORDER BY expires_ms, serial"), vec![Value::Integer(2), Value::Integer(1)])),
+    ] {
+        queries.push((name.into(), sql, v));
+    }
+    for (name, sql, values) in queries {
+        let plan = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .and_then(|mut s| {
+                let rows =
+                    s.query_map(params_from_iter(values.iter()), |r| r.get::<_, String>(3))?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .map(|steps| steps.join("; "))
+            .unwrap_or_else(|e| format!("error: {e}"));
+        out.push((name, plan));
+    }
+    out
+}
