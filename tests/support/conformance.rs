@@ -102,7 +102,11 @@ pub fn share_record(i: usize, e: usize, u: usize, status: RequestStatus) -> Hist
         entity: entity(e),
         user: user(u),
         context: context(i % 3),
-        level: if i % 2 == 0 { Level::Read } else { Level::Edit },
+        level: if i.is_multiple_of(2) {
+            Level::Read
+        } else {
+            Level::Edit
+        },
         duration: Some(Duration::minutes(60 + i as i64)),
         expires_at: grant.map(|_| at(i as i64 + 60)),
         source: match i % 4 {
@@ -117,7 +121,7 @@ pub fn share_record(i: usize, e: usize, u: usize, status: RequestStatus) -> Hist
         completed_at: completed.then(|| at(i as i64)),
         revoked: None,
         expired_at: None,
-        idempotency_key: (i % 5 == 0).then(|| format!("key-{i}")),
+        idempotency_key: i.is_multiple_of(5).then(|| format!("key-{i}")),
     }
 }
 
@@ -140,7 +144,7 @@ fn grant(serial: u64, u: usize, e: usize, c: usize, expires: i64) -> Grant {
             context: context(c),
             serial,
         },
-        level: if serial % 2 == 0 {
+        level: if serial.is_multiple_of(2) {
             Level::Read
         } else {
             Level::Edit
