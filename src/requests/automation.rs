@@ -287,13 +287,13 @@ impl Sharing {
     ///
     /// [`QueryError::Store`] when the store cannot be read to find them.
     pub fn revoke_rule_grants(&self, rule: RuleId) -> Result<Vec<Outcome>, QueryError> {
+        let now = self.inner.engine.now();
         let records = self
             .inner
             .backend
             .reader()
-            .open_shares_of_rule(rule)
+            .open_shares_of_rule(rule, now)
             .map_err(QueryError::Store)?;
-        let now = self.inner.engine.now();
         Ok(records
             .into_iter()
             .filter_map(|r| r.grant.map(|g| (g, r.level)))

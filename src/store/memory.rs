@@ -116,10 +116,10 @@ fn is_open_share(r: &HistoryRecord) -> bool {
 }
 
 /// When retention may remove a record: the end of a completed share's
-/// grant, else when the request finished.
+/// grant (recorded, else its expiry), else when the request finished.
 fn done_at(r: &HistoryRecord) -> Option<DateTime<Utc>> {
     match (r.kind, &r.status) {
-        (RequestKind::Share, RequestStatus::Completed) => r.ended_at(),
+        (RequestKind::Share, RequestStatus::Completed) => r.ended_at().or(r.expires_at),
         (_, RequestStatus::Processing) => None,
         _ => r.completed_at,
     }
@@ -167,7 +167,8 @@ impl State {
             return;
         }
         match cause {
-            EndCause::Expired => s.record.expired_at = Some(at),
+            // Not recorded: readers compare `expires_at` with their time.
+            EndCause::Expired => {}
             EndCause::Replaced => s.record.revoked = Some((at, EndedBy::Replaced)),
             EndCause::Revoked => {
                 let by = s.ended_by.map_or(EndedBy::Engine, EndedBy::Request);
@@ -345,13 +346,18 @@ impl StoreReader for MemoryStore {
             .collect())
     }
 
-    fn open_shares_of_rule(&self, rule: RuleId) -> Result<Vec<HistoryRecord>, StoreError> {
+    fn open_shares_of_rule(
+        &self,
+        rule: RuleId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
         let st = self.state.lock();
         Ok(st
             .history
             .values()
             .map(|s| &s.record)
             .filter(|r| r.source == Source::Automation { rule } && is_open_share(r))
+            .filter(|r| r.expires_at.is_some_and(|t| t > now))
             .cloned()
             .collect())
     }

@@ -83,9 +83,12 @@ pub enum Change {
     /// extension, a raised level.
     Put(Grant),
     /// A grant ended: remove it from the live grants (a no-op if it is not
-    /// there), and record the end in the history record of the share that
-    /// made it (the record whose kind is share and whose grant has this
-    /// serial), if that record has no end yet.
+    /// there). A grant revoked or replaced also records its end in the
+    /// history record of the share that made it (the record whose kind is
+    /// share and whose grant has this serial), if that record has no end
+    /// yet. An expiry is not recorded there: the record's `expires_at`
+    /// already says when the grant ends, and readers compare it with their
+    /// time (so the most common end costs the history nothing).
     End {
         /// The grant's serial.
         serial: u64,
@@ -310,12 +313,17 @@ pub trait StoreReader: Send + Sync {
     ) -> Result<Vec<HistoryRecord>, StoreError>;
     /// Requests still `Processing`, oldest first, at most `limit`.
     fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError>;
-    /// The completed share records of rule `rule` whose grant has not
-    /// ended (as far as the store knows), oldest first.
-    fn open_shares_of_rule(&self, rule: RuleId) -> Result<Vec<HistoryRecord>, StoreError>;
+    /// The completed share records of rule `rule` whose grant was neither
+    /// revoked nor replaced and expires after `now`, oldest first.
+    fn open_shares_of_rule(
+        &self,
+        rule: RuleId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, StoreError>;
     /// At most `limit` requests that retention may remove: shares whose
-    /// grant ended, and failed requests and revokes finished, before
-    /// `horizon`. Oldest first.
+    /// grant ended (revoked, replaced, or past its `expires_at`), and
+    /// failed requests and revokes finished, before `horizon`. Oldest first
+    /// (by that instant, then by place).
     fn prunable(&self, horizon: DateTime<Utc>, limit: usize) -> Result<Vec<RequestId>, StoreError>;
     /// The stored grants that `filter` selects and that expire after `now`,
     /// ordered by expiry, then serial.

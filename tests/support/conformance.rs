@@ -359,30 +359,37 @@ fn ends_reach_the_share_record<H: Harness>(h: &mut H) {
         },
         // A second end changes nothing.
         Change::End {
-            serial: serial(0),
+            serial: serial(1),
             at: at(20),
             cause: EndCause::Revoked,
         },
     ]);
     let r = w.reader();
     let get = |i: usize| r.request(&records[i].request).unwrap().unwrap();
-    assert_eq!(get(0).expired_at, Some(at(10)));
-    assert_eq!(get(0).revoked, None);
+    // An expiry is not recorded: `expires_at` says it, for readers to
+    // compare with their time.
+    assert_eq!(get(0).ended_at(), None);
+    assert_eq!(get(0).expires_at, records[0].expires_at);
     assert_eq!(get(1).revoked, Some((at(11), EndedBy::Replaced)));
     assert_eq!(get(2).revoked, Some((at(12), EndedBy::Request(by))));
     assert_eq!(get(3).revoked, Some((at(13), EndedBy::Request(other))));
     assert_eq!(get(4).ended_at(), None);
     // A record rewritten without an end keeps the end the store recorded.
-    let rewritten = records[0].clone();
+    let rewritten = records[1].clone();
     w.apply(vec![Change::Record(Box::new(rewritten))]);
     assert_eq!(
         w.reader()
-            .request(&records[0].request)
+            .request(&records[1].request)
             .unwrap()
             .unwrap()
-            .expired_at,
-        Some(at(10))
+            .revoked,
+        Some((at(11), EndedBy::Replaced))
     );
+    // An end written as part of a record (an expiry, say) is kept.
+    let mut expired = records[4].clone();
+    expired.expired_at = expired.expires_at;
+    w.apply(vec![Change::Record(Box::new(expired.clone()))]);
+    assert_eq!(w.reader().request(&expired.request).unwrap(), Some(expired));
 }
 
 /// A corpus over two entities with every kind of status and source.
@@ -479,12 +486,12 @@ fn access_at_matches_the_model<H: Harness>(h: &mut H) {
                 r.revoked = Some((at(i as i64 + 20), EndedBy::Engine));
             }
             1 => {
+                // Expiries are not recorded; the model keeps none either.
                 ends.push(Change::End {
                     serial: g.serial,
                     at: r.expires_at.unwrap(),
                     cause: EndCause::Expired,
                 });
-                r.expired_at = r.expires_at;
             }
             _ => {}
         }
@@ -534,7 +541,7 @@ fn processing_and_open_shares_of_a_rule<H: Harness>(h: &mut H) {
     let want: Vec<RequestId> = rule1[1..].iter().map(|r| r.request).collect();
     let got: Vec<RequestId> = w
         .reader()
-        .open_shares_of_rule(RuleId(1))
+        .open_shares_of_rule(RuleId(1), at(0))
         .unwrap()
         .iter()
         .map(|r| r.request)
@@ -542,7 +549,13 @@ fn processing_and_open_shares_of_a_rule<H: Harness>(h: &mut H) {
     assert_eq!(got, want);
     assert!(w
         .reader()
-        .open_shares_of_rule(RuleId(9))
+        .open_shares_of_rule(RuleId(9), at(0))
+        .unwrap()
+        .is_empty());
+    // Past their expiry, none is open.
+    assert!(w
+        .reader()
+        .open_shares_of_rule(RuleId(1), at(10_000))
         .unwrap()
         .is_empty());
 }
@@ -550,23 +563,35 @@ fn processing_and_open_shares_of_a_rule<H: Harness>(h: &mut H) {
 fn pruning_goes_in_bounded_steps_and_forgets_everywhere<H: Harness>(h: &mut H) {
     let mut w = Writer::new(h.fresh());
     let all = corpus(&mut w, 140);
-    // End every completed share at its creation + 30 minutes.
+    // Revoke every other completed share at its creation + 30 minutes;
+    // the others end at their expiry.
+    let revoked: HashSet<RequestId> = all
+        .iter()
+        .filter(|r| r.grant.is_some())
+        .step_by(2)
+        .map(|r| r.request)
+        .collect();
     let ends = all
         .iter()
+        .filter(|r| revoked.contains(&r.request))
         .filter_map(|r| r.grant.map(|g| (g, r.created_at)))
         .map(|(g, t)| Change::End {
             serial: g.serial,
             at: t + Duration::minutes(30),
-            cause: EndCause::Expired,
+            cause: EndCause::Revoked,
         })
         .collect();
     w.apply(ends);
     let horizon = at(100);
-    // Done before the horizon: failed ones finished before it, ended
-    // shares whose end is before it; never those still processing.
+    // Done before the horizon: failed ones finished before it, shares
+    // whose grant ended (revoked, or at its expiry) before it; never those
+    // still processing.
     let done = |r: &HistoryRecord| match (&r.status, r.grant) {
         (RequestStatus::Processing, _) => None,
-        (RequestStatus::Completed, Some(_)) => Some(r.created_at + Duration::minutes(30)),
+        (RequestStatus::Completed, Some(_)) if revoked.contains(&r.request) => {
+            Some(r.created_at + Duration::minutes(30))
+        }
+        (RequestStatus::Completed, Some(_)) => r.expires_at,
         _ => r.completed_at,
     };
     let mut want: Vec<(DateTime<Utc>, RequestId)> = all

@@ -11,7 +11,7 @@ use crate::ids::{Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserI
 use crate::model::grant::Grant;
 use crate::model::history::RuleId;
 use crate::model::rule::Rule;
-use crate::store::{Batch, Change, StoreError};
+use crate::store::{Batch, Change, EndCause, StoreError};
 
 const PUT_GRANT: &str = "INSERT OR REPLACE INTO grants (serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const END_GRANT: &str = "DELETE FROM grants WHERE serial = ?1";
@@ -32,7 +32,13 @@ pub(super) fn write_change(tx: &Transaction<'_>, change: &Change) -> Result<(), 
         Change::Put(g) => put_grant(tx, g),
         Change::End { serial, at, cause } => {
             run(END_GRANT, &[&i64_of(*serial)])?;
-            history::end_record(tx, *serial, *at, *cause)
+            match cause {
+                // Not recorded: readers compare `expires_ms` with their time.
+                EndCause::Expired => Ok(()),
+                EndCause::Revoked | EndCause::Replaced => {
+                    history::end_record(tx, *serial, *at, *cause)
+                }
+            }
         }
         Change::EndedBy { serial, request } => history::ended_by(tx, *serial, request),
         Change::Record(record) => history::put_record(tx, record),

@@ -22,7 +22,7 @@ CREATE INDEX history_by_entity_status ON history (entity_kind, entity_id, status
 CREATE INDEX history_by_entity_user ON history (entity_kind, entity_id, user, seq);
 -- An entity's page for one rule, and a rule's grants still open.
 CREATE INDEX history_by_rule ON history (rule, entity_kind, entity_id, seq) WHERE rule IS NOT NULL;
-CREATE INDEX history_open_by_rule ON history (rule, seq)
+CREATE INDEX history_open_by_rule ON history (rule, expires_ms)
     WHERE rule IS NOT NULL AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL;
 -- Idempotency keys.
 CREATE UNIQUE INDEX history_by_key ON history (idempotency_key) WHERE idempotency_key IS NOT NULL;

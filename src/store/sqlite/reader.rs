@@ -37,6 +37,10 @@ pub(super) struct SqliteReader {
     idle: Mutex<Vec<Connection>>,
 }
 
+/// A rule's completed shares whose grant is neither ended nor expired.
+const OPEN_OF_RULE: &str =
+    "rule = ?1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL AND expires_ms > ?2";
+
 const GRANT_COLUMNS: &str =
     "serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc";
 
@@ -272,12 +276,14 @@ impl StoreReader for SqliteReader {
         )
     }
 
-    fn open_shares_of_rule(&self, rule: RuleId) -> Result<Vec<HistoryRecord>, StoreError> {
+    fn open_shares_of_rule(
+        &self,
+        rule: RuleId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
         self.all(
-            &format!(
-                "SELECT {COLUMNS} FROM history WHERE rule = ?1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL ORDER BY seq"
-            ),
-            &[&i64_of(rule.0)],
+            &format!("SELECT {COLUMNS} FROM history WHERE {OPEN_OF_RULE} ORDER BY seq"),
+            &[&i64_of(rule.0), &now.timestamp_millis()],
         )
     }
 
@@ -408,7 +414,7 @@ pub(super) fn plans(conn: &Connection) -> Vec<(String, String)> {
         ("request by id", one(&format!("SELECT {COLUMNS} FROM history WHERE request = ?1"), vec![Value::Text("x".into())])),
         ("request by key", one(&format!("SELECT {COLUMNS} FROM history WHERE idempotency_key = ?1"), vec![Value::Text("k".into())])),
         ("processing", one(&format!("SELECT {COLUMNS} FROM history WHERE status = 'Processing' ORDER BY seq LIMIT ?1"), vec![Value::Integer(10)])),
-        ("open shares of a rule", one(&format!("SELECT {COLUMNS} FROM history WHERE rule = ?1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL ORDER BY seq"), vec![Value::Integer(1)])),
+        ("open shares of a rule", one(&format!("SELECT {COLUMNS} FROM history WHERE {OPEN_OF_RULE} ORDER BY seq"), vec![Value::Integer(1), Value::Integer(1)])),
         ("prunable", one("SELECT request FROM history WHERE done_ms < ?1 ORDER BY done_ms, seq LIMIT ?2", vec![Value::Integer(1), Value::Integer(10)])),
         ("access at", one(&format!("SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),
         ("end a share record", one("UPDATE history SET end_ms = ?2, end_cause = ?3 WHERE grant_serial = ?1 AND kind = 'share' AND end_ms IS NULL", vec![Value::Integer(1), Value::Integer(1), Value::Text("expired".into())])),

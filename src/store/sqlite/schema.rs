@@ -98,15 +98,16 @@ CREATE TABLE history_v2 (
     grant_serial    INTEGER,                -- the grant made (shares) or ended (revokes)
     created_ms      INTEGER NOT NULL,       -- milliseconds since 1970 UTC
     completed_ms    INTEGER,
-    end_ms          INTEGER,                -- when a share's grant ended
+    end_ms          INTEGER,                -- when a share's grant was revoked or replaced (an expiry is expires_ms)
     end_cause       TEXT CHECK (end_cause IN ('revoked', 'replaced', 'expired')),
     ended_by        TEXT,                   -- the revoke request that ended it
     idempotency_key TEXT,
     -- When retention may remove the record: a completed share when its
-    -- grant ended, any other request when it finished.
+    -- grant ended (revoked or replaced, else at its expiry), any other
+    -- request when it finished.
     done_ms INTEGER GENERATED ALWAYS AS (
         CASE WHEN status = 'Processing' THEN NULL
-             WHEN kind = 'share' AND status = 'Completed' THEN end_ms
+             WHEN kind = 'share' AND status = 'Completed' THEN coalesce(end_ms, expires_ms)
              ELSE completed_ms END) VIRTUAL
 );
 ";
