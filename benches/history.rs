@@ -71,8 +71,28 @@ fn main() {
     }
     let n = env("GRANTWHEEL_HISTORY_N", 1_000_000);
     let grants = env("GRANTWHEEL_HISTORY_GRANTS", 1_000_000);
-    let dir =
+    if let Ok(reuse) = std::env::var("GRANTWHEEL_BENCH_REUSE") {
+        // Files kept by an earlier run: queries again, sampled from them.
+        let reuse = Path::new(&reuse);
+        let samples = sample(&reuse.join("history.db"));
+        queries(
+            &reuse.join("history.db"),
+            &reuse.join("grants.db"),
+            &samples,
+        );
+        return;
+    }
+    let temp =
         tempfile::tempdir_in(std::env::var("GRANTWHEEL_BENCH_DIR").unwrap_or(".".into())).unwrap();
+    // GRANTWHEEL_BENCH_KEEP=1 keeps the files (to look at them, or to run
+    // the queries again on them with GRANTWHEEL_BENCH_REUSE=<folder>).
+    let dir = Paths(temp.path().to_path_buf());
+    let _temp = if std::env::var("GRANTWHEEL_BENCH_KEEP").is_ok() {
+        println!("files in {}", temp.keep().display());
+        None
+    } else {
+        Some(temp)
+    };
     let all = arg.is_none() || arg.as_deref() == Some("history");
     if all || arg.as_deref() == Some("throughput") {
         throughput(&dir.path().join("api.db"), n);
@@ -90,6 +110,15 @@ fn main() {
             build_history(&without, 0, 1_000_000);
             restart(&with, &without, n);
         }
+    }
+}
+
+/// Where the files go.
+struct Paths(std::path::PathBuf);
+
+impl Paths {
+    fn path(&self) -> &Path {
+        &self.0
     }
 }
 
@@ -291,6 +320,34 @@ fn build_history(path: &Path, n: usize, live: usize) -> Samples {
             .unwrap_or(0)
     );
     samples
+}
+
+/// Samples of ids, keys and (entity, user) pairs read from a file.
+fn sample(path: &Path) -> Samples {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let col = |sql: &str| -> Vec<String> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    let ids = col("SELECT request FROM history WHERE seq % 997 = 0");
+    let keys = col(
+        "SELECT idempotency_key FROM history WHERE idempotency_key IS NOT NULL AND seq % 97 = 0",
+    );
+    let mut stmt = conn
+        .prepare("SELECT entity_id, user FROM history WHERE seq % 997 = 0")
+        .unwrap();
+    let users = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .map(|(e, u)| (EntityId::lead(e as u64), u.parse().unwrap()))
+        .collect();
+    Samples {
+        ids: ids.iter().map(|s| s.parse().unwrap()).collect(),
+        keys,
+        users,
+    }
 }
 
 /// A file of `n` live grants over 100,000 users.
