@@ -3,7 +3,8 @@
 //! large history. Prints figures (no criterion: most figures need files
 //! of millions of rows, built once).
 //!
-//! `cargo bench --bench history [-- throughput|queries|restart]`; sizes
+//! `cargo bench --bench history [-- throughput|queries|restart|store]`
+//! (`store`: queries and restart over one history file); sizes
 //! from `GRANTWHEEL_HISTORY_N` (history records, default 1,000,000) and
 //! `GRANTWHEEL_HISTORY_GRANTS` (live grants for the user listing, default
 //! 1,000,000). The figures use `GRANTWHEEL_HISTORY_N=10000000
@@ -94,18 +95,20 @@ fn main() {
         Some(temp)
     };
     let all = arg.is_none() || arg.as_deref() == Some("history");
+    // `store`: the queries and the restart, over one history file.
+    let store = arg.as_deref() == Some("store");
     if all || arg.as_deref() == Some("throughput") {
         throughput(&dir.path().join("api.db"), n);
     }
-    if all || arg.as_deref() == Some("queries") || arg.as_deref() == Some("restart") {
+    if all || store || arg.as_deref() == Some("queries") || arg.as_deref() == Some("restart") {
         let with = dir.path().join("history.db");
         let samples = build_history(&with, n, 1_000_000);
-        if all || arg.as_deref() == Some("queries") {
+        if all || store || arg.as_deref() == Some("queries") {
             let listing = dir.path().join("grants.db");
             build_grants(&listing, grants);
             queries(&with, &listing, &samples);
         }
-        if all || arg.as_deref() == Some("restart") {
+        if all || store || arg.as_deref() == Some("restart") {
             let without = dir.path().join("no-history.db");
             build_history(&without, 0, 1_000_000);
             restart(&with, &without, n);

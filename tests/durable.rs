@@ -957,3 +957,120 @@ GRANTWHEEL_UNWRITABLE_STEP=read-only-fs "$0" --exact "$1" --nocapture"#;
         }
     }
 }
+
+/// The request layer keeps only what is in flight: finished requests are
+/// read back from the store, also after a restart, and a request refused
+/// before it reached the engine is seen at once and written with the next
+/// batch.
+#[test]
+fn history_is_read_from_the_store_and_memory_holds_only_what_is_in_flight() {
+    struct NoTasks;
+    impl grantwheel::requests::ContextResolver for NoTasks {
+        fn check(&self, _: &grantwheel::UserId, _: &EntityId, c: &Context) -> Result<(), String> {
+            match c {
+                Context::Task(_) => Err("no tasks".into()),
+                _ => Ok(()),
+            }
+        }
+    }
+    for store in stores() {
+        let clock = ManualClock::new(start());
+        let lead = EntityId::lead(42);
+        let (done, refused) = {
+            let sharing = Sharing::builder(store.open(&clock))
+                .resolver(NoTasks)
+                .build()
+                .unwrap();
+            let mut last = None;
+            for u in 0..200 {
+                last = Some(sharing.share(ShareRequest::new(user(u), lead, Level::Read)));
+            }
+            assert_eq!(sharing.in_memory(), 0, "nothing finished stays in memory");
+            let refused = sharing.share(
+                ShareRequest::new(user(1), lead, Level::Read).context(Context::Task(Uuid::nil())),
+            );
+            // Refused before the engine: read from memory until written.
+            assert!(matches!(
+                sharing.status(&refused.request).unwrap(),
+                Some(RequestStatus::Failed {
+                    kind: FailureKind::ContextRefused,
+                    ..
+                })
+            ));
+            let page = sharing
+                .history(&lead, &HistoryQuery::default().limit(2))
+                .unwrap();
+            assert_eq!(
+                page.records[0].request, refused.request,
+                "written for the page"
+            );
+            assert_eq!(sharing.in_memory(), 0);
+            (last.unwrap(), refused)
+        };
+        let sharing = Sharing::new(store.open(&clock));
+        assert_eq!(
+            sharing.status(&done.request).unwrap(),
+            Some(RequestStatus::Completed)
+        );
+        assert!(matches!(
+            sharing.status(&refused.request).unwrap(),
+            Some(RequestStatus::Failed { .. })
+        ));
+        let all = sharing
+            .history(&lead, &HistoryQuery::default().limit(1000))
+            .unwrap();
+        assert_eq!(all.records.len(), 201);
+        assert_eq!(sharing.in_memory(), 0);
+    }
+}
+
+/// Listings come from the store's indexes, and never list a grant that is
+/// revoked in memory though its revoke could not be written yet.
+#[test]
+fn listings_from_the_store_never_show_a_revoked_grant() {
+    use grantwheel::store::{Fault, FaultyStore};
+    let memory = MemoryStore::new();
+    let (store, faults) = FaultyStore::new(memory.clone());
+    let clock = ManualClock::new(start());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .store(store)
+        .build()
+        .unwrap();
+    let (a, b) = (user(1), user(2));
+    let mut shared = Vec::new();
+    for e in 0..4 {
+        for u in [a, b] {
+            let g = engine
+                .share(
+                    u,
+                    EntityId::lead(e),
+                    Context::Direct,
+                    Level::Read,
+                    Expiry::After(Duration::hours(1 + e as i64)),
+                )
+                .unwrap();
+            shared.push(g);
+        }
+    }
+    let of_a: Vec<Grant> = shared.iter().filter(|g| g.id.user == a).copied().collect();
+    assert_eq!(engine.grants_of(&a), of_a, "by expiry");
+    assert_eq!(engine.grants_on(&EntityId::lead(2)).len(), 2);
+    assert_eq!(engine.expiring_within(Duration::minutes(90)).len(), 2);
+    // The revoke cannot be written: the store still holds the grant.
+    faults.set(Fault::Once(faults.ops() + 1));
+    assert!(matches!(
+        engine.revoke(&of_a[0].id),
+        Err(RevokeError::NotDurable(_))
+    ));
+    assert!(memory.stored_grants().iter().any(|g| g.id == of_a[0].id));
+    assert_eq!(engine.grants_of(&a), of_a[1..].to_vec());
+    assert_eq!(engine.expiring_within(Duration::minutes(90)).len(), 1);
+    // Past their expiry, grants are not listed (before any reclaim).
+    clock.advance(Duration::minutes(150));
+    assert_eq!(engine.grants_of(&a), of_a[2..].to_vec());
+    // The revokes by user go through the same listing.
+    let revoked = engine.revoke_user(&b).unwrap();
+    assert_eq!(revoked.len(), 2);
+    assert!(engine.grants_of(&b).is_empty());
+}

@@ -183,9 +183,12 @@ impl SharingInner {
                 m.apply_changes(&changes);
             }
             Backend::Store(_) => {
-                let mut memory = self.memory.lock();
+                // Queued before the overlay takes them (the memory lock is
+                // never held across the engine's): a request concluding
+                // is still in flight meanwhile, so it is never unseen.
                 let changes = records.iter().map(|r| Change::Record(Box::new(r.clone())));
                 let batch = self.engine.write_later(changes);
+                let mut memory = self.memory.lock();
                 memory.settle(self.engine.written_through());
                 for r in records {
                     memory.unwritten_order.push_back((batch, r.request));
@@ -311,6 +314,24 @@ impl Drop for SharingInner {
 }
 
 impl Sharing {
+    /// How many requests the layer holds in memory: those being carried
+    /// out or queued, and finished ones whose record waits for the next
+    /// batch. Everything else is in the store, so this stays small
+    /// whatever the history's size.
+    ///
+    /// ```
+    /// use grantwheel::requests::{ShareRequest, Sharing};
+    /// use grantwheel::{Engine, EntityId, Level, UserId};
+    /// let sharing = Sharing::new(Engine::new());
+    /// sharing.share(ShareRequest::new(UserId::from_u128(1), EntityId::lead(1), Level::Read));
+    /// assert_eq!(sharing.in_memory(), 0);
+    /// ```
+    pub fn in_memory(&self) -> usize {
+        let mut memory = self.inner.memory.lock();
+        memory.settle(self.inner.engine.written_through());
+        memory.in_flight.len() + memory.unwritten.len()
+    }
+
     /// The status of a request; `None` for an unknown (or pruned) id.
     ///
     /// # Errors
