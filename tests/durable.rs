@@ -1074,3 +1074,64 @@ fn listings_from_the_store_never_show_a_revoked_grant() {
     assert_eq!(revoked.len(), 2);
     assert!(engine.grants_of(&b).is_empty());
 }
+
+/// When the store cannot be read: queries say so (typed), the status API
+/// answers "unavailable" rather than "not found", a keyed request is
+/// refused rather than risked twice, and listings and revokes fall back to
+/// the engine's own memory, so a revoke still takes effect.
+#[test]
+fn an_unreadable_store_is_reported_and_revokes_still_work() {
+    use grantwheel::store::FaultyStore;
+    use grantwheel::QueryError;
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let engine = Engine::builder()
+        .clock(ManualClock::new(start()))
+        .store(store)
+        .build()
+        .unwrap();
+    let sharing = Sharing::new(engine.clone());
+    let lead = EntityId::lead(5);
+    let done = sharing.share(ShareRequest::new(user(1), lead, Level::Edit));
+    faults.fail_reads(true);
+    assert!(matches!(
+        sharing.status(&done.request),
+        Err(QueryError::Store(_))
+    ));
+    assert!(matches!(
+        sharing.history(&lead, &HistoryQuery::default()),
+        Err(QueryError::Store(_))
+    ));
+    assert_eq!(
+        sharing
+            .api_status(&done.request.to_string())
+            .message
+            .response_text,
+        "Unavailable"
+    );
+    let keyed = sharing.run(
+        grantwheel::requests::Submission::direct(grantwheel::requests::Command::Share(
+            ShareRequest::new(user(2), lead, Level::Read),
+        ))
+        .key("k"),
+    );
+    assert!(matches!(
+        keyed.status,
+        RequestStatus::Failed {
+            kind: FailureKind::Store,
+            ..
+        }
+    ));
+    assert!(
+        !engine.can_read(&user(2), &lead),
+        "not carried out unchecked"
+    );
+    // Listings and revokes fall back to memory.
+    assert_eq!(engine.grants_of(&user(1)).len(), 1);
+    assert_eq!(engine.revoke_entity(&lead).unwrap().len(), 1);
+    assert!(!engine.can_read(&user(1), &lead));
+    faults.fail_reads(false);
+    assert_eq!(
+        sharing.status(&keyed.request).unwrap().map(|s| s.kind()),
+        Some(grantwheel::requests::StatusKind::Failed)
+    );
+}

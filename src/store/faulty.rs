@@ -1,13 +1,16 @@
 //! A store wrapper that fails chosen operations.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{Batch, Meta, Store, StoreError, StoreReader};
+use chrono::{DateTime, Utc};
+
+use super::{Batch, GrantFilter, Meta, Store, StoreError, StoreReader};
+use crate::ids::EntityId;
 use crate::model::grant::Grant;
-use crate::model::history::RuleId;
+use crate::model::history::{HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId};
 use crate::model::rule::Rule;
 
 /// Which operations a [`FaultyStore`] fails. Operations are counted from 1
@@ -27,6 +30,8 @@ pub enum Fault {
 struct Shared {
     ops: AtomicU64,
     fault: Mutex<Fault>,
+    /// Whether queries of the read side fail.
+    reads_fail: AtomicBool,
 }
 
 /// Controls a [`FaultyStore`] from outside the engine that owns it.
@@ -44,6 +49,12 @@ impl FaultHandle {
     /// Operations attempted so far (failed ones included).
     pub fn ops(&self) -> u64 {
         self.shared.ops.load(Ordering::SeqCst)
+    }
+
+    /// Fail every query of the read side from now on (`true`), or none
+    /// (`false`). Queries are not counted as operations.
+    pub fn fail_reads(&self, fail: bool) {
+        self.shared.reads_fail.store(fail, Ordering::SeqCst);
     }
 }
 
@@ -120,10 +131,69 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.apply(batch)
     }
 
-    /// The inner store's read side, unfaulted: the faults are counted on
-    /// the engine's own operations, which queries from other threads would
-    /// otherwise shift.
+    /// The inner store's read side, failing while
+    /// [`FaultHandle::fail_reads`] says so. Queries are not counted: the
+    /// faults are counted on the engine's own operations, which queries
+    /// from other threads would otherwise shift.
     fn reader(&self) -> Result<Arc<dyn StoreReader>, StoreError> {
-        self.inner.reader()
+        Ok(Arc::new(FaultyReader {
+            inner: self.inner.reader()?,
+            shared: self.shared.clone(),
+        }))
+    }
+}
+
+/// The read side of a [`FaultyStore`].
+struct FaultyReader {
+    inner: Arc<dyn StoreReader>,
+    shared: Arc<Shared>,
+}
+
+impl FaultyReader {
+    fn check(&self) -> Result<&dyn StoreReader, StoreError> {
+        if self.shared.reads_fail.load(Ordering::SeqCst) {
+            Err(StoreError::Injected { op: 0 })
+        } else {
+            Ok(self.inner.as_ref())
+        }
+    }
+}
+
+impl StoreReader for FaultyReader {
+    fn request(&self, id: &RequestId) -> Result<Option<HistoryRecord>, StoreError> {
+        self.check()?.request(id)
+    }
+    fn request_by_key(&self, key: &str) -> Result<Option<HistoryRecord>, StoreError> {
+        self.check()?.request_by_key(key)
+    }
+    fn history(&self, entity: &EntityId, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.check()?.history(entity, query)
+    }
+    fn access_at(
+        &self,
+        entity: &EntityId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.check()?.access_at(entity, at)
+    }
+    fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.check()?.processing(limit)
+    }
+    fn open_shares_of_rule(
+        &self,
+        rule: RuleId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.check()?.open_shares_of_rule(rule, now)
+    }
+    fn prunable(&self, horizon: DateTime<Utc>, limit: usize) -> Result<Vec<RequestId>, StoreError> {
+        self.check()?.prunable(horizon, limit)
+    }
+    fn live_grants(
+        &self,
+        filter: GrantFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError> {
+        self.check()?.live_grants(filter, now)
     }
 }
