@@ -148,8 +148,51 @@ fn api_body(rng: &mut StdRng, items: usize) -> Vec<u8> {
     body.into_bytes()
 }
 
+/// Single calls: the API with one item per call (a request and its record
+/// each), against the engine's own single shares, on files of their own:
+/// both are bound by one sync per call.
+fn single_calls(dir: &Path) {
+    const CALLS: usize = 2000;
+    let open = |name: &str| {
+        Engine::builder()
+            .clock(ManualClock::new(start()))
+            .store(SqliteStore::open(dir.join(name)).unwrap())
+            .build()
+            .unwrap()
+    };
+    let mut rng = StdRng::seed_from_u64(3);
+    let engine = open("single-engine.db");
+    let t = Instant::now();
+    for _ in 0..CALLS {
+        engine
+            .share(
+                pick_user(&mut rng),
+                pick_entity(&mut rng),
+                Context::Direct,
+                Level::Read,
+                grantwheel::Expiry::Default,
+            )
+            .unwrap();
+    }
+    let engine_rate = CALLS as f64 / t.elapsed().as_secs_f64();
+    let sharing = Sharing::new(open("single-api.db"));
+    let bodies: Vec<Vec<u8>> = (0..CALLS).map(|_| api_body(&mut rng, 1)).collect();
+    let t = Instant::now();
+    for body in &bodies {
+        sharing.api_share(body).unwrap();
+    }
+    let api_rate = CALLS as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "single calls: engine shares {engine_rate:.0}/s, API calls of one item {api_rate:.0}/s ({:.2}x)",
+        api_rate / engine_rate
+    );
+}
+
 /// API batches of 1,000 through the request layer on SQLite.
 fn throughput(path: &Path, n: usize) {
+    if let Some(dir) = path.parent() {
+        single_calls(dir);
+    }
     let clock = ManualClock::new(start());
     let engine = Engine::builder()
         .clock(clock.clone())
@@ -453,42 +496,28 @@ fn queries(history: &Path, listing: &Path, s: &Samples) {
             },
             |p| p.records.len(),
         );
-        time(
-            &format!("page by status Failed{label}"),
-            n,
-            |i| {
-                r.history(&pick(i), &page.clone().status(StatusKind::Failed))
-                    .unwrap()
-            },
-            |p| p.records.len(),
-        );
-        time(
-            &format!("page by status Processing{label}"),
-            n,
-            |i| {
-                r.history(&pick(i), &page.clone().status(StatusKind::Processing))
-                    .unwrap()
-            },
-            |p| p.records.len(),
-        );
-        time(
-            &format!("page by source Automation{label}"),
-            n,
-            |i| {
-                r.history(&pick(i), &page.clone().source_kind(SourceKind::Automation))
-                    .unwrap()
-            },
-            |p| p.records.len(),
-        );
-        time(
-            &format!("page by source Direct{label}"),
-            n,
-            |i| {
-                r.history(&pick(i), &page.clone().source_kind(SourceKind::Direct))
-                    .unwrap()
-            },
-            |p| p.records.len(),
-        );
+        for (name, q) in [
+            ("status Failed", page.clone().status(StatusKind::Failed)),
+            (
+                "status Processing",
+                page.clone().status(StatusKind::Processing),
+            ),
+            (
+                "source Automation",
+                page.clone().source_kind(SourceKind::Automation),
+            ),
+            (
+                "source Direct",
+                page.clone().source_kind(SourceKind::Direct),
+            ),
+        ] {
+            time(
+                &format!("page by {name}{label}"),
+                n,
+                |i| r.history(&pick(i), &q).unwrap(),
+                |p| p.records.len(),
+            );
+        }
     }
     time(
         "status by request id",

@@ -83,10 +83,6 @@ pub fn at(m: i64) -> DateTime<Utc> {
     start() + Duration::minutes(m)
 }
 
-fn rec(change: Change) -> Change {
-    change
-}
-
 /// A share record of request number `i` (ids differ per call).
 pub fn share_record(i: usize, e: usize, u: usize, status: RequestStatus) -> HistoryRecord {
     let completed = status != RequestStatus::Processing;
@@ -279,7 +275,7 @@ fn records_are_found_by_id_and_key_and_keep_their_place<H: Harness>(h: &mut H) {
     let mut w = Writer::new(h.fresh());
     let a = share_record(0, 1, 1, RequestStatus::Processing);
     let b = share_record(1, 1, 2, RequestStatus::Completed);
-    w.apply(vec![rec(Change::Record(Box::new(a.clone())))]);
+    w.apply(vec![Change::Record(Box::new(a.clone()))]);
     w.apply(vec![Change::Record(Box::new(b.clone()))]);
     let r = w.reader();
     assert_eq!(r.request(&a.request).unwrap(), Some(a.clone()));
