@@ -284,7 +284,7 @@ pub trait Store: Send {
 ///   are applied; none waits for a batch to be written longer than the
 ///   store's own locking requires.
 /// - The history order is the order in which records were first written;
-///   a [`Cursor`](crate::requests::Cursor) is a place in it. Paging with
+///   a [`Cursor`](crate::model::history::Cursor) is a place in it. Paging with
 ///   cursors returns every record that existed when the first page was read
 ///   exactly once, whatever is written meanwhile (records written later
 ///   are newer, so they sort before the first page).

@@ -56,7 +56,7 @@ pub enum Synchronous {
 ///   crate's tests check it).
 /// - **Compaction**: ended grants are deleted, not flagged, so the grant
 ///   table holds live grants only; history rows go when the request layer
-///   prunes them ([`Sharing::prune`](crate::requests::Sharing::prune)).
+///   prunes them (`Sharing::prune` in the request layer).
 ///
 /// ```
 /// use grantwheel::store::SqliteStore;
@@ -307,8 +307,12 @@ impl Store for SqliteStore {
     }
 
     fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
-        let mut stmt = self
-            .conn
+        // A connection of its own with a small cache, closed after: a scan
+        // of every grant would otherwise fill the writer's cache with pages
+        // no batch needs, and keep that memory for the life of the process.
+        let scan = Connection::open(&self.path).map_err(io)?;
+        scan.pragma_update(None, "cache_size", -2048).map_err(io)?;
+        let mut stmt = scan
             .prepare(
                 "SELECT serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc FROM grants",
             )
