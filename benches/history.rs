@@ -205,6 +205,7 @@ fn throughput(path: &Path, n: usize) {
     let mut rates = Vec::new();
     let mut done = 0;
     let mut spent = StdDuration::ZERO;
+    let mut written = written_bytes();
     while done < n {
         let body = api_body(&mut rng, 1000);
         let t = Instant::now();
@@ -597,6 +598,16 @@ fn child(job: &str) {
         (after - before).saturating_sub(footprint as u64) / 1024
     );
     drop(sharing);
+}
+
+/// Bytes this process has caused to be written to storage.
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn resident_kb() -> u64 {
