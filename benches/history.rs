@@ -73,14 +73,20 @@ fn main() {
     let n = env("GRANTWHEEL_HISTORY_N", 1_000_000);
     let grants = env("GRANTWHEEL_HISTORY_GRANTS", 1_000_000);
     if let Ok(reuse) = std::env::var("GRANTWHEEL_BENCH_REUSE") {
-        // Files kept by an earlier run: queries again, sampled from them.
+        // Files kept by an earlier run: queries (sampled from the files) or
+        // restarts again.
         let reuse = Path::new(&reuse);
-        let samples = sample(&reuse.join("history.db"));
-        queries(
-            &reuse.join("history.db"),
-            &reuse.join("grants.db"),
-            &samples,
-        );
+        let history = reuse.join("history.db");
+        if arg.as_deref() != Some("restart") {
+            queries(&history, &reuse.join("grants.db"), &sample(&history));
+        }
+        if arg.as_deref() != Some("queries") {
+            let without = reuse.join("no-history.db");
+            if !without.exists() {
+                build_history(&without, 0, 1_000_000);
+            }
+            restart(&history, &without, n);
+        }
         return;
     }
     let temp =
@@ -218,13 +224,16 @@ fn throughput(path: &Path, n: usize) {
         if done % WINDOW == 0 {
             rates.push(WINDOW as f64 / spent.as_secs_f64());
             spent = StdDuration::ZERO;
+            let now_written = written_bytes();
             println!(
-                "throughput: {done} requests, {:.0} requests/s in the last {WINDOW}, file {} MB",
+                "throughput: {done} requests, {:.0} requests/s in the last {WINDOW}, {:.1} KiB written per request, file {} MB",
                 rates.last().copied().unwrap_or(0.0),
+                (now_written - written) as f64 / WINDOW as f64 / 1024.0,
                 std::fs::metadata(path)
                     .map(|m| m.len() / 1_000_000)
                     .unwrap_or(0)
             );
+            written = now_written;
         }
     }
     if let (Some(first), Some(last)) = (rates.first(), rates.last()) {
@@ -282,12 +291,14 @@ fn build_history(path: &Path, n: usize, live: usize) -> Samples {
             },
             _ => Source::Direct,
         };
-        let status = match rng.random_range(0..100) {
-            0..=3 => RequestStatus::Failed {
+        // About 4% fail; one in 100,000 is still processing (queued when
+        // the service stopped): a restart fails those few as interrupted.
+        let status = match rng.random_range(0..100_000) {
+            0..=3_999 => RequestStatus::Failed {
                 kind: FailureKind::ContextRefused,
                 reason: "the activity is not the user's".into(),
             },
-            4 => RequestStatus::Processing,
+            4_000 => RequestStatus::Processing,
             _ => RequestStatus::Completed,
         };
         let context = Context::Activity(uuid::Uuid::from_u128(rng.random()));
