@@ -336,6 +336,10 @@ impl Engine {
     /// listed even before its end is written. A share still being written
     /// is not listed until its call returns. Without a store (or if the
     /// store cannot be read), the engine scans its index: O(pairs).
+    ///
+    /// A listing trusts the store's indexes: damage on disk can hide a
+    /// grant from it (never show one that was not given); after a disk
+    /// fault, check the file (`SqliteStore::integrity_check`).
     pub fn grants_on(&self, entity: &EntityId) -> Vec<Grant> {
         self.listing(GrantFilter::Entity(*entity))
     }

@@ -128,8 +128,8 @@ struct Range {
 
 /// The ranges a page is merged from: the user's range, the rule's, or one
 /// range per (status, source) that the filters allow.
-fn ranges(entity: &EntityId, q: &HistoryQuery, below: i64) -> Vec<Range> {
-    let head = format!("SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2");
+fn ranges(entity: &EntityId, q: &HistoryQuery, below: i64, columns: &str) -> Vec<Range> {
+    let head = format!("SELECT {columns} FROM history WHERE entity_kind = ?1 AND entity_id = ?2");
     let kind = Value::Integer(i64::from(entity.kind.code()));
     let id = entity_value(&entity.id);
     if let Some(user) = q.user {
@@ -201,42 +201,44 @@ impl StoreReader for SqliteReader {
 
     fn history(&self, entity: &EntityId, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
         let below = query.after.map_or(i64::MAX, |c| i64_of(c.place()));
-        let ranges = ranges(entity, query, below);
         let want = query.limit.saturating_add(1);
-        let mut found = self.read(|conn| {
-            let mut stmts = Vec::with_capacity(ranges.len());
-            for r in &ranges {
-                stmts.push(conn.prepare_cached(&r.sql).map_err(io)?);
-            }
-            let mut streams = Vec::with_capacity(ranges.len());
-            for (stmt, r) in stmts.iter_mut().zip(&ranges) {
-                streams.push(stmt.query(params_from_iter(r.values.iter())).map_err(io)?);
-            }
-            // Each stream's next record that passes every filter.
-            let mut heads = Vec::with_capacity(streams.len());
-            for rows in &mut streams {
-                heads.push(next_kept(rows, query)?);
-            }
-            let mut out: Vec<(u64, HistoryRecord)> = Vec::new();
-            while out.len() < want {
-                // The newest head: the merge of ranges that are each
-                // newest first.
-                let newest = heads
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, h)| h.as_ref().map(|(seq, _)| (*seq, i)))
-                    .max();
-                let Some((_, i)) = newest else { break };
-                let (Some(head), Some(rows)) = (heads.get_mut(i), streams.get_mut(i)) else {
-                    break;
-                };
-                let next = next_kept(rows, query)?;
-                if let Some(taken) = std::mem::replace(head, next) {
-                    out.push(taken);
+        let mut found = if exact(query) {
+            // The ranges select exactly the page's records: merge places
+            // read from the indexes alone, then read just the records
+            // taken.
+            let ranges = ranges(entity, query, below, "seq");
+            self.read(|conn| {
+                let places = merge(conn, &ranges, want, |row| {
+                    let seq: i64 = row.get(0).map_err(io)?;
+                    Ok(Some((seq, ())))
+                })?;
+                let mut stmt = conn
+                    .prepare_cached(&format!("SELECT {COLUMNS} FROM history WHERE seq = ?1"))
+                    .map_err(io)?;
+                let mut out = Vec::with_capacity(places.len());
+                for (seq, ()) in places {
+                    let mut rows = stmt.query([seq]).map_err(io)?;
+                    if let Some(row) = rows.next().map_err(io)? {
+                        out.push(decode(row)?);
+                    }
                 }
-            }
-            Ok(out)
-        })?;
+                Ok(out)
+            })?
+        } else {
+            let ranges = ranges(entity, query, below, COLUMNS);
+            self.read(|conn| {
+                let kept = merge(conn, &ranges, want, |row| {
+                    let (seq, record) = decode(row)?;
+                    Ok(query
+                        .keeps(&record)
+                        .then(|| (i64::try_from(seq).unwrap_or(i64::MAX), record)))
+                })?;
+                Ok(kept
+                    .into_iter()
+                    .map(|(seq, r)| (u64::try_from(seq).unwrap_or(0), r))
+                    .collect())
+            })?
+        };
         let next = if found.len() > query.limit {
             found.truncate(query.limit);
             found.last().map(|(seq, _)| Cursor::before(*seq))
@@ -367,18 +369,72 @@ impl StoreReader for SqliteReader {
     }
 }
 
-/// The next row of `rows` whose record passes every filter of `q`.
-fn next_kept(
-    rows: &mut rusqlite::Rows<'_>,
-    q: &HistoryQuery,
-) -> Result<Option<(u64, HistoryRecord)>, StoreError> {
-    while let Some(row) = rows.next().map_err(io)? {
-        let (seq, record) = decode(row)?;
-        if q.keeps(&record) {
-            return Ok(Some((seq, record)));
+/// Whether the ranges of `q` select exactly the records `q` keeps (no
+/// filter is left to check on a record): true unless a time range is
+/// asked, or a range selects by one filter while another is asked too.
+fn exact(q: &HistoryQuery) -> bool {
+    if q.from.is_some() || q.until.is_some() {
+        return false;
+    }
+    let rule = matches!(q.source, Some(Source::Automation { .. }));
+    if q.user.is_some() {
+        return q.status.is_none() && q.source.is_none() && q.source_kind.is_none();
+    }
+    if rule {
+        return q.status.is_none() && q.source_kind.is_none_or(|k| k == SourceKind::Automation);
+    }
+    match (q.source, q.source_kind) {
+        (Some(s), Some(k)) => s.kind() == k,
+        _ => true,
+    }
+}
+
+/// Merge `ranges` (each newest first) into the `want` newest items that
+/// `item` makes of their rows (`None`: a row the page does not keep).
+fn merge<T>(
+    conn: &Connection,
+    ranges: &[Range],
+    want: usize,
+    mut item: impl FnMut(&rusqlite::Row<'_>) -> Result<Option<(i64, T)>, StoreError>,
+) -> Result<Vec<(i64, T)>, StoreError> {
+    let mut stmts = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        stmts.push(conn.prepare_cached(&r.sql).map_err(io)?);
+    }
+    let mut streams = Vec::with_capacity(ranges.len());
+    for (stmt, r) in stmts.iter_mut().zip(ranges) {
+        streams.push(stmt.query(params_from_iter(r.values.iter())).map_err(io)?);
+    }
+    let mut next = |rows: &mut rusqlite::Rows<'_>| -> Result<Option<(i64, T)>, StoreError> {
+        while let Some(row) = rows.next().map_err(io)? {
+            if let Some(kept) = item(row)? {
+                return Ok(Some(kept));
+            }
+        }
+        Ok(None)
+    };
+    let mut heads = Vec::with_capacity(streams.len());
+    for rows in &mut streams {
+        heads.push(next(rows)?);
+    }
+    let mut out = Vec::new();
+    while out.len() < want {
+        // The newest head: the merge of ranges that are each newest first.
+        let newest = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.as_ref().map(|(seq, _)| (*seq, i)))
+            .max();
+        let Some((_, i)) = newest else { break };
+        let (Some(head), Some(rows)) = (heads.get_mut(i), streams.get_mut(i)) else {
+            break;
+        };
+        let following = next(rows)?;
+        if let Some(taken) = std::mem::replace(head, following) {
+            out.push(taken);
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// The query plan SQLite chooses for each query of the read side, one
@@ -405,10 +461,18 @@ pub(super) fn plans(conn: &Connection) -> Vec<(String, String)> {
             q.clone().source(Source::Automation { rule: RuleId(1) }),
         ),
     ] {
-        if let Some(r) = ranges(&entity, &query, 10).into_iter().next() {
+        if let Some(r) = ranges(&entity, &query, 10, COLUMNS).into_iter().next() {
             queries.push((name.into(), r.sql, r.values));
         }
+        if let Some(r) = ranges(&entity, &query, 10, "seq").into_iter().next() {
+            queries.push((format!("{name}, places only"), r.sql, r.values));
+        }
     }
+    queries.push((
+        "a record by place".into(),
+        format!("SELECT {COLUMNS} FROM history WHERE seq = ?1"),
+        vec![Value::Integer(1)],
+    ));
     let one = |sql: &str, v: Vec<Value>| (sql.to_string(), v);
     for (name, (sql, v)) in [
         ("request by id", one(&format!("SELECT {COLUMNS} FROM history WHERE request = ?1"), vec![Value::Text("x".into())])),

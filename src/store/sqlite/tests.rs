@@ -172,5 +172,11 @@ fn every_query_is_served_by_an_index() {
             plan.contains("INDEX") || plan.contains("PRIMARY KEY"),
             "{name}: {plan}"
         );
+        if name.ends_with("places only") {
+            assert!(
+                plan.contains("COVERING INDEX"),
+                "{name} reads the table: {plan}"
+            );
+        }
     }
 }
