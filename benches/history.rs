@@ -247,6 +247,48 @@ fn throughput(path: &Path, n: usize) {
     }
 }
 
+/// Writes changes straight into a store in batches of 20,000.
+struct Bulk {
+    store: SqliteStore,
+    seq: u64,
+    changes: Vec<Change>,
+}
+
+impl Bulk {
+    fn open(path: &Path) -> Self {
+        Bulk {
+            store: SqliteStore::open(path).unwrap(),
+            seq: 0,
+            changes: Vec::with_capacity(20_000),
+        }
+    }
+
+    /// Queue `change`; write the batch when it is full. `serial` is the
+    /// highest grant serial given so far.
+    fn push(&mut self, change: Change, serial: u64) {
+        self.changes.push(change);
+        if self.changes.len() >= 20_000 {
+            self.write(serial);
+        }
+    }
+
+    fn write(&mut self, serial: u64) {
+        if self.changes.is_empty() {
+            return;
+        }
+        self.seq += 1;
+        self.store
+            .apply(&Batch {
+                seq: self.seq,
+                next_serial: serial + 1,
+                clock: start(),
+                changes: &self.changes,
+            })
+            .unwrap();
+        self.changes.clear();
+    }
+}
+
 /// What the query figures sample.
 struct Samples {
     ids: Vec<RequestId>,
@@ -258,28 +300,14 @@ struct Samples {
 /// ended) and `live` live grants, written straight through the store.
 fn build_history(path: &Path, n: usize, live: usize) -> Samples {
     let t = Instant::now();
-    let mut store = SqliteStore::open(path).unwrap();
+    let mut bulk = Bulk::open(path);
     let mut rng = StdRng::seed_from_u64(11);
     let mut samples = Samples {
         ids: Vec::new(),
         keys: Vec::new(),
         users: Vec::new(),
     };
-    let mut seq = 0;
     let mut serial = 0u64;
-    let mut changes = Vec::with_capacity(20_000);
-    let mut flush = |store: &mut SqliteStore, changes: &mut Vec<Change>, serial: u64| {
-        seq += 1;
-        store
-            .apply(&Batch {
-                seq,
-                next_serial: serial + 1,
-                clock: start(),
-                changes,
-            })
-            .unwrap();
-        changes.clear();
-    };
     for i in 0..n {
         let entity = pick_entity(&mut rng);
         let user = pick_user(&mut rng);
@@ -335,24 +363,22 @@ fn build_history(path: &Path, n: usize, live: usize) -> Samples {
         if let (Some(key), true) = (key, i % 97 == 0) {
             samples.keys.push(key);
         }
-        changes.push(Change::Record(Box::new(record)));
+        bulk.push(Change::Record(Box::new(record)), serial);
         if let Some(g) = grant {
             // Ended (expired) soon after: the history of a busy CRM.
-            changes.push(Change::End {
+            let end = Change::End {
                 serial: g.serial,
                 at: created + Duration::minutes(30),
                 cause: EndCause::Expired,
-            });
-        }
-        if changes.len() >= 20_000 {
-            flush(&mut store, &mut changes, serial);
+            };
+            bulk.push(end, serial);
         }
     }
     let far = start() + Duration::days(3650);
     for i in 0..live {
         let mut r = StdRng::seed_from_u64(i as u64);
         serial += 1;
-        changes.push(Change::Put(Grant {
+        let put = Change::Put(Grant {
             id: GrantId {
                 user: UserId::from_u128(r.random()),
                 entity: EntityId::lead(r.random_range(0..1u64 << 40)),
@@ -361,14 +387,10 @@ fn build_history(path: &Path, n: usize, live: usize) -> Samples {
             },
             level: Level::Read,
             expires_at: far,
-        }));
-        if changes.len() >= 20_000 {
-            flush(&mut store, &mut changes, serial);
-        }
+        });
+        bulk.push(put, serial);
     }
-    if !changes.is_empty() {
-        flush(&mut store, &mut changes, serial);
-    }
+    bulk.write(serial);
     println!(
         "built {}: {n} history records, {live} live grants in {:.1} s, {} MB",
         path.display(),
@@ -411,13 +433,11 @@ fn sample(path: &Path) -> Samples {
 /// A file of `n` live grants over 100,000 users.
 fn build_grants(path: &Path, n: usize) {
     let t = Instant::now();
-    let mut store = SqliteStore::open(path).unwrap();
+    let mut bulk = Bulk::open(path);
     let mut rng = StdRng::seed_from_u64(13);
     let far = start() + Duration::days(3650);
-    let mut changes = Vec::with_capacity(20_000);
-    let mut seq = 0;
     for serial in 0..n as u64 {
-        changes.push(Change::Put(Grant {
+        let put = Change::Put(Grant {
             id: GrantId {
                 user: UserId::from_u128(rng.random_range(1..=100_000)),
                 entity: EntityId::lead(rng.random_range(0..1u64 << 40)),
@@ -426,20 +446,10 @@ fn build_grants(path: &Path, n: usize) {
             },
             level: Level::Edit,
             expires_at: far - Duration::seconds(rng.random_range(0..86_400)),
-        }));
-        if changes.len() == 20_000 || serial + 1 == n as u64 {
-            seq += 1;
-            store
-                .apply(&Batch {
-                    seq,
-                    next_serial: serial + 1,
-                    clock: start(),
-                    changes: &changes,
-                })
-                .unwrap();
-            changes.clear();
-        }
+        });
+        bulk.push(put, serial);
     }
+    bulk.write(n as u64);
     println!(
         "built {}: {n} live grants in {:.1} s",
         path.display(),

@@ -88,19 +88,13 @@ impl SqliteReader {
         Ok(out)
     }
 
+    /// The record a query by a unique key finds, if any.
     fn one(
         &self,
         sql: &str,
         values: &[&dyn rusqlite::ToSql],
     ) -> Result<Option<HistoryRecord>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(sql).map_err(io)?;
-            let mut rows = stmt.query(values).map_err(io)?;
-            match rows.next().map_err(io)? {
-                Some(row) => Ok(Some(decode(row)?.1)),
-                None => Ok(None),
-            }
-        })
+        Ok(self.all(sql, values)?.into_iter().next())
     }
 
     fn all(
