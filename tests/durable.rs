@@ -1073,6 +1073,14 @@ fn listings_from_the_store_never_show_a_revoked_grant() {
     let revoked = engine.revoke_user(&b).unwrap();
     assert_eq!(revoked.len(), 2);
     assert!(engine.grants_of(&b).is_empty());
+    // No access after a revoke found through the store's listing.
+    for e in 0..4 {
+        assert!(!engine.can_read(&b, &EntityId::lead(e)));
+    }
+    assert!(
+        engine.can_read(&a, &EntityId::lead(3)),
+        "other users keep theirs"
+    );
 }
 
 /// When the store cannot be read: queries say so (typed), the status API

@@ -394,7 +394,7 @@ impl StoreReader for MemoryStore {
 }
 
 /// Whether `filter` selects `g` (expiry after now aside).
-pub(super) fn selects(filter: &GrantFilter, g: &Grant) -> bool {
+fn selects(filter: &GrantFilter, g: &Grant) -> bool {
     match filter {
         GrantFilter::User(u) => g.id.user == *u,
         GrantFilter::Entity(e) => g.id.entity == *e,
