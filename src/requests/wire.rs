@@ -501,6 +501,11 @@ pub enum ItemResponse {
         /// (its status and history record can be looked up).
         #[serde(rename = "RequestId", default, skip_serializing_if = "Option::is_none")]
         request_id: Option<String>,
+        /// What kind of failure ended the request, when the item became a
+        /// request that failed (not on the wire: for a host to choose its
+        /// answer's code).
+        #[serde(skip)]
+        failure: Option<crate::requests::FailureKind>,
     },
 }
 
@@ -520,6 +525,23 @@ impl ItemResponse {
             exception_type: kind.into(),
             exception_message: message.to_string(),
             request_id: None,
+            failure: None,
+        }
+    }
+
+    /// What kind of failure ended the item's request: `None` for a success
+    /// and for an item that never became a request (it did not decode).
+    ///
+    /// ```
+    /// use grantwheel::requests::{wire::ItemResponse, FailureKind};
+    /// let r = ItemResponse::failed("98fe2984209c413c9b6b06a1b68111ff", FailureKind::Store, "item 0: disk full");
+    /// assert_eq!(r.failure(), Some(FailureKind::Store));
+    /// assert_eq!(ItemResponse::error("InvalidInput", "item 0: `UserId`: is required").failure(), None);
+    /// ```
+    pub fn failure(&self) -> Option<crate::requests::FailureKind> {
+        match self {
+            ItemResponse::Error { failure, .. } => *failure,
+            ItemResponse::Success { .. } => None,
         }
     }
 
@@ -539,6 +561,7 @@ impl ItemResponse {
             exception_type: exception_type.into(),
             exception_message: reason.to_string(),
             request_id: Some(request.to_string()),
+            failure: Some(kind),
         }
     }
 }

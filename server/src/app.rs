@@ -1,0 +1,717 @@
+//! The routes and their handlers: HTTP in, request-layer calls, HTTP out.
+//!
+//! # Ground rules
+//!
+//! - Every call that may touch the store (shares, revokes, status,
+//!   history, rules, events) runs on tokio's blocking pool
+//!   (`App::blocking`), never on an async worker thread. A check reads
+//!   only the engine's index (lock-free, no I/O) and runs inline.
+//! - Credentials are verified before anything else is looked at, and only
+//!   then is the call counted against its key's rate limit.
+//! - No business rule lives here: decisions are the request layer's.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use grantwheel::requests::wire::ItemResponse;
+use grantwheel::requests::{
+    Cursor, FailureKind, HistoryQuery, RequestId, RequestStatus, RuleId, Sharing, SourceKind,
+    StatusKind, StatusMessage, StatusResponse,
+};
+use grantwheel::{EntityId, QueryError, RuleError};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::directory::Directory;
+use crate::error::ApiError;
+use crate::keys::Keys;
+use crate::limiter::Limiter;
+use crate::page::Sessions;
+use crate::wire::{
+    entity_from, CheckAnswer, CheckItem, EventBody, GrantView, RecordView, RuleBody, RuleView,
+};
+
+/// The path prefix of the seed's API.
+pub const API: &str = "/v2/EntityAccess.svc";
+
+/// The most items a check batch may hold.
+pub const MAX_CHECKS: usize = 10_000;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct App {
+    pub(crate) inner: Arc<AppInner>,
+}
+
+pub(crate) struct AppInner {
+    pub(crate) sharing: Sharing,
+    pub(crate) keys: Keys,
+    pub(crate) limiter: Limiter,
+    pub(crate) limit_checks: bool,
+    pub(crate) directory: Option<Arc<Directory>>,
+    pub(crate) sessions: Sessions,
+    pub(crate) metrics: PrometheusHandle,
+    pub(crate) max_body: usize,
+    pub(crate) window_secs: u64,
+}
+
+/// A JSON answer with this code.
+pub fn json_with<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    (status, crate::json(value)).into_response()
+}
+
+fn ok<T: Serialize>(value: &T) -> Response {
+    json_with(StatusCode::OK, value)
+}
+
+/// The query string's parameters, in order.
+pub(crate) fn params(query: &Option<String>) -> Vec<(String, String)> {
+    query
+        .as_deref()
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
+        .unwrap_or_default()
+}
+
+/// The first value of parameter `name`.
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Whether the call's rate limit applies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Limited {
+    Yes,
+    /// Checks: limited only when the service was told to.
+    Check,
+}
+
+impl App {
+    pub(crate) fn sharing(&self) -> &Sharing {
+        &self.inner.sharing
+    }
+
+    /// Run `f` on the blocking pool.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Sharing) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let sharing = self.inner.sharing.clone();
+        tokio::task::spawn_blocking(move || f(&sharing))
+            .await
+            .map_err(|e| ApiError::internal(format!("the call failed: {e}")))
+    }
+
+    /// Verify the call's key; then count it against the key's limit.
+    fn authorize(&self, params: &[(String, String)], limited: Limited) -> Result<String, ApiError> {
+        let access = param(params, "accessKey").unwrap_or("");
+        let secret = param(params, "secretKey").unwrap_or("");
+        // Missing parts verify like wrong ones: the same work, the same answer.
+        if !self.inner.keys.verify(access, secret) {
+            metrics::counter!("grantwheel_unauthorized_total").increment(1);
+            return Err(ApiError::unauthorized());
+        }
+        if limited == Limited::Yes || self.inner.limit_checks {
+            if let Err(wait) = self.inner.limiter.admit(access, Instant::now()) {
+                metrics::counter!("grantwheel_rate_limited_total").increment(1);
+                let (max, _) = self.inner.limiter.limit();
+                return Err(ApiError::too_many(max, self.inner.window_secs, wait));
+            }
+        }
+        Ok(access.to_string())
+    }
+
+    /// The body of a JSON call: the content type must be
+    /// `application/json`, the body at most the configured size.
+    async fn json_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::bad_request(format!(
+                "the content type must be `application/json`, not `{}`",
+                if content_type.is_empty() {
+                    "(none)"
+                } else {
+                    content_type
+                }
+            )));
+        }
+        let limit = self.inner.max_body;
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::too_large(limit));
+        }
+        axum::body::to_bytes(body, limit)
+            .await
+            .map_err(|_| ApiError::too_large(limit))
+    }
+}
+
+/// The answer to a batch of share or revoke items. A one-item batch (the
+/// seed's example) is answered with that item's object and the code of its
+/// outcome; a batch of several with an array of objects in item order and
+/// 200, each object saying how its item went.
+fn batch_answer(items: Vec<ItemResponse>) -> Response {
+    if items.len() != 1 {
+        return ok(&items);
+    }
+    let status = match &items[..] {
+        [item] => item_status(item),
+        _ => StatusCode::OK,
+    };
+    match items.into_iter().next() {
+        Some(item) => json_with(status, &item),
+        None => ok(&Vec::<ItemResponse>::new()),
+    }
+}
+
+/// The code of one item's outcome.
+fn item_status(item: &ItemResponse) -> StatusCode {
+    match item {
+        ItemResponse::Success { .. } => StatusCode::OK,
+        ItemResponse::Error { .. } => match item.failure() {
+            Some(FailureKind::Store | FailureKind::Interrupted | FailureKind::Unknown) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Some(FailureKind::Capacity) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        },
+    }
+}
+
+fn batch_error(e: grantwheel::requests::wire::BatchError) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+async fn share(
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let bytes = app.json_body(&headers, body).await?;
+    let items = app
+        .blocking(move |s| s.api_share(&bytes))
+        .await?
+        .map_err(batch_error)?;
+    Ok(batch_answer(items))
+}
+
+async fn revoke(
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let bytes = app.json_body(&headers, body).await?;
+    let items = app
+        .blocking(move |s| s.api_revoke(&bytes))
+        .await?
+        .map_err(batch_error)?;
+    Ok(batch_answer(items))
+}
+
+fn query_error(e: QueryError) -> ApiError {
+    match e {
+        QueryError::Store(e) => ApiError::unavailable(format!("the store cannot be read: {e}")),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+async fn status(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = params(&q);
+    app.authorize(&p, Limited::Yes)?;
+    let Some(id) = param(&p, "id") else {
+        return Err(ApiError::bad_request("`id`: is required"));
+    };
+    let id: RequestId = id
+        .trim()
+        .parse()
+        .map_err(|e: grantwheel::requests::BadRequestId| {
+            ApiError::bad_request(format!("`id`: {e}"))
+        })?;
+    let found = app
+        .blocking(move |s| s.status(&id))
+        .await?
+        .map_err(query_error)?;
+    let Some(status) = found else {
+        return Err(ApiError::not_found(
+            "RequestNotFound",
+            format!("`id`: no request `{id}`"),
+        ));
+    };
+    Ok(ok(&StatusResponse {
+        status: "Success".into(),
+        message: StatusMessage {
+            response_text: status.name().into(),
+            share_status: status.code(),
+            error_message: match status {
+                RequestStatus::Failed { reason, .. } => Some(reason),
+                _ => None,
+            },
+        },
+    }))
+}
+
+fn check_one(sharing: &Sharing, item: &CheckItem) -> Result<CheckAnswer, String> {
+    let entity = entity_from(item.entity, &item.entity_id)?;
+    Ok(CheckAnswer::of(
+        sharing.engine().access(&item.user, &entity),
+    ))
+}
+
+async fn check_get(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = params(&q);
+    app.authorize(&p, Limited::Check)?;
+    let user = param(&p, "UserId")
+        .ok_or_else(|| ApiError::bad_request("`UserId`: is required"))?
+        .parse()
+        .map_err(|_| ApiError::bad_request("`UserId`: is not a UUID"))?;
+    let entity = param(&p, "Entity")
+        .ok_or_else(|| ApiError::bad_request("`Entity`: is required"))?
+        .parse::<i64>()
+        .map_err(|_| ApiError::bad_request("`Entity`: must be a whole number"))?;
+    let entity_id =
+        param(&p, "EntityId").ok_or_else(|| ApiError::bad_request("`EntityId`: is required"))?;
+    let item = CheckItem {
+        user,
+        entity,
+        entity_id: Value::String(entity_id.to_string()),
+    };
+    check_one(app.sharing(), &item)
+        .map(|a| ok(&a))
+        .map_err(ApiError::bad_request)
+}
+
+/// One answer of a check batch: the answer, or the item's error.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum CheckResult {
+    Answer(CheckAnswer),
+    Error {
+        #[serde(rename = "Status")]
+        status: &'static str,
+        #[serde(rename = "ExceptionType")]
+        kind: &'static str,
+        #[serde(rename = "ExceptionMessage")]
+        message: String,
+    },
+}
+
+async fn check_batch(
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Check)?;
+    let bytes = app.json_body(&headers, body).await?;
+    let items: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("the body must be a JSON array of checks: {e}"))
+    })?;
+    if items.len() > MAX_CHECKS {
+        return Err(ApiError::bad_request(format!(
+            "the batch holds {} checks; at most {MAX_CHECKS} are allowed",
+            items.len()
+        )));
+    }
+    let answers: Vec<CheckResult> = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            serde_json::from_value::<CheckItem>(v)
+                .map_err(|e| e.to_string())
+                .and_then(|item| check_one(app.sharing(), &item))
+                .map_or_else(
+                    |e| CheckResult::Error {
+                        status: "Error",
+                        kind: "InvalidInput",
+                        message: format!("item {i}: {e}"),
+                    },
+                    CheckResult::Answer,
+                )
+        })
+        .collect();
+    Ok(ok(&answers))
+}
+
+/// The history filters of the query string, shared by the JSON endpoint
+/// and the page: `Entity` and `EntityId`, then optional `UserId`,
+/// `Status` (`Processing`, `Completed`, `Failed`), `Source` (`Api`,
+/// `Automation`, `Direct`), `RuleId`, `Limit` (1 to 1,000; default 50)
+/// and `After` (the cursor of the previous page).
+pub(crate) fn history_query(p: &[(String, String)]) -> Result<(EntityId, HistoryQuery), String> {
+    let code = param(p, "Entity")
+        .ok_or("`Entity`: is required")?
+        .trim()
+        .parse::<i64>()
+        .map_err(|_| "`Entity`: must be 1 (lead) or 5 (opportunity)")?;
+    let id = param(p, "EntityId").ok_or("`EntityId`: is required")?;
+    let entity = entity_from(code, &Value::String(id.to_string()))?;
+    let mut q = HistoryQuery::default();
+    let present = |name| param(p, name).map(str::trim).filter(|v| !v.is_empty());
+    if let Some(u) = present("UserId") {
+        q = q.user(
+            u.parse()
+                .map_err(|_| format!("`UserId`: `{u}` is not a UUID"))?,
+        );
+    }
+    if let Some(s) = present("Status") {
+        q = q.status(match s {
+            "Processing" => StatusKind::Processing,
+            "Completed" => StatusKind::Completed,
+            "Failed" => StatusKind::Failed,
+            other => {
+                return Err(format!(
+                    "`Status`: `{other}` is not `Processing`, `Completed` or `Failed`"
+                ))
+            }
+        });
+    }
+    if let Some(s) = present("Source") {
+        q = q.source_kind(match s {
+            "Api" => SourceKind::Api,
+            "Automation" => SourceKind::Automation,
+            "Direct" => SourceKind::Direct,
+            other => {
+                return Err(format!(
+                    "`Source`: `{other}` is not `Api`, `Automation` or `Direct`"
+                ))
+            }
+        });
+    }
+    if let Some(r) = present("RuleId") {
+        let rule = r
+            .parse::<u64>()
+            .map_err(|_| format!("`RuleId`: `{r}` is not a rule id"))?;
+        q = q.source(grantwheel::requests::Source::Automation { rule: RuleId(rule) });
+    }
+    if let Some(l) = present("Limit") {
+        q = q.limit(
+            l.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| format!("`Limit`: `{l}` is not a number from 1 to 1000"))?,
+        );
+    }
+    if let Some(a) = present("After") {
+        q = q.after(Cursor::before(
+            a.parse::<u64>()
+                .map_err(|_| format!("`After`: `{a}` is not a cursor"))?,
+        ));
+    }
+    Ok((entity, q))
+}
+
+#[derive(Serialize)]
+struct HistoryAnswer {
+    #[serde(rename = "Records")]
+    records: Vec<RecordView>,
+    #[serde(rename = "Next", skip_serializing_if = "Option::is_none")]
+    next: Option<u64>,
+}
+
+async fn history(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = params(&q);
+    app.authorize(&p, Limited::Yes)?;
+    let (entity, query) = history_query(&p).map_err(ApiError::bad_request)?;
+    let (page, now) = app
+        .blocking(move |s| (s.history(&entity, &query), s.engine().now()))
+        .await?;
+    let page = page.map_err(query_error)?;
+    Ok(ok(&HistoryAnswer {
+        records: page
+            .records
+            .iter()
+            .map(|r| RecordView::of(r, now))
+            .collect(),
+        next: page.next.map(|c| c.place()),
+    }))
+}
+
+async fn access_now(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = params(&q);
+    app.authorize(&p, Limited::Yes)?;
+    let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
+    let grants = app.blocking(move |s| live_grants(s, &entity)).await?;
+    Ok(ok(&grants))
+}
+
+/// Who may see `entity` now: its live grants, soonest end last.
+pub(crate) fn live_grants(sharing: &Sharing, entity: &EntityId) -> Vec<GrantView> {
+    let now = sharing.engine().now();
+    let mut grants: Vec<GrantView> = sharing
+        .engine()
+        .grants_on(entity)
+        .iter()
+        .filter(|g| g.expires_at > now)
+        .map(GrantView::of)
+        .collect();
+    grants.sort_by(|a, b| b.ends.cmp(&a.ends).then(a.user.cmp(&b.user)));
+    grants
+}
+
+fn rule_error(e: RuleError) -> ApiError {
+    match e {
+        RuleError::Store(e) => ApiError::unavailable(format!("the rule could not be written: {e}")),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = app.json_body(headers, body).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn rule_id(raw: &str) -> Result<RuleId, ApiError> {
+    raw.parse::<u64>()
+        .map(RuleId)
+        .map_err(|_| ApiError::bad_request(format!("`RuleId`: `{raw}` is not a rule id")))
+}
+
+fn no_rule(id: RuleId) -> ApiError {
+    ApiError::not_found("RuleNotFound", format!("no rule `{}`", id.0))
+}
+
+async fn rules_list(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let rules: Vec<RuleView> = app
+        .sharing()
+        .rules()
+        .iter()
+        .map(|(id, r)| RuleView::of(*id, r))
+        .collect();
+    Ok(ok(&rules))
+}
+
+async fn rules_create(
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let rule: RuleBody = read_json(&app, &headers, body).await?;
+    let rule = rule.to_rule().map_err(ApiError::bad_request)?;
+    let id = app
+        .blocking(move |s| s.add_rule(rule))
+        .await?
+        .map_err(rule_error)?;
+    rule_answer(&app, id, StatusCode::CREATED)
+}
+
+fn rule_answer(app: &App, id: RuleId, code: StatusCode) -> Result<Response, ApiError> {
+    let rule = app.sharing().rule(id).ok_or_else(|| no_rule(id))?;
+    Ok(json_with(code, &RuleView::of(id, &rule)))
+}
+
+async fn rules_get(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    rule_answer(&app, rule_id(&id)?, StatusCode::OK)
+}
+
+async fn rules_update(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let id = rule_id(&id)?;
+    let rule: RuleBody = read_json(&app, &headers, body).await?;
+    let rule = rule.to_rule().map_err(ApiError::bad_request)?;
+    let found = app
+        .blocking(move |s| s.update_rule(id, rule))
+        .await?
+        .map_err(rule_error)?;
+    if !found {
+        return Err(no_rule(id));
+    }
+    rule_answer(&app, id, StatusCode::OK)
+}
+
+async fn rules_delete(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let id = rule_id(&id)?;
+    let removed = app
+        .blocking(move |s| s.remove_rule(id))
+        .await?
+        .map_err(rule_error)?;
+    match removed {
+        Some(rule) => Ok(ok(&RuleView::of(id, &rule))),
+        None => Err(no_rule(id)),
+    }
+}
+
+async fn rules_publish(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let id = rule_id(&id)?;
+    if app.sharing().rule(id).is_none() {
+        return Err(no_rule(id));
+    }
+    app.blocking(move |s| s.publish_rule(id))
+        .await?
+        .map_err(rule_error)?;
+    rule_answer(&app, id, StatusCode::OK)
+}
+
+async fn rules_unpublish(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let id = rule_id(&id)?;
+    let found = app
+        .blocking(move |s| s.unpublish_rule(id))
+        .await?
+        .map_err(rule_error)?;
+    if !found {
+        return Err(no_rule(id));
+    }
+    rule_answer(&app, id, StatusCode::OK)
+}
+
+#[derive(Serialize)]
+struct EventAnswer {
+    #[serde(rename = "Status")]
+    status: &'static str,
+    /// The requests the event's rules made (queued: see their status).
+    #[serde(rename = "RequestIds")]
+    requests: Vec<String>,
+}
+
+async fn events(
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let body: EventBody = read_json(&app, &headers, body).await?;
+    let event = body.to_event().map_err(ApiError::bad_request)?;
+    let directory = app.inner.directory.clone();
+    let owner = body.owner;
+    let learnt = app
+        .blocking(move |s| {
+            // What the event says of owners is kept before its rules act,
+            // so the shares they make are checked against it.
+            if let Some(d) = &directory {
+                let learn = || -> Result<(), crate::db::DbError> {
+                    if let Some(owner) = owner {
+                        d.learn_owner(&event.entity, &owner)?;
+                    }
+                    if let Some((a, o)) = event.activity {
+                        d.learn_context(&grantwheel::Context::Activity(a), &event.entity, &o)?;
+                    }
+                    if let Some((t, o)) = event.task {
+                        d.learn_context(&grantwheel::Context::Task(t), &event.entity, &o)?;
+                    }
+                    Ok(())
+                };
+                learn().map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(s.on_event(&event))
+        })
+        .await?
+        .map_err(|e| ApiError::unavailable(format!("the event could not be kept: {e}")))?;
+    Ok(ok(&EventAnswer {
+        status: "Success",
+        requests: learnt.iter().map(ToString::to_string).collect(),
+    }))
+}
+
+async fn health() -> Response {
+    ok(&serde_json::json!({"Status": "Ok"}))
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    // A read of the store through the request layer: not ready while the
+    // store cannot answer.
+    let probe = app
+        .blocking(|s| s.status(&RequestId::random()).map(|_| ()))
+        .await;
+    match probe {
+        Ok(Ok(())) => ok(&serde_json::json!({"Status": "Ready"})),
+        Ok(Err(e)) => ApiError::unavailable(format!("not ready: the store cannot be read: {e}"))
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn metrics_route(State(app): State<App>) -> Response {
+    let engine = app.sharing().engine();
+    metrics::gauge!("grantwheel_live_grants").set(engine.len() as f64);
+    metrics::gauge!("grantwheel_requests_in_memory").set(app.sharing().in_memory() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.inner.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn no_api() -> ApiError {
+    ApiError::no_api()
+}
+
+/// Every route of the service.
+pub fn router(app: App) -> Router {
+    let api = Router::new()
+        .route("/Share", post(share))
+        .route("/Revoke", post(revoke))
+        .route("/Status/Get", get(status))
+        .route("/Check", get(check_get).post(check_batch))
+        .route("/History", get(history))
+        .route("/Access", get(access_now))
+        .route("/Rules", get(rules_list).post(rules_create))
+        .route(
+            "/Rules/{id}",
+            get(rules_get).put(rules_update).delete(rules_delete),
+        )
+        .route("/Rules/{id}/Publish", post(rules_publish))
+        .route("/Rules/{id}/Unpublish", post(rules_unpublish))
+        .route("/Events", post(events));
+    Router::new()
+        .nest(API, api)
+        .merge(crate::page::routes())
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_route))
+        .fallback(no_api)
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(app)
+}

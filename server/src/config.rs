@@ -1,0 +1,185 @@
+//! The service's settings: command-line flags, each also readable from an
+//! environment variable (`GRANTWHEEL_...`), so a deployment can set them
+//! either way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use grantwheel::{OverMax, RepeatShare};
+
+/// A duration as people write it: `90d`, `30m`, `1h 30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like `90d`, `12h` or `30m`"))
+}
+
+/// What a repeated share of a live (user, record, context) does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Repeat {
+    /// The new share replaces the old grant.
+    Replace,
+    /// The old grant is kept, raised to the later end and higher level.
+    KeepLater,
+    /// The new share fails (`AlreadyShared`).
+    Reject,
+}
+
+impl From<Repeat> for RepeatShare {
+    fn from(r: Repeat) -> Self {
+        match r {
+            Repeat::Replace => RepeatShare::Replace,
+            Repeat::KeepLater => RepeatShare::KeepLater,
+            Repeat::Reject => RepeatShare::Reject,
+        }
+    }
+}
+
+/// What a duration over the maximum does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Over {
+    /// The item is refused (400, naming `DurationInMinutes`).
+    Reject,
+    /// The share is shortened to the maximum.
+    Clamp,
+}
+
+impl From<Over> for OverMax {
+    fn from(o: Over) -> Self {
+        match o {
+            Over::Reject => OverMax::Reject,
+            Over::Clamp => OverMax::Clamp,
+        }
+    }
+}
+
+/// How SQLite syncs commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sync {
+    /// Every commit reaches the disk before the call is answered.
+    Full,
+    /// Commits reach the disk at checkpoints: safe against a crash of the
+    /// process, not against a power cut.
+    Normal,
+}
+
+/// `grantwheel-server serve`: the settings.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// The SQLite database file (created if missing).
+    #[arg(long, env = "GRANTWHEEL_DB", default_value = "grantwheel.db")]
+    pub db: PathBuf,
+
+    /// Where to listen.
+    #[arg(long, env = "GRANTWHEEL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// The duration of a share that names none (the seed's default).
+    #[arg(long, env = "GRANTWHEEL_DEFAULT_DURATION", default_value = "90d", value_parser = parse_duration)]
+    pub default_duration: Duration,
+
+    /// The longest share allowed.
+    #[arg(long, env = "GRANTWHEEL_MAX_DURATION", default_value = "3660d", value_parser = parse_duration)]
+    pub max_duration: Duration,
+
+    /// What a duration over the maximum does.
+    #[arg(long, env = "GRANTWHEEL_OVER_MAX", value_enum, default_value_t = Over::Reject)]
+    pub over_max: Over,
+
+    /// What a repeated share of a live (user, record, context) does.
+    #[arg(long, env = "GRANTWHEEL_REPEAT_SHARE", value_enum, default_value_t = Repeat::Replace)]
+    pub repeat_share: Repeat,
+
+    /// The timing wheel's tick: how soon after its end a grant is
+    /// reclaimed and counted as expired (checks are exact whatever the tick).
+    #[arg(long, env = "GRANTWHEEL_TICK", default_value = "1s", value_parser = parse_duration)]
+    pub tick: Duration,
+
+    /// Warn this long before each grant ends (logged, counted); repeat the
+    /// flag or separate with commas.
+    #[arg(long, env = "GRANTWHEEL_WARN_BEFORE", value_delimiter = ',', value_parser = parse_duration)]
+    pub warn_before: Vec<Duration>,
+
+    /// How long history records of ended grants are kept.
+    #[arg(long, env = "GRANTWHEEL_RETENTION", default_value = "90d", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// How SQLite syncs commits.
+    #[arg(long, env = "GRANTWHEEL_SYNC", value_enum, default_value_t = Sync::Full)]
+    pub sync: Sync,
+
+    /// Calls admitted per access key in each window (0: no limit).
+    #[arg(long, env = "GRANTWHEEL_RATE_LIMIT", default_value_t = 25)]
+    pub rate_limit: usize,
+
+    /// The window of the rate limit.
+    #[arg(long, env = "GRANTWHEEL_RATE_WINDOW", default_value = "5s", value_parser = parse_duration)]
+    pub rate_window: Duration,
+
+    /// Count check calls against the rate limit too (by default checks,
+    /// the host's hot path, are not limited).
+    #[arg(long, env = "GRANTWHEEL_LIMIT_CHECKS")]
+    pub limit_checks: bool,
+
+    /// The largest request body taken, in bytes.
+    #[arg(long, env = "GRANTWHEEL_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+
+    /// Ask the CRM at this URL whether a share's context holds (see the
+    /// README for the contract), instead of checking against what the
+    /// events endpoint learnt.
+    #[arg(long, env = "GRANTWHEEL_CONTEXT_RESOLVER")]
+    pub context_resolver: Option<String>,
+
+    /// How long the context resolver may take.
+    #[arg(long, env = "GRANTWHEEL_RESOLVER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub resolver_timeout: Duration,
+
+    /// How long the resolver's "allowed" answers are kept.
+    #[arg(long, env = "GRANTWHEEL_RESOLVER_CACHE", default_value = "60s", value_parser = parse_duration)]
+    pub resolver_cache: Duration,
+
+    /// Take every share's context on trust (no check that the activity's
+    /// owner is the user, or that an opportunity's owner is not). Said in
+    /// the log at start.
+    #[arg(
+        long,
+        env = "GRANTWHEEL_NO_CONTEXT_CHECK",
+        conflicts_with = "context_resolver"
+    )]
+    pub no_context_check: bool,
+
+    /// How long a page session lasts after login.
+    #[arg(long, env = "GRANTWHEEL_SESSION", default_value = "12h", value_parser = parse_duration)]
+    pub session: Duration,
+
+    /// How long shutdown may take before in-flight calls are abandoned.
+    #[arg(long, env = "GRANTWHEEL_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "GRANTWHEEL_LOG_JSON")]
+    pub log_json: bool,
+
+    /// Do not create and print a key on a first start with none.
+    #[arg(long, env = "GRANTWHEEL_NO_FIRST_KEY")]
+    pub no_first_key: bool,
+}
+
+impl ServeArgs {
+    /// The defaults, with this database file and listening address (for
+    /// tests and embedding).
+    pub fn new(db: PathBuf, listen: SocketAddr) -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Just {
+            #[command(flatten)]
+            args: ServeArgs,
+        }
+        let mut args = Just::parse_from(["grantwheel-server"]).args;
+        args.db = db;
+        args.listen = listen;
+        args
+    }
+}

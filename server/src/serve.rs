@@ -1,0 +1,337 @@
+//! Starting and stopping the service: the store opened, the engine and its
+//! request layer built, keys loaded and reloaded, the listener bound; on
+//! shutdown, new connections refused, calls in flight finished, the store
+//! flushed, all within the grace period.
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use grantwheel::requests::Sharing;
+use grantwheel::store::{SqliteStore, Synchronous};
+use grantwheel::{Engine, Event};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::app::{router, App, AppInner};
+use crate::config::{ServeArgs, Sync};
+use crate::directory::{ContextCheck, Directory, Remote};
+use crate::keys::{KeyStore, Keys, NewKey, KEY_RELOAD};
+use crate::limiter::Limiter;
+use crate::page::Sessions;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A setting was refused.
+    #[error("`{field}`: {reason}")]
+    Setting {
+        /// The flag.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The store could not be opened or loaded.
+    #[error("the database could not be opened: {0}")]
+    Store(String),
+    /// The server tables could not be used.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// The address could not be bound, or a thread could not start.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn chrono_of(field: &'static str, d: Duration) -> Result<chrono::Duration, StartError> {
+    chrono::Duration::from_std(d).map_err(|_| StartError::Setting {
+        field,
+        reason: "is too long".into(),
+    })
+}
+
+/// The process's metrics recorder (one per process, shared by every
+/// server in it).
+fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("grantwheel_http_request_duration_seconds".into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5,
+                    ],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // A recorder installed earlier (by a host) keeps the metrics.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A running service's parts, before it serves.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    app: App,
+    worker: grantwheel::requests::Worker,
+    driver: grantwheel::Driver,
+    reload_stop: mpsc::Sender<()>,
+    grace: Duration,
+    /// The key made on this first start, to show once.
+    first_key: Option<NewKey>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addr", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Log each call with a request id, its method, its route (never the
+/// query string: it carries `secretKey`), its code and its time, and count
+/// it in the metrics.
+async fn observe(req: Request, next: Next) -> Response {
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let start = Instant::now();
+    let mut resp = next.run(req).await;
+    let took = start.elapsed();
+    let status = resp.status().as_u16();
+    tracing::info!(
+        request_id = id,
+        method = %method,
+        path = %path,
+        status,
+        micros = took.as_micros() as u64,
+        "call"
+    );
+    metrics::counter!("grantwheel_http_requests_total", "route" => route.clone(), "status" => status.to_string()).increment(1);
+    metrics::histogram!("grantwheel_http_request_duration_seconds", "route" => route)
+        .record(took.as_secs_f64());
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id.to_string()) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+impl Server {
+    /// Open the database, build the engine and bind the address; nothing
+    /// is served until [`run`](Self::run).
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] naming what failed.
+    pub async fn bind(args: ServeArgs) -> Result<Server, StartError> {
+        let metrics = recorder();
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let setup = args.clone();
+        let built = tokio::task::spawn_blocking(move || Server::open(&setup))
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))??;
+        let (sharing, keys, keystore, directory, first_key) = built;
+        let (reload_stop, stop_rx) = mpsc::channel::<()>();
+        let reload_keys = keys.clone();
+        std::thread::Builder::new()
+            .name("grantwheel-keys".into())
+            .spawn(move || loop {
+                match stop_rx.recv_timeout(KEY_RELOAD) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Err(e) = reload_keys.reload(&keystore) {
+                            tracing::warn!(error = %e, "the keys could not be reloaded; the keys held stay");
+                        }
+                    }
+                    _ => return,
+                }
+            })?;
+        let worker = sharing.start_worker()?;
+        let driver = sharing.engine().start_driver(Duration::from_millis(500))?;
+        let app = App {
+            inner: Arc::new(AppInner {
+                sharing,
+                keys,
+                limiter: Limiter::new(args.rate_limit, args.rate_window),
+                limit_checks: args.limit_checks,
+                directory,
+                sessions: Sessions::new(args.session),
+                metrics,
+                max_body: args.max_body,
+                window_secs: args.rate_window.as_secs().max(1),
+            }),
+        };
+        Ok(Server {
+            listener,
+            app,
+            worker,
+            driver,
+            reload_stop,
+            grace: args.shutdown_grace,
+            first_key,
+        })
+    }
+
+    #[allow(
+        clippy::type_complexity,
+        reason = "the parts of a start, taken apart at once"
+    )]
+    fn open(
+        args: &ServeArgs,
+    ) -> Result<
+        (
+            Sharing,
+            Keys,
+            KeyStore,
+            Option<Arc<Directory>>,
+            Option<NewKey>,
+        ),
+        StartError,
+    > {
+        let keystore = KeyStore::open(&args.db)?;
+        let first_key = if !args.no_first_key && !keystore.any_live()? {
+            Some(keystore.add("first key")?)
+        } else {
+            None
+        };
+        let keys = Keys::load(&keystore)?;
+        let sync = match args.sync {
+            Sync::Full => Synchronous::Full,
+            Sync::Normal => Synchronous::Normal,
+        };
+        let store =
+            SqliteStore::open_with(&args.db, sync).map_err(|e| StartError::Store(e.to_string()))?;
+        let mut engine = Engine::builder()
+            .store(store)
+            .default_duration(chrono_of("--default-duration", args.default_duration)?)
+            .max_duration(
+                chrono_of("--max-duration", args.max_duration)?,
+                args.over_max.into(),
+            )
+            .repeat_share(args.repeat_share.into())
+            .tick(chrono_of("--tick", args.tick)?);
+        let warnings = args
+            .warn_before
+            .iter()
+            .map(|d| chrono_of("--warn-before", *d))
+            .collect::<Result<Vec<_>, _>>()?;
+        engine = engine.warn_before(warnings);
+        let engine = engine
+            .build()
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        engine.subscribe(|event: &Event| match event {
+            Event::Expired(_) => metrics::counter!("grantwheel_expirations_total").increment(1),
+            Event::Revoked { .. } => metrics::counter!("grantwheel_revocations_total").increment(1),
+            Event::ExpiringSoon { grant, .. } => {
+                metrics::counter!("grantwheel_expiry_warnings_total").increment(1);
+                tracing::info!(user = %grant.id.user, entity = %grant.id.entity, ends = %grant.expires_at, "grant ends soon");
+            }
+            _ => {}
+        });
+        let mut builder =
+            Sharing::builder(engine).retention(chrono_of("--retention", args.retention)?);
+        let mut directory = None;
+        if let Some(url) = &args.context_resolver {
+            builder = builder.resolver(ContextCheck::Remote(Remote::new(
+                url.clone(),
+                args.resolver_timeout,
+                args.resolver_cache,
+            )));
+        } else if args.no_context_check {
+            tracing::warn!("contexts are taken on trust (--no-context-check): a share's activity owner and an opportunity's owner are not checked");
+        } else {
+            let d = Arc::new(Directory::open(&args.db)?);
+            builder = builder.resolver(ContextCheck::Directory(d.clone()));
+            directory = Some(d);
+        }
+        let sharing = builder
+            .build()
+            .map_err(|e| StartError::Store(e.to_string()))?;
+        Ok((sharing, keys, keystore, directory, first_key))
+    }
+
+    /// The address it listens on.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The key made on a first start with no keys (shown once).
+    pub fn first_key(&self) -> Option<&NewKey> {
+        self.first_key.as_ref()
+    }
+
+    /// The request layer it serves.
+    pub fn sharing(&self) -> &Sharing {
+        self.app.sharing()
+    }
+
+    /// Serve until `shutdown` completes; then stop taking connections,
+    /// finish the calls in flight and flush the store, within the grace
+    /// period.
+    ///
+    /// # Errors
+    ///
+    /// The operating system's error when serving fails.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let Server {
+            listener,
+            app,
+            worker,
+            driver,
+            reload_stop,
+            grace,
+            ..
+        } = self;
+        let routes = router(app.clone())
+            .layer(axum::middleware::from_fn(observe))
+            .layer(tower_http::catch_panic::CatchPanicLayer::new());
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; finishing calls in flight");
+            let _ = stopping_tx.send(());
+        };
+        let serving = axum::serve(listener, routes).with_graceful_shutdown(signal);
+        let bounded = async {
+            let _ = stopping_rx.await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = serving => served?,
+            () = bounded => tracing::warn!(grace_ms = grace.as_millis() as u64, "calls still in flight at the end of the grace period were abandoned"),
+        }
+        let _ = reload_stop.send(());
+        let sharing = app.sharing().clone();
+        tokio::task::spawn_blocking(move || {
+            worker.stop();
+            driver.stop();
+            match sharing.engine().flush() {
+                Ok(()) => tracing::info!("store flushed; stopped"),
+                Err(e) => tracing::error!(error = %e, "the store could not be flushed at shutdown"),
+            }
+        })
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+        Ok(())
+    }
+}

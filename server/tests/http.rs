@@ -1,0 +1,404 @@
+//! The service over a real socket: the seed's bodies verbatim, codes and
+//! error shapes, keys, the limiter, hostile input, the history page.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use grantwheel_server::config::ServeArgs;
+use grantwheel_server::keys::{KeyStore, NewKey};
+use grantwheel_server::Server;
+use serde_json::{json, Value};
+
+/// The seed's Share body, byte for byte.
+const SEED_SHARE: &str = r#"[
+  {
+    "UserId": "0203f172-8642-11e7-9bed-069b743e848f",
+    "Entity": 1,
+    "EntityType": 3,
+    "EntityId": "869196",
+    "ContextEntity": 1,
+    "ContextEntityId": "f2dbf1d5-bbab-418b-bddc-4c92ecdef214",
+    "AccessType": 2,
+    "DurationInMinutes": 30
+  }
+]"#;
+
+/// The activity of the seed's example, with the seed's user as its owner.
+const SEED_ACTIVITY: &str = r#"{"Id":"evt-1","Trigger":"ActivityPosted","Entity":1,"EntityId":"869196",
+  "Activity":{"Id":"f2dbf1d5-bbab-418b-bddc-4c92ecdef214","Owner":"0203f172-8642-11e7-9bed-069b743e848f"}}"#;
+
+struct Running {
+    addr: SocketAddr,
+    key: NewKey,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    fn start(tune: impl FnOnce(&mut ServeArgs)) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("grantwheel.db");
+        let key = KeyStore::open(&db).unwrap().add("test").unwrap();
+        let mut args = ServeArgs::new(db, "127.0.0.1:0".parse().unwrap());
+        tune(&mut args);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let server = Server::bind(args).await.unwrap();
+                addr_tx.send(server.local_addr().unwrap()).unwrap();
+                server
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        Running {
+            addr,
+            key,
+            stop: Some(stop),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    fn creds(&self) -> String {
+        format!(
+            "accessKey={}&secretKey={}",
+            self.key.access_key, self.key.secret
+        )
+    }
+
+    fn url(&self, path: &str, query: &str) -> String {
+        format!("http://{}{path}?{query}", self.addr)
+    }
+
+    fn api(&self, path: &str) -> String {
+        self.url(&format!("/v2/EntityAccess.svc{path}"), &self.creds())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent()
+}
+
+/// POST `body` with a content type; the code and the JSON answer.
+fn post(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    let mut resp = agent()
+        .post(url)
+        .header("Content-Type", content_type)
+        .send(body)
+        .unwrap();
+    let code = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn get(url: &str) -> (u16, Value) {
+    let mut resp = agent().get(url).call().unwrap();
+    let code = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn assert_error_shape(v: &Value, kind: &str) {
+    assert_eq!(v["Status"], "Error", "{v}");
+    assert_eq!(v["ExceptionType"], kind, "{v}");
+    assert!(
+        v["ExceptionMessage"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+}
+
+#[test]
+fn the_seed_share_then_status_then_check_then_revoke() {
+    let s = Running::start(|_| {});
+    // Before the activity is known, the lead cannot be shared through it.
+    let (code, v) = post(&s.api("/Share"), "application/json", SEED_SHARE.as_bytes());
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .contains("not known"),
+        "{v}"
+    );
+
+    let (code, v) = post(
+        &s.api("/Events"),
+        "application/json",
+        SEED_ACTIVITY.as_bytes(),
+    );
+    assert_eq!((code, &v["Status"]), (200, &json!("Success")), "{v}");
+
+    let (code, v) = post(&s.api("/Share"), "application/json", SEED_SHARE.as_bytes());
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["Status"], "Success");
+    let id = v["Message"]["Id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+
+    let (code, v) = get(&format!("{}&id={id}", s.api("/Status/Get")));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["Message"]["ResponseText"], "Completed");
+    assert_eq!(v["Message"]["ShareStatus"], 1);
+
+    let check = format!(
+        "{}&UserId=0203f172-8642-11e7-9bed-069b743e848f&Entity=1&EntityId=869196",
+        s.api("/Check")
+    );
+    let (code, v) = get(&check);
+    assert_eq!(
+        (code, &v["Read"], &v["Edit"]),
+        (200, &json!(true), &json!(true)),
+        "{v}"
+    );
+
+    let revoke = SEED_SHARE.replace(",\n    \"DurationInMinutes\": 30", "");
+    let (code, v) = post(&s.api("/Revoke"), "application/json", revoke.as_bytes());
+    assert_eq!((code, &v["Status"]), (200, &json!("Success")), "{v}");
+    let (_, v) = get(&check);
+    assert_eq!(
+        (&v["Read"], &v["Edit"]),
+        (&json!(false), &json!(false)),
+        "{v}"
+    );
+
+    // The history endpoint shows both, newest first.
+    let (code, v) = get(&format!("{}&Entity=1&EntityId=869196", s.api("/History")));
+    assert_eq!(code, 200, "{v}");
+    let records = v["Records"].as_array().unwrap();
+    assert_eq!(
+        records.len(),
+        3,
+        "the refused share, the share and the revoke: {v}"
+    );
+    assert_eq!(records[0]["Kind"], "Revoke");
+    assert_eq!(records[1]["Status"], "Completed");
+    assert_eq!(records[2]["Status"], "Failed");
+
+    // Unknown request ids and malformed ones.
+    let (code, v) = get(&format!("{}&id={}", s.api("/Status/Get"), "0".repeat(32)));
+    assert_eq!(code, 404);
+    assert_error_shape(&v, "RequestNotFound");
+    let (code, v) = get(&format!("{}&id=98fe", s.api("/Status/Get")));
+    assert_eq!(code, 400);
+    assert_error_shape(&v, "InvalidInput");
+}
+
+#[test]
+fn a_batch_mixing_good_and_bad_items_answers_each_in_order() {
+    let s = Running::start(|_| {});
+    let (code, _) = post(
+        &s.api("/Events"),
+        "application/json",
+        SEED_ACTIVITY.as_bytes(),
+    );
+    assert_eq!(code, 200);
+    let mut items: Vec<Value> = serde_json::from_str(SEED_SHARE).unwrap();
+    items.push(json!({"UserId": "nope"}));
+    items.push(json!({"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":1,"EntityType":3,"EntityId":"869196","ContextEntity":1,"ContextEntityId":"f2dbf1d5-bbab-418b-bddc-4c92ecdef214","AccessType":1,"DurationInMinutes":0}));
+    let (code, v) = post(
+        &s.api("/Share"),
+        "application/json",
+        &serde_json::to_vec(&items).unwrap(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let answers = v.as_array().unwrap();
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers[0]["Status"], "Success");
+    assert!(answers[1]["ExceptionMessage"]
+        .as_str()
+        .unwrap()
+        .starts_with("item 1: `UserId`"));
+    assert!(answers[2]["ExceptionMessage"]
+        .as_str()
+        .unwrap()
+        .contains("`DurationInMinutes`"));
+}
+
+#[test]
+fn every_credential_failure_gets_the_same_401() {
+    let s = Running::start(|_| {});
+    let base = format!("http://{}/v2/EntityAccess.svc/Share", s.addr);
+    let revoked = {
+        let store = KeyStore::open(&s._dir.path().join("grantwheel.db")).unwrap();
+        let k = store.add("soon revoked").unwrap();
+        store.revoke(&k.access_key).unwrap();
+        k
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let cases = [
+        base.clone(),
+        format!("{base}?accessKey=gwnobody&secretKey={}", s.key.secret),
+        format!("{base}?accessKey={}&secretKey=wrong", s.key.access_key),
+        format!("{base}?accessKey={}", s.key.access_key),
+        format!(
+            "{base}?accessKey={}&secretKey={}",
+            revoked.access_key, revoked.secret
+        ),
+    ];
+    let answers: Vec<(u16, Value)> = cases
+        .iter()
+        .map(|u| post(u, "application/json", SEED_SHARE.as_bytes()))
+        .collect();
+    for a in &answers {
+        assert_eq!(a, &answers[0]);
+    }
+    assert_eq!(answers[0].0, 401);
+    assert_error_shape(&answers[0].1, "Unauthorized");
+}
+
+#[test]
+fn the_26th_call_in_5_seconds_is_refused_and_keys_do_not_share_a_budget() {
+    let s = Running::start(|_| {});
+    let url = format!("{}&id={}", s.api("/Status/Get"), "0".repeat(32));
+    let codes: Vec<u16> = (0..26).map(|_| get(&url).0).collect();
+    assert_eq!(codes.iter().filter(|c| **c == 404).count(), 25, "{codes:?}");
+    let resp = agent().get(&url).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&retry));
+    let (_, v) = get(&url);
+    assert_error_shape(&v, "TooManyRequests");
+    assert_eq!(
+        v["ExceptionMessage"],
+        "API calls exceeded the limit of 25 in 5 second(s)"
+    );
+    // Another key has its own budget.
+    let other = KeyStore::open(&s._dir.path().join("grantwheel.db"))
+        .unwrap()
+        .add("other")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let other_url = s.url(
+        "/v2/EntityAccess.svc/Status/Get",
+        &format!(
+            "accessKey={}&secretKey={}&id={}",
+            other.access_key,
+            other.secret,
+            "0".repeat(32)
+        ),
+    );
+    assert_eq!(get(&other_url).0, 404);
+    // After the window, the first key is admitted again.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(get(&url).0, 404);
+}
+
+#[test]
+fn hostile_input_is_refused_and_nothing_is_stored() {
+    let s = Running::start(|_| {});
+    let share = s.api("/Share");
+    let (code, v) = post(&share, "text/plain", SEED_SHARE.as_bytes());
+    assert_eq!(code, 400);
+    assert!(v["ExceptionMessage"]
+        .as_str()
+        .unwrap()
+        .contains("application/json"));
+    let (code, v) = post(&share, "application/json", b"not json");
+    assert_eq!(code, 400);
+    assert_error_shape(&v, "InvalidInput");
+    let (code, _) = post(&share, "application/json", &[0x5b, 0xff, 0xfe, 0x5d]);
+    assert_eq!(code, 400, "invalid UTF-8");
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let (code, _) = post(&share, "application/json", deep.as_bytes());
+    assert_eq!(code, 400, "nesting 100k deep");
+    let big = vec![b' '; 10 * 1024 * 1024];
+    let resp = agent()
+        .post(&share)
+        .header("Content-Type", "application/json")
+        .send(&big[..]);
+    if let Ok(mut resp) = resp {
+        assert_eq!(resp.status().as_u16(), 413);
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        assert_error_shape(&v, "PayloadTooLarge");
+    }
+    let (code, v) = get(&s.url("/v2/EntityAccess.svc/Nope", ""));
+    assert_eq!(code, 404);
+    assert_error_shape(&v, "NotFound");
+    assert_eq!(
+        v["ExceptionMessage"],
+        "API could not be found: check the API signature"
+    );
+    // Still serving, and nothing was stored.
+    let (code, v) = get(&format!("{}&Entity=1&EntityId=869196", s.api("/History")));
+    assert_eq!(code, 200);
+    assert_eq!(v["Records"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn the_history_page_needs_a_login_and_escapes_what_it_shows() {
+    let s = Running::start(|_| {});
+    let page = s.url("/history", "Entity=1&EntityId=869196");
+    let resp = agent().get(&page).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    assert!(resp.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/login"));
+    let form = format!(
+        "accessKey={}&secretKey={}&next=%2Fhistory%3FEntity%3D1%26EntityId%3D869196",
+        s.key.access_key, s.key.secret
+    );
+    let resp = agent()
+        .post(&s.url("/login", ""))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(form.as_bytes())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let hostile = s.url(
+        "/history",
+        "Entity=1&EntityId=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+    );
+    let mut resp = agent()
+        .get(&hostile)
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    let html = resp.body_mut().read_to_string().unwrap();
+    assert!(!html.contains("<script>"), "{html}");
+    let mut resp = agent().get(&page).header("Cookie", &cookie).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let html = resp.body_mut().read_to_string().unwrap();
+    assert!(html.contains("Who has access now"));
+}
