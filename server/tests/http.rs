@@ -38,8 +38,28 @@ struct Running {
 impl Running {
     fn start(tune: impl FnOnce(&mut ServeArgs)) -> Running {
         let dir = tempfile::tempdir().unwrap();
+        let key = KeyStore::open(&dir.path().join("grantwheel.db"))
+            .unwrap()
+            .add("test")
+            .unwrap();
+        Running::start_in(dir, key, tune)
+    }
+
+    /// Stop the server and start another on the same file.
+    fn restart(mut self) -> Running {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::mem::replace(&mut self._dir, dir);
+        Running::start_in(dir, self.key.clone(), |_| {})
+    }
+
+    fn start_in(dir: tempfile::TempDir, key: NewKey, tune: impl FnOnce(&mut ServeArgs)) -> Running {
         let db = dir.path().join("grantwheel.db");
-        let key = KeyStore::open(&db).unwrap().add("test").unwrap();
         let mut args = ServeArgs::new(db, "127.0.0.1:0".parse().unwrap());
         tune(&mut args);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -401,4 +421,97 @@ fn the_history_page_needs_a_login_and_escapes_what_it_shows() {
     assert_eq!(resp.status().as_u16(), 200);
     let html = resp.body_mut().read_to_string().unwrap();
     assert!(html.contains("Who has access now"));
+}
+
+#[test]
+fn a_published_rule_shares_on_an_event_and_a_restart_keeps_everything() {
+    let s = Running::start(|_| {});
+    let rule = json!({"Name":"share deals with the task owner","Trigger":"TaskCreated","Entity":5,
+        "ShareWith":"TaskOwner","AccessType":1,"DurationInMinutes":60});
+    let (code, v) = post(
+        &s.api("/Rules"),
+        "application/json",
+        &serde_json::to_vec(&rule).unwrap(),
+    );
+    assert_eq!(code, 201, "{v}");
+    assert_eq!(v["State"], "Draft");
+    let id = v["Id"].as_u64().unwrap();
+    let (code, v) = post(
+        &s.api(&format!("/Rules/{id}/Publish")),
+        "application/json",
+        b"",
+    );
+    assert_eq!((code, &v["State"]), (200, &json!("Published")), "{v}");
+    let (code, v) = post(
+        &s.api("/Rules"),
+        "application/json",
+        br#"{"Name":"x","Trigger":"Nope"}"#,
+    );
+    assert_eq!(code, 400, "{v}");
+    assert_error_shape(&v, "InvalidInput");
+
+    let task_owner = "11111111-2222-4333-8444-555555555555";
+    let event = json!({"Id":"evt-9","Trigger":"TaskCreated","Entity":5,"EntityId":"42",
+        "Owner":"0203f172-8642-11e7-9bed-069b743e848f",
+        "Task":{"Id":"aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee","Owner":task_owner}});
+    let (code, v) = post(
+        &s.api("/Events"),
+        "application/json",
+        &serde_json::to_vec(&event).unwrap(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let request = v["RequestIds"][0].as_str().unwrap().to_string();
+    let check = format!(
+        "{}&UserId={task_owner}&Entity=5&EntityId=42",
+        s.api("/Check")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get(&check).1["Read"] != json!(true) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rule's share never landed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The same event again acts once.
+    let (_, again) = post(
+        &s.api("/Events"),
+        "application/json",
+        &serde_json::to_vec(&event).unwrap(),
+    );
+    assert_eq!(again["RequestIds"][0], json!(request));
+
+    let s = s.restart();
+    let check = format!(
+        "{}&UserId={task_owner}&Entity=5&EntityId=42",
+        s.api("/Check")
+    );
+    let (_, v) = get(&check);
+    assert_eq!(
+        (&v["Read"], &v["Edit"]),
+        (&json!(true), &json!(false)),
+        "{v}"
+    );
+    let (code, v) = get(&format!("{}&id={request}", s.api("/Status/Get")));
+    assert_eq!(
+        (code, &v["Message"]["ResponseText"]),
+        (200, &json!("Completed")),
+        "{v}"
+    );
+    let (_, v) = get(&s.api(&format!("/Rules/{id}")));
+    assert_eq!(v["State"], "Published", "{v}");
+    let (_, v) = get(&format!(
+        "{}&Entity=5&EntityId=42&Source=Automation",
+        s.api("/History")
+    ));
+    let records = v["Records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{v}");
+    assert_eq!(records[0]["RuleId"], json!(id));
+    let (code, _) = agent()
+        .delete(&s.api(&format!("/Rules/{id}")))
+        .call()
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(get(&s.api(&format!("/Rules/{id}"))).0, 404);
 }
