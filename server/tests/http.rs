@@ -515,3 +515,107 @@ fn a_published_rule_shares_on_an_event_and_a_restart_keeps_everything() {
     assert_eq!(code, 200);
     assert_eq!(get(&s.api(&format!("/Rules/{id}"))).0, 404);
 }
+
+#[test]
+fn the_check_batch_answers_each_pair_in_order() {
+    let s = Running::start(|a| a.no_context_check = true);
+    let share = json!([{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,
+        "EntityId":"42","AccessType":1,"DurationInMinutes":60}]);
+    let (code, v) = post(
+        &s.api("/Share"),
+        "application/json",
+        &serde_json::to_vec(&share).unwrap(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let checks = json!([
+        {"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityId":"42"},
+        {"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityId":43},
+        {"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":7,"EntityId":"42"},
+        {"UserId":"nope","Entity":5,"EntityId":"42"}
+    ]);
+    let (code, v) = post(
+        &s.api("/Check"),
+        "application/json",
+        &serde_json::to_vec(&checks).unwrap(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let a = v.as_array().unwrap();
+    assert_eq!(
+        (&a[0]["Read"], &a[0]["Edit"]),
+        (&json!(true), &json!(false))
+    );
+    assert!(a[0]["ReadUntil"].is_string() && a[0]["EditUntil"].is_null());
+    assert_eq!(a[1]["Read"], json!(false));
+    assert!(
+        a[2]["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .contains("`Entity`"),
+        "{v}"
+    );
+    assert!(
+        a[3]["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("item 3"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_context_resolver_url_decides_and_a_silent_one_refuses() {
+    // A stand-in CRM on loopback: allows only the seed's user.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let crm = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().take(20) {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let body = if head.contains("UserId=0203f172-8642-11e7-9bed-069b743e848f") {
+                r#"{"Allowed":true}"#
+            } else {
+                r#"{"Allowed":false,"Reason":"that user does not own the activity"}"#
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let s = Running::start(|a| a.context_resolver = Some(format!("http://{crm}/check")));
+    let (code, v) = post(&s.api("/Share"), "application/json", SEED_SHARE.as_bytes());
+    assert_eq!(code, 200, "{v}");
+    let other = SEED_SHARE.replace(
+        "0203f172-8642-11e7-9bed-069b743e848f",
+        "11111111-2222-4333-8444-555555555555",
+    );
+    let (code, v) = post(&s.api("/Share"), "application/json", other.as_bytes());
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .contains("does not own"),
+        "{v}"
+    );
+
+    // A resolver that does not answer refuses (fails closed).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let s = Running::start(|a| a.context_resolver = Some(format!("http://{dead}/check")));
+    let (code, v) = post(&s.api("/Share"), "application/json", SEED_SHARE.as_bytes());
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{v}"
+    );
+}
