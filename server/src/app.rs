@@ -21,8 +21,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use grantwheel::requests::wire::ItemResponse;
 use grantwheel::requests::{
-    Cursor, FailureKind, HistoryQuery, RequestId, RequestStatus, RuleId, Sharing, SourceKind,
-    StatusKind, StatusMessage, StatusResponse,
+    Cursor, FailureKind, HistoryQuery, RequestId, RuleId, Sharing, SourceKind, StatusKind,
+    StatusResponse,
 };
 use grantwheel::{EntityId, QueryError, RuleError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -257,17 +257,7 @@ async fn status(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Respons
             format!("`id`: no request `{id}`"),
         ));
     };
-    Ok(ok(&StatusResponse {
-        status: "Success".into(),
-        message: StatusMessage {
-            response_text: status.name().into(),
-            share_status: status.code(),
-            error_message: match status {
-                RequestStatus::Failed { reason, .. } => Some(reason),
-                _ => None,
-            },
-        },
-    }))
+    Ok(ok(&StatusResponse::found(status)))
 }
 
 fn check_one(sharing: &Sharing, item: &CheckItem) -> Result<CheckAnswer, String> {

@@ -134,17 +134,7 @@ impl Sharing {
     /// ```
     pub fn status_response(&self, id: &RequestId) -> StatusResponse {
         match self.status(id) {
-            Ok(Some(status)) => StatusResponse {
-                status: "Success".into(),
-                message: StatusMessage {
-                    response_text: status.name().into(),
-                    share_status: status.code(),
-                    error_message: match status {
-                        RequestStatus::Failed { reason, .. } => Some(reason),
-                        _ => None,
-                    },
-                },
-            },
+            Ok(Some(status)) => StatusResponse::found(status),
             Ok(None) => StatusResponse::not_found(format!("no request `{id}`")),
             Err(e) => StatusResponse::unavailable(e.to_string()),
         }
@@ -204,6 +194,27 @@ pub struct StatusResponse {
 }
 
 impl StatusResponse {
+    /// The answer for a request found with this status.
+    ///
+    /// ```
+    /// use grantwheel::requests::{RequestStatus, StatusResponse};
+    /// let r = StatusResponse::found(RequestStatus::Completed);
+    /// assert_eq!((r.status.as_str(), r.message.share_status), ("Success", 1));
+    /// ```
+    pub fn found(status: RequestStatus) -> Self {
+        StatusResponse {
+            status: "Success".into(),
+            message: StatusMessage {
+                response_text: status.name().into(),
+                share_status: status.code(),
+                error_message: match status {
+                    RequestStatus::Failed { reason, .. } => Some(reason),
+                    _ => None,
+                },
+            },
+        }
+    }
+
     /// The answer when the status cannot be read now (the store failed):
     /// a service answers it with a server error, not "not found".
     pub(super) fn unavailable(why: String) -> Self {
