@@ -111,15 +111,21 @@ async fn stop_signal() {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
+    // The log goes to stderr and the first key to stdout, so a log
+    // collector never sees a secret.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.log_json {
         tracing_subscriber::fmt()
             .json()
+            .with_writer(std::io::stderr)
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

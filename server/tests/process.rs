@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use grantwheel_server::keys::{KeyStore, NewKey};
 use serde_json::{json, Value};
 
-/// Start the binary on `db`; its address, read from its JSON log.
+/// Start the binary on `db`; its address, read from its JSON log (stderr).
 fn spawn(db: &std::path::Path) -> (Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_grantwheel-server"))
         .args([
@@ -23,15 +23,15 @@ fn spawn(db: &std::path::Path) -> (Child, SocketAddr) {
         ])
         .args(["--rate-limit", "0", "--no-first-key", "--db"])
         .arg(db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let log = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
             if sent {
                 continue; // drain, so the child never blocks on a full pipe
             }
