@@ -60,6 +60,8 @@ pub(crate) struct AppInner {
     pub(crate) metrics: PrometheusHandle,
     pub(crate) max_body: usize,
     pub(crate) window_secs: u64,
+    /// The duration of a share that names none, in minutes (for the page).
+    pub(crate) default_minutes: i64,
 }
 
 /// A JSON answer with this code.

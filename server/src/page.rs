@@ -327,7 +327,7 @@ fn access_panel(grants: &[GrantView]) -> Markup {
     }
 }
 
-fn history_table(records: &[RecordView]) -> Markup {
+fn history_table(records: &[RecordView], default_minutes: i64) -> Markup {
     html! {
         table #history {
             thead {
@@ -345,7 +345,7 @@ fn history_table(records: &[RecordView]) -> Markup {
                             @match (r.kind, r.duration_minutes) {
                                 (grantwheel::requests::RequestKind::Revoke, _) => { span.muted { "—" } }
                                 (_, Some(m)) => { (in_words(m)) }
-                                (_, None) => { "Default" }
+                                (_, None) => { (in_words(default_minutes)) span.muted { " (default)" } }
                             }
                         }
                         td {
@@ -360,10 +360,12 @@ fn history_table(records: &[RecordView]) -> Markup {
                         }
                         td { (when(r.created_at)) }
                         td {
-                            @match (r.ends, r.ended_by) {
-                                (Some(e), Some(how)) => { (how) " " (when(e)) }
-                                (Some(e), None) => { "Ends " (when(e)) }
-                                (None, _) => { span.muted { "—" } }
+                            @match (r.kind, r.ends, r.ended_by) {
+                                // A revoke ends other grants; it has no end of its own.
+                                (grantwheel::requests::RequestKind::Revoke, _, _) => { span.muted { "—" } }
+                                (_, Some(e), Some(how)) => { (how) " " (when(e)) }
+                                (_, Some(e), None) => { "Ends " (when(e)) }
+                                (_, None, _) => { span.muted { "—" } }
                             }
                         }
                     }
@@ -459,7 +461,7 @@ async fn history_page(
                     @if records.is_empty() {
                         p.muted #empty { "No share matches these filters." }
                     } @else {
-                        (history_table(&records))
+                        (history_table(&records, app.inner.default_minutes))
                     }
                     @if let Some(next) = h.next {
                         p.pager { a #older href=(next_link(&p, next.place())) { "Older shares →" } }

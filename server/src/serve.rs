@@ -172,6 +172,8 @@ impl Server {
                 metrics,
                 max_body: args.max_body,
                 window_secs: args.rate_window.as_secs().max(1),
+                default_minutes: i64::try_from(args.default_duration.as_secs() / 60)
+                    .unwrap_or(i64::MAX),
             }),
         };
         Ok(Server {

@@ -1,12 +1,12 @@
 //! The service over a real socket: the seed's bodies verbatim, codes and
 //! error shapes, keys, the limiter, hostile input, the history page.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::Duration;
 
-use grantwheel_server::config::ServeArgs;
-use grantwheel_server::keys::{KeyStore, NewKey};
-use grantwheel_server::Server;
+use common::{agent, get, post, Running};
+use grantwheel_server::keys::KeyStore;
 use serde_json::{json, Value};
 
 /// The seed's Share body, byte for byte.
@@ -26,127 +26,6 @@ const SEED_SHARE: &str = r#"[
 /// The activity of the seed's example, with the seed's user as its owner.
 const SEED_ACTIVITY: &str = r#"{"Id":"evt-1","Trigger":"ActivityPosted","Entity":1,"EntityId":"869196",
   "Activity":{"Id":"f2dbf1d5-bbab-418b-bddc-4c92ecdef214","Owner":"0203f172-8642-11e7-9bed-069b743e848f"}}"#;
-
-struct Running {
-    addr: SocketAddr,
-    key: NewKey,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    fn start(tune: impl FnOnce(&mut ServeArgs)) -> Running {
-        let dir = tempfile::tempdir().unwrap();
-        let key = KeyStore::open(&dir.path().join("grantwheel.db"))
-            .unwrap()
-            .add("test")
-            .unwrap();
-        Running::start_in(dir, key, tune)
-    }
-
-    /// Stop the server and start another on the same file.
-    fn restart(mut self) -> Running {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let dir = std::mem::replace(&mut self._dir, dir);
-        Running::start_in(dir, self.key.clone(), |_| {})
-    }
-
-    fn start_in(dir: tempfile::TempDir, key: NewKey, tune: impl FnOnce(&mut ServeArgs)) -> Running {
-        let db = dir.path().join("grantwheel.db");
-        let mut args = ServeArgs::new(db, "127.0.0.1:0".parse().unwrap());
-        tune(&mut args);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Runtime::new().unwrap();
-            rt.block_on(async move {
-                let server = Server::bind(args).await.unwrap();
-                addr_tx.send(server.local_addr().unwrap()).unwrap();
-                server
-                    .run(async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .unwrap();
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        Running {
-            addr,
-            key,
-            stop: Some(stop),
-            thread: Some(thread),
-            _dir: dir,
-        }
-    }
-
-    fn creds(&self) -> String {
-        format!(
-            "accessKey={}&secretKey={}",
-            self.key.access_key, self.key.secret
-        )
-    }
-
-    fn url(&self, path: &str, query: &str) -> String {
-        format!("http://{}{path}?{query}", self.addr)
-    }
-
-    fn api(&self, path: &str) -> String {
-        self.url(&format!("/v2/EntityAccess.svc{path}"), &self.creds())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .new_agent()
-}
-
-/// POST `body` with a content type; the code and the JSON answer.
-fn post(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
-    let mut resp = agent()
-        .post(url)
-        .header("Content-Type", content_type)
-        .send(body)
-        .unwrap();
-    let code = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap();
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn get(url: &str) -> (u16, Value) {
-    let mut resp = agent().get(url).call().unwrap();
-    let code = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap();
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
 
 fn assert_error_shape(v: &Value, kind: &str) {
     assert_eq!(v["Status"], "Error", "{v}");
@@ -270,7 +149,7 @@ fn every_credential_failure_gets_the_same_401() {
     let s = Running::start(|_| {});
     let base = format!("http://{}/v2/EntityAccess.svc/Share", s.addr);
     let revoked = {
-        let store = KeyStore::open(&s._dir.path().join("grantwheel.db")).unwrap();
+        let store = KeyStore::open(&s.db()).unwrap();
         let k = store.add("soon revoked").unwrap();
         store.revoke(&k.access_key).unwrap();
         k
@@ -318,10 +197,7 @@ fn the_26th_call_in_5_seconds_is_refused_and_keys_do_not_share_a_budget() {
         "API calls exceeded the limit of 25 in 5 second(s)"
     );
     // Another key has its own budget.
-    let other = KeyStore::open(&s._dir.path().join("grantwheel.db"))
-        .unwrap()
-        .add("other")
-        .unwrap();
+    let other = KeyStore::open(&s.db()).unwrap().add("other").unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let other_url = s.url(
         "/v2/EntityAccess.svc/Status/Get",

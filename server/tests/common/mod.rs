@@ -1,0 +1,144 @@
+//! What the service's socket tests share: a server on a loopback port and
+//! a plain HTTP client.
+
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use grantwheel_server::config::ServeArgs;
+use grantwheel_server::keys::{KeyStore, NewKey};
+use grantwheel_server::Server;
+use serde_json::Value;
+
+/// A server on a loopback port over a fresh SQLite file, stopped on drop.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub key: NewKey,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    pub fn start(tune: impl FnOnce(&mut ServeArgs)) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyStore::open(&dir.path().join("grantwheel.db"))
+            .unwrap()
+            .add("test")
+            .unwrap();
+        Running::start_in(dir, key, tune)
+    }
+
+    /// Stop the server and start another on the same file.
+    pub fn restart(mut self) -> Running {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dir = std::mem::replace(&mut self._dir, dir);
+        Running::start_in(dir, self.key.clone(), |_| {})
+    }
+
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        key: NewKey,
+        tune: impl FnOnce(&mut ServeArgs),
+    ) -> Running {
+        let db = dir.path().join("grantwheel.db");
+        let mut args = ServeArgs::new(db, "127.0.0.1:0".parse().unwrap());
+        tune(&mut args);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let server = Server::bind(args).await.unwrap();
+                addr_tx.send(server.local_addr().unwrap()).unwrap();
+                server
+                    .run(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        Running {
+            addr,
+            key,
+            stop: Some(stop),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// The server's database file.
+    pub fn db(&self) -> std::path::PathBuf {
+        self._dir.path().join("grantwheel.db")
+    }
+
+    pub fn creds(&self) -> String {
+        format!(
+            "accessKey={}&secretKey={}",
+            self.key.access_key, self.key.secret
+        )
+    }
+
+    pub fn url(&self, path: &str, query: &str) -> String {
+        format!("http://{}{path}?{query}", self.addr)
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        self.url(&format!("/v2/EntityAccess.svc{path}"), &self.creds())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .new_agent()
+}
+
+/// POST `body` with a content type; the code and the JSON answer.
+pub fn post(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    let mut resp = agent()
+        .post(url)
+        .header("Content-Type", content_type)
+        .send(body)
+        .unwrap();
+    let code = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub fn get(url: &str) -> (u16, Value) {
+    let mut resp = agent().get(url).call().unwrap();
+    let code = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
