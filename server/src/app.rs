@@ -676,6 +676,13 @@ async fn metrics_route(State(app): State<App>) -> Response {
         .into_response()
 }
 
+/// The OpenAPI document of every endpoint, as served at `/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../openapi.yaml");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+}
+
 async fn no_api() -> ApiError {
     ApiError::no_api()
 }
@@ -703,6 +710,7 @@ pub fn router(app: App) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_route))
+        .route("/openapi.yaml", get(openapi))
         .fallback(no_api)
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(app)
