@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use grantwheel::requests::Sharing;
-use grantwheel::store::{SqliteStore, Synchronous};
+use grantwheel::store::{SqliteStore, Store, Synchronous};
 use grantwheel::{Engine, Event};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -138,10 +138,32 @@ impl Server {
     ///
     /// [`StartError`] naming what failed.
     pub async fn bind(args: ServeArgs) -> Result<Server, StartError> {
+        Server::bind_inner(args, None).await
+    }
+
+    /// As [`bind`](Server::bind), with a store the host made instead of
+    /// the SQLite store at `args.db` (which still keeps the keys and what
+    /// events taught): another backend, or a store wrapped to fail on
+    /// purpose in tests.
+    ///
+    /// # Errors
+    ///
+    /// [`StartError`] naming what failed.
+    pub async fn bind_with_store(
+        args: ServeArgs,
+        store: Box<dyn Store>,
+    ) -> Result<Server, StartError> {
+        Server::bind_inner(args, Some(store)).await
+    }
+
+    async fn bind_inner(
+        args: ServeArgs,
+        store: Option<Box<dyn Store>>,
+    ) -> Result<Server, StartError> {
         let metrics = recorder();
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         let setup = args.clone();
-        let built = tokio::task::spawn_blocking(move || Server::open(&setup))
+        let built = tokio::task::spawn_blocking(move || Server::open(&setup, store))
             .await
             .map_err(|e| StartError::Store(e.to_string()))??;
         let (sharing, keys, keystore, directory, first_key) = built;
@@ -193,6 +215,7 @@ impl Server {
     )]
     fn open(
         args: &ServeArgs,
+        store: Option<Box<dyn Store>>,
     ) -> Result<
         (
             Sharing,
@@ -214,8 +237,13 @@ impl Server {
             Sync::Full => Synchronous::Full,
             Sync::Normal => Synchronous::Normal,
         };
-        let store =
-            SqliteStore::open_with(&args.db, sync).map_err(|e| StartError::Store(e.to_string()))?;
+        let store: Box<dyn Store> = match store {
+            Some(store) => store,
+            None => Box::new(
+                SqliteStore::open_with(&args.db, sync)
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+            ),
+        };
         let mut engine = Engine::builder()
             .store(store)
             .default_duration(chrono_of("--default-duration", args.default_duration)?)

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use grantwheel::store::Store;
 use grantwheel_server::config::ServeArgs;
 use grantwheel_server::keys::{KeyStore, NewKey};
 use grantwheel_server::Server;
@@ -49,6 +50,27 @@ impl Running {
         key: NewKey,
         tune: impl FnOnce(&mut ServeArgs),
     ) -> Running {
+        Running::start_full(dir, key, tune, None)
+    }
+
+    /// A server over a store the test made (on the server's database file).
+    pub fn start_with_store(
+        tune: impl FnOnce(&mut ServeArgs),
+        store: impl FnOnce(&std::path::Path) -> Box<dyn Store>,
+    ) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("grantwheel.db");
+        let key = KeyStore::open(&db).unwrap().add("test").unwrap();
+        let store = store(&db);
+        Running::start_full(dir, key, tune, Some(store))
+    }
+
+    fn start_full(
+        dir: tempfile::TempDir,
+        key: NewKey,
+        tune: impl FnOnce(&mut ServeArgs),
+        store: Option<Box<dyn Store>>,
+    ) -> Running {
         let db = dir.path().join("grantwheel.db");
         let mut args = ServeArgs::new(db, "127.0.0.1:0".parse().unwrap());
         tune(&mut args);
@@ -57,7 +79,10 @@ impl Running {
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async move {
-                let server = Server::bind(args).await.unwrap();
+                let server = match store {
+                    Some(store) => Server::bind_with_store(args, store).await.unwrap(),
+                    None => Server::bind(args).await.unwrap(),
+                };
                 addr_tx.send(server.local_addr().unwrap()).unwrap();
                 server
                     .run(async move {
