@@ -115,15 +115,18 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     // collector never sees a secret.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Lines are written by a thread of their own, so a slow stderr never
+    // stalls a call; the guard flushes what is queued when serving ends.
+    let (writer, _flush) = tracing_appender::non_blocking(std::io::stderr());
     if args.log_json {
         tracing_subscriber::fmt()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_env_filter(filter)
             .init();
     } else {
         tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_env_filter(filter)
             .init();
     }
