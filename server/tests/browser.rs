@@ -195,6 +195,26 @@ async fn rows(c: &Client) -> Vec<String> {
     ids
 }
 
+/// Type `text` into the element `css` finds.
+async fn type_into(c: &Client, css: &str, text: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .send_keys(text)
+        .await
+        .unwrap();
+}
+
+/// Click the element `css` finds.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Wait until the browser is on a page whose address contains `part`.
 async fn wait_for_url(c: &Client, part: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -275,24 +295,9 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
             .unwrap();
         wait_for_url(&c, "/login").await;
         assert!(rows(&c).await.is_empty(), "no history before the login");
-        c.find(Locator::Css("input[name=accessKey]"))
-            .await
-            .unwrap()
-            .send_keys(&s.key.access_key)
-            .await
-            .unwrap();
-        c.find(Locator::Css("input[name=secretKey]"))
-            .await
-            .unwrap()
-            .send_keys(&s.key.secret)
-            .await
-            .unwrap();
-        c.find(Locator::Css("button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        type_into(&c, "input[name=accessKey]", &s.key.access_key).await;
+        type_into(&c, "input[name=secretKey]", &s.key.secret).await;
+        click(&c, "button[type=submit]").await;
         wait_for_url(&c, "/history?").await;
         let mut newest_first = ids.clone();
         newest_first.reverse();
@@ -330,12 +335,7 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
         let user = c.find(Locator::Css("input[name=UserId]")).await.unwrap();
         user.clear().await.unwrap();
         user.send_keys(A).await.unwrap();
-        c.find(Locator::Css("form.filters button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "form.filters button[type=submit]").await;
         wait_for_url(&c, &format!("UserId={A}")).await;
         assert_eq!(
             rows(&c).await,
@@ -350,12 +350,7 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
             .select_by_value("Failed")
             .await
             .unwrap();
-        c.find(Locator::Css("form.filters button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "form.filters button[type=submit]").await;
         wait_for_url(&c, "Status=Failed").await;
         assert_eq!(rows(&c).await, vec![r_fail.clone()], "A's failed record");
         let row = c
