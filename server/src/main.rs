@@ -125,7 +125,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .with_env_filter(filter)
             .init();
     } else {
+        // Colours only for a person at a terminal, not in a file.
+        use std::io::IsTerminal;
         tracing_subscriber::fmt()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(writer)
             .with_env_filter(filter)
             .init();
