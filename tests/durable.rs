@@ -21,6 +21,9 @@ use uuid::Uuid;
 
 #[path = "support/common.rs"]
 mod common;
+#[cfg(feature = "postgres")]
+#[path = "support/pg.rs"]
+mod pg;
 
 use common::{start, user};
 
@@ -62,11 +65,34 @@ impl Reopen for Sqlite {
     }
 }
 
+/// A database of its own on the test server, reconnected at each open.
+#[cfg(feature = "postgres")]
+struct Postgres(String);
+
+#[cfg(feature = "postgres")]
+impl Reopen for Postgres {
+    fn open(&self, clock: &ManualClock) -> Engine {
+        Engine::builder()
+            .clock(clock.clone())
+            .store(grantwheel::store::PostgresStore::connect(&self.0).unwrap())
+            .build()
+            .unwrap()
+    }
+}
+
+/// The memory store, a SQLite file, and a PostgreSQL database when a
+/// server is named (see `support/pg.rs`).
 fn stores() -> Vec<Box<dyn Reopen>> {
-    vec![
+    #[allow(unused_mut, reason = "without the postgres feature")]
+    let mut all: Vec<Box<dyn Reopen>> = vec![
         Box::new(Memory(MemoryStore::new())),
         Box::new(Sqlite::new()),
-    ]
+    ];
+    #[cfg(feature = "postgres")]
+    if let Some(server) = pg::url("the restart tests over PostgreSQL") {
+        all.push(Box::new(Postgres(pg::fresh_database(&server))));
+    }
+    all
 }
 
 #[test]

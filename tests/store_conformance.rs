@@ -1,11 +1,15 @@
 //! The store conformance suite (`support/conformance.rs`) over every store
-//! the crate ships: the memory store, and SQLite files reopened for
-//! restarts.
+//! the crate ships: the memory store, SQLite files reopened for restarts,
+//! and PostgreSQL databases reconnected for restarts (feature `postgres`,
+//! with a server named by `GRANTWHEEL_PG_URL`).
 
 #[path = "support/common.rs"]
 mod common;
 #[path = "support/conformance.rs"]
 mod conformance;
+#[cfg(feature = "postgres")]
+#[path = "support/pg.rs"]
+mod pg;
 
 use conformance::{run_all, Harness};
 use grantwheel::store::MemoryStore;
@@ -59,5 +63,37 @@ mod sqlite {
             dir: tempfile::tempdir().unwrap(),
             files: 0,
         });
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_store {
+    use super::*;
+    use crate::pg;
+    use grantwheel::store::PostgresStore;
+
+    struct Postgres {
+        server: String,
+    }
+
+    impl Harness for Postgres {
+        type S = PostgresStore;
+        fn fresh(&mut self) -> PostgresStore {
+            let url = pg::fresh_database(&self.server);
+            PostgresStore::connect(&url).unwrap()
+        }
+        fn reopen(&mut self, store: PostgresStore) -> PostgresStore {
+            let url = store.url().to_string();
+            drop(store);
+            PostgresStore::connect(&url).unwrap()
+        }
+    }
+
+    #[test]
+    fn the_postgres_store_conforms() {
+        let Some(server) = pg::url("the_postgres_store_conforms") else {
+            return;
+        };
+        run_all(&mut Postgres { server });
     }
 }

@@ -51,12 +51,16 @@ use crate::model::rule::Rule;
 #[cfg(any(test, feature = "testing"))]
 mod faulty;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]
 pub use faulty::{Fault, FaultHandle, FaultyStore};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, FEED_CHANNEL};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, Synchronous};
 

@@ -1,0 +1,327 @@
+//! The read side: queries on connections of their own, beside the writer.
+//!
+//! Each query is one statement, which PostgreSQL answers from one
+//! snapshot: committed state, read consistently, never a part of a batch.
+//! A history page is one statement too: a union of the index ranges the
+//! page is merged from (its user's, its rule's, or one per status and
+//! source), each cut at the page size, merged newest first.
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use postgres::types::ToSql;
+use postgres::{Client, NoTls};
+
+use super::pg;
+use super::rows::{
+    context_kind, context_text, decode_grant, decode_record, entity_kind, entity_text, i64_of,
+    user_text, GRANT_COLUMNS, HISTORY_COLUMNS,
+};
+use crate::clock::to_millis;
+use crate::ids::EntityId;
+use crate::model::grant::Grant;
+use crate::model::history::{
+    Cursor, HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId, Source, SourceKind,
+    StatusKind,
+};
+use crate::store::{GrantFilter, StoreError, StoreReader};
+
+/// Idle connections kept for the next queries; more are opened while more
+/// queries run at once, and closed when they are done.
+const IDLE: usize = 8;
+
+/// The read side of a [`PostgresStore`](super::PostgresStore).
+pub(super) struct PostgresReader {
+    url: String,
+    idle: Mutex<Vec<Client>>,
+}
+
+/// One value bound to a query.
+type Param = Box<dyn ToSql + Sync + Send>;
+
+impl PostgresReader {
+    pub(super) fn new(url: String) -> Self {
+        PostgresReader {
+            url,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Run `f` on an idle (or new) connection; a connection that failed
+    /// is dropped, not kept.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut client = match self.idle.lock().pop() {
+            Some(c) if !c.is_closed() => c,
+            _ => Client::connect(&self.url, NoTls).map_err(pg)?,
+        };
+        let out = f(&mut client).map_err(pg)?;
+        let mut idle = self.idle.lock();
+        if idle.len() < IDLE {
+            idle.push(client);
+        }
+        Ok(out)
+    }
+
+    fn rows(&self, sql: &str, params: &[Param]) -> Result<Vec<postgres::Row>, StoreError> {
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+        self.read(|c| c.query(sql, &refs))
+    }
+
+    fn records(&self, sql: &str, params: &[Param]) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.rows(sql, params)?
+            .iter()
+            .map(|r| decode_record(r).map(|(_, r)| r))
+            .collect()
+    }
+}
+
+fn boxed<T: ToSql + Sync + Send + 'static>(v: T) -> Param {
+    Box::new(v)
+}
+
+/// The statement of one history page and the values it binds.
+/// `None` when no record can pass the filters (two source filters that
+/// exclude each other).
+fn page_query(
+    entity: &EntityId,
+    q: &HistoryQuery,
+    below: i64,
+    want: i64,
+) -> Option<(String, Vec<Param>)> {
+    let mut params: Vec<Param> = vec![
+        boxed(entity_kind(entity)),
+        boxed(entity_text(entity)),
+        boxed(below),
+        boxed(want),
+    ];
+    // Filters every range carries (so the union selects exactly what
+    // `q.keeps`), each bound as the next parameter.
+    let mut filters = String::new();
+    let mut bind = |params: &mut Vec<Param>, cond: &str, v: Param| {
+        params.push(v);
+        filters.push_str(&format!(" AND {cond} ${}", params.len()));
+    };
+    if let Some(user) = q.user {
+        bind(&mut params, "user_id =", boxed(user_text(user)));
+    }
+    if let Some(Source::Automation { rule }) = q.source {
+        bind(&mut params, "rule =", boxed(i64_of(rule.0)));
+    }
+    if let Some(from) = q.from {
+        bind(&mut params, "created_ms >=", boxed(from.timestamp_millis()));
+    }
+    if let Some(until) = q.until {
+        bind(&mut params, "created_ms <", boxed(until.timestamp_millis()));
+    }
+    let statuses: &[&str] = match q.status {
+        Some(StatusKind::Processing) => &["Processing"],
+        Some(StatusKind::Completed) => &["Completed"],
+        Some(StatusKind::Failed) => &["Failed"],
+        None => &["Processing", "Completed", "Failed"],
+    };
+    let kinds = [q.source.map(|s| s.kind()), q.source_kind];
+    let allowed = |k: SourceKind| kinds.iter().all(|want| want.is_none_or(|w| w == k));
+    let sources: Vec<&str> = [
+        (SourceKind::Api, "api"),
+        (SourceKind::Automation, "automation"),
+        (SourceKind::Direct, "direct"),
+    ]
+    .into_iter()
+    .filter(|(k, _)| allowed(*k))
+    .map(|(_, name)| name)
+    .collect();
+    let head = format!(
+        "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE entity_kind = $1 AND entity_id = $2 AND seq < $3{filters}"
+    );
+    let range = |extra: &str| format!("({head}{extra} ORDER BY seq DESC LIMIT $4)");
+    let ranges: Vec<String> =
+        if q.user.is_some() || matches!(q.source, Some(Source::Automation { .. })) {
+            // One index range (the user's or the rule's); status and source are
+            // filters on it.
+            let mut extra = String::new();
+            if let [status] = statuses {
+                extra.push_str(&format!(" AND status = '{status}'"));
+            }
+            if sources.len() < 3 {
+                let list: Vec<String> = sources.iter().map(|s| format!("'{s}'")).collect();
+                extra.push_str(&format!(" AND source IN ({})", list.join(", ")));
+            }
+            vec![range(&extra)]
+        } else {
+            // The status and source are written into the text: each range is a
+            // range of one index, (entity, status, source, seq).
+            statuses
+                .iter()
+                .flat_map(|status| sources.iter().map(move |source| (status, source)))
+                .map(|(status, source)| {
+                    range(&format!(" AND status = '{status}' AND source = '{source}'"))
+                })
+                .collect()
+        };
+    if sources.is_empty() {
+        return None;
+    }
+    let sql = format!(
+        "SELECT * FROM ({}) AS page ORDER BY seq DESC LIMIT $4",
+        ranges.join(" UNION ALL ")
+    );
+    Some((sql, params))
+}
+
+impl StoreReader for PostgresReader {
+    fn request(&self, id: &RequestId) -> Result<Option<HistoryRecord>, StoreError> {
+        Ok(self
+            .records(
+                &format!("SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE request = $1"),
+                &[boxed(id.to_string())],
+            )?
+            .into_iter()
+            .next())
+    }
+
+    fn request_by_key(&self, key: &str) -> Result<Option<HistoryRecord>, StoreError> {
+        Ok(self
+            .records(
+                &format!(
+                    "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE idempotency_key = $1"
+                ),
+                &[boxed(key.to_string())],
+            )?
+            .into_iter()
+            .next())
+    }
+
+    fn history(&self, entity: &EntityId, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let below = query.after.map_or(i64::MAX, |c| i64_of(c.place()));
+        let want = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let Some((sql, params)) = page_query(entity, query, below, want) else {
+            return Ok(HistoryPage {
+                records: Vec::new(),
+                next: None,
+            });
+        };
+        let mut found = Vec::new();
+        for row in self.rows(&sql, &params)? {
+            let (seq, record) = decode_record(&row)?;
+            // The statement selects exactly what the query keeps; checked
+            // again so a difference can only shorten a page, never widen it.
+            if query.keeps(&record) {
+                found.push((seq, record));
+            }
+        }
+        let next = if found.len() > query.limit {
+            found.truncate(query.limit);
+            found.last().map(|(seq, _)| Cursor::before(*seq))
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            records: found.into_iter().map(|(_, r)| r).collect(),
+            next,
+        })
+    }
+
+    fn access_at(
+        &self,
+        entity: &EntityId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        let all = self.records(
+            &format!(
+                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE entity_kind = $1 AND entity_id = $2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= $3 AND expires_ms > $3 AND (end_ms IS NULL OR end_ms > $3) ORDER BY seq DESC"
+            ),
+            &[
+                boxed(entity_kind(entity)),
+                boxed(entity_text(entity)),
+                boxed(at.timestamp_millis()),
+            ],
+        )?;
+        Ok(all.into_iter().filter(|r| r.gave_access_at(at)).collect())
+    }
+
+    fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.records(
+            &format!(
+                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE status = 'Processing' ORDER BY seq LIMIT $1"
+            ),
+            &[boxed(i64::try_from(limit).unwrap_or(i64::MAX))],
+        )
+    }
+
+    fn open_shares_of_rule(
+        &self,
+        rule: RuleId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.records(
+            &format!(
+                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE rule = $1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL AND expires_ms > $2 ORDER BY seq"
+            ),
+            &[boxed(i64_of(rule.0)), boxed(now.timestamp_millis())],
+        )
+    }
+
+    fn prunable(&self, horizon: DateTime<Utc>, limit: usize) -> Result<Vec<RequestId>, StoreError> {
+        let rows = self.rows(
+            "SELECT request FROM grantwheel_history WHERE done_ms < $1 ORDER BY done_ms, seq LIMIT $2",
+            &[
+                boxed(horizon.timestamp_millis()),
+                boxed(i64::try_from(limit).unwrap_or(i64::MAX)),
+            ],
+        )?;
+        rows.iter()
+            .map(|row| {
+                let text: &str = row.try_get(0).map_err(pg)?;
+                text.parse().map_err(
+                    |e: crate::model::history::BadRequestId| StoreError::Corrupt {
+                        what: "grantwheel_history row".into(),
+                        reason: format!("request: {e}"),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn live_grants(
+        &self,
+        filter: GrantFilter,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let now = boxed(i64_of(to_millis(now)));
+        let (cond, mut params): (&str, Vec<Param>) = match filter {
+            GrantFilter::User(u) => (
+                "user_id = $1 AND expires_ms > $2",
+                vec![boxed(user_text(u))],
+            ),
+            GrantFilter::Entity(e) => (
+                "entity_kind = $1 AND entity_id = $2 AND expires_ms > $3",
+                vec![boxed(entity_kind(&e)), boxed(entity_text(&e))],
+            ),
+            GrantFilter::Context(c) => match context_text(c) {
+                Some(id) => (
+                    "context_kind = $1 AND context_id = $2 AND expires_ms > $3",
+                    vec![boxed(context_kind(c)), boxed(id)],
+                ),
+                None => (
+                    "context_kind = $1 AND context_id IS NULL AND expires_ms > $2",
+                    vec![boxed(context_kind(c))],
+                ),
+            },
+            GrantFilter::ExpiringBy(until) => (
+                "expires_ms > $2 AND expires_ms <= $1",
+                vec![boxed(i64_of(to_millis(until)))],
+            ),
+        };
+        params.push(now);
+        let rows = self.rows(
+            &format!(
+                "SELECT {GRANT_COLUMNS} FROM grantwheel_grants WHERE {cond} ORDER BY expires_ms, serial"
+            ),
+            &params,
+        )?;
+        rows.iter().map(decode_grant).collect()
+    }
+}
