@@ -188,3 +188,49 @@ fn errors_never_show_the_url_or_its_password() {
     let store = PostgresStore::connect(&pg::fresh_database(&server)).unwrap();
     assert!(!format!("{store:?}").contains("127.0.0.1"));
 }
+
+#[test]
+fn one_engine_writes_at_a_time_and_the_lock_goes_with_the_connection() {
+    let Some(server) = pg::url("one_engine_writes_at_a_time_and_the_lock_goes_with_the_connection")
+    else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let first = PostgresStore::connect(&url).unwrap();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    assert_eq!(
+        PostgresStore::connect(&url).unwrap_err(),
+        StoreError::Locked { path: name }
+    );
+    drop(first);
+    let mut again = PostgresStore::connect(&url).unwrap();
+    batch(&mut again, 1, &[Change::Put(grant(1))]).unwrap();
+}
+
+#[test]
+fn a_store_dropped_on_an_async_thread_closes_cleanly() {
+    let Some(server) = pg::url("a_store_dropped_on_an_async_thread_closes_cleanly") else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let store = PostgresStore::connect(&url).unwrap();
+    let reader = store.reader().unwrap();
+    assert_eq!(reader.processing(10).unwrap(), []);
+    // Inside a task of an async runtime, as a server shutting down drops
+    // its engine: closing a connection on this thread would panic
+    // ("Cannot start a runtime from within a runtime").
+    let dropped = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            drop(store);
+            drop(reader);
+        });
+    });
+    dropped
+        .join()
+        .expect("dropping inside a runtime must not panic");
+    // The writer lock went with the connection.
+    PostgresStore::connect(&url).unwrap();
+}

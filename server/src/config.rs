@@ -67,9 +67,17 @@ pub enum Sync {
 /// `grantwheel-server serve`: the settings.
 #[derive(Args, Clone, Debug)]
 pub struct ServeArgs {
-    /// The SQLite database file (created if missing).
+    /// The SQLite database file (created if missing): the grants and
+    /// history, unless `--postgres` names a database for them, and the
+    /// keys and what the events endpoint learnt.
     #[arg(long, env = "GRANTWHEEL_DB", default_value = "grantwheel.db")]
     pub db: PathBuf,
+
+    /// Keep the grants, history and rules in this PostgreSQL database (a
+    /// `postgresql://` URL) instead of the SQLite file: several instances
+    /// can share it. Never logged (it may hold a password).
+    #[arg(long, env = "GRANTWHEEL_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<String>,
 
     /// Where to listen.
     #[arg(long, env = "GRANTWHEEL_LISTEN", default_value = "127.0.0.1:8080")]

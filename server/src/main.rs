@@ -139,6 +139,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let db = args.db.clone();
+        let store = if args.postgres.is_some() {
+            "postgresql"
+        } else {
+            "sqlite"
+        };
         let server = Server::bind(args).await.map_err(|e| e.to_string())?;
         let addr = server.local_addr().map_err(|e| e.to_string())?;
         if let Some(key) = server.first_key() {
@@ -158,7 +163,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             println!("The share history page: http://{addr}/history?Entity=1&EntityId=869196");
             println!();
         }
-        tracing::info!(%addr, db = %db.display(), "serving");
+        tracing::info!(%addr, db = %db.display(), store, "serving");
         server.run(stop_signal()).await.map_err(|e| e.to_string())
     })
 }

@@ -237,9 +237,15 @@ impl Server {
             Sync::Full => Synchronous::Full,
             Sync::Normal => Synchronous::Normal,
         };
-        let store: Box<dyn Store> = match store {
-            Some(store) => store,
-            None => Box::new(
+        let store: Box<dyn Store> = match (store, &args.postgres) {
+            (Some(store), _) => store,
+            // On the blocking pool (as all of `open` is): the synchronous
+            // client runs a runtime of its own.
+            (None, Some(url)) => Box::new(
+                grantwheel::store::PostgresStore::connect(url)
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+            ),
+            (None, None) => Box::new(
                 SqliteStore::open_with(&args.db, sync)
                     .map_err(|e| StartError::Store(e.to_string()))?,
             ),

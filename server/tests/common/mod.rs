@@ -33,7 +33,13 @@ impl Running {
     }
 
     /// Stop the server and start another on the same file.
-    pub fn restart(mut self) -> Running {
+    pub fn restart(self) -> Running {
+        self.restart_with(|_| {})
+    }
+
+    /// Stop the server and start another on the same file, with `tune`
+    /// applied to its settings.
+    pub fn restart_with(mut self, tune: impl FnOnce(&mut ServeArgs)) -> Running {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -42,7 +48,7 @@ impl Running {
         }
         let dir = tempfile::tempdir().unwrap();
         let dir = std::mem::replace(&mut self._dir, dir);
-        Running::start_in(dir, self.key.clone(), |_| {})
+        Running::start_in(dir, self.key.clone(), tune)
     }
 
     pub fn start_in(

@@ -42,7 +42,8 @@ pub const FEED_CHANNEL: &str = "grantwheel_feed";
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct PostgresStore {
-    client: Client,
+    /// Always `Some` but in `drop` (see [`close_off_thread`]).
+    client: Option<Client>,
     url: String,
     /// Names this instance in the feed.
     engine: String,
@@ -138,14 +139,34 @@ impl PostgresStore {
     /// never the URL) when the server cannot be reached or refuses.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let mut client = Client::connect(url, NoTls).map_err(pg)?;
-        schema::migrate(&mut client)?;
-        let statements = Statements::prepare(&mut client)?;
+        let taken = take_writer_lock(&mut client);
+        if let Err(e) = taken {
+            close_off_thread(client);
+            return Err(e);
+        }
+        if let Err(e) = schema::migrate(&mut client) {
+            close_off_thread(client);
+            return Err(e);
+        }
+        let statements = match Statements::prepare(&mut client) {
+            Ok(s) => s,
+            Err(e) => {
+                close_off_thread(client);
+                return Err(e);
+            }
+        };
         Ok(PostgresStore {
-            client,
+            client: Some(client),
             url: url.to_string(),
             engine: uuid::Uuid::now_v7().simple().to_string(),
             statements,
         })
+    }
+
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::Io("postgresql: the store is closed".into()))
     }
 
     /// The URL the store connected with (it may hold a password: the
@@ -157,7 +178,7 @@ impl PostgresStore {
     /// The feed number of the last batch committed by any instance.
     pub fn feed_head(&mut self) -> Result<u64, StoreError> {
         let seq: i64 = self
-            .client
+            .client()?
             .query_one("SELECT seq FROM grantwheel_feed_head", &[])
             .map_err(pg)?
             .try_get(0)
@@ -167,7 +188,7 @@ impl PostgresStore {
 
     fn meta_value(&mut self, key: &str) -> Result<u64, StoreError> {
         let v: Option<i64> = self
-            .client
+            .client()?
             .query_opt("SELECT value FROM grantwheel_meta WHERE key = $1", &[&key])
             .map_err(pg)?
             .map(|r| r.try_get(0))
@@ -183,6 +204,67 @@ impl PostgresStore {
                 what: format!("grantwheel_meta `{key}`"),
                 reason: "missing".into(),
             }),
+        }
+    }
+}
+
+/// The advisory lock key of the one writer ("gw-write" in ASCII).
+const WRITER_LOCK: i64 = 0x6777_2d77_7269_7465;
+
+/// How long a new store waits for the writer lock: a writer that just
+/// closed its connection releases it when its server process ends, a
+/// moment later.
+const WRITER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Take the one-writer lock for this connection's life.
+///
+/// Until writes from several instances are decided in feed order (each
+/// writer catching up under the feed lock before it decides), two engines
+/// writing one database would each decide on their own state (serials,
+/// the repeat-share rule) and could overwrite each other's grants. So one
+/// engine writes at a time, as with a SQLite file; the lock is a session
+/// lock, released by the server when the connection ends, also when its
+/// process is killed.
+fn take_writer_lock(client: &mut Client) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + WRITER_LOCK_WAIT;
+    loop {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)?;
+        if got {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let name: String = client
+                .query_one("SELECT current_database()", &[])
+                .map_err(pg)?
+                .try_get(0)
+                .map_err(pg)?;
+            return Err(StoreError::Locked { path: name });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Drop `value` (which holds connections) on a thread of its own.
+///
+/// A `postgres` client closes its connection by blocking on its own
+/// runtime, which panics on a thread that drives an async runtime; hosts
+/// drop engines from async code all the time (a server shutting down), so
+/// the store never closes a connection on the dropping thread.
+pub(super) fn close_off_thread<T: Send + 'static>(value: T) {
+    let _ = std::thread::Builder::new()
+        .name("grantwheel-pg-close".into())
+        .spawn(move || drop(value))
+        .map(|t| t.join());
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            close_off_thread(client);
         }
     }
 }
@@ -251,7 +333,7 @@ impl Store for PostgresStore {
         // A portal read in pages: a million grants never sit in memory as
         // rows at once.
         let mut tx = self
-            .client
+            .client()?
             .build_transaction()
             .isolation_level(postgres::IsolationLevel::RepeatableRead)
             .read_only(true)
@@ -275,7 +357,7 @@ impl Store for PostgresStore {
 
     fn rules(&mut self) -> Result<Vec<(RuleId, Rule)>, StoreError> {
         let rows = self
-            .client
+            .client()?
             .query("SELECT id, rule FROM grantwheel_rules ORDER BY id", &[])
             .map_err(pg)?;
         let mut rules = Vec::with_capacity(rows.len());
@@ -299,7 +381,11 @@ impl Store for PostgresStore {
 
     fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
         let s = &self.statements;
-        let mut tx = self.client.transaction().map_err(pg)?;
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| StoreError::Io("postgresql: the store is closed".into()))?;
+        let mut tx = client.transaction().map_err(pg)?;
         // The feed lock first, held to commit: every write is ordered
         // after every write committed before it.
         let head: i64 = tx

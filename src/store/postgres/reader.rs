@@ -78,6 +78,12 @@ impl PostgresReader {
     }
 }
 
+impl Drop for PostgresReader {
+    fn drop(&mut self) {
+        super::close_off_thread(std::mem::take(&mut *self.idle.lock()));
+    }
+}
+
 fn boxed<T: ToSql + Sync + Send + 'static>(v: T) -> Param {
     Box::new(v)
 }
