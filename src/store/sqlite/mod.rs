@@ -7,9 +7,7 @@ mod schema;
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
@@ -76,97 +74,10 @@ pub enum Synchronous {
 /// ```
 #[derive(Debug)]
 pub struct SqliteStore {
-    /// Declared first so it stops (and joins) before the writer closes.
-    _checkpointer: Option<Checkpointer>,
     conn: Connection,
     path: PathBuf,
     /// Held for the store's life: the one-writer lock.
     _lock: File,
-}
-
-/// The WAL size, in pages (4 KiB each), at which the checkpointer is
-/// woken: SQLite's own default threshold.
-const WAKE_PAGES: i32 = 1000;
-
-/// The WAL size at which the writer checkpoints inline after all: reached
-/// only when the checkpointer has failed or cannot keep up.
-const BACKSTOP_PAGES: i32 = 16_384;
-
-/// A thread with a connection of its own that copies the WAL back into the
-/// database.
-///
-/// SQLite's automatic checkpoint runs inside the commit that crosses its
-/// threshold, so one commit in a few hundred also copies the WAL into the
-/// database and syncs it: the tail latency of single shares. Here the
-/// writer's WAL hook only wakes this thread (a non-blocking send), and the
-/// thread runs a passive checkpoint, which never blocks the writer or the
-/// readers. A crash in the middle of one loses nothing: the WAL still holds
-/// every committed page until SQLite has copied and synced it.
-#[derive(Debug)]
-struct Checkpointer {
-    wake: mpsc::SyncSender<Wake>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// What the checkpointer is woken for.
-#[derive(Debug)]
-enum Wake {
-    Checkpoint,
-    /// Sent by the store's drop: the WAL hook holds a sender too, and it
-    /// lives as long as the writer's connection, so the channel never
-    /// closes by itself while the thread is joined.
-    Stop,
-}
-
-impl Checkpointer {
-    /// Start the thread and install the writer's WAL hook; `None` (and
-    /// SQLite's own inline checkpoint left in place) if either fails.
-    fn start(path: &Path, writer: &mut Connection) -> Option<Checkpointer> {
-        let conn = Connection::open(path).ok()?;
-        // One pending wake-up is enough: a checkpoint copies all there is.
-        let (wake, woken) = mpsc::sync_channel::<Wake>(1);
-        let thread = std::thread::Builder::new()
-            .name("grantwheel-checkpoint".into())
-            .spawn(move || {
-                while let Ok(Wake::Checkpoint) = woken.recv() {
-                    // A failure (the disk full, say) is retried at the next
-                    // wake-up; the writer's backstop bounds the WAL.
-                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                }
-            })
-            .ok()?;
-        let hook_wake = wake.clone();
-        let hooked = writer.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: i32| {
-            if pages >= BACKSTOP_PAGES {
-                return wal
-                    .checkpoint_v2(rusqlite::wal::CheckpointMode::PASSIVE)
-                    .map(drop);
-            }
-            if pages >= WAKE_PAGES {
-                // Full means a wake-up is already pending.
-                let _ = hook_wake.try_send(Wake::Checkpoint);
-            }
-            Ok(())
-        }));
-        let checkpointer = Checkpointer {
-            wake,
-            thread: Some(thread),
-        };
-        // On failure the checkpointer is dropped (its thread joined) and the
-        // default automatic checkpoint stays.
-        hooked.ok().map(|()| checkpointer)
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        // Blocks only while a wake-up is pending, which the thread takes
-        // next; fails only if the thread is gone already.
-        let _ = self.wake.send(Wake::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn io(e: rusqlite::Error) -> StoreError {
@@ -290,9 +201,7 @@ impl SqliteStore {
             }
             tx.commit().map_err(io)?;
         }
-        let checkpointer = Checkpointer::start(&path, &mut conn);
         Ok(SqliteStore {
-            _checkpointer: checkpointer,
             conn,
             path,
             _lock: lock,
