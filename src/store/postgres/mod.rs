@@ -1,5 +1,7 @@
-//! [`PostgresStore`]: the engine's state in a PostgreSQL database that
-//! several instances can share (feature `postgres`).
+//! [`PostgresStore`]: the engine's state in a PostgreSQL database
+//! (feature `postgres`): history and status readable by every instance on
+//! the database, written by one engine at a time (see
+//! [`PostgresStore::connect`]).
 //!
 //! The tables mirror the SQLite store's, with the same indexes for the
 //! same queries, and add the change feed: every batch is written in a
@@ -132,11 +134,19 @@ impl PostgresStore {
     /// `key=value` connection string), create or migrate its schema, and
     /// prepare the write path.
     ///
+    /// The store holds the database's writer lock (a session advisory
+    /// lock) for its life: one engine writes at a time, as with a SQLite
+    /// file, until writes from several instances are decided in feed
+    /// order. A new store waits up to 3 s for a writer that has just
+    /// stopped.
+    ///
     /// # Errors
     ///
-    /// [`StoreError::NewerSchema`] when the database was written by a newer
-    /// version of grantwheel; [`StoreError::Io`] (with the server's message,
-    /// never the URL) when the server cannot be reached or refuses.
+    /// [`StoreError::Locked`] (naming the database) when another engine
+    /// writes it; [`StoreError::NewerSchema`] when the database was written
+    /// by a newer version of grantwheel; [`StoreError::Io`] (with the
+    /// server's message, never the URL) when the server cannot be reached
+    /// or refuses.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let mut client = Client::connect(url, NoTls).map_err(pg)?;
         let taken = take_writer_lock(&mut client);
