@@ -12,7 +12,7 @@ use crate::model::grant::Grant;
 use crate::model::history::{
     EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus, RuleId, Source,
 };
-use crate::store::StoreError;
+use crate::store::{failure_name, failure_of, StoreError};
 
 /// The columns a grant is read from, in this order.
 pub(super) const GRANT_COLUMNS: &str =
@@ -210,36 +210,6 @@ impl RecordValues {
             &self.idempotency_key,
         ]
     }
-}
-
-/// The stable name of a failure kind in the `failure_kind` column.
-fn failure_name(kind: FailureKind) -> &'static str {
-    match kind {
-        FailureKind::InvalidInput => "InvalidInput",
-        FailureKind::ContextRefused => "ContextRefused",
-        FailureKind::Delegation => "Delegation",
-        FailureKind::NotFound => "NotFound",
-        FailureKind::AlreadyShared => "AlreadyShared",
-        FailureKind::Capacity => "Capacity",
-        FailureKind::Store => "Store",
-        FailureKind::Interrupted => "Interrupted",
-        FailureKind::Unknown => "Unknown",
-    }
-}
-
-fn failure_of(name: &str) -> Option<FailureKind> {
-    Some(match name {
-        "InvalidInput" => FailureKind::InvalidInput,
-        "ContextRefused" => FailureKind::ContextRefused,
-        "Delegation" => FailureKind::Delegation,
-        "NotFound" => FailureKind::NotFound,
-        "AlreadyShared" => FailureKind::AlreadyShared,
-        "Capacity" => FailureKind::Capacity,
-        "Store" => FailureKind::Store,
-        "Interrupted" => FailureKind::Interrupted,
-        "Unknown" => FailureKind::Unknown,
-        _ => return None,
-    })
 }
 
 type Bad = (&'static str, String);

@@ -11,7 +11,7 @@ use crate::ids::{GrantId, Level, UserId};
 use crate::model::history::{
     EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus, RuleId, Source,
 };
-use crate::store::{EndCause, StoreError};
+use crate::store::{failure_name, failure_of, EndCause, StoreError};
 
 /// The indexes of the history table, one per query of the read side.
 pub(super) const HISTORY_INDEXES: &str = "
@@ -186,36 +186,6 @@ pub(super) fn forget(tx: &Transaction<'_>, request: &RequestId) -> Result<(), St
         .and_then(|mut s| s.execute(params![request.to_string()]))
         .map(|_| ())
         .map_err(io)
-}
-
-/// The stable name of a failure kind in the `failure_kind` column.
-fn failure_name(kind: FailureKind) -> &'static str {
-    match kind {
-        FailureKind::InvalidInput => "InvalidInput",
-        FailureKind::ContextRefused => "ContextRefused",
-        FailureKind::Delegation => "Delegation",
-        FailureKind::NotFound => "NotFound",
-        FailureKind::AlreadyShared => "AlreadyShared",
-        FailureKind::Capacity => "Capacity",
-        FailureKind::Store => "Store",
-        FailureKind::Interrupted => "Interrupted",
-        FailureKind::Unknown => "Unknown",
-    }
-}
-
-fn failure_of(name: &str) -> Option<FailureKind> {
-    Some(match name {
-        "InvalidInput" => FailureKind::InvalidInput,
-        "ContextRefused" => FailureKind::ContextRefused,
-        "Delegation" => FailureKind::Delegation,
-        "NotFound" => FailureKind::NotFound,
-        "AlreadyShared" => FailureKind::AlreadyShared,
-        "Capacity" => FailureKind::Capacity,
-        "Store" => FailureKind::Store,
-        "Interrupted" => FailureKind::Interrupted,
-        "Unknown" => FailureKind::Unknown,
-        _ => return None,
-    })
 }
 
 /// Reads one history row (selected as [`COLUMNS`]); every error names the
