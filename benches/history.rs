@@ -367,7 +367,7 @@ fn build_history(path: &Path, n: usize, live: usize) -> Samples {
         if let Some(g) = grant {
             // Ended (expired) soon after: the history of a busy CRM.
             let end = Change::End {
-                serial: g.serial,
+                grant: g,
                 at: created + Duration::minutes(30),
                 cause: EndCause::Expired,
             };

@@ -17,7 +17,7 @@ mod common;
 #[path = "support/pg.rs"]
 mod pg;
 
-use common::user;
+use common::{by_serial, user};
 
 fn grant(serial: u64) -> Grant {
     Grant {
@@ -103,7 +103,7 @@ fn the_feed_is_dense_and_replays_take_no_number() {
         &mut store,
         4,
         &[Change::End {
-            serial: 1,
+            grant: by_serial(1),
             at: Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(),
             cause: grantwheel::store::EndCause::Revoked,
         }],
@@ -190,24 +190,6 @@ fn errors_never_show_the_url_or_its_password() {
 }
 
 #[test]
-fn one_engine_writes_at_a_time_and_the_lock_goes_with_the_connection() {
-    let Some(server) = pg::url("one_engine_writes_at_a_time_and_the_lock_goes_with_the_connection")
-    else {
-        return;
-    };
-    let url = pg::fresh_database(&server);
-    let first = PostgresStore::connect(&url).unwrap();
-    let name = url.rsplit('/').next().unwrap().to_string();
-    assert_eq!(
-        PostgresStore::connect(&url).unwrap_err(),
-        StoreError::Locked { path: name }
-    );
-    drop(first);
-    let mut again = PostgresStore::connect(&url).unwrap();
-    batch(&mut again, 1, &[Change::Put(grant(1))]).unwrap();
-}
-
-#[test]
 fn a_store_dropped_on_an_async_thread_closes_cleanly() {
     let Some(server) = pg::url("a_store_dropped_on_an_async_thread_closes_cleanly") else {
         return;
@@ -231,6 +213,5 @@ fn a_store_dropped_on_an_async_thread_closes_cleanly() {
     dropped
         .join()
         .expect("dropping inside a runtime must not panic");
-    // The writer lock went with the connection.
     PostgresStore::connect(&url).unwrap();
 }

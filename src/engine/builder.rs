@@ -15,6 +15,7 @@ use crate::store::{Meta, Store};
 
 use super::commit::Queue;
 use super::config::{Config, Timing};
+use super::follow::{self, Follow, FollowSettings};
 use super::state::State;
 use super::{Engine, Inner};
 
@@ -48,6 +49,10 @@ pub struct EngineBuilder {
     warnings: Vec<chrono::Duration>,
     capacity: usize,
     store: Option<Box<dyn Store>>,
+    max_staleness: chrono::Duration,
+    feed_poll: chrono::Duration,
+    skew_warn: chrono::Duration,
+    skew_fail: chrono::Duration,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -72,6 +77,10 @@ impl Default for EngineBuilder {
             warnings: Vec::new(),
             capacity: 0,
             store: None,
+            max_staleness: chrono::Duration::seconds(5),
+            feed_poll: chrono::Duration::milliseconds(250),
+            skew_warn: chrono::Duration::milliseconds(250),
+            skew_fail: chrono::Duration::seconds(2),
         }
     }
 }
@@ -172,6 +181,40 @@ impl EngineBuilder {
         self
     }
 
+    /// Over a shared store: how long the engine may go without completing
+    /// a catch-up with the feed before its checks say no, for every pair,
+    /// until it has caught up again (default: 5 seconds).
+    ///
+    /// ```
+    /// use grantwheel::Engine;
+    /// use chrono::Duration;
+    /// assert!(Engine::builder().max_staleness(Duration::seconds(2)).build().is_ok());
+    /// let err = Engine::builder().max_staleness(Duration::zero()).build().unwrap_err();
+    /// assert!(matches!(&err, grantwheel::BuildError::Invalid(a) if a.field() == "max_staleness"));
+    /// ```
+    pub fn max_staleness(mut self, d: chrono::Duration) -> Self {
+        self.max_staleness = d;
+        self
+    }
+
+    /// Over a shared store: how often the follower reads the feed when no
+    /// wake-up came (default: 250 ms). Wake-ups make it sooner; this
+    /// bounds what a lost one costs.
+    pub fn feed_poll(mut self, d: chrono::Duration) -> Self {
+        self.feed_poll = d;
+        self
+    }
+
+    /// Over a shared store: how far this host's clock may be from the
+    /// store's (measured at start and every minute): beyond `warn` the
+    /// feed status says so; beyond `fail` checks say no until it is back
+    /// within (default: 250 ms and 2 s).
+    pub fn clock_skew(mut self, warn: chrono::Duration, fail: chrono::Duration) -> Self {
+        self.skew_warn = warn;
+        self.skew_fail = fail;
+        self
+    }
+
     /// Room for this many grants on numeric entities, reserved up front.
     pub fn capacity(mut self, grants: usize) -> Self {
         self.capacity = grants;
@@ -218,6 +261,7 @@ impl EngineBuilder {
     /// ```
     pub fn build(self) -> Result<Engine, BuildError> {
         let cfg = self.settings()?;
+        let follow_settings = cfg.follow;
         let (reader, index) = new_index();
         let EngineBuilder {
             clock,
@@ -230,20 +274,31 @@ impl EngineBuilder {
             Some(store) => store.meta()?,
             None => Meta::default(),
         };
+        // Before the grants: they may include later entries, which the
+        // first catch-up applies again (harmlessly).
+        let position = match store.as_mut().and_then(|s| s.shared()) {
+            Some(shared) => Some(shared.position()?),
+            None => None,
+        };
         // Never run behind the time the store last saw.
         let now = meta
             .clock
             .map_or(0, to_millis)
             .max(to_millis_i64(clock.now_millis()));
         let mut state = State::new(index, &cfg, &meta, now);
+        state.feed = position.unwrap_or(0);
         if capacity > 0 {
             state.reserve(&reader, capacity);
         }
         let durable = store.is_some();
+        let mut follower = None;
         let (restored, store_reader) = match store {
             Some(mut store) => {
                 let restored = state.load(&reader, &mut *store, now)?;
                 let store_reader = store.reader()?;
+                if let Some(shared) = store.shared() {
+                    follower = Some(shared.follower()?);
+                }
                 state.store = Some(store);
                 (Some(restored), Some(store_reader))
             }
@@ -254,6 +309,8 @@ impl EngineBuilder {
                 reader,
                 clock,
                 high_water: AtomicU64::new(now),
+                // Over a shared store: no until the first catch-up.
+                fresh_until: AtomicU64::new(if follower.is_some() { 0 } else { u64::MAX }),
                 cfg,
                 state: Mutex::new(state),
                 hub: Hub::default(),
@@ -264,8 +321,15 @@ impl EngineBuilder {
                 batch_done: parking_lot::Condvar::new(),
                 restored: Mutex::new(restored),
                 layer: Mutex::new(None),
+                follow: follower.is_some().then(|| Follow {
+                    settings: follow_settings,
+                    health: Mutex::new(Default::default()),
+                }),
             }),
         };
+        if let Some(follower) = follower {
+            follow::start(&engine, follower)?;
+        }
         if durable {
             // Write down what the load found expired (and any duplicates).
             engine.flush()?;
@@ -316,7 +380,27 @@ impl EngineBuilder {
                 "more than 254 warning offsets",
             ));
         }
+        let std_of = |field: &'static str, d: chrono::Duration| {
+            positive_ms(field, d).map(std::time::Duration::from_millis)
+        };
+        let follow = FollowSettings {
+            poll: std_of("feed_poll", self.feed_poll)?,
+            max_staleness: std_of("max_staleness", self.max_staleness)?,
+            skew_warn: std_of("clock_skew", self.skew_warn)?,
+            skew_fail: std_of("clock_skew", self.skew_fail)?,
+        };
+        if follow.skew_warn > follow.skew_fail {
+            return Err(InvalidArgument::new(
+                "clock_skew",
+                format!(
+                    "the warning `{}` is above the limit `{}`",
+                    words(self.skew_warn),
+                    words(self.skew_fail)
+                ),
+            ));
+        }
         Ok(Config {
+            follow,
             default_ms,
             max_ms,
             over_max: self.over_max,

@@ -12,7 +12,7 @@ use crate::events::Event;
 use crate::ids::{EntityId, Level, UserId};
 use crate::index::{IndexReader, PairKey};
 use crate::model::grant::Grant;
-use crate::store::{Batch, Change, EndCause, StoreError};
+use crate::store::{Batch, Change, EndCause, FeedRead, StoreError};
 
 use super::config::Config;
 use super::record::{GrantRec, EDIT_BIT, PENDING_BIT};
@@ -58,9 +58,27 @@ impl Drop for Inner {
             return;
         }
         if let Some(mut store) = st.store.take() {
-            let changes = std::mem::take(&mut st.lazy);
+            let mut changes = std::mem::take(&mut st.lazy);
+            let mut seq = st.seq;
+            if let Some(shared) = store.shared() {
+                // Number the batch after everything written meanwhile.
+                match shared.lock_feed(st.feed) {
+                    Ok(FeedRead::Entries(entries)) => {
+                        seq = entries.iter().fold(seq, |s, e| s.max(e.seq));
+                    }
+                    _ => {
+                        shared.release_feed();
+                        return;
+                    }
+                }
+                changes.retain(|c| !is_expiry(c));
+                if changes.is_empty() {
+                    shared.release_feed();
+                    return;
+                }
+            }
             let batch = Batch {
-                seq: st.seq + 1,
+                seq: seq + 1,
                 next_serial: st.next_serial,
                 clock: from_millis(now),
                 changes: &changes,
@@ -80,6 +98,10 @@ pub(super) struct Changes<'a> {
     pub(super) reader: &'a IndexReader,
     /// Whether writes are collected (the engine has a store).
     pub(super) durable: bool,
+    /// Whether expirations are written (not over a shared store, whose
+    /// housekeeping removes expired rows: every engine expires by its own
+    /// clock).
+    pub(super) expiries: bool,
     /// Writes undone if the batch fails.
     pub(super) writes: Vec<Change>,
     /// Writes that stand even if the batch fails: revokes, expirations.
@@ -118,14 +140,15 @@ impl Changes<'_> {
     }
 
     pub(super) fn end(&mut self, grant: &Grant, at: u64, cause: EndCause) {
-        let serial = grant.id.serial;
+        let id = grant.id;
         let change = move || Change::End {
-            serial,
+            grant: id,
             at: from_millis(at),
             cause,
         };
         match cause {
             EndCause::Replaced => self.write(change),
+            EndCause::Expired if !self.expiries => {}
             EndCause::Revoked | EndCause::Expired => self.keep(change),
         }
     }
@@ -229,6 +252,7 @@ impl Engine {
             cfg: &inner.cfg,
             reader: &inner.reader,
             durable: inner.durable,
+            expiries: inner.follow.is_none(),
             writes: Vec::new(),
             kept: Vec::new(),
             revoked: Vec::new(),
@@ -336,8 +360,9 @@ impl Engine {
             return;
         }
         let now = self.now_ms();
+        let caught = self.lock_and_catch_up(st, now, std::time::Instant::now());
         let mut run = self.run_jobs(st, jobs, now);
-        let failure = match write_batch(st, &run.batch, now) {
+        let failure = match caught.and_then(|()| write_batch(st, &run.batch, now)) {
             Ok(()) => {
                 // Everything queued for this batch or an earlier one is
                 // written (what waited is carried until a batch succeeds).
@@ -362,6 +387,47 @@ impl Engine {
             (done.finish)(failure.as_ref());
         }
         inner.hub.enqueue(&mut events);
+    }
+
+    /// Over a shared store: take the feed lock and apply every entry after
+    /// the state's position, so the batch is decided on the state of every
+    /// write committed before it. The lock is held until the batch is
+    /// written (or found empty). A no-op for a store of the engine's own.
+    fn lock_and_catch_up(
+        &self,
+        st: &mut State,
+        started: u64,
+        began: std::time::Instant,
+    ) -> Result<(), StoreError> {
+        let after = st.feed;
+        let Some(shared) = st.store.as_mut().and_then(|s| s.shared()) else {
+            return Ok(());
+        };
+        let entries = match shared.lock_feed(after)? {
+            FeedRead::Entries(entries) => entries,
+            FeedRead::Behind { oldest } => {
+                shared.release_feed();
+                return Err(StoreError::Io(format!(
+                    "this engine's feed position {after} is older than the oldest entry kept ({oldest}): it resyncs from a snapshot; try again"
+                )));
+            }
+        };
+        for entry in &entries {
+            if !st.apply_entry(&self.inner.reader, entry, started) {
+                if let Some(shared) = st.store.as_mut().and_then(|s| s.shared()) {
+                    shared.release_feed();
+                }
+                return Err(StoreError::Corrupt {
+                    what: "the change feed".into(),
+                    reason: format!(
+                        "entry {} does not follow position {}",
+                        entry.position, st.feed
+                    ),
+                });
+            }
+        }
+        self.caught_up(started, began);
+        Ok(())
     }
 
     /// Reclaim what is due, then run every queued change against the
@@ -490,9 +556,55 @@ struct Done {
     undoable: std::ops::Range<usize>,
 }
 
+/// Whether a change is the end of an expired grant.
+pub(super) fn is_expiry(c: &Change) -> bool {
+    matches!(
+        c,
+        Change::End {
+            cause: EndCause::Expired,
+            ..
+        }
+    )
+}
+
 /// Write `batch` as the next batch. An empty batch is still written when
 /// the time moved on: a restart must not run the clock back.
+///
+/// Over a shared store (whose feed lock the caller holds) expirations are
+/// left to the store's housekeeping (every engine expires grants by its
+/// own clock), and a batch with nothing else is not written: the lock is
+/// given back.
 fn write_batch(st: &mut State, batch: &[Change], now: u64) -> Result<(), StoreError> {
+    let shared = st.store.as_mut().and_then(|s| s.shared()).is_some();
+    if shared {
+        let kept: Vec<Change>;
+        let batch = if batch.iter().any(is_expiry) {
+            kept = batch.iter().filter(|c| !is_expiry(c)).cloned().collect();
+            &kept[..]
+        } else {
+            batch
+        };
+        let store = st.store.as_mut();
+        let Some(shared) = store.and_then(|s| s.shared()) else {
+            return Ok(());
+        };
+        if batch.is_empty() {
+            shared.release_feed();
+            return Ok(());
+        }
+        st.seq += 1;
+        let b = Batch {
+            seq: st.seq,
+            next_serial: st.next_serial,
+            clock: from_millis(now),
+            changes: batch,
+        };
+        let written = st.store.as_mut().map_or(Ok(()), |s| s.apply(&b));
+        if written.is_ok() {
+            st.feed += 1;
+        }
+        return written;
+    }
     if batch.is_empty() && now <= st.clock_written {
         return Ok(());
     }

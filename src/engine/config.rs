@@ -7,6 +7,7 @@ use crate::model::grant::{Expiry, OverMax, RepeatShare};
 use crate::wheel::Tick;
 
 pub(super) struct Config {
+    pub(super) follow: super::follow::FollowSettings,
     pub(super) default_ms: u64,
     pub(super) max_ms: u64,
     pub(super) over_max: OverMax,

@@ -15,6 +15,10 @@ impl Engine {
         }
         let now = self.now_ms();
         let st = self.inner.state.lock();
+        if self.inner.follow.is_some() {
+            // Over a shared store the time is not written on its own.
+            return st.lazy.iter().any(|c| !super::commit::is_expiry(c));
+        }
         !st.lazy.is_empty() || now >= st.clock_written.saturating_add(1000)
     }
 

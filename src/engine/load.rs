@@ -89,7 +89,7 @@ impl State {
         self.next_serial = self.next_serial.max(acc.max_serial + 1);
         for grant in &acc.expired {
             self.lazy.push(Change::End {
-                serial: grant.id.serial,
+                grant: grant.id,
                 at: grant.expires_at,
                 cause: EndCause::Expired,
             });
@@ -118,19 +118,19 @@ impl State {
         if let Some(g) = found.and_then(|loc| self.find_context(loc, ctx)) {
             // Two live grants for one context (a damaged store): keep the
             // one that lasts longer, drop the other.
-            let drop_serial = if self.grants[g].expires >= expires {
-                grant.id.serial
+            let dropped = if self.grants[g].expires >= expires {
+                grant.id
             } else {
-                let serial = self.grants[g].serial();
+                let old = self.grant(g);
                 self.detach(reader, g);
-                serial
+                old.id
             };
             self.lazy.push(Change::End {
-                serial: drop_serial,
+                grant: dropped,
                 at: from_millis(now),
                 cause: EndCause::Replaced,
             });
-            if drop_serial == grant.id.serial {
+            if dropped.serial == grant.id.serial {
                 return;
             }
         }

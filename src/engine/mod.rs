@@ -38,6 +38,7 @@ mod builder;
 mod commit;
 mod config;
 mod driver;
+mod follow;
 mod load;
 mod ops;
 mod record;
@@ -46,6 +47,7 @@ mod state;
 pub use builder::EngineBuilder;
 pub(crate) use commit::Then;
 pub use driver::Driver;
+pub use follow::FeedStatus;
 pub(crate) use load::Restored;
 
 pub use crate::model::grant::{Access, Expiry, Footprint, Grant, OverMax, RepeatShare, ShareSpec};
@@ -54,6 +56,9 @@ struct Inner {
     reader: IndexReader,
     clock: ClockSource,
     high_water: AtomicU64,
+    /// Checks say yes only while the engine time is below this (see
+    /// `follow.rs`); `u64::MAX` for an engine whose store is its own.
+    fresh_until: AtomicU64,
     cfg: Config,
     state: Mutex<State>,
     hub: Hub,
@@ -72,6 +77,8 @@ struct Inner {
     /// The request layer over this engine, while one lives: there is at
     /// most one, so every handle sees one history.
     layer: Mutex<Option<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
+    /// Over a shared store: the follower's settings and health.
+    follow: Option<follow::Follow>,
 }
 
 /// The grant engine: shares, checks, revokes and expires time-limited
@@ -173,14 +180,14 @@ impl Engine {
     #[inline]
     pub fn can_read(&self, user: &UserId, entity: &EntityId) -> bool {
         let s = self.inner.reader.summary(user, entity);
-        self.now_ms() < s.read_until
+        self.check_now() < s.read_until
     }
 
     /// May `user` edit `entity` now? Same cost as [`can_read`](Self::can_read).
     #[inline]
     pub fn can_edit(&self, user: &UserId, entity: &EntityId) -> bool {
         let s = self.inner.reader.summary(user, entity);
-        self.now_ms() < s.edit_until
+        self.check_now() < s.edit_until
     }
 
     /// May `user` act on `entity` at `level` now?
@@ -207,7 +214,7 @@ impl Engine {
     /// ```
     pub fn access(&self, user: &UserId, entity: &EntityId) -> Option<Access> {
         let s = self.inner.reader.summary(user, entity);
-        let now = self.now_ms();
+        let now = self.check_now();
         if now < s.edit_until {
             Some(Access {
                 level: Level::Edit,

@@ -79,6 +79,9 @@ pub(super) struct State {
     pub(super) store: Option<Box<dyn Store>>,
     /// The sequence number of the last batch attempted.
     pub(super) seq: u64,
+    /// Over a shared store: the last feed entry the state includes (see
+    /// `follow.rs`).
+    pub(super) feed: u64,
     /// The latest engine time a batch has written (restarted engines never
     /// run behind it).
     pub(super) clock_written: u64,
@@ -102,6 +105,7 @@ impl State {
             fired: Vec::new(),
             store: None,
             seq: meta.last_seq,
+            feed: 0,
             clock_written: meta.clock.map_or(0, to_millis),
             lazy: Vec::new(),
             group: None,

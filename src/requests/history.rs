@@ -288,7 +288,7 @@ impl SharingInner {
                     _ => (now, EndCause::Revoked),
                 };
                 Change::End {
-                    serial: g.serial,
+                    grant: g,
                     at,
                     cause,
                 }
@@ -469,7 +469,7 @@ pub(super) fn on_event(inner: &SharingInner, event: &Event) {
     };
     let end = match event {
         Event::Revoked { grant, reason } => Change::End {
-            serial: grant.id.serial,
+            grant: grant.id,
             at: inner.engine.now(),
             cause: match reason {
                 RevokeReason::Replaced => EndCause::Replaced,
@@ -477,7 +477,7 @@ pub(super) fn on_event(inner: &SharingInner, event: &Event) {
             },
         },
         Event::Expired(grant) => Change::End {
-            serial: grant.id.serial,
+            grant: grant.id,
             at: grant.expires_at,
             cause: EndCause::Expired,
         },

@@ -131,9 +131,9 @@ impl State {
             Change::Put(g) => {
                 self.grants.insert(g.id.serial, *g);
             }
-            Change::End { serial, at, cause } => {
-                self.grants.remove(serial);
-                self.end_record(*serial, *at, *cause);
+            Change::End { grant, at, cause } => {
+                self.grants.remove(&grant.serial);
+                self.end_record(grant.serial, *at, *cause);
             }
             Change::EndedBy { serial, request } => {
                 if let Some(s) = self.share_of(*serial) {

@@ -43,13 +43,14 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Context, EntityId, UserId};
+use crate::ids::{Context, EntityId, GrantId, UserId};
 use crate::model::grant::Grant;
 use crate::model::history::{HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId};
 use crate::model::rule::Rule;
 
 #[cfg(any(test, feature = "testing"))]
 mod faulty;
+mod feed;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -58,6 +59,7 @@ mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]
 pub use faulty::{Fault, FaultHandle, FaultyStore};
+pub use feed::{FeedEntry, FeedRead, Follower, Housekept, SharedStore};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, FEED_CHANNEL};
@@ -130,8 +132,9 @@ pub enum Change {
     /// already says when the grant ends, and readers compare it with their
     /// time (so the most common end costs the history nothing).
     End {
-        /// The grant's serial.
-        serial: u64,
+        /// The grant (its serial is the key; the rest lets a follower
+        /// find it in its own index).
+        grant: GrantId,
         /// When it ended.
         at: DateTime<Utc>,
         /// Why.
@@ -294,10 +297,11 @@ pub enum Unwritable {
 ///   engine drops those past their expiry. History is never loaded: it is
 ///   queried through the [`reader`](Store::reader).
 ///
-/// A store shared by several engines (a later PostgreSQL store) would
-/// also stamp each batch with its engine and publish the batches as a
-/// change feed; the sequence numbers and idempotent changes are what such
-/// a feed needs.
+/// A store several engines write at once also implements
+/// [`SharedStore`] and returns it from [`shared`](Store::shared): the
+/// engine then decides every batch under the feed lock, on the state of
+/// every batch committed before it, and follows the other engines' batches
+/// between its own.
 pub trait Store: Send {
     /// The store's sequence number, serial and clock high-water marks.
     fn meta(&mut self) -> Result<Meta, StoreError>;
@@ -310,6 +314,12 @@ pub trait Store: Send {
     /// A handle that answers queries from any thread, beside (not behind)
     /// [`apply`](Store::apply). Called once, when the engine is built.
     fn reader(&self) -> Result<Arc<dyn StoreReader>, StoreError>;
+    /// The store's shared side, when several engines write it at once
+    /// (see [`SharedStore`]); `None` (the default) for a store one engine
+    /// owns.
+    fn shared(&mut self) -> Option<&mut dyn SharedStore> {
+        None
+    }
 }
 
 /// The read side of a [`Store`]: history, request status and listings of
@@ -389,5 +399,8 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn reader(&self) -> Result<Arc<dyn StoreReader>, StoreError> {
         (**self).reader()
+    }
+    fn shared(&mut self) -> Option<&mut dyn SharedStore> {
+        (**self).shared()
     }
 }

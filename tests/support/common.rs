@@ -108,3 +108,13 @@ impl AccessModel {
         live
     }
 }
+
+/// A grant id that names only `serial` (stores key ends by serial).
+pub fn by_serial(serial: u64) -> grantwheel::GrantId {
+    grantwheel::GrantId {
+        user: user(0),
+        entity: grantwheel::EntityId::lead(0),
+        context: grantwheel::Context::Direct,
+        serial,
+    }
+}

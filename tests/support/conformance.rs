@@ -23,7 +23,7 @@ use grantwheel::requests::{
 use grantwheel::store::{Batch, Change, EndCause, GrantFilter, Store, StoreReader};
 use grantwheel::{EntityId, Grant, GrantId, Level};
 
-use crate::common::{context, entity, start, user};
+use crate::common::{by_serial, context, entity, start, user};
 
 /// Makes stores for the suite.
 pub trait Harness {
@@ -184,7 +184,7 @@ fn batches_apply_in_order_and_replays_are_ignored<H: Harness>(h: &mut H) {
             99,
             at(50),
             &[Change::End {
-                serial: 2,
+                grant: by_serial(2),
                 at: at(3),
                 cause: EndCause::Revoked,
             }],
@@ -194,7 +194,7 @@ fn batches_apply_in_order_and_replays_are_ignored<H: Harness>(h: &mut H) {
             99,
             at(50),
             &[Change::End {
-                serial: 1,
+                grant: by_serial(1),
                 at: at(3),
                 cause: EndCause::Revoked,
             }],
@@ -239,7 +239,7 @@ fn changes_are_idempotent<H: Harness>(h: &mut H) {
             Change::Record(Box::new(r.clone())),
             Change::Record(Box::new(r.clone())),
             Change::End {
-                serial: 999,
+                grant: by_serial(999),
                 at: at(1),
                 cause: EndCause::Expired,
             },
@@ -324,17 +324,17 @@ fn ends_reach_the_share_record<H: Harness>(h: &mut H) {
     let other = RequestId::random();
     w.apply(vec![
         Change::End {
-            serial: serial(0),
+            grant: by_serial(serial(0)),
             at: at(10),
             cause: EndCause::Expired,
         },
         Change::End {
-            serial: serial(1),
+            grant: by_serial(serial(1)),
             at: at(11),
             cause: EndCause::Replaced,
         },
         Change::End {
-            serial: serial(2),
+            grant: by_serial(serial(2)),
             at: at(12),
             cause: EndCause::Revoked,
         },
@@ -349,13 +349,13 @@ fn ends_reach_the_share_record<H: Harness>(h: &mut H) {
             request: other,
         },
         Change::End {
-            serial: serial(3),
+            grant: by_serial(serial(3)),
             at: at(13),
             cause: EndCause::Revoked,
         },
         // A second end changes nothing.
         Change::End {
-            serial: serial(1),
+            grant: by_serial(serial(1)),
             at: at(20),
             cause: EndCause::Revoked,
         },
@@ -475,7 +475,7 @@ fn access_at_matches_the_model<H: Harness>(h: &mut H) {
         match i % 3 {
             0 => {
                 ends.push(Change::End {
-                    serial: g.serial,
+                    grant: by_serial(g.serial),
                     at: at(i as i64 + 20),
                     cause: EndCause::Revoked,
                 });
@@ -484,7 +484,7 @@ fn access_at_matches_the_model<H: Harness>(h: &mut H) {
             1 => {
                 // Expiries are not recorded; the model keeps none either.
                 ends.push(Change::End {
-                    serial: g.serial,
+                    grant: by_serial(g.serial),
                     at: r.expires_at.unwrap(),
                     cause: EndCause::Expired,
                 });
@@ -530,7 +530,7 @@ fn processing_and_open_shares_of_a_rule<H: Harness>(h: &mut H) {
         .collect();
     let ended = rule1[0].grant.unwrap().serial;
     w.apply(vec![Change::End {
-        serial: ended,
+        grant: by_serial(ended),
         at: at(5),
         cause: EndCause::Revoked,
     }]);
@@ -572,7 +572,7 @@ fn pruning_goes_in_bounded_steps_and_forgets_everywhere<H: Harness>(h: &mut H) {
         .filter(|r| revoked.contains(&r.request))
         .filter_map(|r| r.grant.map(|g| (g, r.created_at)))
         .map(|(g, t)| Change::End {
-            serial: g.serial,
+            grant: by_serial(g.serial),
             at: t + Duration::minutes(30),
             cause: EndCause::Revoked,
         })
@@ -644,7 +644,7 @@ fn live_grants_by_each_filter<H: Harness>(h: &mut H) {
     for serial in (0..200u64).step_by(9) {
         grants.remove(&serial);
         changes.push(Change::End {
-            serial,
+            grant: by_serial(serial),
             at: at(1),
             cause: EndCause::Revoked,
         });
@@ -693,7 +693,7 @@ fn everything_survives_a_restart<H: Harness>(h: &mut H) {
     w.apply(vec![
         Change::Put(g),
         Change::End {
-            serial: all[2].grant.unwrap().serial,
+            grant: by_serial(all[2].grant.unwrap().serial),
             at: at(9),
             cause: EndCause::Replaced,
         },

@@ -1,7 +1,7 @@
 //! [`PostgresStore`]: the engine's state in a PostgreSQL database
-//! (feature `postgres`): history and status readable by every instance on
-//! the database, written by one engine at a time (see
-//! [`PostgresStore::connect`]).
+//! (feature `postgres`), shared by every instance on the database: each
+//! writes, and follows the others' writes through the change feed (see
+//! [`SharedStore`]).
 //!
 //! The tables mirror the SQLite store's, with the same indexes for the
 //! same queries, and add the change feed: every batch is written in a
@@ -15,20 +15,24 @@
 //! small runtime: call it from plain threads (the engine's writer, a
 //! `spawn_blocking` task), never from inside an async worker thread.
 
+mod follow;
 mod reader;
 mod rows;
 mod schema;
 
 use std::sync::Arc;
 
-use postgres::{Client, NoTls, Statement, Transaction};
+use postgres::{Client, NoTls, Statement};
 
 use self::rows::{i64_of, GrantValues, RecordValues, GRANT_COLUMNS};
 use crate::clock::{from_millis, max_millis, to_millis};
 use crate::model::grant::Grant;
 use crate::model::history::RuleId;
 use crate::model::rule::Rule;
-use crate::store::{Batch, Change, EndCause, Meta, Store, StoreError, StoreReader};
+use crate::store::{
+    Batch, Change, EndCause, FeedEntry, FeedRead, Follower, Meta, SharedStore, Store, StoreError,
+    StoreReader,
+};
 
 /// The channel every write notifies (its payload: the feed number).
 pub const FEED_CHANNEL: &str = "grantwheel_feed";
@@ -50,6 +54,9 @@ pub struct PostgresStore {
     /// Names this instance in the feed.
     engine: String,
     statements: Statements,
+    /// The feed head read under the feed lock, while a write holds it (a
+    /// transaction is open on `client`).
+    locked: Option<i64>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -64,6 +71,7 @@ impl std::fmt::Debug for PostgresStore {
 /// The write path's statements, prepared once per connection.
 struct Statements {
     take_head: Statement,
+    set_head: Statement,
     last_seq: Statement,
     put_grant: Statement,
     end_grant: Statement,
@@ -97,7 +105,8 @@ impl Statements {
     fn prepare(c: &mut Client) -> Result<Self, StoreError> {
         let mut p = |sql: &str| c.prepare(sql).map_err(pg);
         Ok(Statements {
-            take_head: p("UPDATE grantwheel_feed_head SET seq = seq + 1 RETURNING seq")?,
+            take_head: p("SELECT seq FROM grantwheel_feed_head FOR UPDATE")?,
+            set_head: p("UPDATE grantwheel_feed_head SET seq = $1")?,
             last_seq: p("SELECT value FROM grantwheel_meta WHERE key = 'last_seq'")?,
             put_grant: p("INSERT INTO grantwheel_grants (serial, user_id, entity_kind, entity_id, context_kind, context_id, level, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 ON CONFLICT (serial) DO UPDATE SET user_id = excluded.user_id, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
@@ -134,26 +143,18 @@ impl PostgresStore {
     /// `key=value` connection string), create or migrate its schema, and
     /// prepare the write path.
     ///
-    /// The store holds the database's writer lock (a session advisory
-    /// lock) for its life: one engine writes at a time, as with a SQLite
-    /// file, until writes from several instances are decided in feed
-    /// order. A new store waits up to 3 s for a writer that has just
-    /// stopped.
+    /// Any number of stores (one per instance) may be connected to one
+    /// database at once: each engine decides its writes under the feed
+    /// lock, after every write committed before, and follows the others'.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Locked`] (naming the database) when another engine
-    /// writes it; [`StoreError::NewerSchema`] when the database was written
+    /// [`StoreError::NewerSchema`] when the database was written
     /// by a newer version of grantwheel; [`StoreError::Io`] (with the
     /// server's message, never the URL) when the server cannot be reached
     /// or refuses.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let mut client = Client::connect(url, NoTls).map_err(pg)?;
-        let taken = take_writer_lock(&mut client);
-        if let Err(e) = taken {
-            close_off_thread(client);
-            return Err(e);
-        }
+        let mut client = connect(url)?;
         if let Err(e) = schema::migrate(&mut client) {
             close_off_thread(client);
             return Err(e);
@@ -170,10 +171,28 @@ impl PostgresStore {
             url: url.to_string(),
             engine: uuid::Uuid::now_v7().simple().to_string(),
             statements,
+            locked: None,
         })
     }
 
+    /// The connection, opened again (with its statements prepared again)
+    /// if the last one was lost: a server restart or a dropped connection
+    /// fails the calls made while it is down, not every call after.
     fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) && self.locked.is_none() {
+            let mut client = connect(&self.url)?;
+            let statements = match Statements::prepare(&mut client) {
+                Ok(s) => s,
+                Err(e) => {
+                    close_off_thread(client);
+                    return Err(e);
+                }
+            };
+            if let Some(old) = self.client.replace(client) {
+                close_off_thread(old);
+            }
+            self.statements = statements;
+        }
         self.client
             .as_mut()
             .ok_or_else(|| StoreError::Io("postgresql: the store is closed".into()))
@@ -218,44 +237,17 @@ impl PostgresStore {
     }
 }
 
-/// The advisory lock key of the one writer ("gw-write" in ASCII).
-const WRITER_LOCK: i64 = 0x6777_2d77_7269_7465;
-
-/// How long a new store waits for the writer lock: a writer that just
-/// closed its connection releases it when its server process ends, a
-/// moment later.
-const WRITER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Take the one-writer lock for this connection's life.
-///
-/// Until writes from several instances are decided in feed order (each
-/// writer catching up under the feed lock before it decides), two engines
-/// writing one database would each decide on their own state (serials,
-/// the repeat-share rule) and could overwrite each other's grants. So one
-/// engine writes at a time, as with a SQLite file; the lock is a session
-/// lock, released by the server when the connection ends, also when its
-/// process is killed.
-fn take_writer_lock(client: &mut Client) -> Result<(), StoreError> {
-    let deadline = std::time::Instant::now() + WRITER_LOCK_WAIT;
-    loop {
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-            .map_err(pg)?
-            .try_get(0)
-            .map_err(pg)?;
-        if got {
-            return Ok(());
-        }
-        if std::time::Instant::now() >= deadline {
-            let name: String = client
-                .query_one("SELECT current_database()", &[])
-                .map_err(pg)?
-                .try_get(0)
-                .map_err(pg)?;
-            return Err(StoreError::Locked { path: name });
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+/// Connect with the settings every connection of the store uses: a
+/// bounded connect, and keepalives so a dead server is noticed.
+pub(super) fn connect(url: &str) -> Result<Client, StoreError> {
+    let mut config: postgres::Config = url.parse().map_err(pg)?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(5));
     }
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(10));
+    config.connect(NoTls).map_err(pg)
 }
 
 /// Drop `value` (which holds connections) on a thread of its own.
@@ -281,29 +273,23 @@ impl Drop for PostgresStore {
 
 /// Write one change in the batch's transaction. Every kind of change is
 /// handled here: a new kind is a compile error, never a silent no-op.
-fn write_change(
-    tx: &mut Transaction<'_>,
-    s: &Statements,
-    change: &Change,
-) -> Result<(), StoreError> {
+fn write_change(tx: &mut Client, s: &Statements, change: &Change) -> Result<(), StoreError> {
     match change {
         Change::Put(g) => {
             let v = GrantValues::of(g);
             tx.execute(&s.put_grant, &v.params()).map_err(pg)?;
         }
-        Change::End { serial, at, cause } => {
-            tx.execute(&s.end_grant, &[&i64_of(*serial)]).map_err(pg)?;
+        Change::End { grant, at, cause } => {
+            let serial = i64_of(grant.serial);
+            tx.execute(&s.end_grant, &[&serial]).map_err(pg)?;
             let cause = match cause {
                 // Not recorded: readers compare `expires_ms` with their time.
                 EndCause::Expired => return Ok(()),
                 EndCause::Revoked => "revoked",
                 EndCause::Replaced => "replaced",
             };
-            tx.execute(
-                &s.end_record,
-                &[&i64_of(*serial), &at.timestamp_millis(), &cause],
-            )
-            .map_err(pg)?;
+            tx.execute(&s.end_record, &[&serial, &at.timestamp_millis(), &cause])
+                .map_err(pg)?;
         }
         Change::EndedBy { serial, request } => {
             tx.execute(&s.ended_by, &[&i64_of(*serial), &request.to_string()])
@@ -329,6 +315,106 @@ fn write_change(
     Ok(())
 }
 
+/// The changes of a batch that the feed carries: expirations are left
+/// out, since every engine expires grants by its own clock (and a million
+/// grants expiring at once would otherwise be a million feed lines).
+fn feed_changes(changes: &[Change]) -> Vec<&Change> {
+    changes
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c,
+                Change::End {
+                    cause: EndCause::Expired,
+                    ..
+                }
+            )
+        })
+        .collect()
+}
+
+impl PostgresStore {
+    /// Open a transaction and take the feed lock (the head's row lock):
+    /// held to commit, so every write is ordered after every write
+    /// committed before it. Returns the head.
+    fn lock(&mut self) -> Result<i64, StoreError> {
+        if let Some(head) = self.locked {
+            return Ok(head);
+        }
+        self.client()?;
+        let s = &self.statements;
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| StoreError::Io("postgresql: the store is closed".into()))?;
+        client.batch_execute("BEGIN").map_err(pg)?;
+        let head = client
+            .query_one(&s.take_head, &[])
+            .and_then(|r| r.try_get::<_, i64>(0));
+        match head {
+            Ok(head) => {
+                self.locked = Some(head);
+                Ok(head)
+            }
+            Err(e) => {
+                let _ = client.batch_execute("ROLLBACK");
+                Err(pg(e))
+            }
+        }
+    }
+
+    /// Write `batch` after feed position `head` and commit, in the open
+    /// transaction.
+    fn write_locked(&mut self, head: i64, batch: &Batch<'_>) -> Result<(), StoreError> {
+        let s = &self.statements;
+        let client = self
+            .client
+            .as_mut()
+            .ok_or_else(|| StoreError::Io("postgresql: the store is closed".into()))?;
+        let last: i64 = client
+            .query_one(&s.last_seq, &[])
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)?;
+        if i64_of(batch.seq) <= last {
+            // A replay: rolled back, so the feed number is not used.
+            return client.batch_execute("ROLLBACK").map_err(pg);
+        }
+        for change in batch.changes {
+            write_change(client, s, change)?;
+        }
+        let changes = serde_json::to_string(&feed_changes(batch.changes))
+            .map_err(|e| StoreError::Io(format!("encoding a batch: {e}")))?;
+        let clock = i64_of(to_millis(batch.clock));
+        let position = head + 1;
+        client
+            .execute(
+                &s.put_feed,
+                &[
+                    &position,
+                    &self.engine,
+                    &i64_of(batch.seq),
+                    &i64_of(batch.next_serial),
+                    &clock,
+                    &changes,
+                ],
+            )
+            .map_err(pg)?;
+        client.execute(&s.set_head, &[&position]).map_err(pg)?;
+        client
+            .execute(
+                &s.put_meta,
+                &[&i64_of(batch.seq), &i64_of(batch.next_serial), &clock],
+            )
+            .map_err(pg)?;
+        // Delivered at commit, and only if it commits.
+        client
+            .execute(&s.notify, &[&FEED_CHANNEL, &position.to_string()])
+            .map_err(pg)?;
+        client.batch_execute("COMMIT").map_err(pg)
+    }
+}
+
 impl Store for PostgresStore {
     fn meta(&mut self) -> Result<Meta, StoreError> {
         let clock = self.meta_value("clock_ms")?;
@@ -340,8 +426,6 @@ impl Store for PostgresStore {
     }
 
     fn grants(&mut self, each: &mut dyn FnMut(Grant)) -> Result<(), StoreError> {
-        // A portal read in pages: a million grants never sit in memory as
-        // rows at once.
         let mut tx = self
             .client()?
             .build_transaction()
@@ -349,40 +433,12 @@ impl Store for PostgresStore {
             .read_only(true)
             .start()
             .map_err(pg)?;
-        let stmt = tx
-            .prepare(&format!("SELECT {GRANT_COLUMNS} FROM grantwheel_grants"))
-            .map_err(pg)?;
-        let portal = tx.bind(&stmt, &[]).map_err(pg)?;
-        loop {
-            let rows = tx.query_portal(&portal, 10_000).map_err(pg)?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in &rows {
-                each(rows::decode_grant(row)?);
-            }
-        }
+        read_grants(&mut tx, each)?;
         tx.commit().map_err(pg)
     }
 
     fn rules(&mut self) -> Result<Vec<(RuleId, Rule)>, StoreError> {
-        let rows = self
-            .client()?
-            .query("SELECT id, rule FROM grantwheel_rules ORDER BY id", &[])
-            .map_err(pg)?;
-        let mut rules = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: i64 = row.try_get(0).map_err(pg)?;
-            let corrupt = |reason: String| StoreError::Corrupt {
-                what: format!("grantwheel_rules row {id}"),
-                reason,
-            };
-            let id = u64::try_from(id).map_err(|_| corrupt("negative id".into()))?;
-            let json: &str = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
-            let rule: Rule = serde_json::from_str(json).map_err(|e| corrupt(e.to_string()))?;
-            rules.push((RuleId(id), rule));
-        }
-        Ok(rules)
+        read_rules(self.client()?)
     }
 
     fn reader(&self) -> Result<Arc<dyn StoreReader>, StoreError> {
@@ -390,54 +446,135 @@ impl Store for PostgresStore {
     }
 
     fn apply(&mut self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        let s = &self.statements;
-        let client = self
-            .client
-            .as_mut()
-            .ok_or_else(|| StoreError::Io("postgresql: the store is closed".into()))?;
-        let mut tx = client.transaction().map_err(pg)?;
-        // The feed lock first, held to commit: every write is ordered
-        // after every write committed before it.
-        let head: i64 = tx
-            .query_one(&s.take_head, &[])
-            .map_err(pg)?
-            .try_get(0)
-            .map_err(pg)?;
-        let last: i64 = tx
-            .query_one(&s.last_seq, &[])
-            .map_err(pg)?
-            .try_get(0)
-            .map_err(pg)?;
-        if i64_of(batch.seq) <= last {
-            // A replay: rolled back, so the feed number is not used.
-            return tx.rollback().map_err(pg);
+        let head = self.lock()?;
+        let written = self.write_locked(head, batch);
+        self.locked = None;
+        if written.is_err() {
+            // The transaction is aborted (or the connection gone): end it,
+            // which also gives the feed lock back.
+            if let Some(c) = self.client.as_mut() {
+                let _ = c.batch_execute("ROLLBACK");
+            }
         }
-        for change in batch.changes {
-            write_change(&mut tx, s, change)?;
-        }
-        let changes = serde_json::to_string(batch.changes)
-            .map_err(|e| StoreError::Io(format!("encoding a batch: {e}")))?;
-        let clock = i64_of(to_millis(batch.clock));
-        tx.execute(
-            &s.put_feed,
-            &[
-                &head,
-                &self.engine,
-                &i64_of(batch.seq),
-                &i64_of(batch.next_serial),
-                &clock,
-                &changes,
-            ],
-        )
-        .map_err(pg)?;
-        tx.execute(
-            &s.put_meta,
-            &[&i64_of(batch.seq), &i64_of(batch.next_serial), &clock],
-        )
-        .map_err(pg)?;
-        // Delivered at commit, and only if it commits.
-        tx.execute(&s.notify, &[&FEED_CHANNEL, &head.to_string()])
-            .map_err(pg)?;
-        tx.commit().map_err(pg)
+        written
     }
+
+    fn shared(&mut self) -> Option<&mut dyn SharedStore> {
+        Some(self)
+    }
+}
+
+impl SharedStore for PostgresStore {
+    fn position(&mut self) -> Result<u64, StoreError> {
+        self.feed_head()
+    }
+
+    fn lock_feed(&mut self, after: u64) -> Result<FeedRead, StoreError> {
+        let head = self.lock()?;
+        let read = (|| {
+            if head < i64_of(after) {
+                return Err(StoreError::Corrupt {
+                    what: "grantwheel_feed_head".into(),
+                    reason: format!(
+                        "the feed is at {head}, behind this engine's position {after}: the database was replaced or restored; restart the engine"
+                    ),
+                });
+            }
+            let client = self.client()?;
+            let mut entries = Vec::new();
+            let mut at = after;
+            while i64_of(at) < head {
+                match follow::read_feed(client, at, 10_000)? {
+                    FeedRead::Entries(page) if page.is_empty() => break,
+                    FeedRead::Entries(page) => {
+                        at = page.last().map_or(at, |e| e.position);
+                        entries.extend(page);
+                    }
+                    behind @ FeedRead::Behind { .. } => return Ok(behind),
+                }
+            }
+            Ok(FeedRead::Entries(entries))
+        })();
+        if read.is_err() {
+            self.release_feed();
+        }
+        read
+    }
+
+    fn release_feed(&mut self) {
+        if self.locked.take().is_some() {
+            if let Some(c) = self.client.as_mut() {
+                let _ = c.batch_execute("ROLLBACK");
+            }
+        }
+    }
+
+    fn follower(&self) -> Result<Box<dyn Follower>, StoreError> {
+        Ok(Box::new(follow::PostgresFollower::connect(&self.url)?))
+    }
+}
+
+/// Every live grant stored, read through a portal in pages: a million
+/// grants never sit in memory as rows at once.
+pub(super) fn read_grants(
+    tx: &mut postgres::Transaction<'_>,
+    each: &mut dyn FnMut(Grant),
+) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare(&format!("SELECT {GRANT_COLUMNS} FROM grantwheel_grants"))
+        .map_err(pg)?;
+    let portal = tx.bind(&stmt, &[]).map_err(pg)?;
+    loop {
+        let rows = tx.query_portal(&portal, 10_000).map_err(pg)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for row in &rows {
+            each(rows::decode_grant(row)?);
+        }
+    }
+}
+
+/// The automation rules, by id.
+pub(super) fn read_rules(
+    client: &mut impl postgres::GenericClient,
+) -> Result<Vec<(RuleId, Rule)>, StoreError> {
+    let rows = client
+        .query("SELECT id, rule FROM grantwheel_rules ORDER BY id", &[])
+        .map_err(pg)?;
+    let mut rules = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get(0).map_err(pg)?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            what: format!("grantwheel_rules row {id}"),
+            reason,
+        };
+        let id = u64::try_from(id).map_err(|_| corrupt("negative id".into()))?;
+        let json: &str = row.try_get(1).map_err(|e| corrupt(e.to_string()))?;
+        let rule: Rule = serde_json::from_str(json).map_err(|e| corrupt(e.to_string()))?;
+        rules.push((RuleId(id), rule));
+    }
+    Ok(rules)
+}
+
+/// Decode a feed row: (seq, batch_seq, next_serial, clock_ms, changes).
+pub(super) fn decode_entry(row: &postgres::Row) -> Result<FeedEntry, StoreError> {
+    let seq: i64 = row.try_get(0).map_err(pg)?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        what: format!("grantwheel_feed row {seq}"),
+        reason,
+    };
+    let num = |i: usize| -> Result<u64, StoreError> {
+        let v: i64 = row.try_get(i).map_err(pg)?;
+        u64::try_from(v).map_err(|_| corrupt(format!("column {i} is negative")))
+    };
+    let json: &str = row.try_get(4).map_err(pg)?;
+    let changes: Vec<Change> = serde_json::from_str(json).map_err(|e| corrupt(e.to_string()))?;
+    Ok(FeedEntry {
+        position: num(0)?,
+        seq: num(1)?,
+        next_serial: num(2)?,
+        clock: from_millis(num(3)?.min(max_millis())),
+        changes,
+    })
 }

@@ -9,7 +9,7 @@
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use super::pg;
 use super::rows::{
@@ -54,7 +54,7 @@ impl PostgresReader {
     ) -> Result<T, StoreError> {
         let mut client = match self.idle.lock().pop() {
             Some(c) if !c.is_closed() => c,
-            _ => Client::connect(&self.url, NoTls).map_err(pg)?,
+            _ => super::connect(&self.url)?,
         };
         let out = f(&mut client).map_err(pg)?;
         let mut idle = self.idle.lock();

@@ -30,7 +30,8 @@ pub(super) fn write_change(tx: &Transaction<'_>, change: &Change) -> Result<(), 
     };
     match change {
         Change::Put(g) => put_grant(tx, g),
-        Change::End { serial, at, cause } => {
+        Change::End { grant, at, cause } => {
+            let serial = &grant.serial;
             run(END_GRANT, &[&i64_of(*serial)])?;
             match cause {
                 // Not recorded: readers compare `expires_ms` with their time.

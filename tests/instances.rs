@@ -1,0 +1,414 @@
+//! Several engines over one PostgreSQL database: each writes, each
+//! follows the others through the change feed, every write is decided as
+//! one engine would decide it in feed order, and an engine that cannot
+//! follow fails closed.
+//!
+//! Needs a server: `GRANTWHEEL_PG_URL` (see `support/pg.rs`).
+#![cfg(feature = "postgres")]
+
+use std::time::{Duration as StdDuration, Instant};
+
+use chrono::Duration;
+use grantwheel::store::PostgresStore;
+use grantwheel::{
+    Context, Engine, EntityId, Expiry, Grant, Level, ManualClock, RepeatShare, ShareError,
+};
+use postgres::{Client, NoTls};
+
+#[path = "support/common.rs"]
+mod common;
+#[path = "support/pg.rs"]
+mod pg;
+
+use common::user;
+
+/// An engine over the database at `url`, on the system clock.
+fn engine(url: &str) -> Engine {
+    engine_with(url, |b| b)
+}
+
+fn engine_with(
+    url: &str,
+    more: impl FnOnce(grantwheel::EngineBuilder) -> grantwheel::EngineBuilder,
+) -> Engine {
+    more(Engine::builder().store(PostgresStore::connect(url).unwrap()))
+        .build()
+        .unwrap()
+}
+
+/// Wait until `cond` holds (at most 10 s); returns how long it took.
+#[track_caller]
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) -> StdDuration {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < StdDuration::from_secs(10),
+            "not within 10 s: {what}"
+        );
+        std::thread::sleep(StdDuration::from_millis(2));
+    }
+    t.elapsed()
+}
+
+/// The grants an engine holds in memory on the pairs of users `users` and
+/// leads `leads`, by serial (what its checks answer from).
+fn held(e: &Engine, users: std::ops::Range<usize>, leads: &[u64]) -> Vec<Grant> {
+    e.check_invariants().unwrap();
+    let mut gs: Vec<Grant> = users
+        .flat_map(|u| {
+            leads
+                .iter()
+                .flat_map(move |l| e.grants_for(&user(u), &EntityId::lead(*l)))
+        })
+        .collect();
+    gs.sort_by_key(|g| g.id.serial);
+    gs
+}
+
+/// `url` with the connections of its stores named for one instance (so a
+/// test can cut that instance off); returns the URL and the name, which
+/// is unique to the database (tests run at once).
+fn named(url: &str) -> (String, String) {
+    let name = format!("b_{}", url.rsplit('/').next().unwrap_or(""));
+    let sep = if url.contains('?') { '&' } else { '?' };
+    (format!("{url}{sep}application_name={name}"), name)
+}
+
+/// End every connection of the instance named `name`; returns how many.
+fn cut(sql: &mut Client, name: &str) -> usize {
+    sql.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        &[&name],
+    )
+    .unwrap()
+    .len()
+}
+
+fn head(sql: &mut Client) -> u64 {
+    let h: i64 = sql
+        .query_one("SELECT seq FROM grantwheel_feed_head", &[])
+        .unwrap()
+        .get(0);
+    h as u64
+}
+
+fn admin(url: &str) -> Client {
+    Client::connect(url, NoTls).unwrap()
+}
+
+#[test]
+fn a_share_and_a_revoke_on_one_engine_reach_the_other() {
+    let Some(server) = pg::url("a_share_and_a_revoke_on_one_engine_reach_the_other") else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let (a, b) = (engine(&url), engine(&url));
+    let (u, lead) = (user(1), EntityId::lead(869196));
+    let g = a
+        .share(
+            u,
+            lead,
+            Context::Direct,
+            Level::Edit,
+            Expiry::After(Duration::hours(1)),
+        )
+        .unwrap();
+    assert!(a.can_edit(&u, &lead), "read-your-writes on the writer");
+    eventually("B sees A's share", || b.can_edit(&u, &lead));
+    assert_eq!(b.grants_of(&u), vec![g]);
+    a.revoke(&g.id).unwrap();
+    assert!(!a.can_read(&u, &lead));
+    eventually("B sees A's revoke", || !b.can_read(&u, &lead));
+    assert!(b.grants_of(&u).is_empty());
+
+    // B extends a grant A made; A sees the new expiry.
+    let g = a
+        .share(
+            u,
+            lead,
+            Context::Direct,
+            Level::Read,
+            Expiry::After(Duration::hours(1)),
+        )
+        .unwrap();
+    eventually("B sees the second share", || b.can_read(&u, &lead));
+    let longer = b.extend(&g.id, Duration::hours(5)).unwrap();
+    eventually("A sees B's extension", || {
+        a.grants_of(&u).first().map(|g| g.expires_at) == Some(longer.expires_at)
+    });
+    let status = b.feed_status().unwrap();
+    assert!(status.fresh, "{status:?}");
+    assert_eq!(status.problem, None);
+    assert!(a.feed_status().unwrap().position >= 3);
+    assert_eq!(
+        Engine::new().feed_status(),
+        None,
+        "a memory engine follows nothing"
+    );
+}
+
+#[test]
+fn writes_on_two_engines_are_decided_in_feed_order() {
+    let Some(server) = pg::url("writes_on_two_engines_are_decided_in_feed_order") else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let reject = |b: grantwheel::EngineBuilder| b.repeat_share(RepeatShare::Reject);
+    let (a, b) = (engine_with(&url, reject), engine_with(&url, reject));
+    // The same (user, entity, context) shared on both at once, many times:
+    // exactly one share of each wins, as on one engine.
+    for round in 0..20u64 {
+        let entity = EntityId::lead(round);
+        let share = |e: Engine| {
+            std::thread::spawn(move || {
+                e.share(
+                    user(2),
+                    entity,
+                    Context::Direct,
+                    Level::Read,
+                    Expiry::Default,
+                )
+            })
+        };
+        let (ra, rb) = (share(a.clone()), share(b.clone()));
+        let results = [ra.join().unwrap(), rb.join().unwrap()];
+        let won: Vec<&Grant> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        let lost = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+        match lost {
+            ShareError::AlreadyShared { existing } => assert_eq!(existing, won[0]),
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    let leads: Vec<u64> = (0..20).collect();
+    eventually("both hold the 20 winners", || {
+        let held_a = held(&a, 2..3, &leads);
+        held_a.len() == 20 && held(&b, 2..3, &leads) == held_a
+    });
+}
+
+#[test]
+fn serials_are_unique_across_engines_and_both_converge() {
+    let Some(server) = pg::url("serials_are_unique_across_engines_and_both_converge") else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let (a, b) = (engine(&url), engine(&url));
+    let writer = |e: Engine, base: usize| {
+        std::thread::spawn(move || {
+            (0..150)
+                .map(|i| {
+                    e.share(
+                        user(base + i % 20),
+                        EntityId::lead((base * 1000 + i) as u64),
+                        Context::Direct,
+                        Level::Read,
+                        Expiry::Default,
+                    )
+                    .unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let (wa, wb) = (writer(a.clone(), 0), writer(b.clone(), 20));
+    let mut made = wa.join().unwrap();
+    made.extend(wb.join().unwrap());
+    let mut serials: Vec<u64> = made.iter().map(|g| g.id.serial).collect();
+    serials.sort_unstable();
+    serials.dedup();
+    assert_eq!(serials.len(), 300, "no serial given twice");
+    made.sort_by_key(|g| g.id.serial);
+    let leads: Vec<u64> = (0..150).chain(20_000..20_150).collect();
+    eventually("A holds all 300", || held(&a, 0..40, &leads) == made);
+    eventually("B holds all 300", || held(&b, 0..40, &leads) == made);
+    // Both applied the same dense feed.
+    let head = head(&mut admin(&url));
+    eventually("both at the head", || {
+        a.feed_status().unwrap().position == head && b.feed_status().unwrap().position == head
+    });
+}
+
+#[test]
+fn a_follower_cut_off_mid_stream_converges_without_a_gap() {
+    let Some(server) = pg::url("a_follower_cut_off_mid_stream_converges_without_a_gap") else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let (b_url, b_name) = named(&url);
+    let (a, b) = (engine(&url), engine(&b_url));
+    let mut sql = admin(&url);
+    let writer = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            for i in 0..1000u64 {
+                let g = a
+                    .share(
+                        user((i % 30) as usize),
+                        EntityId::lead(i % 97),
+                        Context::Direct,
+                        Level::Read,
+                        Expiry::Default,
+                    )
+                    .unwrap();
+                if i % 3 == 0 {
+                    a.revoke(&g.id).unwrap();
+                }
+            }
+        })
+    };
+    // B's connections (its follower's among them) ended again and again
+    // while A writes.
+    let mut cuts = 0;
+    while !writer.is_finished() {
+        std::thread::sleep(StdDuration::from_millis(25));
+        cuts += cut(&mut sql, &b_name);
+    }
+    writer.join().unwrap();
+    assert!(cuts >= 3, "B's connections were cut {cuts} times");
+    let leads: Vec<u64> = (0..97).collect();
+    let want = held(&a, 0..30, &leads);
+    assert_eq!(want.len(), 666, "A holds the shares it did not revoke");
+    eventually("B converges with A", || held(&b, 0..30, &leads) == want);
+    let head = head(&mut sql);
+    eventually("B at the head", || {
+        b.feed_status().unwrap().position == head
+    });
+}
+
+#[test]
+fn an_engine_cut_off_longer_than_max_staleness_says_no_until_it_catches_up() {
+    let Some(server) =
+        pg::url("an_engine_cut_off_longer_than_max_staleness_says_no_until_it_catches_up")
+    else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let a = engine(&url);
+    let (b_url, b_name) = named(&url);
+    let b = engine_with(&b_url, |b| b.max_staleness(Duration::milliseconds(500)));
+    let (u, lead) = (user(3), EntityId::lead(5));
+    a.share(u, lead, Context::Direct, Level::Read, Expiry::Default)
+        .unwrap();
+    eventually("B sees the share", || b.can_read(&u, &lead));
+    // New connections to the database are refused and B's are ended: B
+    // cannot follow (A keeps its open connection and goes on writing).
+    let mut sql = admin(&server);
+    sql.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .unwrap();
+    let cut_at = Instant::now();
+    cut(&mut sql, &b_name);
+    eventually("B fails closed", || !b.can_read(&u, &lead));
+    let took = cut_at.elapsed();
+    assert!(took < StdDuration::from_secs(2), "{took:?}");
+    let status = b.feed_status().unwrap();
+    assert!(!status.fresh);
+    assert!(
+        status
+            .problem
+            .as_deref()
+            .unwrap_or("")
+            .contains("checks say no"),
+        "{status:?}"
+    );
+    let other = a
+        .share(
+            u,
+            EntityId::lead(6),
+            Context::Direct,
+            Level::Read,
+            Expiry::Default,
+        )
+        .unwrap();
+    sql.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .unwrap();
+    eventually("B answers again once it has caught up", || {
+        b.can_read(&u, &lead) && b.can_read(&u, &other.id.entity)
+    });
+    assert!(b.feed_status().unwrap().fresh);
+}
+
+#[test]
+fn a_clock_three_seconds_off_fails_closed() {
+    let Some(server) = pg::url("a_clock_three_seconds_off_fails_closed") else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let a = engine(&url);
+    let (u, lead) = (user(4), EntityId::lead(6));
+    a.share(u, lead, Context::Direct, Level::Read, Expiry::Default)
+        .unwrap();
+    let ahead = ManualClock::new(chrono::Utc::now() + Duration::seconds(3));
+    let b = engine_with(&url, |b| b.clock(ahead.clone()));
+    assert!(!b.can_read(&u, &lead), "a skewed clock says no");
+    let status = b.feed_status().unwrap();
+    assert!(!status.fresh);
+    assert!(status.skew_ms.unwrap() > 2_000, "{status:?}");
+    assert!(
+        status.problem.as_deref().unwrap_or("").contains("clock"),
+        "{status:?}"
+    );
+    // An engine whose limit allows it answers.
+    let lenient = engine_with(&url, |b| {
+        b.clock(ahead.clone())
+            .clock_skew(Duration::seconds(1), Duration::seconds(10))
+    });
+    assert!(lenient.can_read(&u, &lead));
+}
+
+#[test]
+fn a_follower_behind_the_kept_feed_resyncs_from_a_snapshot() {
+    let Some(server) = pg::url("a_follower_behind_the_kept_feed_resyncs_from_a_snapshot") else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let a = engine(&url);
+    let (b_url, b_name) = named(&url);
+    let b = engine(&b_url);
+    let first = a
+        .share(
+            user(5),
+            EntityId::lead(1),
+            Context::Direct,
+            Level::Read,
+            Expiry::Default,
+        )
+        .unwrap();
+    eventually("B sees the first share", || {
+        b.can_read(&user(5), &EntityId::lead(1))
+    });
+    // B is cut off; a connection opened before the refusal trims the feed.
+    let mut sql = admin(&server);
+    let mut inside = admin(&url);
+    sql.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .unwrap();
+    cut(&mut sql, &b_name);
+    // Meanwhile A revokes the first grant and makes others, and the feed
+    // is trimmed past B's position.
+    a.revoke(&first.id).unwrap();
+    let later: Vec<Grant> = (0..5)
+        .map(|i| {
+            a.share(
+                user(6),
+                EntityId::lead(10 + i),
+                Context::Direct,
+                Level::Edit,
+                Expiry::Default,
+            )
+            .unwrap()
+        })
+        .collect();
+    inside.batch_execute("DELETE FROM grantwheel_feed").unwrap();
+    sql.batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .unwrap();
+    let leads = [1, 10, 11, 12, 13, 14];
+    eventually("B resynced", || {
+        b.feed_status().unwrap().resyncs >= 1 && held(&b, 5..7, &leads) == later
+    });
+    assert!(
+        !b.can_read(&user(5), &EntityId::lead(1)),
+        "the revoke is not lost"
+    );
+    assert_eq!(b.feed_status().unwrap().position, head(&mut inside));
+}
