@@ -412,3 +412,28 @@ fn a_follower_behind_the_kept_feed_resyncs_from_a_snapshot() {
     );
     assert_eq!(b.feed_status().unwrap().position, head(&mut inside));
 }
+
+#[test]
+fn an_idle_transaction_in_another_database_does_not_stall_the_feed() {
+    let Some(server) = pg::url("an_idle_transaction_in_another_database_does_not_stall_the_feed")
+    else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let other = pg::fresh_database(&server);
+    // A transaction holding an xid open in another database: it would
+    // hold back any snapshot-xmin watermark on the server.
+    let mut idle = admin(&other);
+    idle.batch_execute("CREATE TABLE t (x int); BEGIN; INSERT INTO t VALUES (1)")
+        .unwrap();
+    let (a, b) = (engine(&url), engine(&url));
+    for i in 0..20 {
+        let g = a
+            .share(user(7), EntityId::lead(i), Context::Direct, Level::Read, Expiry::Default)
+            .unwrap();
+        eventually("B sees each share while the transaction is open", || {
+            b.can_read(&g.id.user, &g.id.entity)
+        });
+    }
+    idle.batch_execute("ROLLBACK").unwrap();
+}
