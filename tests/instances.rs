@@ -250,7 +250,7 @@ fn a_follower_cut_off_mid_stream_converges_without_a_gap() {
                         Expiry::Default,
                     )
                     .unwrap();
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     a.revoke(&g.id).unwrap();
                 }
             }
@@ -429,7 +429,13 @@ fn an_idle_transaction_in_another_database_does_not_stall_the_feed() {
     let (a, b) = (engine(&url), engine(&url));
     for i in 0..20 {
         let g = a
-            .share(user(7), EntityId::lead(i), Context::Direct, Level::Read, Expiry::Default)
+            .share(
+                user(7),
+                EntityId::lead(i),
+                Context::Direct,
+                Level::Read,
+                Expiry::Default,
+            )
             .unwrap();
         eventually("B sees each share while the transaction is open", || {
             b.can_read(&g.id.user, &g.id.entity)

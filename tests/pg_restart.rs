@@ -53,7 +53,7 @@ fn a_server_restart_during_writes_loses_nothing_acknowledged() {
                     Expiry::Default,
                 );
                 match r {
-                    Ok(g) if i % 4 == 0 => match a.revoke(&g.id) {
+                    Ok(g) if i.is_multiple_of(4) => match a.revoke(&g.id) {
                         Ok(_) => revoked.push(g),
                         // Revoked in memory at once; the write is retried
                         // with the next batch. Not acknowledged: not

@@ -298,6 +298,11 @@ impl Engine {
         let mut grants = Vec::new();
         let (position, _rules) = follower.snapshot(&mut |g| grants.push(g))?;
         let mut st = self.inner.state.lock();
+        if st.feed >= position {
+            // The writer caught up past the snapshot meanwhile (under the
+            // feed lock, from entries it found): nothing to repair.
+            return Ok(());
+        }
         let now = self.now_ms();
         st.resync(&self.inner.reader, grants, position, now);
         drop(st);

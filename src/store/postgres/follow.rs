@@ -26,6 +26,16 @@ pub(super) fn read_feed(
     after: u64,
     limit: usize,
 ) -> Result<FeedRead, StoreError> {
+    // The head first: every entry up to it was committed before the rows
+    // are read, so an entry missing after `after` was trimmed, not late.
+    let head: i64 = client
+        .query_one("SELECT seq FROM grantwheel_feed_head", &[])
+        .map_err(pg)?
+        .try_get(0)
+        .map_err(pg)?;
+    if head <= i64_of(after) {
+        return Ok(FeedRead::Entries(Vec::new()));
+    }
     let rows = client
         .query(
             "SELECT seq, batch_seq, next_serial, clock_ms, changes FROM grantwheel_feed WHERE seq > $1 ORDER BY seq LIMIT $2",
@@ -51,18 +61,10 @@ pub(super) fn read_feed(
         entries.push(entry);
     }
     if entries.is_empty() {
-        // Nothing after `after`: up to date, unless the feed was trimmed
-        // past it entirely.
-        let head: i64 = client
-            .query_one("SELECT seq FROM grantwheel_feed_head", &[])
-            .map_err(pg)?
-            .try_get(0)
-            .map_err(pg)?;
-        if head > i64_of(after) {
-            return Ok(FeedRead::Behind {
-                oldest: u64::try_from(head).unwrap_or(0) + 1,
-            });
-        }
+        // Entries up to the head exist, but none after `after` is kept.
+        return Ok(FeedRead::Behind {
+            oldest: u64::try_from(head).unwrap_or(0) + 1,
+        });
     }
     Ok(FeedRead::Entries(entries))
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use postgres::{Client, NoTls, Statement};
 
-use self::rows::{i64_of, GrantValues, RecordValues, GRANT_COLUMNS};
+use self::rows::{i64_of, GrantColumns, GrantValues, RecordColumns, RecordValues, GRANT_COLUMNS};
 use crate::clock::{from_millis, max_millis, to_millis};
 use crate::model::grant::Grant;
 use crate::model::history::RuleId;
@@ -74,10 +74,12 @@ struct Statements {
     set_head: Statement,
     last_seq: Statement,
     put_grant: Statement,
+    put_grants: Statement,
     end_grant: Statement,
     end_record: Statement,
     ended_by: Statement,
     put_record: Statement,
+    put_records: Statement,
     forget: Statement,
     put_rule: Statement,
     remove_rule: Statement,
@@ -86,9 +88,19 @@ struct Statements {
     notify: Statement,
 }
 
-const PUT_RECORD: &str = "INSERT INTO grantwheel_history (request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
-ON CONFLICT (request) DO UPDATE SET
+/// The history columns a record is written to, in [`RecordValues`] order.
+const RECORD_COLUMNS: &str = "request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key";
+
+/// Their types, for `UNNEST`.
+const RECORD_TYPES: [&str; 22] = [
+    "text", "text", "int", "text", "text", "int", "text", "text", "bigint", "bigint", "text",
+    "bigint", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "text", "text",
+    "text",
+];
+
+/// A replaced record keeps its place, and the end that `End` and
+/// `EndedBy` recorded when the new version has none.
+const RECORD_CONFLICT: &str = "ON CONFLICT (request) DO UPDATE SET
     kind = excluded.kind, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
     user_id = excluded.user_id, context_kind = excluded.context_kind, context_id = excluded.context_id,
     level = excluded.level, duration_ms = excluded.duration_ms, expires_ms = excluded.expires_ms,
@@ -101,6 +113,36 @@ ON CONFLICT (request) DO UPDATE SET
     ended_by = coalesce(excluded.ended_by, grantwheel_history.ended_by),
     idempotency_key = excluded.idempotency_key";
 
+/// The grant columns, for `UNNEST`, in [`GRANT_COLUMNS`] order.
+const GRANT_TYPES: [&str; 8] = [
+    "bigint", "text", "int", "text", "int", "text", "text", "bigint",
+];
+
+const GRANT_CONFLICT: &str = "ON CONFLICT (serial) DO UPDATE SET user_id = excluded.user_id, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
+    context_kind = excluded.context_kind, context_id = excluded.context_id, level = excluded.level, expires_ms = excluded.expires_ms";
+
+/// `$1, $2, ...` for `n` values.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `UNNEST($1::t1[], ...) WITH ORDINALITY AS u(columns, ord)`: rows from
+/// arrays, in array order.
+fn unnest(types: &[&str], columns: &str) -> String {
+    let arrays: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", i + 1))
+        .collect();
+    format!(
+        "SELECT {columns} FROM UNNEST({}) WITH ORDINALITY AS u({columns}, ord) ORDER BY ord",
+        arrays.join(", ")
+    )
+}
+
 impl Statements {
     fn prepare(c: &mut Client) -> Result<Self, StoreError> {
         let mut p = |sql: &str| c.prepare(sql).map_err(pg);
@@ -108,13 +150,25 @@ impl Statements {
             take_head: p("SELECT seq FROM grantwheel_feed_head FOR UPDATE")?,
             set_head: p("UPDATE grantwheel_feed_head SET seq = $1")?,
             last_seq: p("SELECT value FROM grantwheel_meta WHERE key = 'last_seq'")?,
-            put_grant: p("INSERT INTO grantwheel_grants (serial, user_id, entity_kind, entity_id, context_kind, context_id, level, expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                ON CONFLICT (serial) DO UPDATE SET user_id = excluded.user_id, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
-                context_kind = excluded.context_kind, context_id = excluded.context_id, level = excluded.level, expires_ms = excluded.expires_ms")?,
+            put_grant: p(&format!(
+                "INSERT INTO grantwheel_grants ({GRANT_COLUMNS}) VALUES ({}) {GRANT_CONFLICT}",
+                placeholders(8)
+            ))?,
+            put_grants: p(&format!(
+                "INSERT INTO grantwheel_grants ({GRANT_COLUMNS}) {} {GRANT_CONFLICT}",
+                unnest(&GRANT_TYPES, GRANT_COLUMNS)
+            ))?,
             end_grant: p("DELETE FROM grantwheel_grants WHERE serial = $1")?,
             end_record: p("UPDATE grantwheel_history SET end_ms = $2, end_cause = $3 WHERE grant_serial = $1 AND kind = 'share' AND end_ms IS NULL")?,
             ended_by: p("UPDATE grantwheel_history SET ended_by = $2 WHERE grant_serial = $1 AND kind = 'share'")?,
-            put_record: p(PUT_RECORD)?,
+            put_record: p(&format!(
+                "INSERT INTO grantwheel_history ({RECORD_COLUMNS}) VALUES ({}) {RECORD_CONFLICT}",
+                placeholders(22)
+            ))?,
+            put_records: p(&format!(
+                "INSERT INTO grantwheel_history ({RECORD_COLUMNS}) {} {RECORD_CONFLICT}",
+                unnest(&RECORD_TYPES, RECORD_COLUMNS)
+            ))?,
             forget: p("DELETE FROM grantwheel_history WHERE request = $1")?,
             put_rule: p("INSERT INTO grantwheel_rules (id, rule) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET rule = excluded.rule")?,
             remove_rule: p("DELETE FROM grantwheel_rules WHERE id = $1")?,
@@ -315,6 +369,71 @@ fn write_change(tx: &mut Client, s: &Statements, change: &Change) -> Result<(), 
     Ok(())
 }
 
+/// Write a batch's changes in order, each run of puts and records (rows
+/// of two tables that no other change of the run touches) as one
+/// statement per table: a batch of 10,000 shares is two statements, not
+/// 20,000.
+fn write_changes(tx: &mut Client, s: &Statements, changes: &[Change]) -> Result<(), StoreError> {
+    let mut rest = changes;
+    while let Some((first, after)) = rest.split_first() {
+        let run = rest
+            .iter()
+            .take_while(|c| matches!(c, Change::Put(_) | Change::Record(_)))
+            .count();
+        if run < 2 {
+            write_change(tx, s, first)?;
+            rest = after;
+            continue;
+        }
+        let (now, later) = rest.split_at(run);
+        write_run(tx, s, now)?;
+        rest = later;
+    }
+    Ok(())
+}
+
+/// Write a run of puts and records: the last put of each serial and the
+/// last record of each request (a statement may not touch a row twice),
+/// records in their order (their order is the history's).
+fn write_run(tx: &mut Client, s: &Statements, run: &[Change]) -> Result<(), StoreError> {
+    let mut last_put: hashbrown::HashMap<u64, usize> = hashbrown::HashMap::new();
+    let mut last_record: hashbrown::HashMap<crate::model::history::RequestId, usize> =
+        hashbrown::HashMap::new();
+    for (i, c) in run.iter().enumerate() {
+        match c {
+            Change::Put(g) => {
+                last_put.insert(g.id.serial, i);
+            }
+            Change::Record(r) => {
+                last_record.insert(r.request, i);
+            }
+            _ => {}
+        }
+    }
+    let (mut grants, mut records) = (GrantColumns::default(), RecordColumns::default());
+    let (mut puts, mut recs) = (0, 0);
+    for (i, c) in run.iter().enumerate() {
+        match c {
+            Change::Put(g) if last_put.get(&g.id.serial) == Some(&i) => {
+                grants.push(GrantValues::of(g));
+                puts += 1;
+            }
+            Change::Record(r) if last_record.get(&r.request) == Some(&i) => {
+                records.push(RecordValues::of(r));
+                recs += 1;
+            }
+            _ => {}
+        }
+    }
+    if puts > 0 {
+        tx.execute(&s.put_grants, &grants.params()).map_err(pg)?;
+    }
+    if recs > 0 {
+        tx.execute(&s.put_records, &records.params()).map_err(pg)?;
+    }
+    Ok(())
+}
+
 /// The changes of a batch that the feed carries: expirations are left
 /// out, since every engine expires grants by its own clock (and a million
 /// grants expiring at once would otherwise be a million feed lines).
@@ -380,9 +499,7 @@ impl PostgresStore {
             // A replay: rolled back, so the feed number is not used.
             return client.batch_execute("ROLLBACK").map_err(pg);
         }
-        for change in batch.changes {
-            write_change(client, s, change)?;
-        }
+        write_changes(client, s, batch.changes)?;
         let changes = serde_json::to_string(&feed_changes(batch.changes))
             .map_err(|e| StoreError::Io(format!("encoding a batch: {e}")))?;
         let clock = i64_of(to_millis(batch.clock));

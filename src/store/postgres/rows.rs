@@ -419,3 +419,61 @@ pub(super) fn decode_record(row: &Row) -> Result<(u64, HistoryRecord), StoreErro
         }
     })
 }
+
+/// One column struct of arrays beside a values struct: many rows bound
+/// to one `INSERT ... SELECT FROM UNNEST(...)` statement.
+macro_rules! columns {
+    ($name:ident of $values:ident { $($f:ident: $t:ty),* $(,)? }) => {
+        /// Rows as one array per column, in the order of the values.
+        #[derive(Default)]
+        pub(super) struct $name {
+            $($f: Vec<$t>,)*
+        }
+
+        impl $name {
+            pub(super) fn push(&mut self, v: $values) {
+                $(self.$f.push(v.$f);)*
+            }
+
+            pub(super) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+                vec![$(&self.$f),*]
+            }
+        }
+    };
+}
+
+columns!(GrantColumns of GrantValues {
+    serial: i64,
+    user: String,
+    entity_kind: i32,
+    entity_id: String,
+    context_kind: i32,
+    context_id: Option<String>,
+    level: &'static str,
+    expires_ms: i64,
+});
+
+columns!(RecordColumns of RecordValues {
+    request: String,
+    kind: &'static str,
+    entity_kind: i32,
+    entity_id: String,
+    user: String,
+    context_kind: i32,
+    context_id: Option<String>,
+    level: &'static str,
+    duration_ms: Option<i64>,
+    expires_ms: Option<i64>,
+    source: &'static str,
+    rule: Option<i64>,
+    status: &'static str,
+    failure_kind: Option<&'static str>,
+    reason: Option<String>,
+    grant_serial: Option<i64>,
+    created_ms: i64,
+    completed_ms: Option<i64>,
+    end_ms: Option<i64>,
+    end_cause: Option<&'static str>,
+    ended_by: Option<String>,
+    idempotency_key: Option<String>,
+});
