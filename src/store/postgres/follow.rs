@@ -72,14 +72,16 @@ pub(super) fn read_feed(
 /// Follows the feed of a [`PostgresStore`](super::PostgresStore).
 pub(super) struct PostgresFollower {
     url: String,
+    listen: bool,
     /// `None` after a failure, until [`Follower::reconnect`].
     client: Option<Client>,
 }
 
 impl PostgresFollower {
-    pub(super) fn connect(url: &str) -> Result<Self, StoreError> {
+    pub(super) fn connect(url: &str, listen: bool) -> Result<Self, StoreError> {
         let mut f = PostgresFollower {
             url: url.to_string(),
+            listen,
             client: None,
         };
         f.reconnect()?;
@@ -118,6 +120,10 @@ impl Drop for PostgresFollower {
 
 impl Follower for PostgresFollower {
     fn wait(&mut self, timeout: Duration) -> Result<bool, StoreError> {
+        if !self.listen {
+            std::thread::sleep(timeout);
+            return Ok(false);
+        }
         self.on(|c| {
             let mut notes = c.notifications();
             let woke = notes.timeout_iter(timeout).next().map_err(pg)?.is_some();
@@ -224,10 +230,12 @@ impl Follower for PostgresFollower {
             close_off_thread(c);
         }
         let mut client = connect(&self.url)?;
-        // Listen first: anything committed after this is announced.
-        client
-            .batch_execute(&format!("LISTEN {FEED_CHANNEL}"))
-            .map_err(pg)?;
+        if self.listen {
+            // Listen first: anything committed after this is announced.
+            client
+                .batch_execute(&format!("LISTEN {FEED_CHANNEL}"))
+                .map_err(pg)?;
+        }
         self.client = Some(client);
         Ok(())
     }

@@ -57,6 +57,8 @@ pub struct PostgresStore {
     /// The feed head read under the feed lock, while a write holds it (a
     /// transaction is open on `client`).
     locked: Option<i64>,
+    /// Whether this store's follower listens for wake-ups.
+    listen: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -226,6 +228,7 @@ impl PostgresStore {
             engine: uuid::Uuid::now_v7().simple().to_string(),
             statements,
             locked: None,
+            listen: true,
         })
     }
 
@@ -250,6 +253,16 @@ impl PostgresStore {
         self.client
             .as_mut()
             .ok_or_else(|| StoreError::Io("postgresql: the store is closed".into()))
+    }
+
+    /// Follow the feed by polling alone: the engine's follower does not
+    /// listen for wake-ups, so another instance's write reaches this one
+    /// within the poll interval (`EngineBuilder::feed_poll`, 250 ms by
+    /// default) instead of within milliseconds. For networks that drop
+    /// idle listening connections, and to measure the poll path.
+    pub fn poll_only(mut self) -> Self {
+        self.listen = false;
+        self
     }
 
     /// The URL the store connected with (it may hold a password: the
@@ -627,7 +640,10 @@ impl SharedStore for PostgresStore {
     }
 
     fn follower(&self) -> Result<Box<dyn Follower>, StoreError> {
-        Ok(Box::new(follow::PostgresFollower::connect(&self.url)?))
+        Ok(Box::new(follow::PostgresFollower::connect(
+            &self.url,
+            self.listen,
+        )?))
     }
 }
 
