@@ -443,3 +443,203 @@ fn an_idle_transaction_in_another_database_does_not_stall_the_feed() {
     }
     idle.batch_execute("ROLLBACK").unwrap();
 }
+
+/// The two-engine model test: random shares, revokes, extensions, clock
+/// moves and restarts on two engines over one database; after every step
+/// (once both have caught up with the head) both answer every pair as one
+/// model does.
+mod model {
+    use std::collections::BTreeMap;
+
+    use chrono::{DateTime, Utc};
+    use grantwheel::{ChangeError, GrantId, RevokeError};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::common::{context, entity};
+
+    const USERS: usize = 3;
+    const ENTITIES: usize = 3;
+    const CONTEXTS: usize = 2;
+
+    type Key = (usize, usize, usize);
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Share {
+            on: usize,
+            key: Key,
+            edit: bool,
+            minutes: i64,
+        },
+        Revoke {
+            on: usize,
+            key: Key,
+        },
+        Extend {
+            on: usize,
+            key: Key,
+            minutes: i64,
+        },
+        Advance {
+            minutes: i64,
+        },
+        Restart {
+            on: usize,
+        },
+    }
+
+    fn key() -> impl Strategy<Value = Key> {
+        (0..USERS, 0..ENTITIES, 0..CONTEXTS)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..2usize, key(), any::<bool>(), 1..180i64)
+                .prop_map(|(on, key, edit, minutes)| Op::Share { on, key, edit, minutes }),
+            2 => (0..2usize, key()).prop_map(|(on, key)| Op::Revoke { on, key }),
+            1 => (0..2usize, key(), 1..120i64)
+                .prop_map(|(on, key, minutes)| Op::Extend { on, key, minutes }),
+            2 => (1..90i64).prop_map(|minutes| Op::Advance { minutes }),
+            1 => (0..2usize).prop_map(|on| Op::Restart { on }),
+        ]
+    }
+
+    fn open(url: &str, clock: &ManualClock) -> Engine {
+        // The manual clock is far from the server's: the skew guard off.
+        let far = Duration::days(36_500);
+        engine_with(url, |b| b.clock(clock.clone()).clock_skew(far, far))
+    }
+
+    fn id_of(key: Key, serial: u64) -> GrantId {
+        GrantId {
+            user: user(key.0),
+            entity: entity(key.1),
+            context: context(key.2),
+            serial,
+        }
+    }
+
+    fn live(model: &BTreeMap<Key, Grant>, key: &Key, now: DateTime<Utc>) -> Option<Grant> {
+        model.get(key).copied().filter(|g| g.expires_at > now)
+    }
+
+    fn run(server: &str, ops: &[Op]) -> Result<(), TestCaseError> {
+        let url = pg::fresh_database(server);
+        let clock = ManualClock::new(common::start());
+        let mut engines = [open(&url, &clock), open(&url, &clock)];
+        let mut sql = admin(&url);
+        let mut model: BTreeMap<Key, Grant> = BTreeMap::new();
+        for (step, op) in ops.iter().enumerate() {
+            let now = engines[0].now();
+            match op.clone() {
+                Op::Share {
+                    on,
+                    key,
+                    edit,
+                    minutes,
+                } => {
+                    let level = if edit { Level::Edit } else { Level::Read };
+                    let g = engines[on]
+                        .share(
+                            user(key.0),
+                            entity(key.1),
+                            context(key.2),
+                            level,
+                            Expiry::After(Duration::minutes(minutes)),
+                        )
+                        .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
+                    prop_assert_eq!(g.expires_at, now + Duration::minutes(minutes));
+                    prop_assert_eq!(g.level, level);
+                    if let Some(old) = live(&model, &key, now) {
+                        prop_assert!(g.id.serial > old.id.serial, "serials grow in feed order");
+                    }
+                    model.insert(key, g);
+                }
+                Op::Revoke { on, key } => match live(&model, &key, now) {
+                    Some(g) => {
+                        let got = engines[on].revoke(&g.id);
+                        prop_assert_eq!(got, Ok(g), "step {}", step);
+                        model.remove(&key);
+                    }
+                    None => {
+                        let id = id_of(key, model.get(&key).map_or(9_999, |g| g.id.serial));
+                        let got = engines[on].revoke(&id);
+                        prop_assert_eq!(got, Err(RevokeError::NotLive(id)), "step {}", step);
+                    }
+                },
+                Op::Extend { on, key, minutes } => match live(&model, &key, now) {
+                    Some(g) => {
+                        let got = engines[on]
+                            .extend(&g.id, Duration::minutes(minutes))
+                            .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
+                        prop_assert_eq!(got.expires_at, g.expires_at + Duration::minutes(minutes));
+                        model.insert(key, got);
+                    }
+                    None => {
+                        let id = id_of(key, model.get(&key).map_or(9_999, |g| g.id.serial));
+                        let got = engines[on].extend(&id, Duration::minutes(minutes));
+                        prop_assert_eq!(got, Err(ChangeError::NotLive(id)), "step {}", step);
+                    }
+                },
+                Op::Advance { minutes } => clock.advance(Duration::minutes(minutes)),
+                Op::Restart { on } => {
+                    engines[on] = open(&url, &clock);
+                }
+            }
+            // Both caught up with the head: then both answer as the model.
+            let head = head(&mut sql);
+            for e in &engines {
+                eventually("caught up", || e.feed_status().unwrap().position == head);
+            }
+            let now = engines[0].now();
+            for u in 0..USERS {
+                for en in 0..ENTITIES {
+                    let mut want: Vec<Grant> = (0..CONTEXTS)
+                        .filter_map(|c| live(&model, &(u, en, c), now))
+                        .collect();
+                    want.sort_by_key(|g| (g.expires_at, g.id.serial));
+                    let read = !want.is_empty();
+                    let edit = want.iter().any(|g| g.level == Level::Edit);
+                    for (i, e) in engines.iter().enumerate() {
+                        let (uu, ee) = (user(u), entity(en));
+                        prop_assert_eq!(
+                            (e.can_read(&uu, &ee), e.can_edit(&uu, &ee)),
+                            (read, edit),
+                            "step {} {:?}: engine {} on pair ({}, {})",
+                            step,
+                            op,
+                            i,
+                            u,
+                            en
+                        );
+                        prop_assert_eq!(e.grants_for(&uu, &ee), want.clone(), "step {}", step);
+                    }
+                }
+            }
+            for e in &engines {
+                e.check_invariants().map_err(TestCaseError::fail)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cases() -> u32 {
+        std::env::var("GRANTWHEEL_INSTANCES_MODEL_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn two_engines_answer_as_one_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let Some(server) = pg::url("two_engines_answer_as_one_model") else {
+                return Ok(());
+            };
+            run(&server, &ops)?;
+        }
+    }
+}
