@@ -176,7 +176,9 @@ impl Engine {
     }
 
     /// May `user` read `entity` now? One probe of the index and a compare:
-    /// no lock, no allocation, no I/O.
+    /// no lock, no allocation, no I/O. Over a shared store, no for every
+    /// pair while the engine is behind the feed or its clock is too far off
+    /// (see [`feed_status`](Self::feed_status)).
     #[inline]
     pub fn can_read(&self, user: &UserId, entity: &EntityId) -> bool {
         let s = self.inner.reader.summary(user, entity);
