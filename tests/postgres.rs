@@ -215,3 +215,38 @@ fn a_store_dropped_on_an_async_thread_closes_cleanly() {
         .expect("dropping inside a runtime must not panic");
     PostgresStore::connect(&url).unwrap();
 }
+
+#[test]
+fn connections_ended_by_the_server_while_idle_are_opened_again_by_the_next_call() {
+    let Some(server) =
+        pg::url("connections_ended_by_the_server_while_idle_are_opened_again_by_the_next_call")
+    else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let mut store = PostgresStore::connect(&url).unwrap();
+    let reader = store.reader().unwrap();
+    batch(&mut store, 1, &[Change::Put(grant(1))]).unwrap();
+    assert_eq!(reader.processing(10).unwrap(), []);
+    // The writer's and the idle reader's backends are ended (as by an
+    // administrator or a failover): neither connection knows until used.
+    let mut admin = Client::connect(&server, NoTls).unwrap();
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .unwrap();
+    assert!(ended.len() >= 2, "the writer and the reader were connected");
+    // Neither call fails: nothing had been sent on the lost connections,
+    // so each is opened again and the call goes ahead.
+    batch(&mut store, 2, &[Change::Put(grant(2))]).unwrap();
+    assert_eq!(reader.processing(10).unwrap(), []);
+    assert_eq!(store.feed_head().unwrap(), 2);
+    let mut again = PostgresStore::connect(&url).unwrap();
+    let mut serials = Vec::new();
+    again.grants(&mut |g| serials.push(g.id.serial)).unwrap();
+    serials.sort_unstable();
+    assert_eq!(serials, [1, 2], "both batches committed");
+}

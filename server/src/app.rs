@@ -647,18 +647,61 @@ async fn events(
     }))
 }
 
-async fn health() -> Response {
-    ok(&serde_json::json!({"Status": "Ok"}))
+/// What `/health` and `/ready` say of the change feed (with
+/// `--postgres`): how far this instance has followed the others' writes.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct FeedBody {
+    position: u64,
+    fresh: bool,
+    caught_up_at: Option<String>,
+    skew_ms: Option<i64>,
+    problem: Option<String>,
+    resyncs: u64,
+}
+
+fn feed_body(app: &App) -> Option<FeedBody> {
+    app.sharing().engine().feed_status().map(|f| FeedBody {
+        position: f.position,
+        fresh: f.fresh,
+        caught_up_at: f.caught_up_at.map(|t| t.to_rfc3339()),
+        skew_ms: f.skew_ms,
+        problem: f.problem,
+        resyncs: f.resyncs,
+    })
+}
+
+// Alive whatever the store and the feed say (a restart would not help);
+// what they say is shown, and `/ready` is what fails.
+async fn health(State(app): State<App>) -> Response {
+    match feed_body(&app) {
+        Some(feed) => ok(&serde_json::json!({"Status": "Ok", "Feed": feed})),
+        None => ok(&serde_json::json!({"Status": "Ok"})),
+    }
 }
 
 async fn ready(State(app): State<App>) -> Response {
+    // Over a shared store: not ready while this instance is behind the
+    // other instances' writes (its checks say no until it catches up).
+    let feed = feed_body(&app);
+    if let Some(f) = feed.as_ref().filter(|f| !f.fresh) {
+        let why = f.problem.as_deref().unwrap_or("not caught up yet");
+        return ApiError::unavailable(format!(
+            "not ready: this instance is behind the change feed at position {}, and its checks say no: {why}",
+            f.position
+        ))
+        .into_response();
+    }
     // A read of the store through the request layer: not ready while the
     // store cannot answer.
     let probe = app
         .blocking(|s| s.status(&RequestId::random()).map(|_| ()))
         .await;
     match probe {
-        Ok(Ok(())) => ok(&serde_json::json!({"Status": "Ready"})),
+        Ok(Ok(())) => match feed {
+            Some(feed) => ok(&serde_json::json!({"Status": "Ready", "Feed": feed})),
+            None => ok(&serde_json::json!({"Status": "Ready"})),
+        },
         Ok(Err(e)) => ApiError::unavailable(format!("not ready: the store cannot be read: {e}"))
             .into_response(),
         Err(e) => e.into_response(),
@@ -669,6 +712,14 @@ async fn metrics_route(State(app): State<App>) -> Response {
     let engine = app.sharing().engine();
     metrics::gauge!("grantwheel_live_grants").set(engine.len() as f64);
     metrics::gauge!("grantwheel_requests_in_memory").set(app.sharing().in_memory() as f64);
+    if let Some(f) = engine.feed_status() {
+        metrics::gauge!("grantwheel_feed_position").set(f.position as f64);
+        metrics::gauge!("grantwheel_feed_fresh").set(if f.fresh { 1.0 } else { 0.0 });
+        if let Some(ms) = f.skew_ms {
+            metrics::gauge!("grantwheel_clock_skew_ms").set(ms as f64);
+        }
+        metrics::gauge!("grantwheel_feed_resyncs").set(f.resyncs as f64);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         app.inner.metrics.render(),

@@ -79,6 +79,17 @@ pub struct ServeArgs {
     #[arg(long, env = "GRANTWHEEL_POSTGRES", hide_env_values = true)]
     pub postgres: Option<String>,
 
+    /// With `--postgres`: how long this instance may go without catching
+    /// up with the other instances' writes before its checks say no and
+    /// `/ready` fails.
+    #[arg(long, env = "GRANTWHEEL_MAX_STALENESS", default_value = "5s", value_parser = parse_duration)]
+    pub max_staleness: Duration,
+
+    /// With `--postgres`: how often the instance reads the change feed
+    /// when no wake-up came (a lost wake-up costs at most this).
+    #[arg(long, env = "GRANTWHEEL_FEED_POLL", default_value = "250ms", value_parser = parse_duration)]
+    pub feed_poll: Duration,
+
     /// Where to listen.
     #[arg(long, env = "GRANTWHEEL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,

@@ -258,7 +258,9 @@ impl Server {
                 args.over_max.into(),
             )
             .repeat_share(args.repeat_share.into())
-            .tick(chrono_of("--tick", args.tick)?);
+            .tick(chrono_of("--tick", args.tick)?)
+            .max_staleness(chrono_of("--max-staleness", args.max_staleness)?)
+            .feed_poll(chrono_of("--feed-poll", args.feed_poll)?);
         let warnings = args
             .warn_before
             .iter()
@@ -357,14 +359,17 @@ impl Server {
             () = bounded => tracing::warn!(grace_ms = grace.as_millis() as u64, "calls still in flight at the end of the grace period were abandoned"),
         }
         let _ = reload_stop.send(());
-        let sharing = app.sharing().clone();
         tokio::task::spawn_blocking(move || {
             worker.stop();
             driver.stop();
-            match sharing.engine().flush() {
+            match app.sharing().engine().flush() {
                 Ok(()) => tracing::info!("store flushed; stopped"),
                 Err(e) => tracing::error!(error = %e, "the store could not be flushed at shutdown"),
             }
+            // The app (and with it, most often, the last handle on the
+            // engine and its store) is dropped here, off the async threads:
+            // a store's drop may do blocking I/O.
+            drop(app);
         })
         .await
         .map_err(|e| StartError::Store(e.to_string()))?;

@@ -54,11 +54,19 @@ impl Drop for Inner {
         // Best effort: write what waits (expirations, history updates).
         let st = self.state.get_mut();
         let now = *self.high_water.get_mut();
-        if st.lazy.is_empty() && now <= st.clock_written {
+        let shared = st.store.as_mut().is_some_and(|s| s.shared().is_some());
+        if shared {
+            // Over a shared store expirations and the clock are not
+            // written: with nothing else waiting there is nothing to do,
+            // and no connection is touched (a drop may run on an async
+            // thread, where opening one again would block it).
+            st.lazy.retain(|c| !is_expiry(c));
+        }
+        if st.lazy.is_empty() && (shared || now <= st.clock_written) {
             return;
         }
         if let Some(mut store) = st.store.take() {
-            let mut changes = std::mem::take(&mut st.lazy);
+            let changes = std::mem::take(&mut st.lazy);
             let mut seq = st.seq;
             if let Some(shared) = store.shared() {
                 // Number the batch after everything written meanwhile.
@@ -70,11 +78,6 @@ impl Drop for Inner {
                         shared.release_feed();
                         return;
                     }
-                }
-                changes.retain(|c| !is_expiry(c));
-                if changes.is_empty() {
-                    shared.release_feed();
-                    return;
                 }
             }
             let batch = Batch {

@@ -194,6 +194,23 @@ pub(super) fn pg(e: postgres::Error) -> StoreError {
     }
 }
 
+/// Whether `e` says the connection itself is gone (closed, or ended by the
+/// server: a restart or `pg_terminate_backend`). A connection idle in a
+/// pool learns this only when next used, so the first statement after
+/// such a loss fails this way even though a new connection would work.
+pub(super) fn lost(e: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(c)
+        })
+}
+
 impl PostgresStore {
     /// Connect to the database at `url` (a `postgresql://` URL or a
     /// `key=value` connection string), create or migrate its schema, and
@@ -474,12 +491,23 @@ impl PostgresStore {
             return Ok(head);
         }
         self.client()?;
+        let begun = self.client.as_mut().map(|c| c.batch_execute("BEGIN"));
+        if let Some(Err(e)) = begun {
+            // Nothing was sent inside a transaction yet, so a connection
+            // found lost here is opened again and the write goes ahead.
+            if !lost(&e) {
+                return Err(pg(e));
+            }
+            if let Some(old) = self.client.take() {
+                close_off_thread(old);
+            }
+            self.client()?.batch_execute("BEGIN").map_err(pg)?;
+        }
         let s = &self.statements;
         let client = self
             .client
             .as_mut()
             .ok_or_else(|| StoreError::Io("postgresql: the store is closed".into()))?;
-        client.batch_execute("BEGIN").map_err(pg)?;
         let head = client
             .query_one(&s.take_head, &[])
             .and_then(|r| r.try_get::<_, i64>(0));

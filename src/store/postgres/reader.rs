@@ -50,13 +50,31 @@ impl PostgresReader {
     /// is dropped, not kept.
     fn read<T>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        let mut client = match self.idle.lock().pop() {
-            Some(c) if !c.is_closed() => c,
-            _ => super::connect(&self.url)?,
+        let pooled = self.idle.lock().pop().filter(|c| !c.is_closed());
+        let (client, out) = match pooled {
+            Some(mut c) => match f(&mut c) {
+                // An idle connection ended by the server (a restart, a
+                // terminated backend) fails its first query: its peers
+                // went the same way, so they are dropped, and the read
+                // (which changes nothing) runs again on a new connection.
+                Err(e) if super::lost(&e) => {
+                    let stale = std::mem::take(&mut *self.idle.lock());
+                    super::close_off_thread((c, stale));
+                    let mut c = super::connect(&self.url)?;
+                    let out = f(&mut c);
+                    (c, out)
+                }
+                out => (c, out),
+            },
+            None => {
+                let mut c = super::connect(&self.url)?;
+                let out = f(&mut c);
+                (c, out)
+            }
         };
-        let out = f(&mut client).map_err(pg)?;
+        let out = out.map_err(pg)?;
         let mut idle = self.idle.lock();
         if idle.len() < IDLE {
             idle.push(client);
