@@ -643,3 +643,102 @@ mod model {
         }
     }
 }
+
+#[test]
+fn one_idempotency_key_on_two_instances_at_once_is_carried_out_once() {
+    use grantwheel::requests::{Command, RequestStatus, ShareRequest, Sharing, Submission};
+    let Some(server) = pg::url("one_idempotency_key_on_two_instances_at_once_is_carried_out_once")
+    else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let (a, b) = (Sharing::new(engine(&url)), Sharing::new(engine(&url)));
+    // The same keyed share sent to both instances at once (a CRM retrying
+    // through the load balancer), many times: one request is carried out,
+    // both calls answer with it, and neither fails.
+    for round in 0..20u64 {
+        let key = format!("crm-event-{round}");
+        let send = |s: Sharing| {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let req = ShareRequest::new(user(3), EntityId::lead(round), Level::Read);
+                s.run(Submission::direct(Command::Share(req)).key(key))
+            })
+        };
+        let (ra, rb) = (send(a.clone()), send(b.clone()));
+        let (oa, ob) = (ra.join().unwrap(), rb.join().unwrap());
+        assert_eq!(oa.request, ob.request, "round {round}: {oa:?} {ob:?}");
+        for o in [&oa, &ob] {
+            assert_eq!(o.status, RequestStatus::Completed, "round {round}: {o:?}");
+        }
+        let ea = a.engine().clone();
+        eventually("A holds the one grant", || {
+            ea.grants_for(&user(3), &EntityId::lead(round)).len() == 1
+        });
+        let eb = b.engine().clone();
+        eventually("B holds the one grant", || {
+            eb.grants_for(&user(3), &EntityId::lead(round)).len() == 1
+        });
+    }
+    // One record per key in the shared history.
+    let page = b
+        .history(
+            &EntityId::lead(7),
+            &grantwheel::requests::HistoryQuery::default(),
+        )
+        .unwrap();
+    assert_eq!(page.records.len(), 1, "{page:?}");
+}
+
+#[test]
+fn delegation_is_decided_on_the_state_the_share_is_made_on() {
+    use grantwheel::requests::{Command, RequestStatus, ShareRequest, Sharing, Submission};
+    let Some(server) = pg::url("delegation_is_decided_on_the_state_the_share_is_made_on") else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    // A polls only, and rarely: between its reads of the feed it has not
+    // seen B's writes, so only a decision made after catching up under
+    // the feed lock can see them.
+    let slow = |b: grantwheel::EngineBuilder| b.feed_poll(Duration::seconds(30));
+    let a = Sharing::new(
+        Engine::builder()
+            .store(PostgresStore::connect(&url).unwrap().poll_only())
+            .feed_poll(Duration::seconds(30))
+            .max_staleness(Duration::seconds(60))
+            .build()
+            .unwrap(),
+    );
+    let b = Sharing::new(engine_with(&url, slow));
+    let (grantor, grantee, lead) = (user(10), user(11), EntityId::lead(500));
+    let delegated = || {
+        let req = ShareRequest::new(grantee, lead, Level::Read).duration(Duration::hours(1));
+        Submission::direct(Command::Share(req)).granted_by(grantor)
+    };
+    // The grantor's access is shared on B; A gives on from it at once
+    // (A's own poll has not run: the write lock made it catch up).
+    let gives = ShareRequest::new(grantor, lead, Level::Read).duration(Duration::days(1));
+    assert_eq!(b.share(gives).status, RequestStatus::Completed);
+    let first = a.run(delegated());
+    assert_eq!(first.status, RequestStatus::Completed, "{first:?}");
+    // B revokes the grantor's access; A, not yet told, is asked to give
+    // on again: it catches up under the lock and refuses.
+    let revoked = b.revoke(grantwheel::requests::RevokeRequest {
+        user: grantor,
+        entity: lead,
+        context: Context::Direct,
+        level: Level::Read,
+    });
+    assert_eq!(revoked.status, RequestStatus::Completed, "{revoked:?}");
+    let again = a.run(delegated());
+    match &again.status {
+        RequestStatus::Failed { kind, .. } => {
+            assert_eq!(
+                *kind,
+                grantwheel::requests::FailureKind::Delegation,
+                "{again:?}"
+            )
+        }
+        other => panic!("a grantor without access gave it on: {other:?}"),
+    }
+}

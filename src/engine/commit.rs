@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
 use crate::clock::from_millis;
-use crate::error::{FromStoreFailure, ShareError};
+use crate::error::FromStoreFailure;
 use crate::events::Event;
 use crate::ids::{EntityId, Level, UserId};
 use crate::index::{IndexReader, PairKey};
@@ -38,9 +37,6 @@ pub(super) struct Group {
 /// batch is written (`None`) or has failed (`Some(reason)`).
 pub(super) type Job = Box<dyn FnOnce(&mut State, &mut Changes<'_>, u64) -> Finish + Send>;
 pub(super) type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-/// More writes for a share's batch, made from its result under the lock.
-pub(crate) type Then =
-    Box<dyn FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change> + Send>;
 
 /// Changes waiting for a batch, and whether a caller is making one.
 #[derive(Default)]

@@ -37,6 +37,7 @@ use self::state::State;
 mod builder;
 mod commit;
 mod config;
+mod decide;
 mod driver;
 mod follow;
 mod load;
@@ -45,7 +46,7 @@ mod record;
 mod state;
 
 pub use builder::EngineBuilder;
-pub(crate) use commit::Then;
+pub(crate) use decide::Decide;
 pub use driver::Driver;
 pub use follow::FeedStatus;
 pub(crate) use load::Restored;
@@ -215,23 +216,12 @@ impl Engine {
     /// assert_eq!((access.level, access.until, access.read_until), (Level::Edit, edit.expires_at, read.expires_at));
     /// ```
     pub fn access(&self, user: &UserId, entity: &EntityId) -> Option<Access> {
-        let s = self.inner.reader.summary(user, entity);
-        let now = self.check_now();
-        if now < s.edit_until {
-            Some(Access {
-                level: Level::Edit,
-                until: from_millis(s.edit_until),
-                read_until: from_millis(s.read_until),
-            })
-        } else if now < s.read_until {
-            Some(Access {
-                level: Level::Read,
-                until: from_millis(s.read_until),
-                read_until: from_millis(s.read_until),
-            })
-        } else {
-            None
-        }
+        access_at(&self.inner.reader, user, entity, self.check_now())
+    }
+
+    /// Whether the engine follows a store shared with other engines.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.inner.follow.is_some()
     }
 
     /// Whether the engine writes its state to a store.
@@ -323,5 +313,31 @@ impl Engine {
 impl Default for Engine {
     fn default() -> Self {
         Engine::new()
+    }
+}
+
+/// A pair's access at `now` (ms), from the index.
+#[inline]
+pub(super) fn access_at(
+    reader: &crate::index::IndexReader,
+    user: &UserId,
+    entity: &EntityId,
+    now: u64,
+) -> Option<Access> {
+    let s = reader.summary(user, entity);
+    if now < s.edit_until {
+        Some(Access {
+            level: Level::Edit,
+            until: from_millis(s.edit_until),
+            read_until: from_millis(s.read_until),
+        })
+    } else if now < s.read_until {
+        Some(Access {
+            level: Level::Read,
+            until: from_millis(s.read_until),
+            read_until: from_millis(s.read_until),
+        })
+    } else {
+        None
     }
 }

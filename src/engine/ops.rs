@@ -1,7 +1,5 @@
 //! What changes grants: shares, expiry changes, revokes, and listings.
 
-use chrono::{DateTime, Utc};
-
 use crate::clock::{from_millis, to_millis, words};
 use crate::error::{ChangeError, InvalidArgument, NotDurable, RevokeError, ShareError};
 use crate::events::{Event, RevokeReason};
@@ -10,7 +8,7 @@ use crate::index::{Locator, PairKey};
 use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec};
 use crate::store::{Change, EndCause, GrantFilter};
 
-use super::commit::{Changes, Then};
+use super::commit::Changes;
 use super::record::{GrantIx, GrantRec, MAX_GRANTS, MAX_SERIAL, PENDING_BIT};
 use super::state::State;
 use super::Engine;
@@ -77,32 +75,6 @@ impl Engine {
     /// assert_eq!(engine.len(), 3);
     /// ```
     pub fn share_many(&self, items: Vec<ShareSpec>) -> Vec<Result<Grant, ShareError>> {
-        // A closure that captures nothing: boxing it allocates nothing.
-        let none = |_: &Result<Grant, ShareError>, _: DateTime<Utc>| Vec::new();
-        self.share_many_then(
-            items
-                .into_iter()
-                .map(|spec| (spec, Box::new(none) as Then))
-                .collect(),
-        )
-    }
-
-    /// [`share`](Self::share), with more writes for the same batch, made
-    /// from the result under the lock (the request layer's history).
-    pub(crate) fn share_then(
-        &self,
-        spec: ShareSpec,
-        then: impl FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
-    ) -> Result<Grant, ShareError> {
-        self.run(move |st, ch, now| share_op_then(st, ch, now, &spec, then))
-    }
-
-    /// [`share_many`](Self::share_many), each item with its own more
-    /// writes for the same batch.
-    pub(crate) fn share_many_then(
-        &self,
-        items: Vec<(ShareSpec, Then)>,
-    ) -> Vec<Result<Grant, ShareError>> {
         let n = items.len();
         if n == 0 {
             return Vec::new();
@@ -110,8 +82,8 @@ impl Engine {
         let out = self.run(move |st, ch, now| {
             Ok::<_, ShareError>(
                 items
-                    .into_iter()
-                    .map(|(spec, then)| share_op_then(st, ch, now, &spec, then))
+                    .iter()
+                    .map(|spec| share_op(st, ch, now, spec))
                     .collect::<Vec<_>>(),
             )
         });
@@ -228,25 +200,6 @@ impl Engine {
         let (user, entity, context) = (*user, *entity, *context);
         self.run(move |st, ch, now| {
             Ok::<_, NotDurable>(revoke_context_op(st, ch, now, &user, &entity, &context))
-        })
-    }
-
-    /// [`revoke_context`](Self::revoke_context), with more writes for the
-    /// same batch made from the result under the lock.
-    pub(crate) fn revoke_context_then(
-        &self,
-        user: UserId,
-        entity: EntityId,
-        context: Context,
-        then: impl FnOnce(Option<&Grant>, DateTime<Utc>) -> Vec<Change> + Send + 'static,
-    ) -> Result<Option<Grant>, NotDurable> {
-        self.run(move |st, ch, now| {
-            let result = revoke_context_op(st, ch, now, &user, &entity, &context);
-            let more = then(result.as_ref(), from_millis(now));
-            if ch.durable {
-                ch.kept.extend(more);
-            }
-            Ok::<_, NotDurable>(result)
         })
     }
 
@@ -522,24 +475,6 @@ fn insert_new(
 
 /// A share, then the caller's writes for the same batch, made from its
 /// result (written by durable engines only).
-pub(super) fn share_op_then(
-    st: &mut State,
-    ch: &mut Changes<'_>,
-    now: u64,
-    spec: &ShareSpec,
-    then: impl FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change>,
-) -> Result<Grant, ShareError> {
-    let result = share_op(st, ch, now, spec);
-    // Called on every engine: without a store the request layer keeps its
-    // records itself, here, under the lock, before anyone can see the
-    // grant (and so before any end of it).
-    let more = then(&result, from_millis(now));
-    if ch.durable {
-        ch.writes.extend(more);
-    }
-    result
-}
-
 pub(super) fn revoke_context_op(
     st: &mut State,
     ch: &mut Changes<'_>,

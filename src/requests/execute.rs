@@ -1,12 +1,13 @@
 //! Carrying out requests: recorded first, checked by the host's policy
 //! hooks, run on the engine, then finished in the history.
 
-use crate::engine::{Expiry, Grant, ShareSpec};
+use crate::engine::{Decide, Expiry, Grant, ShareSpec};
+use crate::error::NotDurable;
 use crate::ids::{Context, EntityId, Level, UserId};
 use crate::model::history::{FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus};
 use crate::store::Change;
 
-use super::history::{ended_by, finished, record_then};
+use super::history::{ended_by, finished, Backend};
 use super::request::{Command, Failure, Outcome, RevokeRequest, ShareRequest, Submission};
 use super::Sharing;
 
@@ -120,24 +121,22 @@ impl Sharing {
     /// Carry out a request in flight and finish its record.
     pub(super) fn execute(&self, record: HistoryRecord, sub: &Submission) -> Outcome {
         match &sub.command {
-            Command::Share(req) => {
-                let result = self
-                    .precheck_share(req, sub.granted_by.as_ref())
-                    .and_then(|spec| {
-                        let then = record_then(self.inner.backend.clone(), record.clone());
-                        self.inner
-                            .engine
-                            .share_then(spec, then)
-                            .map_err(|e| Failure::from(&e))
-                    });
-                let written = result.is_ok();
-                self.conclude(record, result, written)
-            }
-            Command::Revoke(req) => {
-                let (result, written) = self.execute_revoke(&record, req);
-                self.conclude(record, result, written)
-            }
+            Command::Share(req) => match self.prepare_share(req, sub.granted_by.as_ref()) {
+                Ok(plan) => self.run_shares_decided(vec![(record, plan)]).remove(0),
+                Err(failure) => self.conclude(record, Err(failure), false),
+            },
+            Command::Revoke(req) => self.execute_revoke(record, req),
         }
+    }
+
+    /// The idempotency key a decision must check again under the engine's
+    /// lock: over a shared store another instance may have carried it
+    /// since [`begin`](Self::begin) looked.
+    fn key_to_recheck(&self, record: &HistoryRecord) -> Option<String> {
+        record
+            .idempotency_key
+            .clone()
+            .filter(|_| self.inner.engine.is_shared())
     }
 
     /// Finish a request: its record is written (`written`: the engine's
@@ -177,7 +176,7 @@ impl Sharing {
     pub(super) fn run_shares(&self, subs: Vec<Submission>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(subs.len());
         let mut batch = Vec::new();
-        let mut waiting = Vec::new();
+        let mut places = Vec::new();
         for sub in &subs {
             let record = match self.begin(sub) {
                 Begun::Seen(request) => {
@@ -194,21 +193,16 @@ impl Sharing {
                 outcomes.push(Some(self.execute(record, sub)));
                 continue;
             };
-            match self.precheck_share(req, sub.granted_by.as_ref()) {
-                Ok(spec) => {
-                    let then: crate::engine::Then =
-                        Box::new(record_then(self.inner.backend.clone(), record.clone()));
-                    batch.push((spec, then));
-                    waiting.push((outcomes.len(), record));
+            match self.prepare_share(req, sub.granted_by.as_ref()) {
+                Ok(plan) => {
+                    batch.push((record, plan));
+                    places.push(outcomes.len());
                     outcomes.push(None);
                 }
                 Err(reason) => outcomes.push(Some(self.conclude(record, Err(reason), false))),
             }
         }
-        let results = self.inner.engine.share_many_then(batch);
-        for ((at, record), result) in waiting.into_iter().zip(results) {
-            let written = result.is_ok();
-            let outcome = self.conclude(record, result.map_err(|e| Failure::from(&e)), written);
+        for (at, outcome) in places.into_iter().zip(self.run_shares_decided(batch)) {
             if let Some(slot) = outcomes.get_mut(at) {
                 *slot = Some(outcome);
             }
@@ -216,13 +210,63 @@ impl Sharing {
         outcomes.into_iter().flatten().collect()
     }
 
-    /// The checks before a share reaches the engine: the context resolver
-    /// and, for a grantor who is not privileged, the delegation limits.
-    pub(super) fn precheck_share(
+    /// Decide and carry out prepared shares in one engine batch, under its
+    /// lock: each item's idempotency key (over a shared store) and
+    /// delegation limits are checked on the state the share is made on,
+    /// and its finished record goes in the same batch. Outcomes in order.
+    fn run_shares_decided(&self, items: Vec<(HistoryRecord, SharePlan)>) -> Vec<Outcome> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        let backend = self.inner.backend.clone();
+        let shared = self.inner.engine.is_shared();
+        let records: Vec<HistoryRecord> = items.iter().map(|(r, _)| r.clone()).collect();
+        let (decided, batch) = self.inner.engine.decide(move |d| {
+            items
+                .into_iter()
+                .map(|(record, plan)| decide_share(d, &backend, shared, record, plan))
+                .collect::<Vec<_>>()
+        });
+        let decided = decided.unwrap_or_else(|| records.iter().map(|_| Decided::Lost).collect());
+        records
+            .into_iter()
+            .zip(decided)
+            .map(|(record, decided)| match (decided, &batch) {
+                (Decided::Lost, _) => self.conclude(record, Err(lost()), false),
+                (Decided::Seen(request), _) => self.abandon(record, request),
+                (Decided::Done(result), Ok(())) => self.conclude(record, result, true),
+                (Decided::Done(Ok(_)), Err(e)) => {
+                    let failure = Failure::from(&crate::error::ShareError::Store(e.clone()));
+                    self.conclude(record, Err(failure), false)
+                }
+                (Decided::Done(Err(failure)), Err(_)) => self.conclude(record, Err(failure), false),
+            })
+            .collect()
+    }
+
+    /// A request found, under the engine's lock, to carry an idempotency
+    /// key another request carried first: it is not carried out and leaves
+    /// no record; the first request answers for it.
+    fn abandon(&self, record: HistoryRecord, first: RequestId) -> Outcome {
+        let mut memory = self.inner.memory.lock();
+        memory.in_flight.remove(&record.request);
+        if let Some(key) = &record.idempotency_key {
+            if memory.keys.get(key) == Some(&record.request) {
+                memory.keys.remove(key);
+            }
+        }
+        drop(memory);
+        self.outcome_of(first)
+    }
+
+    /// The checks before a share reaches the engine's lock: the context
+    /// resolver, and whether the grantor is privileged (both the host's
+    /// code, never called under the engine's lock).
+    pub(super) fn prepare_share(
         &self,
         req: &ShareRequest,
         granted_by: Option<&UserId>,
-    ) -> Result<ShareSpec, Failure> {
+    ) -> Result<SharePlan, Failure> {
         if let Some(resolver) = &self.inner.resolver {
             resolver
                 .check(&req.user, &req.entity, &req.context)
@@ -233,71 +277,23 @@ impl Sharing {
                     )
                 })?;
         }
-        if let Some(grantor) = granted_by {
-            let privileged = self
+        let delegate = granted_by.copied().filter(|grantor| {
+            !self
                 .inner
                 .grantor_policy
                 .as_ref()
-                .is_some_and(|p| p.is_privileged(grantor, &req.entity));
-            if !privileged {
-                self.check_delegation(grantor, req)
-                    .map_err(|reason| Failure::new(FailureKind::Delegation, reason))?;
-            }
-        }
-        Ok(ShareSpec {
-            user: req.user,
-            entity: req.entity,
-            context: req.context,
-            level: req.level,
-            expiry: req.duration.map_or(Expiry::Default, Expiry::After),
+                .is_some_and(|p| p.is_privileged(grantor, &req.entity))
+        });
+        Ok(SharePlan {
+            req: req.clone(),
+            delegate,
         })
     }
 
-    /// A grantor who is not privileged may give no more than it holds now:
-    /// no higher level and no later expiry.
-    pub(super) fn check_delegation(
-        &self,
-        grantor: &UserId,
-        req: &ShareRequest,
-    ) -> Result<(), String> {
-        let engine = &self.inner.engine;
-        let Some(access) = engine.access(grantor, &req.entity) else {
-            return Err(format!(
-                "grantor `{grantor}` has no access to `{}`",
-                req.entity
-            ));
-        };
-        let holds_until = match req.level {
-            Level::Edit if access.level != Level::Edit => {
-                return Err(format!(
-                    "grantor `{grantor}` may only read `{}` and cannot give edit access",
-                    req.entity
-                ))
-            }
-            Level::Edit => access.until,
-            Level::Read => access.read_until,
-        };
-        let wanted = match req.duration {
-            Some(d) => engine.now().checked_add_signed(d),
-            None => engine.now().checked_add_signed(engine.default_duration()),
-        };
-        match wanted {
-            Some(until) if until <= holds_until => Ok(()),
-            _ => Err(format!(
-                "grantor `{grantor}` holds this access only until {holds_until}; the share would outlast it"
-            )),
-        }
-    }
-
-    /// Revoke through the engine, writing the request's record and the
-    /// name of the request on the ended grant's record in the revoke's
-    /// batch. Returns the result and whether that batch was written.
-    pub(super) fn execute_revoke(
-        &self,
-        record: &HistoryRecord,
-        req: &RevokeRequest,
-    ) -> (Result<Grant, Failure>, bool) {
-        let none = || {
+    /// Revoke through the engine, in one batch with the request's record
+    /// and the name of the request on the ended grant's record.
+    pub(super) fn execute_revoke(&self, record: HistoryRecord, req: &RevokeRequest) -> Outcome {
+        let none = move || {
             Failure::new(
                 FailureKind::NotFound,
                 format!(
@@ -307,28 +303,40 @@ impl Sharing {
             )
         };
         let none_reason = none();
-        let (backend, pending) = (self.inner.backend.clone(), record.clone());
-        let result = self.inner.engine.revoke_context_then(
-            req.user,
-            req.entity,
-            req.context,
-            move |grant, at| {
-                let request = pending.request;
-                let mut changes = vec![Change::Record(Box::new(finished(
-                    pending,
-                    grant.ok_or(none_reason),
-                    at,
-                )))];
-                if let Some(g) = grant {
-                    changes.push(ended_by(g, request));
-                }
-                backend.in_batch(changes)
-            },
-        );
-        match result {
-            Ok(Some(grant)) => (Ok(grant), true),
-            Ok(None) => (Err(none()), true),
-            Err(e) => (Err(Failure::from(&e)), false),
+        let backend = self.inner.backend.clone();
+        let recheck = self.key_to_recheck(&record);
+        let (req2, pending) = (*req, record.clone());
+        let (decided, batch) = self.inner.engine.decide(move |d| {
+            if let Some(first) = recheck.and_then(|key| seen_before(&backend, &key)) {
+                return Decided::Seen(first);
+            }
+            let request = pending.request;
+            let grant = d.revoke_context(&req2.user, &req2.entity, &req2.context);
+            let result = grant.ok_or(none_reason);
+            let mut changes = vec![Change::Record(Box::new(finished(
+                pending,
+                result.as_ref().map_err(Clone::clone),
+                d.now(),
+            )))];
+            if let Ok(g) = &result {
+                changes.push(ended_by(g, request));
+            }
+            // A revoke stands even if its batch fails, and so does its
+            // record: it is written with the next batch.
+            d.keep(backend.in_batch(changes));
+            Decided::Done(result)
+        });
+        match (decided.unwrap_or(Decided::Lost), batch) {
+            (Decided::Lost, _) => self.conclude(record, Err(lost()), false),
+            (Decided::Seen(first), _) => self.abandon(record, first),
+            (Decided::Done(result), Ok(())) => self.conclude(record, result, true),
+            (Decided::Done(result), Err(source)) => {
+                let e = NotDurable {
+                    revoked: result.into_iter().collect(),
+                    source,
+                };
+                self.conclude(record, Err(Failure::from(&e)), false)
+            }
         }
     }
 
@@ -364,5 +372,110 @@ impl Sharing {
     /// request's context. Grants through other contexts stay.
     pub fn revoke(&self, req: RevokeRequest) -> Outcome {
         self.run(Submission::direct(Command::Revoke(req)))
+    }
+}
+
+/// A share checked outside the engine's lock, to be decided under it.
+pub(super) struct SharePlan {
+    req: ShareRequest,
+    /// The grantor whose delegation limits apply (none when the share has
+    /// no grantor, or a privileged one).
+    delegate: Option<UserId>,
+}
+
+/// What a decision under the engine's lock came to.
+enum Decided {
+    /// Carried out (or refused), with its record in the batch.
+    Done(Result<Grant, Failure>),
+    /// Its idempotency key was carried first by this request.
+    Seen(RequestId),
+    /// Never decided (the engine did not run the decision: not expected).
+    Lost,
+}
+
+fn lost() -> Failure {
+    Failure::new(
+        FailureKind::Store,
+        "the request was not carried out: its batch did not run",
+    )
+}
+
+/// The request already on record with `key`, if any. A failed read is no
+/// answer: the request goes ahead, and the store's unique index on keys
+/// refuses a second record of one key.
+fn seen_before(backend: &Backend, key: &str) -> Option<RequestId> {
+    backend
+        .reader()
+        .request_by_key(key)
+        .ok()
+        .flatten()
+        .map(|r| r.request)
+}
+
+/// Decide one share under the engine's lock and put its record in the
+/// batch.
+fn decide_share(
+    d: &mut Decide<'_, '_>,
+    backend: &Backend,
+    shared: bool,
+    record: HistoryRecord,
+    plan: SharePlan,
+) -> Decided {
+    let recheck = record.idempotency_key.as_deref().filter(|_| shared);
+    if let Some(first) = recheck.and_then(|key| seen_before(backend, key)) {
+        return Decided::Seen(first);
+    }
+    let req = &plan.req;
+    let result = match plan.delegate {
+        Some(grantor) => check_delegation(d, &grantor, req)
+            .map_err(|reason| Failure::new(FailureKind::Delegation, reason)),
+        None => Ok(()),
+    }
+    .and_then(|()| {
+        let spec = ShareSpec {
+            user: req.user,
+            entity: req.entity,
+            context: req.context,
+            level: req.level,
+            expiry: req.duration.map_or(Expiry::Default, Expiry::After),
+        };
+        d.share(&spec).map_err(|e| Failure::from(&e))
+    });
+    let done = finished(record, result.as_ref().map_err(Clone::clone), d.now());
+    d.write(backend.in_batch(vec![Change::Record(Box::new(done))]));
+    Decided::Done(result)
+}
+
+/// A grantor who is not privileged may give no more than it holds now:
+/// no higher level and no later expiry.
+fn check_delegation(
+    d: &Decide<'_, '_>,
+    grantor: &UserId,
+    req: &ShareRequest,
+) -> Result<(), String> {
+    let Some(access) = d.access(grantor, &req.entity) else {
+        return Err(format!(
+            "grantor `{grantor}` has no access to `{}`",
+            req.entity
+        ));
+    };
+    let holds_until = match req.level {
+        Level::Edit if access.level != Level::Edit => {
+            return Err(format!(
+                "grantor `{grantor}` may only read `{}` and cannot give edit access",
+                req.entity
+            ))
+        }
+        Level::Edit => access.until,
+        Level::Read => access.read_until,
+    };
+    let wanted = d
+        .now()
+        .checked_add_signed(req.duration.unwrap_or_else(|| d.default_duration()));
+    match wanted {
+        Some(until) if until <= holds_until => Ok(()),
+        _ => Err(format!(
+            "grantor `{grantor}` holds this access only until {holds_until}; the share would outlast it"
+        )),
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::engine::{Grant, Restored};
-use crate::error::{InvalidArgument, QueryError, ShareError};
+use crate::error::{InvalidArgument, QueryError};
 use crate::events::{Event, RevokeReason};
 use crate::model::history::{
     FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus, INTERRUPTED,
@@ -152,18 +152,6 @@ pub(super) fn finished(
         Err(failure) => record.status = failure.status(),
     }
     record
-}
-
-/// The write of a share's finished record, made in the grant's batch (or
-/// applied at once by a local backend) from the share's result.
-pub(super) fn record_then(
-    backend: Backend,
-    record: HistoryRecord,
-) -> impl FnOnce(&Result<Grant, ShareError>, DateTime<Utc>) -> Vec<Change> + Send + 'static {
-    move |result, at| {
-        let done = finished(record, result.as_ref().map_err(Failure::from), at);
-        backend.in_batch(vec![Change::Record(Box::new(done))])
-    }
 }
 
 impl SharingInner {
