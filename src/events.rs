@@ -96,6 +96,9 @@ pub(crate) struct Hub {
     queue: Mutex<VecDeque<Event>>,
     /// Whether the queue may hold events (set under the queue lock).
     pending: AtomicBool,
+    /// Expiry and expiring-soon events are dropped, not queued: another
+    /// engine on the shared store holds the lease on raising them.
+    quiet_expiries: AtomicBool,
     delivering: Mutex<()>,
 }
 
@@ -130,7 +133,15 @@ impl Hub {
 
     /// Queue events; call while holding the state lock so the queue keeps
     /// the order in which the state changed.
+    /// Raise expiry and expiring-soon events, or drop them.
+    pub(crate) fn quiet_expiries(&self, quiet: bool) {
+        self.quiet_expiries.store(quiet, Ordering::Relaxed);
+    }
+
     pub(crate) fn enqueue(&self, events: &mut Vec<Event>) {
+        if self.quiet_expiries.load(Ordering::Relaxed) {
+            events.retain(|e| !matches!(e, Event::Expired(_) | Event::ExpiringSoon { .. }));
+        }
         if !events.is_empty() {
             let mut queue = self.queue.lock();
             queue.extend(events.drain(..));

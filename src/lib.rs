@@ -32,8 +32,8 @@ mod wheel;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
-    Access, Driver, Engine, EngineBuilder, Expiry, FeedStatus, Footprint, Grant, OverMax,
-    RepeatShare, ShareSpec,
+    Access, Driver, Engine, EngineBuilder, Expiry, ExpiryEvents, FeedStatus, Footprint, Grant,
+    OverMax, RepeatShare, ShareSpec,
 };
 pub use error::{
     BuildError, ChangeError, Error, InvalidArgument, NotDurable, QueryError, RevokeError,

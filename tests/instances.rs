@@ -742,3 +742,85 @@ fn delegation_is_decided_on_the_state_the_share_is_made_on() {
         other => panic!("a grantor without access gave it on: {other:?}"),
     }
 }
+
+#[test]
+fn leased_expiry_events_are_raised_by_one_instance_and_pass_on_when_it_stops() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let Some(server) =
+        pg::url("leased_expiry_events_are_raised_by_one_instance_and_pass_on_when_it_stops")
+    else {
+        return;
+    };
+    /// Long enough that a follower has every grant before it ends.
+    const LIFE: i64 = 1500;
+    let past_life = StdDuration::from_millis(LIFE as u64 + 100);
+    let url = pg::fresh_database(&server);
+    let leased = |b: grantwheel::EngineBuilder| {
+        b.expiry_events(grantwheel::ExpiryEvents::Leased)
+            .tick(Duration::milliseconds(10))
+    };
+    let counted = |e: &Engine| {
+        let n = Arc::new(AtomicUsize::new(0));
+        let sink = n.clone();
+        e.subscribe(move |ev: &grantwheel::Event| {
+            if matches!(ev, grantwheel::Event::Expired(_)) {
+                sink.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        n
+    };
+    let a = engine_with(&url, leased);
+    let b = engine_with(&url, leased);
+    let (na, nb) = (counted(&a), counted(&b));
+    let holds = |e: &Engine| e.feed_status().unwrap().expiry_events;
+    assert!(
+        holds(&a) && !holds(&b),
+        "the first engine up holds the lease"
+    );
+
+    // 40 short shares, made on both: each expiry is raised once, by A.
+    let share_short = |e: &Engine, from: u64| {
+        for i in from..from + 20 {
+            e.share(
+                user(20),
+                EntityId::lead(i),
+                Context::Direct,
+                Level::Read,
+                Expiry::After(Duration::milliseconds(LIFE)),
+            )
+            .unwrap();
+        }
+    };
+    share_short(&a, 0);
+    share_short(&b, 20);
+    // Held (live, or expired and not yet reclaimed: no driver runs).
+    eventually("both hold the 40 grants", || a.len() == 40 && b.len() == 40);
+    std::thread::sleep(past_life);
+    a.advance();
+    b.advance();
+    assert_eq!(
+        (na.load(Ordering::Relaxed), nb.load(Ordering::Relaxed)),
+        (40, 0),
+        "each expiry raised once, by the holder"
+    );
+    assert_eq!((a.len(), b.len()), (0, 0), "all reclaimed");
+
+    // A stops: its connection ends, and B takes the lease within a poll.
+    drop(a);
+    eventually("B takes the lease", || holds(&b));
+    share_short(&b, 40);
+    std::thread::sleep(past_life);
+    b.advance();
+    assert_eq!(nb.load(Ordering::Relaxed), 20, "B raises them now");
+
+    // Everywhere (the default): every engine raises its own.
+    let c = engine_with(&url, |b| b.tick(Duration::milliseconds(10)));
+    let nc = counted(&c);
+    share_short(&b, 60);
+    eventually("C holds the 20 grants", || c.len() == 20);
+    std::thread::sleep(past_life);
+    c.advance();
+    assert!(c.feed_status().unwrap().expiry_events);
+    assert_eq!(nc.load(Ordering::Relaxed), 20);
+}

@@ -54,6 +54,24 @@ impl From<Over> for OverMax {
     }
 }
 
+/// Which instances on one PostgreSQL database raise expiry events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExpiryEvents {
+    /// Every instance counts and logs each expiry.
+    Everywhere,
+    /// One instance at a time (the holder of a lease in the database).
+    Leased,
+}
+
+impl From<ExpiryEvents> for grantwheel::ExpiryEvents {
+    fn from(e: ExpiryEvents) -> Self {
+        match e {
+            ExpiryEvents::Everywhere => grantwheel::ExpiryEvents::Everywhere,
+            ExpiryEvents::Leased => grantwheel::ExpiryEvents::Leased,
+        }
+    }
+}
+
 /// How SQLite syncs commits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Sync {
@@ -89,6 +107,11 @@ pub struct ServeArgs {
     /// when no wake-up came (a lost wake-up costs at most this).
     #[arg(long, env = "GRANTWHEEL_FEED_POLL", default_value = "250ms", value_parser = parse_duration)]
     pub feed_poll: Duration,
+
+    /// With `--postgres`: which instances raise expiry and expiring-soon
+    /// events (the expiry counters and the "grant ends soon" log lines).
+    #[arg(long, env = "GRANTWHEEL_EXPIRY_EVENTS", value_enum, default_value_t = ExpiryEvents::Everywhere)]
+    pub expiry_events: ExpiryEvents,
 
     /// Where to listen.
     #[arg(long, env = "GRANTWHEEL_LISTEN", default_value = "127.0.0.1:8080")]

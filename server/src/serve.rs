@@ -260,7 +260,8 @@ impl Server {
             .repeat_share(args.repeat_share.into())
             .tick(chrono_of("--tick", args.tick)?)
             .max_staleness(chrono_of("--max-staleness", args.max_staleness)?)
-            .feed_poll(chrono_of("--feed-poll", args.feed_poll)?);
+            .feed_poll(chrono_of("--feed-poll", args.feed_poll)?)
+            .expiry_events(args.expiry_events.into());
         let warnings = args
             .warn_before
             .iter()

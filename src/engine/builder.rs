@@ -10,7 +10,7 @@ use crate::clock::{to_millis, to_millis_i64, words, Clock, ClockSource};
 use crate::error::{BuildError, InvalidArgument};
 use crate::events::Hub;
 use crate::index::new_index;
-use crate::model::grant::{OverMax, RepeatShare};
+use crate::model::grant::{ExpiryEvents, OverMax, RepeatShare};
 use crate::store::{Meta, Store};
 
 use super::commit::Queue;
@@ -53,6 +53,7 @@ pub struct EngineBuilder {
     feed_poll: chrono::Duration,
     skew_warn: chrono::Duration,
     skew_fail: chrono::Duration,
+    expiry_events: ExpiryEvents,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -81,6 +82,7 @@ impl Default for EngineBuilder {
             feed_poll: chrono::Duration::milliseconds(250),
             skew_warn: chrono::Duration::milliseconds(250),
             skew_fail: chrono::Duration::seconds(2),
+            expiry_events: ExpiryEvents::Everywhere,
         }
     }
 }
@@ -212,6 +214,17 @@ impl EngineBuilder {
     pub fn clock_skew(mut self, warn: chrono::Duration, fail: chrono::Duration) -> Self {
         self.skew_warn = warn;
         self.skew_fail = fail;
+        self
+    }
+
+    /// Over a shared store: which engines raise expiry and expiring-soon
+    /// events (default: every one, [`ExpiryEvents::Everywhere`]). With
+    /// [`ExpiryEvents::Leased`] one engine at a time does, so a host that
+    /// sends a notification per expiry sends one, not one per instance.
+    /// [`Engine::feed_status`](crate::Engine::feed_status) says whether an
+    /// engine holds the lease.
+    pub fn expiry_events(mut self, events: ExpiryEvents) -> Self {
+        self.expiry_events = events;
         self
     }
 
@@ -388,6 +401,7 @@ impl EngineBuilder {
             max_staleness: std_of("max_staleness", self.max_staleness)?,
             skew_warn: std_of("clock_skew", self.skew_warn)?,
             skew_fail: std_of("clock_skew", self.skew_fail)?,
+            leased_events: self.expiry_events == ExpiryEvents::Leased,
         };
         if follow.skew_warn > follow.skew_fail {
             return Err(InvalidArgument::new(

@@ -44,6 +44,8 @@ pub(super) struct FollowSettings {
     pub(super) max_staleness: Duration,
     pub(super) skew_warn: Duration,
     pub(super) skew_fail: Duration,
+    /// Expiry events only while this engine holds the store's lease.
+    pub(super) leased_events: bool,
 }
 
 impl Default for FollowSettings {
@@ -53,6 +55,7 @@ impl Default for FollowSettings {
             max_staleness: Duration::from_secs(5),
             skew_warn: Duration::from_millis(250),
             skew_fail: Duration::from_secs(2),
+            leased_events: false,
         }
     }
 }
@@ -75,6 +78,10 @@ pub struct FeedStatus {
     /// Snapshots taken to resync (the feed had been trimmed past this
     /// engine's position).
     pub resyncs: u64,
+    /// Whether this engine raises expiry and expiring-soon events: always
+    /// with [`ExpiryEvents::Everywhere`](crate::ExpiryEvents::Everywhere);
+    /// with `Leased`, while it holds the lease.
+    pub expiry_events: bool,
 }
 
 /// The follower's shared record, read by [`Engine::feed_status`].
@@ -87,6 +94,8 @@ pub(super) struct FeedHealth {
     pub(super) skew_bad: bool,
     pub(super) problem: Option<String>,
     pub(super) resyncs: u64,
+    /// With leased expiry events: whether this engine holds the lease.
+    pub(super) leased: bool,
 }
 
 impl State {
@@ -254,6 +263,7 @@ impl Engine {
             skew_ms: health.skew_ms,
             problem,
             resyncs: health.resyncs,
+            expiry_events: !follow.settings.leased_events || health.leased,
         })
     }
 
@@ -357,6 +367,10 @@ pub(super) struct Follow {
 pub(super) fn start(engine: &Engine, mut follower: Box<dyn Follower>) -> Result<(), StoreError> {
     engine.check_skew(&mut *follower)?;
     engine.catch_up_with(&mut *follower)?;
+    if engine.inner.cfg.follow.leased_events {
+        engine.inner.hub.quiet_expiries(true);
+        engine.take_lease(&mut *follower)?;
+    }
     let weak = Arc::downgrade(&engine.inner);
     let watched = weak.clone();
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -399,6 +413,18 @@ fn watchdog(weak: Weak<Inner>) {
     }
 }
 
+impl Engine {
+    /// Take or keep the lease on expiry events, and raise them or not.
+    fn take_lease(&self, follower: &mut dyn Follower) -> Result<(), StoreError> {
+        let held = follower.hold_lease()?;
+        if let Some(follow) = &self.inner.follow {
+            follow.health.lock().leased = held;
+        }
+        self.inner.hub.quiet_expiries(!held);
+        Ok(())
+    }
+}
+
 /// Wait for a wake-up or the poll interval, catch up, repeat; reconnect
 /// with backoff after a failure. Ends when the engine is dropped.
 fn follow_loop(weak: Weak<Inner>, mut follower: Box<dyn Follower>) {
@@ -419,6 +445,9 @@ fn follow_loop(weak: Weak<Inner>, mut follower: Box<dyn Follower>) {
                 connected = true;
             }
             engine.catch_up_with(&mut *follower)?;
+            if settings.leased_events {
+                engine.take_lease(&mut *follower)?;
+            }
             let skew_bad = follow.health.lock().skew_bad;
             if skew_bad || last_skew.elapsed() >= SKEW_EVERY {
                 engine.check_skew(&mut *follower)?;
@@ -441,7 +470,13 @@ fn follow_loop(weak: Weak<Inner>, mut follower: Box<dyn Follower>) {
             }
             Err(e) => {
                 connected = false;
-                follow.health.lock().problem = Some(e.to_string());
+                let mut health = follow.health.lock();
+                health.problem = Some(e.to_string());
+                if settings.leased_events {
+                    // The connection that held the lease is gone with it.
+                    health.leased = false;
+                    engine.inner.hub.quiet_expiries(true);
+                }
             }
         }
         drop(engine);

@@ -51,7 +51,9 @@ pub use driver::Driver;
 pub use follow::FeedStatus;
 pub(crate) use load::Restored;
 
-pub use crate::model::grant::{Access, Expiry, Footprint, Grant, OverMax, RepeatShare, ShareSpec};
+pub use crate::model::grant::{
+    Access, Expiry, ExpiryEvents, Footprint, Grant, OverMax, RepeatShare, ShareSpec,
+};
 
 struct Inner {
     reader: IndexReader,

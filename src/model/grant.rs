@@ -37,6 +37,27 @@ pub enum OverMax {
     Clamp,
 }
 
+/// Which engines on a shared store raise [`Event::Expired`] and
+/// [`Event::ExpiringSoon`] (every engine expires grants by its own clock,
+/// for memory and checks, either way).
+///
+/// [`Event::Expired`]: crate::Event::Expired
+/// [`Event::ExpiringSoon`]: crate::Event::ExpiringSoon
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpiryEvents {
+    /// Every engine raises them (the default): a host that sends a
+    /// notification per expiry sends one per instance.
+    #[default]
+    Everywhere,
+    /// Only the engine holding the store's lease raises them: one at a
+    /// time, for as long as its connection to the store lives; when it
+    /// stops, the next engine to ask (within its feed poll) takes over.
+    /// Expiries while no engine holds the lease raise nothing, and for up
+    /// to one poll after a holder's connection is cut two engines may both
+    /// raise them.
+    Leased,
+}
+
 /// What a share does when its (user, entity, context) already has a live
 /// grant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -95,6 +95,15 @@ pub trait Follower: Send {
     /// Open the connection again after a failure (and listen again).
     fn reconnect(&mut self) -> Result<(), StoreError>;
 
+    /// Take, or keep, the lease on raising expiry events: among the
+    /// engines on one store, one at a time holds it, for as long as its
+    /// connection lives (a crashed holder's lease passes to the next engine
+    /// that asks). Returns whether this follower holds it. The default is
+    /// for a store with one engine: always held.
+    fn hold_lease(&mut self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
     /// Remove what no engine needs any more, unless another engine is
     /// doing it now: the rows of grants that expired before
     /// `expired_before`, and feed entries older than `keep_feed` (the

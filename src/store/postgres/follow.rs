@@ -75,6 +75,9 @@ pub(super) struct PostgresFollower {
     listen: bool,
     /// `None` after a failure, until [`Follower::reconnect`].
     client: Option<Client>,
+    /// Whether `client`'s session holds the expiry-events lease (a
+    /// session advisory lock: it ends with the connection).
+    leased: bool,
 }
 
 impl PostgresFollower {
@@ -83,6 +86,7 @@ impl PostgresFollower {
             url: url.to_string(),
             listen,
             client: None,
+            leased: false,
         };
         f.reconnect()?;
         Ok(f)
@@ -102,6 +106,7 @@ impl PostgresFollower {
     ) -> Result<T, StoreError> {
         let out = f(self.client()?);
         if out.is_err() {
+            self.leased = false;
             if let Some(c) = self.client.take() {
                 close_off_thread(c);
             }
@@ -225,7 +230,26 @@ impl Follower for PostgresFollower {
         })
     }
 
+    fn hold_lease(&mut self) -> Result<bool, StoreError> {
+        /// The advisory lock key of the expiry-events lease ("gw-lease").
+        const LEASE_LOCK: i64 = 0x6777_2d6c_6561_7365;
+        if self.leased && self.client.is_some() {
+            // Held since this connection took it: the lock lives as long
+            // as the session, and a lost session fails the next read,
+            // which clears `leased`.
+            return Ok(true);
+        }
+        let leased = self.on(|c| {
+            c.query_one("SELECT pg_try_advisory_lock($1)", &[&LEASE_LOCK])
+                .and_then(|r| r.try_get::<_, bool>(0))
+                .map_err(pg)
+        })?;
+        self.leased = leased;
+        Ok(leased)
+    }
+
     fn reconnect(&mut self) -> Result<(), StoreError> {
+        self.leased = false;
         if let Some(c) = self.client.take() {
             close_off_thread(c);
         }
