@@ -824,3 +824,86 @@ fn leased_expiry_events_are_raised_by_one_instance_and_pass_on_when_it_stops() {
     assert!(c.feed_status().unwrap().expiry_events);
     assert_eq!(nc.load(Ordering::Relaxed), 20);
 }
+
+#[test]
+fn rules_written_on_one_instance_act_on_every_instance_with_unique_ids() {
+    use grantwheel::requests::automation::{
+        AutomationEvent, Rule, RuleState, ShareAction, ShareWith, Trigger,
+    };
+    use grantwheel::requests::Sharing;
+    use grantwheel::EntityKind;
+    let Some(server) =
+        pg::url("rules_written_on_one_instance_act_on_every_instance_with_unique_ids")
+    else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let (a, b) = (Sharing::new(engine(&url)), Sharing::new(engine(&url)));
+    let rule = |n: usize| {
+        Rule::new(
+            format!("rule {n}"),
+            Trigger::TaskCreated,
+            EntityKind::OPPORTUNITY,
+            ShareAction {
+                with: ShareWith::TaskOwner,
+                duration_minutes: Some(60),
+                level: Level::Read,
+            },
+        )
+    };
+    // Rules added on both at once: every id is unique, and both
+    // instances end with the same 20 rules.
+    let add = |s: Sharing, from: usize| {
+        std::thread::spawn(move || {
+            (from..from + 10)
+                .map(|n| s.add_rule(rule(n)).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let (ta, tb) = (add(a.clone(), 0), add(b.clone(), 10));
+    let mut ids = ta.join().unwrap();
+    ids.extend(tb.join().unwrap());
+    let mut unique = ids.clone();
+    unique.sort_unstable_by_key(|id| id.0);
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        20,
+        "rule ids unique across instances: {ids:?}"
+    );
+    eventually("both hold the 20 rules", || {
+        a.rules().len() == 20 && a.rules() == b.rules()
+    });
+
+    // Published on B, a rule made on A acts on A.
+    let id = ids[0];
+    b.publish_rule(id).unwrap();
+    eventually("A sees it published", || {
+        a.rule(id).is_some_and(|r| r.state == RuleState::Published)
+    });
+    let owner = user(30);
+    let event = AutomationEvent {
+        id: "task-1".into(),
+        trigger: Trigger::TaskCreated,
+        entity: EntityId::opportunity(9),
+        activity: None,
+        task: Some((uuid::Uuid::from_u128(9), owner)),
+        fields: Default::default(),
+    };
+    let made = a.on_event(&event);
+    assert_eq!(made.len(), 1, "the one published rule acted on A");
+    assert_eq!(a.process(10), 1);
+    let status = a.status(&made[0]).unwrap();
+    assert_eq!(status, Some(grantwheel::requests::RequestStatus::Completed));
+    assert!(a.engine().can_read(&owner, &EntityId::opportunity(9)));
+
+    // Removed on A: gone on B.
+    assert!(a.remove_rule(id).unwrap().is_some());
+    eventually("B no longer has it", || b.rule(id).is_none());
+    assert!(b
+        .on_event(&AutomationEvent {
+            id: "task-2".into(),
+            ..event
+        })
+        .is_empty());
+}

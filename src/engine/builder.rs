@@ -338,6 +338,7 @@ impl EngineBuilder {
                     settings: follow_settings,
                     health: Mutex::new(Default::default()),
                 }),
+                rule_sink: Mutex::new(None),
             }),
         };
         if let Some(follower) = follower {

@@ -370,6 +370,11 @@ impl Engine {
                     .store(st.seq, std::sync::atomic::Ordering::Release);
                 st.clock_written = st.clock_written.max(now);
                 st.finalize();
+                if st.rule_updates.is_some() {
+                    for change in &run.batch {
+                        st.note_rule(change);
+                    }
+                }
                 None
             }
             Err(e) => {

@@ -45,6 +45,13 @@ impl Decide<'_, '_> {
         chrono::Duration::milliseconds(i64::try_from(self.ch.cfg.default_ms).unwrap_or(i64::MAX))
     }
 
+    /// A new automation rule id, unique among every engine on the store
+    /// (numbered after every rule written before the batch).
+    pub(crate) fn next_rule_id(&mut self) -> u64 {
+        self.st.max_rule += 1;
+        self.st.max_rule
+    }
+
     /// Make a share in this batch.
     pub(crate) fn share(&mut self, spec: &ShareSpec) -> Result<Grant, ShareError> {
         share_op(self.st, self.ch, self.now, spec)

@@ -34,7 +34,7 @@ use crate::model::grant::Grant;
 use crate::store::{Change, FeedEntry, FeedRead, Follower, StoreError};
 
 use super::record::{GrantRec, MAX_GRANTS, MAX_SERIAL};
-use super::state::State;
+use super::state::{RuleUpdate, State};
 use super::{Engine, Inner};
 
 /// How an engine over a shared store follows the feed.
@@ -118,12 +118,10 @@ impl State {
             match change {
                 Change::Put(g) => self.put_followed(reader, g, now),
                 Change::End { grant, .. } => self.end_followed(reader, grant),
-                // History and rules live in the store; no memory to update.
-                Change::EndedBy { .. }
-                | Change::Record(_)
-                | Change::Forget(_)
-                | Change::Rule { .. }
-                | Change::RemoveRule(_) => {}
+                // For the request layer's rule set.
+                Change::Rule { .. } | Change::RemoveRule(_) => self.note_rule(change),
+                // History lives in the store; no memory to update.
+                Change::EndedBy { .. } | Change::Record(_) | Change::Forget(_) => {}
             }
         }
         self.seq = self.seq.max(entry.seq);
@@ -306,7 +304,7 @@ impl Engine {
     /// engine's position).
     fn resync_from(&self, follower: &mut dyn Follower) -> Result<(), StoreError> {
         let mut grants = Vec::new();
-        let (position, _rules) = follower.snapshot(&mut |g| grants.push(g))?;
+        let (position, rules) = follower.snapshot(&mut |g| grants.push(g))?;
         let mut st = self.inner.state.lock();
         if st.feed >= position {
             // The writer caught up past the snapshot meanwhile (under the
@@ -315,6 +313,12 @@ impl Engine {
         }
         let now = self.now_ms();
         st.resync(&self.inner.reader, grants, position, now);
+        st.max_rule = st
+            .max_rule
+            .max(rules.iter().map(|(id, _)| id.0).max().unwrap_or(0));
+        if let Some(updates) = &mut st.rule_updates {
+            updates.push(RuleUpdate::All(rules));
+        }
         drop(st);
         if let Some(follow) = &self.inner.follow {
             follow.health.lock().resyncs += 1;
@@ -365,6 +369,14 @@ pub(super) struct Follow {
 /// Start following: catch up once before the engine serves (so a new
 /// instance answers as the others do), then on a thread of its own.
 pub(super) fn start(engine: &Engine, mut follower: Box<dyn Follower>) -> Result<(), StoreError> {
+    // Rule changes are collected from the load on, for the request layer
+    // that may come.
+    engine
+        .inner
+        .state
+        .lock()
+        .rule_updates
+        .get_or_insert_with(Vec::new);
     engine.check_skew(&mut *follower)?;
     engine.catch_up_with(&mut *follower)?;
     if engine.inner.cfg.follow.leased_events {
@@ -463,6 +475,9 @@ fn follow_loop(weak: Weak<Inner>, mut follower: Box<dyn Follower>) {
             }
             Ok::<(), StoreError>(())
         })();
+        // Outside every lock: rule changes found by this round (or by a
+        // writer's catch-up) reach the request layer's rule set.
+        engine.deliver_rules();
         match round {
             Ok(()) => {
                 backoff = Duration::from_millis(50);

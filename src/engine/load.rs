@@ -86,6 +86,7 @@ impl State {
             }));
         }
         let rules = store.rules()?;
+        self.max_rule = rules.iter().map(|(id, _)| id.0).max().unwrap_or(0);
         self.next_serial = self.next_serial.max(acc.max_serial + 1);
         for grant in &acc.expired {
             self.lazy.push(Change::End {

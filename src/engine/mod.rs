@@ -50,6 +50,7 @@ pub(crate) use decide::Decide;
 pub use driver::Driver;
 pub use follow::FeedStatus;
 pub(crate) use load::Restored;
+pub(crate) use state::RuleUpdate;
 
 pub use crate::model::grant::{
     Access, Expiry, ExpiryEvents, Footprint, Grant, OverMax, RepeatShare, ShareSpec,
@@ -82,7 +83,14 @@ struct Inner {
     layer: Mutex<Option<std::sync::Weak<dyn std::any::Any + Send + Sync>>>,
     /// Over a shared store: the follower's settings and health.
     follow: Option<follow::Follow>,
+    /// Where rule changes go (the request layer's rule set), and the lock
+    /// that keeps them in order: taken before the state lock, never under
+    /// it.
+    rule_sink: Mutex<Option<RuleSink>>,
 }
+
+/// Receives rule changes in the store's order.
+pub(crate) type RuleSink = Box<dyn Fn(Vec<state::RuleUpdate>) + Send + Sync>;
 
 /// The grant engine: shares, checks, revokes and expires time-limited
 /// access. `Send + Sync`; clone it to share it (clones are handles on the
@@ -219,6 +227,30 @@ impl Engine {
     /// ```
     pub fn access(&self, user: &UserId, entity: &EntityId) -> Option<Access> {
         access_at(&self.inner.reader, user, entity, self.check_now())
+    }
+
+    /// Send every rule change this engine writes or follows to `sink`, in
+    /// the store's order, from now on (the request layer's rule set).
+    pub(crate) fn follow_rules(&self, sink: RuleSink) {
+        let mut slot = self.inner.rule_sink.lock();
+        self.inner
+            .state
+            .lock()
+            .rule_updates
+            .get_or_insert_with(Vec::new);
+        *slot = Some(sink);
+    }
+
+    /// Hand the rule changes collected so far to the sink. Call with no
+    /// lock of the sink's held.
+    pub(crate) fn deliver_rules(&self) {
+        let sink = self.inner.rule_sink.lock();
+        let Some(sink) = sink.as_ref() else { return };
+        let updates = match &mut self.inner.state.lock().rule_updates {
+            Some(u) if !u.is_empty() => std::mem::take(u),
+            _ => return,
+        };
+        sink(updates);
     }
 
     /// Whether the engine follows a store shared with other engines.

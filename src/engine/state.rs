@@ -32,6 +32,8 @@ use crate::events::{Event, RevokeReason};
 use crate::ids::{EntityId, GrantId, Level, UserId};
 use crate::index::{IndexReader, IndexWriter, Locator, PackedLocator, PairKey, Summary};
 use crate::model::grant::Grant;
+use crate::model::history::RuleId;
+use crate::model::rule::Rule;
 use crate::store::{Change, EndCause, GrantFilter, Meta, Store};
 use crate::wheel::{Links, Place, Tick, Wheel};
 
@@ -90,6 +92,40 @@ pub(super) struct State {
     pub(super) lazy: Vec<Change>,
     /// The batch being made, while one is.
     pub(super) group: Option<Group>,
+    /// The highest automation rule id written by any engine on the store:
+    /// new rules are numbered after it, under the feed lock.
+    pub(super) max_rule: u64,
+    /// Rule changes written or followed, for the request layer's rule set
+    /// (collected only once it listens: `Some`).
+    pub(super) rule_updates: Option<Vec<RuleUpdate>>,
+}
+
+/// A change to the automation rules, in the store's order.
+#[derive(Clone, Debug)]
+pub(crate) enum RuleUpdate {
+    /// A rule written (new or replaced).
+    Put(RuleId, Rule),
+    /// A rule removed.
+    Remove(RuleId),
+    /// Every rule, as a snapshot has them (after a resync).
+    All(Vec<(RuleId, Rule)>),
+}
+
+impl State {
+    /// Note a rule change written or followed.
+    pub(super) fn note_rule(&mut self, change: &Change) {
+        let update = match change {
+            Change::Rule { id, rule } => {
+                self.max_rule = self.max_rule.max(id.0);
+                RuleUpdate::Put(*id, (**rule).clone())
+            }
+            Change::RemoveRule(id) => RuleUpdate::Remove(*id),
+            _ => return,
+        };
+        if let Some(updates) = &mut self.rule_updates {
+            updates.push(update);
+        }
+    }
 }
 
 impl State {
@@ -109,6 +145,8 @@ impl State {
             clock_written: meta.clock.map_or(0, to_millis),
             lazy: Vec::new(),
             group: None,
+            max_rule: 0,
+            rule_updates: None,
         }
     }
 

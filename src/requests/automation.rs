@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::RuleUpdate;
 use crate::error::{InvalidArgument, QueryError, RuleError};
 use crate::ids::{Context, UserId};
 use crate::model::history::{FailureKind, RequestId};
@@ -37,11 +38,29 @@ pub trait UserDirectory: Send + Sync + 'static {
     fn exists(&self, user: &UserId) -> bool;
 }
 
-/// The rules of a [`Sharing`](super::Sharing), by id.
+/// The rules of a [`Sharing`](super::Sharing), by id. With a durable
+/// engine they change only as the engine reports rule changes written (by
+/// this instance or, over a shared store, any other), in the store's
+/// order, so every instance on one store acts on the same rules.
 #[derive(Debug, Default)]
 pub(crate) struct Rules {
-    pub(crate) next: u64,
     pub(crate) rules: BTreeMap<RuleId, Rule>,
+}
+
+impl Rules {
+    pub(crate) fn apply(&mut self, updates: Vec<RuleUpdate>) {
+        for update in updates {
+            match update {
+                RuleUpdate::Put(id, rule) => {
+                    self.rules.insert(id, rule);
+                }
+                RuleUpdate::Remove(id) => {
+                    self.rules.remove(&id);
+                }
+                RuleUpdate::All(all) => self.rules = all.into_iter().collect(),
+            }
+        }
+    }
 }
 
 /// Check the rule before publishing: conditions well formed, the
@@ -114,39 +133,68 @@ fn check_condition(c: &Condition, index: usize) -> Result<(), InvalidArgument> {
 }
 
 impl Sharing {
-    /// Write a rule (with a durable engine) before it changes in memory.
-    pub(super) fn save_rule(&self, id: RuleId, rule: &Rule) -> Result<(), RuleError> {
-        self.inner
-            .engine
-            .write_now(vec![Change::Rule {
-                id,
-                rule: Box::new(rule.clone()),
-            }])
-            .map_err(RuleError::Store)
+    /// Write a rule change and apply it: with a durable engine it is
+    /// written first and reaches the rule set as the engine reports it (no
+    /// lock of the rule set is held meanwhile: the report takes it).
+    fn change_rule(&self, change: Change) -> Result<(), RuleError> {
+        let engine = &self.inner.engine;
+        if engine.is_durable() {
+            engine.write_now(vec![change]).map_err(RuleError::Store)?;
+            engine.deliver_rules();
+        } else {
+            let update = match change {
+                Change::Rule { id, rule } => RuleUpdate::Put(id, *rule),
+                Change::RemoveRule(id) => RuleUpdate::Remove(id),
+                _ => return Ok(()),
+            };
+            self.inner.rules.lock().apply(vec![update]);
+        }
+        Ok(())
     }
 
     /// Save a rule as a draft; returns its id. Drafts do not act. With a
     /// durable engine the rule is written before this returns; if the store
-    /// fails, [`RuleError::Store`] and no rule.
+    /// fails, [`RuleError::Store`] and no rule. Ids are unique among every
+    /// instance on one store (taken under its write lock).
     pub fn add_rule(&self, mut rule: Rule) -> Result<RuleId, RuleError> {
         rule.state = RuleState::Draft;
-        let mut rules = self.inner.rules.lock();
-        let id = RuleId(rules.next + 1);
-        self.save_rule(id, &rule)?;
-        rules.next += 1;
-        rules.rules.insert(id, rule);
+        let engine = &self.inner.engine;
+        let kept = rule.clone();
+        let (id, written) = engine.decide(move |d| {
+            let id = RuleId(d.next_rule_id());
+            d.write(vec![Change::Rule {
+                id,
+                rule: Box::new(rule),
+            }]);
+            id
+        });
+        written.map_err(RuleError::Store)?;
+        let id = id.ok_or_else(|| {
+            RuleError::Store(crate::store::StoreError::Io(
+                "the rule was not written: its batch did not run".into(),
+            ))
+        })?;
+        if engine.is_durable() {
+            engine.deliver_rules();
+        } else {
+            self.inner
+                .rules
+                .lock()
+                .apply(vec![RuleUpdate::Put(id, kept)]);
+        }
         Ok(id)
     }
 
     /// Replace a rule; it becomes a draft again. Returns whether it existed.
     pub fn update_rule(&self, id: RuleId, mut rule: Rule) -> Result<bool, RuleError> {
         rule.state = RuleState::Draft;
-        let mut rules = self.inner.rules.lock();
-        if !rules.rules.contains_key(&id) {
+        if !self.inner.rules.lock().rules.contains_key(&id) {
             return Ok(false);
         }
-        self.save_rule(id, &rule)?;
-        rules.rules.insert(id, rule);
+        self.change_rule(Change::Rule {
+            id,
+            rule: Box::new(rule),
+        })?;
         Ok(true)
     }
 
@@ -165,9 +213,8 @@ impl Sharing {
     /// ```
     pub fn publish_rule(&self, id: RuleId) -> Result<(), RuleError> {
         let max_minutes = self.inner.engine.max_duration().num_minutes();
-        let mut rules = self.inner.rules.lock();
-        let rule = rules.rules.get_mut(&id).ok_or(RuleError::NotFound(id))?;
-        check_rule(rule, max_minutes)?;
+        let rule = self.rule(id).ok_or(RuleError::NotFound(id))?;
+        check_rule(&rule, max_minutes)?;
         if let (ShareWith::User(u), Some(users)) = (rule.action.with, &self.inner.users) {
             if !users.exists(&u) {
                 return Err(
@@ -175,37 +222,34 @@ impl Sharing {
                 );
             }
         }
-        let mut published = rule.clone();
+        let mut published = rule;
         published.state = RuleState::Published;
-        self.save_rule(id, &published)?;
-        *rule = published;
-        Ok(())
+        self.change_rule(Change::Rule {
+            id,
+            rule: Box::new(published),
+        })
     }
 
     /// Stop a rule acting (it stays as a draft). Returns whether it existed.
     pub fn unpublish_rule(&self, id: RuleId) -> Result<bool, RuleError> {
-        let mut rules = self.inner.rules.lock();
-        let Some(rule) = rules.rules.get_mut(&id) else {
+        let Some(mut draft) = self.rule(id) else {
             return Ok(false);
         };
-        let mut draft = rule.clone();
         draft.state = RuleState::Draft;
-        self.save_rule(id, &draft)?;
-        *rule = draft;
+        self.change_rule(Change::Rule {
+            id,
+            rule: Box::new(draft),
+        })?;
         Ok(true)
     }
 
     /// Delete a rule. Returns it.
     pub fn remove_rule(&self, id: RuleId) -> Result<Option<Rule>, RuleError> {
-        let mut rules = self.inner.rules.lock();
-        if !rules.rules.contains_key(&id) {
+        let Some(rule) = self.rule(id) else {
             return Ok(None);
-        }
-        self.inner
-            .engine
-            .write_now(vec![Change::RemoveRule(id)])
-            .map_err(RuleError::Store)?;
-        Ok(rules.rules.remove(&id))
+        };
+        self.change_rule(Change::RemoveRule(id))?;
+        Ok(Some(rule))
     }
 
     /// A rule by id.

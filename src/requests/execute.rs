@@ -307,7 +307,9 @@ impl Sharing {
         let recheck = self.key_to_recheck(&record);
         let (req2, pending) = (*req, record.clone());
         let (decided, batch) = self.inner.engine.decide(move |d| {
-            if let Some(first) = recheck.and_then(|key| seen_before(&backend, &key)) {
+            if let Some(first) =
+                recheck.and_then(|key| seen_before(&backend, &key, pending.request))
+            {
                 return Decided::Seen(first);
             }
             let request = pending.request;
@@ -400,16 +402,18 @@ fn lost() -> Failure {
     )
 }
 
-/// The request already on record with `key`, if any. A failed read is no
-/// answer: the request goes ahead, and the store's unique index on keys
-/// refuses a second record of one key.
-fn seen_before(backend: &Backend, key: &str) -> Option<RequestId> {
+/// The request other than `ours` already on record with `key`, if any (a
+/// queued request's own `Processing` record carries its key too). A failed
+/// read is no answer: the request goes ahead, and the store's unique index
+/// on keys refuses a second record of one key.
+fn seen_before(backend: &Backend, key: &str, ours: RequestId) -> Option<RequestId> {
     backend
         .reader()
         .request_by_key(key)
         .ok()
         .flatten()
         .map(|r| r.request)
+        .filter(|first| *first != ours)
 }
 
 /// Decide one share under the engine's lock and put its record in the
@@ -422,7 +426,7 @@ fn decide_share(
     plan: SharePlan,
 ) -> Decided {
     let recheck = record.idempotency_key.as_deref().filter(|_| shared);
-    if let Some(first) = recheck.and_then(|key| seen_before(backend, key)) {
+    if let Some(first) = recheck.and_then(|key| seen_before(backend, key, record.request)) {
         return Decided::Seen(first);
     }
     let req = &plan.req;

@@ -222,13 +222,7 @@ impl SharingInner {
     /// local backend, grants that ended while no layer listened are
     /// recorded.
     pub(super) fn restore(&self, restored: Restored) {
-        {
-            let mut rules = self.rules.lock();
-            for (id, rule) in restored.rules {
-                rules.next = rules.next.max(id.0);
-                rules.rules.insert(id, rule);
-            }
-        }
+        self.rules.lock().rules = restored.rules.into_iter().collect();
         self.fail_interrupted();
         if let Backend::Local(local) = &self.backend {
             self.end_unheld(local);

@@ -303,6 +303,15 @@ impl Sharing {
             }
         });
         inner.restore(restored);
+        // From here on the rule set follows the engine's rule changes,
+        // which it collected from its load on (so none is missed between).
+        let weak = Arc::downgrade(&inner);
+        inner.engine.follow_rules(Box::new(move |updates| {
+            if let Some(inner) = weak.upgrade() {
+                inner.rules.lock().apply(updates);
+            }
+        }));
+        inner.engine.deliver_rules();
         inner
     }
 
