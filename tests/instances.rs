@@ -907,3 +907,72 @@ fn rules_written_on_one_instance_act_on_every_instance_with_unique_ids() {
         })
         .is_empty());
 }
+
+#[test]
+fn requests_left_processing_fail_only_once_their_instance_is_gone() {
+    use grantwheel::requests::{
+        Command, FailureKind, RequestStatus, ShareRequest, Sharing, Submission,
+    };
+    let Some(server) = pg::url("requests_left_processing_fail_only_once_their_instance_is_gone")
+    else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let mut sql = admin(&server);
+    let advisory_locks = |sql: &mut Client| -> i64 {
+        sql.query_one(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' AND d.datname = $1",
+            &[&name],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let queue = |s: &Sharing, from: u64| {
+        s.submit(
+            (from..from + 5)
+                .map(|i| {
+                    Submission::direct(Command::Share(ShareRequest::new(
+                        user(40),
+                        EntityId::lead(i),
+                        Level::Read,
+                    )))
+                })
+                .collect(),
+        )
+    };
+    let a = Sharing::new(engine(&url));
+    let queued = queue(&a, 0);
+    // Another instance starting meanwhile leaves A's queue alone: A is
+    // alive, so its requests are its own to finish.
+    let b = Sharing::new(engine(&url));
+    for id in &queued {
+        assert_eq!(b.status(id).unwrap(), Some(RequestStatus::Processing));
+    }
+    assert_eq!(a.process(10), 5);
+    for id in &queued {
+        assert_eq!(b.status(id).unwrap(), Some(RequestStatus::Completed));
+    }
+
+    // A stops with requests queued: once it is gone, the next instance to
+    // start fails them as interrupted.
+    let left = queue(&a, 10);
+    assert_eq!(advisory_locks(&mut sql), 2, "A's and B's owner locks");
+    drop(a);
+    eventually("A's connections are closed", || {
+        advisory_locks(&mut sql) == 1
+    });
+    let c = Sharing::new(engine(&url));
+    for id in &left {
+        match c.status(id).unwrap() {
+            Some(RequestStatus::Failed { kind, .. }) => assert_eq!(kind, FailureKind::Interrupted),
+            other => panic!("{id:?}: {other:?}"),
+        }
+    }
+    // B's and C's own queues stay theirs.
+    let mine = queue(&b, 20);
+    drop(Sharing::new(engine(&url)));
+    for id in &mine {
+        assert_eq!(c.status(id).unwrap(), Some(RequestStatus::Processing));
+    }
+}

@@ -62,14 +62,35 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
         .query_one("SELECT version FROM grantwheel_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
+    // A database of version 1 (before history rows named their owner) is
+    // migrated forward, keeping its rows.
+    let mut store = PostgresStore::connect(&url).unwrap();
+    batch(&mut store, 1, &[Change::Put(grant(1))]).unwrap();
+    drop(store);
+    sql.batch_execute(
+        "ALTER TABLE grantwheel_history DROP COLUMN owner; UPDATE grantwheel_schema SET version = 1",
+    )
+    .unwrap();
+    let mut store = PostgresStore::connect(&url).unwrap();
+    let mut serials = Vec::new();
+    store.grants(&mut |g| serials.push(g.id.serial)).unwrap();
+    assert_eq!(serials, [1]);
+    let version: i64 = sql
+        .query_one("SELECT version FROM grantwheel_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 2);
+    // The column is back (an error here if not).
+    sql.query("SELECT owner FROM grantwheel_history LIMIT 0", &[])
+        .unwrap();
     sql.execute("UPDATE grantwheel_schema SET version = 99", &[])
         .unwrap();
     assert_eq!(
         PostgresStore::connect(&url).unwrap_err(),
         StoreError::NewerSchema {
             found: 99,
-            supported: 1
+            supported: 2
         }
     );
 }

@@ -229,9 +229,10 @@ impl SharingInner {
         }
     }
 
-    /// Requests the store holds as `Processing` can no longer be carried
-    /// out (their queue died with the layer that held it): they fail.
-    fn fail_interrupted(&self) {
+    /// Requests the store holds as `Processing` that no running instance
+    /// will carry out (their queue died with the layer that held it): they
+    /// fail.
+    pub(super) fn fail_interrupted(&self) {
         const STEP: usize = 1000;
         let now = self.engine.now();
         loop {

@@ -140,7 +140,16 @@ impl Sharing {
         let handle = std::thread::Builder::new()
             .name("grantwheel-requests".into())
             .spawn(move || {
+                // Over a shared store: requests another instance left
+                // `Processing` when it stopped are failed by whichever
+                // instance looks next (its own restart, or this sweep).
+                const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+                let mut swept = std::time::Instant::now();
                 while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                    if sharing.inner.engine.is_shared() && swept.elapsed() >= SWEEP_EVERY {
+                        sharing.inner.fail_interrupted();
+                        swept = std::time::Instant::now();
+                    }
                     if sharing.process(64) == 0 {
                         let mut queue = sharing.inner.queue.lock();
                         if queue.is_empty() && !flag.load(std::sync::atomic::Ordering::Acquire) {

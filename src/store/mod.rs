@@ -361,7 +361,11 @@ pub trait StoreReader: Send + Sync {
         entity: &EntityId,
         at: DateTime<Utc>,
     ) -> Result<Vec<HistoryRecord>, StoreError>;
-    /// Requests still `Processing`, oldest first, at most `limit`.
+    /// Requests still `Processing` that no running instance will finish,
+    /// oldest first, at most `limit`: on a store of one engine every one
+    /// (its queue died with the process that held it); on a shared store
+    /// those whose writing instance is gone (a live instance's queued
+    /// requests are its own to finish).
     fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError>;
     /// The completed share records of rule `rule` whose grant was neither
     /// revoked nor replaced and expires after `now`, oldest first.

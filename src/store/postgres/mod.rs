@@ -53,6 +53,13 @@ pub struct PostgresStore {
     url: String,
     /// Names this instance in the feed.
     engine: String,
+    /// This instance's owner key: the history rows it writes carry it, and
+    /// its writer connection holds the session advisory lock of it (taken
+    /// again with every new connection, given back when the store is
+    /// dropped), so another instance can tell whether a request left
+    /// `Processing` is still queued somewhere (lock held) or was lost with
+    /// its instance (lock free).
+    owner: i64,
     statements: Statements,
     /// The feed head read under the feed lock, while a write holds it (a
     /// transaction is open on `client`).
@@ -113,7 +120,7 @@ const RECORD_CONFLICT: &str = "ON CONFLICT (request) DO UPDATE SET
     end_cause = CASE WHEN excluded.end_ms IS NULL THEN grantwheel_history.end_cause ELSE excluded.end_cause END,
     end_ms = coalesce(excluded.end_ms, grantwheel_history.end_ms),
     ended_by = coalesce(excluded.ended_by, grantwheel_history.ended_by),
-    idempotency_key = excluded.idempotency_key";
+    idempotency_key = excluded.idempotency_key, owner = excluded.owner";
 
 /// The grant columns, for `UNNEST`, in [`GRANT_COLUMNS`] order.
 const GRANT_TYPES: [&str; 8] = [
@@ -228,7 +235,9 @@ impl PostgresStore {
     /// or refuses.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let mut client = connect(url)?;
-        if let Err(e) = schema::migrate(&mut client) {
+        // Positive and never 0: the low 62 bits of a random UUID.
+        let owner = (uuid::Uuid::new_v4().as_u128() as i64 & (i64::MAX >> 1)).max(1);
+        if let Err(e) = schema::migrate(&mut client).and_then(|()| own(&mut client, owner)) {
             close_off_thread(client);
             return Err(e);
         }
@@ -243,6 +252,7 @@ impl PostgresStore {
             client: Some(client),
             url: url.to_string(),
             engine: uuid::Uuid::now_v7().simple().to_string(),
+            owner,
             statements,
             locked: None,
             listen: true,
@@ -255,7 +265,9 @@ impl PostgresStore {
     fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) && self.locked.is_none() {
             let mut client = connect(&self.url)?;
-            let statements = match Statements::prepare(&mut client) {
+            let statements = match own(&mut client, self.owner)
+                .and_then(|()| Statements::prepare(&mut client))
+            {
                 Ok(s) => s,
                 Err(e) => {
                     close_off_thread(client);
@@ -334,6 +346,20 @@ pub(super) fn connect(url: &str) -> Result<Client, StoreError> {
     config.connect(NoTls).map_err(pg)
 }
 
+/// Name the writing instance on `client`'s session: the history rows it
+/// writes take `owner` (the column's default reads the setting), and the
+/// session holds `owner`'s advisory lock while it lives (not waited for:
+/// no other session takes this key).
+fn own(client: &mut Client, owner: i64) -> Result<(), StoreError> {
+    client
+        .execute(
+            "SELECT set_config('grantwheel.owner', $1, false), pg_try_advisory_lock($2)",
+            &[&owner.to_string(), &owner],
+        )
+        .map(drop)
+        .map_err(pg)
+}
+
 /// Drop `value` (which holds connections) on a thread of its own.
 ///
 /// A `postgres` client closes its connection by blocking on its own
@@ -341,16 +367,30 @@ pub(super) fn connect(url: &str) -> Result<Client, StoreError> {
 /// drop engines from async code all the time (a server shutting down), so
 /// the store never closes a connection on the dropping thread.
 pub(super) fn close_off_thread<T: Send + 'static>(value: T) {
+    run_off_thread(move || drop(value));
+}
+
+/// Run `f` (which uses connections) on a thread of its own, and wait for
+/// it: see [`close_off_thread`].
+fn run_off_thread(f: impl FnOnce() + Send + 'static) {
     let _ = std::thread::Builder::new()
         .name("grantwheel-pg-close".into())
-        .spawn(move || drop(value))
+        .spawn(f)
         .map(|t| t.join());
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            close_off_thread(client);
+        if let Some(mut client) = self.client.take() {
+            // Given back before the connection closes, so an instance
+            // started at once after this one stops already finds its
+            // queued requests orphaned (a close alone releases the lock a
+            // moment later, on the server's time).
+            let owner = self.owner;
+            run_off_thread(move || {
+                let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&owner]);
+                drop(client);
+            });
         }
     }
 }

@@ -269,7 +269,15 @@ impl StoreReader for PostgresReader {
     fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         self.records(
             &format!(
-                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE status = 'Processing' ORDER BY seq LIMIT $1"
+                // Only those whose instance is gone: no session holds the
+                // advisory lock of the owner key the row carries (a bigint
+                // key shows in pg_locks as its high and low 32 bits).
+                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history h WHERE status = 'Processing'
+                   AND NOT EXISTS (SELECT 1 FROM pg_locks l
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                       AND l.classid::bigint = (h.owner >> 32) AND l.objid::bigint = (h.owner & 4294967295))
+                   ORDER BY seq LIMIT $1"
             ),
             &[boxed(i64::try_from(limit).unwrap_or(i64::MAX))],
         )

@@ -13,14 +13,14 @@ use crate::store::StoreError;
 
 /// The schema version this library writes. Older databases are migrated
 /// forward on connect; newer ones are refused.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// A migration: takes a database from the version at its index to the
 /// next.
 type Migration = fn(&mut Transaction<'_>) -> Result<(), StoreError>;
 
 /// Migrations: entry `i` takes a database from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[Migration] = &[to_v1];
+pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
@@ -117,6 +117,21 @@ CREATE TABLE grantwheel_rules (
 
 fn to_v1(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
     tx.batch_execute(V1).map_err(pg)
+}
+
+/// Version 2: each history row names the instance that wrote it, so a
+/// request left `Processing` is failed only once the instance that queued
+/// it is gone (see `PostgresStore` on owners).
+const V2: &str = "
+-- The writing instance's owner key (its writer connection sets
+-- grantwheel.owner; its follower holds the session advisory lock of that
+-- key while it runs). NULL: written before version 2.
+ALTER TABLE grantwheel_history
+    ADD COLUMN owner BIGINT DEFAULT nullif(current_setting('grantwheel.owner', true), '')::bigint;
+";
+
+fn to_v2(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute(V2).map_err(pg)
 }
 
 /// The advisory lock key migrations hold ("gw-schema" in ASCII).
