@@ -28,6 +28,7 @@ mod index;
 mod model;
 pub mod requests;
 pub mod store;
+mod sync;
 mod wheel;
 
 pub use clock::{Clock, ManualClock, SystemClock};

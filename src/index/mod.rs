@@ -36,25 +36,30 @@
 //!   and edit-until instants (milliseconds).
 
 mod key;
+#[cfg(all(test, grantwheel_loom))]
+mod loom_models;
 mod table;
-#[cfg(test)]
+#[cfg(all(test, not(grantwheel_loom)))]
 mod tests;
 
 pub(crate) use key::PairKey;
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use crate::sync::{AtomicU64, Mutex, Ordering};
 
 use crate::ids::{EntityId, UserId};
 
 use self::key::{Decode, Key, KeyHasher};
 use self::table::{groups_for, Entry, Read, Shard, Slot, Table};
 
-/// Tables per key shape.
+/// Tables per key shape (two in the loom models, whose state grows with
+/// every atomic word).
+#[cfg(not(grantwheel_loom))]
 pub(crate) const SHARDS: usize = 64;
+#[cfg(grantwheel_loom)]
+pub(crate) const SHARDS: usize = 2;
 // A packed locator keeps six bits of shard.
 const _: () = assert!(SHARDS <= 64 && SHARDS.is_power_of_two());
 
@@ -154,13 +159,23 @@ struct ReaderCache {
     dir: Option<Arc<Directory>>,
 }
 
+#[cfg(not(grantwheel_loom))]
 thread_local! {
     static READER: RefCell<ReaderCache> = const {
         RefCell::new(ReaderCache { index: u64::MAX, version: 0, dir: None })
     };
 }
 
-static NEXT_INDEX_ID: AtomicU64 = AtomicU64::new(0);
+// Loom runs a model's threads on one OS thread: its own thread-locals.
+#[cfg(grantwheel_loom)]
+loom::thread_local! {
+    static READER: RefCell<ReaderCache> =
+        RefCell::new(ReaderCache { index: u64::MAX, version: 0, dir: None });
+}
+
+/// Numbers each index, so a thread's cache names the index it is for (a
+/// plain counter, not part of any protocol: never modelled).
+static NEXT_INDEX_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The read side of the index: shared by all threads.
 pub(crate) struct IndexReader {
@@ -186,7 +201,7 @@ pub(crate) fn new_index() -> (IndexReader, IndexWriter) {
         uuid: PerShard::from_fn(|_| Shard::new()),
     };
     let reader = IndexReader {
-        id: NEXT_INDEX_ID.fetch_add(1, Ordering::Relaxed),
+        id: NEXT_INDEX_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         hasher,
         version: AtomicU64::new(0),
         published: Mutex::new(Arc::new(writer.directory())),

@@ -1,8 +1,9 @@
 //! One shard's table: groups of eight slots of atomic words with one tag
 //! word each, read under the shard's sequence lock.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+use crate::sync::{fence, spin_loop, AtomicBool, AtomicU64, Ordering};
 
 use super::key::{Key, KeyHasher};
 use super::Summary;
@@ -280,7 +281,7 @@ impl<const K: usize> Table<K> {
             } else if self.retired.load(Ordering::Acquire) {
                 return Read::Retired;
             }
-            std::hint::spin_loop();
+            spin_loop();
         }
     }
 
