@@ -1,6 +1,10 @@
 //! Fault injection: a workload runs over a store that fails its n-th
 //! operation (once, or from then on), for every n from the first operation
-//! to the last, over the memory store and over SQLite.
+//! to the last, over the memory store and over SQLite; and over random
+//! schedules of several faults per run (some once, some lasting a while
+//! and then healing), interleaved with the workload's clock moves
+//! (`GRANTWHEEL_FAULT_SCHEDULES` of them, 300 by default; the gate runs
+//! 10,000).
 //!
 //! After every step: no panic, every check answers as the model of the
 //! acknowledged operations says (never yes for a share that was not
@@ -98,13 +102,25 @@ impl Model {
 /// Run the workload over `store`; return the model of what was
 /// acknowledged.
 fn run(store: impl Store + 'static, clock: &ManualClock, ops: &[Op]) -> Option<Model> {
+    run_scheduled(store, clock, ops, &mut |_| {})
+}
+
+/// [`run`], calling `before(i)` before the workload's `i`-th operation (to
+/// change the faults).
+fn run_scheduled(
+    store: impl Store + 'static,
+    clock: &ManualClock,
+    ops: &[Op],
+    before: &mut dyn FnMut(usize),
+) -> Option<Model> {
     let engine = match Engine::builder().clock(clock.clone()).store(store).build() {
         Ok(e) => e,
         Err(BuildError::Load(_)) => return None,
         Err(e) => panic!("unexpected error opening: {e}"),
     };
     let mut m = Model::default();
-    for op in ops {
+    for (i, op) in ops.iter().enumerate() {
+        before(i);
         match op {
             Op::Share(k, level, minutes) => {
                 let r = engine.share(
@@ -320,4 +336,75 @@ fn every_failed_sqlite_store_operation() {
         },
         7,
     );
+}
+
+/// A fault schedule: before which operation of the workload each change
+/// of the faults comes.
+fn schedule(seed: u64, len: usize) -> Vec<(usize, Change)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_fa17);
+    let mut out: Vec<(usize, Change)> = (0..rng.random_range(1..=4))
+        .flat_map(|_| {
+            let at = rng.random_range(0..len);
+            if rng.random_bool(0.5) {
+                vec![(at, Change::Once(rng.random_range(0..4)))]
+            } else {
+                // Failing from a point, healing some operations later.
+                let heal = (at + rng.random_range(1..12)).min(len);
+                vec![
+                    (at, Change::From(rng.random_range(0..4))),
+                    (heal, Change::Heal),
+                ]
+            }
+        })
+        .collect();
+    out.sort_by_key(|(at, _)| *at);
+    out
+}
+
+/// A change of the faults: fail the store's k-th next operation, fail
+/// from its k-th next on, or stop failing.
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    Once(u64),
+    From(u64),
+    Heal,
+}
+
+#[test]
+fn random_fault_schedules() {
+    let n: u64 = std::env::var("GRANTWHEEL_FAULT_SCHEDULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    for seed in 0..n {
+        let ops = workload(seed, 60);
+        let plan = schedule(seed, ops.len());
+        let store = MemoryStore::new();
+        let again = store.clone();
+        let (store, faults) = FaultyStore::new(store);
+        let clock = ManualClock::new(start());
+        let mut next = 0;
+        let m = run_scheduled(store, &clock, &ops, &mut |i| {
+            while let Some((at, change)) = plan.get(next) {
+                if *at != i {
+                    break;
+                }
+                let now = faults.ops();
+                faults.set(match change {
+                    Change::Once(k) => Fault::Once(now + 1 + k),
+                    Change::From(k) => Fault::From(now + 1 + k),
+                    Change::Heal => Fault::None,
+                });
+                next += 1;
+            }
+        });
+        let Some(m) = m else {
+            continue;
+        };
+        assert_eq!(
+            reopened(again, &clock),
+            expected(&m, clock.now()),
+            "schedule {seed}: {plan:?}"
+        );
+    }
 }
