@@ -9,7 +9,9 @@
 //! over the same store: grants past their expiry are gone (without
 //! events), the rest answer as before.
 //!
-//! Cases: 2,000 by default; set `GRANTWHEEL_MODEL_CASES` for longer runs.
+//! Cases: 2,000 of up to 100 steps by default; `GRANTWHEEL_MODEL_CASES`
+//! and `GRANTWHEEL_MODEL_STEPS` set more (the gate runs 10,000 of up to
+//! 200 in release).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -696,6 +698,13 @@ fn cases() -> u32 {
         .unwrap_or(2000)
 }
 
+fn steps() -> usize {
+    std::env::var("GRANTWHEEL_MODEL_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 20_000, ..ProptestConfig::default() })]
     #[test]
@@ -703,7 +712,7 @@ proptest! {
         settings in settings(),
         backing in proptest::sample::select(BACKINGS),
         start in 1_700_000_000_000i64..1_800_000_000_000,
-        ops in proptest::collection::vec(op(), 1..100),
+        ops in proptest::collection::vec(op(), 1..steps()),
     ) {
         run(settings, backing, start, ops)?;
     }
