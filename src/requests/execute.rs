@@ -122,7 +122,12 @@ impl Sharing {
     pub(super) fn execute(&self, record: HistoryRecord, sub: &Submission) -> Outcome {
         match &sub.command {
             Command::Share(req) => match self.prepare_share(req, sub.granted_by.as_ref()) {
-                Ok(plan) => self.run_shares_decided(vec![(record, plan)]).remove(0),
+                Ok(plan) => {
+                    let request = record.request;
+                    // One outcome per item: never empty.
+                    let mut one = self.run_shares_decided(vec![(record, plan)]);
+                    one.pop().unwrap_or_else(|| self.outcome_of(request))
+                }
                 Err(failure) => self.conclude(record, Err(failure), false),
             },
             Command::Revoke(req) => self.execute_revoke(record, req),
