@@ -53,6 +53,19 @@ fn chrono_of(field: &'static str, d: Duration) -> Result<chrono::Duration, Start
     })
 }
 
+/// The flag that sets an engine setting.
+fn flag_of(field: &'static str) -> &'static str {
+    match field {
+        "default_duration" => "--default-duration",
+        "max_duration" => "--max-duration",
+        "tick" => "--tick",
+        "warn_before" => "--warn-before",
+        "max_staleness" => "--max-staleness",
+        "feed_poll" => "--feed-poll",
+        other => other,
+    }
+}
+
 /// The process's metrics recorder (one per process, shared by every
 /// server in it).
 fn recorder() -> PrometheusHandle {
@@ -268,9 +281,15 @@ impl Server {
             .map(|d| chrono_of("--warn-before", *d))
             .collect::<Result<Vec<_>, _>>()?;
         engine = engine.warn_before(warnings);
-        let engine = engine
-            .build()
-            .map_err(|e| StartError::Store(e.to_string()))?;
+        let engine = engine.build().map_err(|e| match e {
+            // A setting the engine refused: named by its flag, not blamed
+            // on the database.
+            grantwheel::BuildError::Invalid(a) => StartError::Setting {
+                field: flag_of(a.field()),
+                reason: a.reason().to_string(),
+            },
+            other => StartError::Store(other.to_string()),
+        })?;
         engine.subscribe(|event: &Event| match event {
             Event::Expired(_) => metrics::counter!("grantwheel_expirations_total").increment(1),
             Event::Revoked { .. } => metrics::counter!("grantwheel_revocations_total").increment(1),

@@ -135,3 +135,24 @@ fn readiness_fails_while_the_store_cannot_be_read_and_the_process_keeps_serving(
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["Records"].as_array().map(Vec::len), Some(1), "{v}");
 }
+
+#[test]
+fn an_engine_setting_refused_at_start_names_its_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = grantwheel_server::config::ServeArgs::new(
+        dir.path().join("grantwheel.db"),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    args.max_staleness = std::time::Duration::ZERO;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let err = match rt.block_on(grantwheel_server::Server::bind(args)) {
+        Ok(_) => panic!("a zero --max-staleness was taken"),
+        Err(e) => e,
+    };
+    match &err {
+        grantwheel_server::StartError::Setting { field, .. } => {
+            assert_eq!(*field, "--max-staleness", "{err}")
+        }
+        other => panic!("not named as a setting: {other}"),
+    }
+}

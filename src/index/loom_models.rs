@@ -77,6 +77,25 @@ fn insert(
     }
 }
 
+/// Check `p` (live as `live(0)` until revoked) twice: the first check
+/// caches this thread's directory, which the writer may retire at any
+/// point after; the second, made after reading whether the revoke
+/// returned, must see it if it did. Neither finds the pair missing while
+/// it is present, in the old table or the new.
+fn check_twice_around_a_revoke(r: &IndexReader, p: (UserId, EntityId), revoked: &AtomicBool) {
+    let first = r.summary(&p.0, &p.1);
+    assert!(first == live(0) || first == Summary::default(), "{first:?}");
+    let returned = revoked.load(Ordering::Acquire);
+    let second = r.summary(&p.0, &p.1);
+    if returned {
+        assert_eq!(second, Summary::default(), "a revoke that returned is seen");
+    }
+    assert!(
+        second == live(0) || second == Summary::default(),
+        "{second:?}"
+    );
+}
+
 #[test]
 fn a_reader_never_accepts_a_torn_slot() {
     loom::model(|| {
@@ -139,23 +158,7 @@ fn a_table_grown_under_a_reader_hides_nothing_and_a_revoke_that_returned_is_seen
         let p0 = pairs[0];
         let revoked = Arc::new(AtomicBool::new(false));
         let (r, flag) = (reader.clone(), revoked.clone());
-        let check = thread::spawn(move || {
-            // The first check caches this thread's directory (the old
-            // table's); the writer may retire it at any point after.
-            let first = r.summary(&p0.0, &p0.1);
-            assert!(first == live(0) || first == Summary::default(), "{first:?}");
-            let returned = flag.load(Ordering::Acquire);
-            let second = r.summary(&p0.0, &p0.1);
-            if returned {
-                assert_eq!(second, Summary::default(), "a revoke that returned is seen");
-            }
-            // Never missing while present (before the revoke), in the old
-            // table or the new.
-            assert!(
-                second == live(0) || second == Summary::default(),
-                "{second:?}"
-            );
-        });
+        let check = thread::spawn(move || check_twice_around_a_revoke(&r, p0, &flag));
         insert(&mut writer, &reader, &pairs[7], 7, live(7), &mut at);
         // The revoke of P0, wherever the rebuild put it.
         if let Some(loc) = at[0] {
@@ -192,19 +195,7 @@ fn a_table_shrunk_under_a_reader_hides_nothing_and_a_revoke_that_returned_is_see
         let kept = pairs[0];
         let revoked = Arc::new(AtomicBool::new(false));
         let (r, flag) = (reader.clone(), revoked.clone());
-        let check = thread::spawn(move || {
-            let first = r.summary(&kept.0, &kept.1);
-            assert!(first == live(0) || first == Summary::default(), "{first:?}");
-            let returned = flag.load(Ordering::Acquire);
-            let second = r.summary(&kept.0, &kept.1);
-            if returned {
-                assert_eq!(second, Summary::default(), "a revoke that returned is seen");
-            }
-            assert!(
-                second == live(0) || second == Summary::default(),
-                "{second:?}"
-            );
-        });
+        let check = thread::spawn(move || check_twice_around_a_revoke(&r, kept, &flag));
         // One more removal: the table is rebuilt smaller and published;
         // then the kept pair is revoked where the rebuild put it.
         remove(&mut writer, 3, &mut at);

@@ -160,18 +160,23 @@ impl Sharing {
         if !written {
             self.inner.write_records(vec![done]);
         }
-        let mut memory = self.inner.memory.lock();
-        memory.in_flight.remove(&request);
-        if let Some(key) = key {
-            if memory.keys.get(&key) == Some(&request) {
-                memory.keys.remove(&key);
-            }
-        }
-        drop(memory);
+        self.no_longer_in_flight(request, key.as_deref());
         Outcome {
             request,
             status,
             grant: result.ok(),
+        }
+    }
+
+    /// Forget a request in flight, and its idempotency key if the key is
+    /// still its own.
+    fn no_longer_in_flight(&self, request: RequestId, key: Option<&str>) {
+        let mut memory = self.inner.memory.lock();
+        memory.in_flight.remove(&request);
+        if let Some(key) = key {
+            if memory.keys.get(key) == Some(&request) {
+                memory.keys.remove(key);
+            }
         }
     }
 
@@ -224,12 +229,15 @@ impl Sharing {
             return Vec::new();
         }
         let backend = self.inner.backend.clone();
-        let shared = self.inner.engine.is_shared();
         let records: Vec<HistoryRecord> = items.iter().map(|(r, _)| r.clone()).collect();
+        let items: Vec<_> = items
+            .into_iter()
+            .map(|(record, plan)| (self.key_to_recheck(&record), record, plan))
+            .collect();
         let (decided, batch) = self.inner.engine.decide(move |d| {
             items
                 .into_iter()
-                .map(|(record, plan)| decide_share(d, &backend, shared, record, plan))
+                .map(|(recheck, record, plan)| decide_share(d, &backend, recheck, record, plan))
                 .collect::<Vec<_>>()
         });
         let decided = decided.unwrap_or_else(|| records.iter().map(|_| Decided::Lost).collect());
@@ -253,14 +261,7 @@ impl Sharing {
     /// key another request carried first: it is not carried out and leaves
     /// no record; the first request answers for it.
     fn abandon(&self, record: HistoryRecord, first: RequestId) -> Outcome {
-        let mut memory = self.inner.memory.lock();
-        memory.in_flight.remove(&record.request);
-        if let Some(key) = &record.idempotency_key {
-            if memory.keys.get(key) == Some(&record.request) {
-                memory.keys.remove(key);
-            }
-        }
-        drop(memory);
+        self.no_longer_in_flight(record.request, record.idempotency_key.as_deref());
         self.outcome_of(first)
     }
 
@@ -426,12 +427,11 @@ fn seen_before(backend: &Backend, key: &str, ours: RequestId) -> Option<RequestI
 fn decide_share(
     d: &mut Decide<'_, '_>,
     backend: &Backend,
-    shared: bool,
+    recheck: Option<String>,
     record: HistoryRecord,
     plan: SharePlan,
 ) -> Decided {
-    let recheck = record.idempotency_key.as_deref().filter(|_| shared);
-    if let Some(first) = recheck.and_then(|key| seen_before(backend, key, record.request)) {
+    if let Some(first) = recheck.and_then(|key| seen_before(backend, &key, record.request)) {
         return Decided::Seen(first);
     }
     let req = &plan.req;
