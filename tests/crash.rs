@@ -16,8 +16,11 @@
 //! a new file, so a long run stays linear in its cycles: every check
 //! reads the whole file, which grows with the history.
 //!
-//! The soak: `GRANTWHEEL_CRASH_CYCLES=100000 cargo test --release --test
-//! crash kill_nine -- --nocapture` (about 0.2 s a cycle on a 2-core VM).
+//! `GRANTWHEEL_CRASH_LANES` runs that many kill loops side by side, each
+//! on files of its own.
+//!
+//! The soak: `GRANTWHEEL_CRASH_CYCLES=100000 GRANTWHEEL_CRASH_LANES=4 cargo
+//! test --release --test crash kill_nine -- --nocapture`.
 #![cfg(feature = "sqlite")]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -339,33 +342,32 @@ fn verify(path: &std::path::Path, m: &mut Model, cycle: usize) -> usize {
     held.len()
 }
 
-#[test]
-fn kill_nine_loses_nothing_acknowledged() {
-    let cycles: usize = std::env::var("GRANTWHEEL_CRASH_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    let per_file: usize = std::env::var("GRANTWHEEL_CRASH_FILE_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(250)
-        .max(1);
-    let dir = tempfile::tempdir().unwrap();
+/// How one lane of the kill run went.
+#[derive(Default)]
+struct Lane {
+    acks: usize,
+    held_max: usize,
+}
+
+/// Runs `cycles` kill cycles on files of its own in `dir`. Lanes share
+/// nothing but the machine, so several of them make a long soak shorter
+/// where the children wait on the disk more than on the processor.
+fn kill_lane(lane: usize, cycles: usize, per_file: usize, dir: &std::path::Path) -> Lane {
     let exe = std::env::current_exe().unwrap();
-    let mut rng = StdRng::seed_from_u64(0xc4a5);
+    let mut rng = StdRng::seed_from_u64(0xc4a5 + lane as u64);
     let mut m = Model::default();
-    let (mut acks, mut held_max) = (0usize, 0usize);
-    let started = std::time::Instant::now();
-    let mut path = dir.path().join("crash-0.db");
+    let mut out = Lane::default();
+    let file = |n: usize| dir.join(format!("crash-{lane}-{n}.db"));
+    let mut path = file(0);
     for cycle in 0..cycles {
         if cycle > 0 && cycle % per_file == 0 {
-            path = dir.path().join(format!("crash-{}.db", cycle / per_file));
+            path = file(cycle / per_file);
             m = Model::default();
         }
         let mut child = Command::new(&exe)
             .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &path)
-            .env("GRANTWHEEL_CRASH_SEED", cycle.to_string())
+            .env("GRANTWHEEL_CRASH_SEED", (lane * cycles + cycle).to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -390,17 +392,47 @@ fn kill_nine_loses_nothing_acknowledged() {
         child.kill().unwrap();
         child.wait().unwrap();
         for line in reader.join().unwrap() {
-            acks += usize::from(line.starts_with("ACK"));
+            out.acks += usize::from(line.starts_with("ACK"));
             m.line(&line);
         }
-        held_max = held_max.max(verify(&path, &mut m, cycle));
+        out.held_max = out.held_max.max(verify(&path, &mut m, cycle));
     }
+    out
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn kill_nine_loses_nothing_acknowledged() {
+    let cycles = env_count("GRANTWHEEL_CRASH_CYCLES", 200);
+    let per_file = env_count("GRANTWHEEL_CRASH_FILE_CYCLES", 250).max(1);
+    let lanes = env_count("GRANTWHEEL_CRASH_LANES", 1).clamp(1, cycles.max(1));
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let done: Vec<Lane> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..lanes)
+            .map(|lane| {
+                // The first lanes take the remainder.
+                let n = cycles / lanes + usize::from(lane < cycles % lanes);
+                let dir = dir.path();
+                s.spawn(move || kill_lane(lane, n, per_file, dir))
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let acks: usize = done.iter().map(|l| l.acks).sum();
+    let held_max = done.iter().map(|l| l.held_max).max().unwrap_or(0);
     assert!(
         acks > cycles,
         "the children got work done ({acks} acknowledgements)"
     );
     println!(
-        "{cycles} kills, {acks} acknowledged operations checked, up to {held_max} live grants, 0 violations, {:.1} s",
+        "{cycles} kills in {lanes} lane(s), {acks} acknowledged operations checked, up to {held_max} live grants, 0 violations, {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
