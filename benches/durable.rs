@@ -15,7 +15,7 @@ mod common;
 use chrono::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use grantwheel::store::SqliteStore;
-use grantwheel::{Context, Engine, Expiry, ManualClock, ShareSpec};
+use grantwheel::{Context, Engine, Expiry, ManualClock, ShareSpec, Start};
 
 fn open(path: &std::path::Path, capacity: usize) -> Engine {
     Engine::builder()
@@ -40,6 +40,7 @@ fn specs(
             entity: *e,
             context: Context::Direct,
             level: *l,
+            start: Start::Now,
             expiry: Expiry::After(Duration::seconds(*secs)),
         })
         .collect()

@@ -387,6 +387,7 @@ fn build_history(path: &Path, n: usize, live: usize) -> Samples {
             },
             level: Level::Read,
             expires_at: far,
+            starts_at: None,
         });
         bulk.push(put, serial);
     }
@@ -446,6 +447,7 @@ fn build_grants(path: &Path, n: usize) {
             },
             level: Level::Edit,
             expires_at: far - Duration::seconds(rng.random_range(0..86_400)),
+            starts_at: None,
         });
         bulk.push(put, serial);
     }

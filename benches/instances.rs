@@ -17,7 +17,7 @@ use std::time::{Duration as StdDuration, Instant};
 
 use chrono::Duration;
 use grantwheel::store::PostgresStore;
-use grantwheel::{Context, Engine, EntityId, Expiry, Level, ShareSpec, UserId};
+use grantwheel::{Context, Engine, EntityId, Expiry, Level, ShareSpec, Start, UserId};
 
 fn server() -> Option<String> {
     match std::env::var("GRANTWHEEL_PG_URL") {
@@ -70,6 +70,7 @@ fn spec(i: u64) -> ShareSpec {
             Level::Read
         },
         expiry: Expiry::After(Duration::days(30)),
+        start: Start::Now,
     }
 }
 

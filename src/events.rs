@@ -34,8 +34,10 @@ pub enum RevokeReason {
 /// Something that happened to a grant.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
-    /// A new grant is live.
+    /// A new grant is live, or (with a `starts_at` ahead) scheduled.
     Granted(Grant),
+    /// A scheduled grant reached its start: checks see it from now on.
+    Started(Grant),
     /// A grant's expiry or level changed (extended, shortened, or raised by
     /// a repeated share).
     Extended {
@@ -66,7 +68,7 @@ impl Event {
     /// The grant this event is about.
     pub fn grant(&self) -> &Grant {
         match self {
-            Event::Granted(g) | Event::Expired(g) => g,
+            Event::Granted(g) | Event::Started(g) | Event::Expired(g) => g,
             Event::Extended { grant, .. }
             | Event::Revoked { grant, .. }
             | Event::ExpiringSoon { grant, .. } => grant,

@@ -34,7 +34,7 @@ mod wheel;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{
     Access, Driver, Engine, EngineBuilder, Expiry, ExpiryEvents, FeedStatus, Footprint, Grant,
-    OverMax, RepeatShare, ShareSpec,
+    OverMax, RepeatShare, ShareSpec, Start,
 };
 pub use error::{
     BuildError, ChangeError, Error, InvalidArgument, NotDurable, QueryError, RevokeError,

@@ -349,13 +349,13 @@ fn a_newer_schema_is_refused_and_the_schema_reads_in_plain_sql() {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
-        conn.pragma_update(None, "user_version", 3).unwrap();
+        assert_eq!(version, 3);
+        conn.pragma_update(None, "user_version", 4).unwrap();
     }
     match SqliteStore::open(dir.path()) {
         Err(StoreError::NewerSchema {
-            found: 3,
-            supported: 2,
+            found: 4,
+            supported: 3,
         }) => {}
         other => panic!("expected a newer-schema error, got {other:?}"),
     }
@@ -378,6 +378,7 @@ fn replaying_a_batch_changes_nothing() {
             },
             level: Level::Read,
             expires_at: start() + Duration::days(1),
+            starts_at: None,
         };
         let first = [Change::Put(g)];
         let b1 = Batch {

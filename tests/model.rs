@@ -122,6 +122,7 @@ impl Model {
             },
             level: g.level,
             expires_at: ms(g.expires),
+            starts_at: None,
         }
     }
 

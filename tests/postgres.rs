@@ -29,6 +29,7 @@ fn grant(serial: u64) -> Grant {
         },
         level: Level::Read,
         expires_at: Utc.with_ymd_and_hms(2030, 1, 1, 0, 0, 0).unwrap(),
+        starts_at: None,
     }
 }
 
@@ -62,14 +63,16 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
         .query_one("SELECT version FROM grantwheel_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
-    // A database of version 1 (before history rows named their owner) is
-    // migrated forward, keeping its rows.
+    assert_eq!(version, 3);
+    // A database of version 1 (before history rows named their owner and
+    // grants their start) is migrated forward, keeping its rows.
     let mut store = PostgresStore::connect(&url).unwrap();
     batch(&mut store, 1, &[Change::Put(grant(1))]).unwrap();
     drop(store);
     sql.batch_execute(
-        "ALTER TABLE grantwheel_history DROP COLUMN owner; UPDATE grantwheel_schema SET version = 1",
+        "ALTER TABLE grantwheel_history DROP COLUMN owner; \
+         ALTER TABLE grantwheel_grants DROP COLUMN starts_ms; \
+         UPDATE grantwheel_schema SET version = 1",
     )
     .unwrap();
     let mut store = PostgresStore::connect(&url).unwrap();
@@ -80,9 +83,11 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
         .query_one("SELECT version FROM grantwheel_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
-    // The column is back (an error here if not).
+    assert_eq!(version, 3);
+    // The columns are back (an error here if not).
     sql.query("SELECT owner FROM grantwheel_history LIMIT 0", &[])
+        .unwrap();
+    sql.query("SELECT starts_ms FROM grantwheel_grants LIMIT 0", &[])
         .unwrap();
     sql.execute("UPDATE grantwheel_schema SET version = 99", &[])
         .unwrap();
@@ -90,7 +95,7 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
         PostgresStore::connect(&url).unwrap_err(),
         StoreError::NewerSchema {
             found: 99,
-            supported: 2
+            supported: 3
         }
     );
 }

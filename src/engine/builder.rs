@@ -16,6 +16,7 @@ use crate::store::{Meta, Store};
 use super::commit::Queue;
 use super::config::{Config, Timing};
 use super::follow::{self, Follow, FollowSettings};
+use super::record::SCHEDULED;
 use super::state::State;
 use super::{Engine, Inner};
 
@@ -388,10 +389,12 @@ impl EngineBuilder {
         }
         warnings.sort_unstable_by(|a, b| b.cmp(a));
         warnings.dedup();
-        if warnings.len() >= usize::from(u8::MAX) {
+        // Stages 0..=len are the warnings and the expiry; SCHEDULED and
+        // FREE sit above them.
+        if warnings.len() >= usize::from(SCHEDULED) {
             return Err(InvalidArgument::new(
                 "warn_before",
-                "more than 254 warning offsets",
+                "more than 253 warning offsets",
             ));
         }
         let std_of = |field: &'static str, d: chrono::Duration| {

@@ -24,6 +24,8 @@ use super::{Engine, Inner};
 pub(super) struct Group {
     /// Each touched pair's grants as they were before the batch.
     pub(super) pairs: hashbrown::HashMap<(UserId, EntityId), Vec<GrantRec>>,
+    /// The starts of those grants that have one (INV-9), by serial.
+    pub(super) starts: hashbrown::HashMap<u64, u64>,
     /// For grants changed in the batch (by serial): the expiry and level
     /// checks go on seeing until it is written. New grants are not in it:
     /// checks do not see them at all.
@@ -161,7 +163,7 @@ impl State {
             return;
         }
         let key = PairKey::new(user, entity);
-        let saved = match self.index.find(&key, self.index.hash(&key)) {
+        let saved: Vec<GrantRec> = match self.index.find(&key, self.index.hash(&key)) {
             Some(loc) => self
                 .pair_grants(loc)
                 .into_iter()
@@ -169,8 +171,13 @@ impl State {
                 .collect(),
             None => Vec::new(),
         };
+        let starts: Vec<(u64, u64)> = saved
+            .iter()
+            .filter_map(|rec| Some((rec.serial(), self.start_of(rec)?)))
+            .collect();
         if let Some(group) = &mut self.group {
             group.pairs.insert((*user, *entity), saved);
+            group.starts.extend(starts);
         }
     }
 
@@ -220,9 +227,10 @@ impl State {
                 if group.ended.contains(&rec.serial()) {
                     continue;
                 }
+                let start = group.starts.get(&rec.serial()).copied();
                 if rec.expires <= now {
                     // Came due meanwhile: reclaim it as expired.
-                    let grant = rec.grant(user, entity);
+                    let grant = rec.grant(user, entity, start);
                     ch.push_kept(|| Event::Expired(grant));
                     ch.end(&grant, rec.expires, EndCause::Expired);
                     continue;
@@ -230,11 +238,8 @@ impl State {
                 let mut fresh = rec;
                 fresh.set_next(None);
                 fresh.bits &= EDIT_BIT;
-                let g = self.grants.alloc(fresh);
-                let found = self.index.find(&key, hash);
-                self.attach(ch.reader, &key, hash, found, g);
-                let armed = self.arm(g, now);
-                debug_assert!(armed, "a restored grant is live");
+                let placed = self.place(ch.reader, (&key, hash), fresh, start, now);
+                debug_assert!(placed.is_some(), "a restored grant is live");
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use crate::clock::{from_millis, max_millis, to_millis, words};
 use crate::error::InvalidArgument;
-use crate::model::grant::{Expiry, OverMax, RepeatShare};
+use crate::model::grant::{Expiry, OverMax, RepeatShare, Start};
 use crate::wheel::Tick;
 
 pub(super) struct Config {
@@ -62,8 +62,62 @@ impl Timing {
 }
 
 impl Config {
-    /// The expiry instant a share asks for, validated.
+    /// The start (`None`: now) and the expiry a share asks for, validated:
+    /// a start in the past is now, and durations count from the start.
+    pub(super) fn window(
+        &self,
+        now: u64,
+        start: Start,
+        expiry: Expiry,
+    ) -> Result<(Option<u64>, u64), InvalidArgument> {
+        match self.start_at(now, start)? {
+            None => Ok((None, self.resolve(now, expiry)?)),
+            Some(at) => Ok((Some(at), self.resolve_from(at, "the start", expiry)?)),
+        }
+    }
+
+    /// The instant a start asks for, validated: `None` if it is now or
+    /// past.
+    pub(super) fn start_at(&self, now: u64, start: Start) -> Result<Option<u64>, InvalidArgument> {
+        let too_late = || {
+            InvalidArgument::new(
+                "starts_in",
+                "the start would fall after the latest representable instant",
+            )
+        };
+        let at = match start {
+            Start::Now => now,
+            Start::After(d) => {
+                let ms = d.num_milliseconds();
+                if ms < 0 {
+                    return Err(InvalidArgument::new(
+                        "starts_in",
+                        format!("`{}` is negative", words(d)),
+                    ));
+                }
+                now.checked_add(ms.unsigned_abs()).ok_or_else(too_late)?
+            }
+            Start::At(t) => to_millis(t),
+        };
+        if at >= max_millis() {
+            return Err(too_late());
+        }
+        Ok((at > now).then_some(at))
+    }
+
+    /// The expiry instant a share starting now asks for, validated.
     pub(super) fn resolve(&self, now: u64, expiry: Expiry) -> Result<u64, InvalidArgument> {
+        self.resolve_from(now, "the current time", expiry)
+    }
+
+    /// The expiry instant of a window that begins at `from` (named
+    /// `from_name` in messages), validated.
+    pub(super) fn resolve_from(
+        &self,
+        now: u64,
+        from_name: &str,
+        expiry: Expiry,
+    ) -> Result<u64, InvalidArgument> {
         let (field, ms) = match expiry {
             Expiry::Default => ("duration", self.default_ms),
             Expiry::After(d) => {
@@ -81,7 +135,7 @@ impl Config {
                 if at <= now {
                     return Err(InvalidArgument::new(
                         "expires_at",
-                        format!("`{t}` is not after the current time `{}`", from_millis(now)),
+                        format!("`{t}` is not after {from_name} `{}`", from_millis(now)),
                     ));
                 }
                 ("expires_at", at - now)

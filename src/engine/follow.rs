@@ -138,9 +138,10 @@ impl State {
         let hash = self.index.hash(&key);
         let ctx = grant.id.context.pack();
         let found = self.index.find(&key, hash);
+        let start = grant.starts_at.map(to_millis);
         if let Some(old) = found.and_then(|loc| self.find_context(loc, ctx)) {
             if self.grants[old].serial() == grant.id.serial && expires > now {
-                self.change(old, expires, grant.level, now);
+                self.change_window(old, start, expires, grant.level, now);
                 return;
             }
             self.detach(reader, old);
@@ -151,14 +152,8 @@ impl State {
             // (refused by the writer's own engine too): no access.
             return;
         }
-        let g = self
-            .grants
-            .alloc(GrantRec::new(expires, grant.id.serial, ctx, grant.level));
-        let found = self.index.find(&key, hash);
-        self.attach(reader, &key, hash, found, g);
-        if !self.arm(g, now) {
-            self.detach(reader, g);
-        }
+        let rec = GrantRec::new(expires, grant.id.serial, ctx, grant.level);
+        self.place(reader, (&key, hash), rec, start, now);
     }
 
     /// Remove a grant another engine ended (a no-op if it is not held).

@@ -139,12 +139,15 @@ impl State {
             acc.overflow.get_or_insert(grant.id.serial);
             return;
         }
-        let g = self
-            .grants
-            .alloc(GrantRec::new(expires, grant.id.serial, ctx, grant.level));
-        let found = self.index.find(&key, hash);
-        self.attach(reader, &key, hash, found, g);
-        self.arm(g, now);
+        // A start that passed while the process was down starts it now.
+        let rec = GrantRec::new(expires, grant.id.serial, ctx, grant.level);
+        self.place(
+            reader,
+            (&key, hash),
+            rec,
+            grant.starts_at.map(to_millis),
+            now,
+        );
     }
 }
 

@@ -53,7 +53,7 @@ pub(crate) use load::Restored;
 pub(crate) use state::RuleUpdate;
 
 pub use crate::model::grant::{
-    Access, Expiry, ExpiryEvents, Footprint, Grant, OverMax, RepeatShare, ShareSpec,
+    Access, Expiry, ExpiryEvents, Footprint, Grant, OverMax, RepeatShare, ShareSpec, Start,
 };
 
 struct Inner {
@@ -268,10 +268,13 @@ impl Engine {
         self.inner.store_reader.clone()
     }
 
-    /// Reclaim every grant whose expiry has passed (to the tick), raise
-    /// the due expiring-soon warnings, and return how many grants expired.
-    /// Checks never depend on it; call it (or run [`start_driver`]) to free
-    /// memory and get `Expired` events.
+    /// Reclaim every grant whose expiry has passed (to the tick), start
+    /// the scheduled grants whose start has come, raise the due
+    /// expiring-soon warnings, and return how many grants expired.
+    /// Expiry never depends on it (a check compares the grant's own
+    /// expiry with the time), but a scheduled grant is seen by checks only
+    /// once this reaches its start: call it (or run [`start_driver`]) to
+    /// start grants on time, free memory and get `Expired` events.
     ///
     /// [`start_driver`]: Self::start_driver
     pub fn advance(&self) -> usize {
@@ -280,7 +283,7 @@ impl Engine {
     }
 
     /// When [`advance`](Self::advance) next has work to do: never later than
-    /// the next expiry or warning (exact within 64 ticks, earlier for
+    /// the next start, expiry or warning (exact within 64 ticks, earlier for
     /// farther ones). `None` when no grant is held.
     pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
         let st = self.inner.state.lock();

@@ -4,8 +4,8 @@ use crate::clock::{from_millis, to_millis, words};
 use crate::error::{ChangeError, InvalidArgument, NotDurable, RevokeError, ShareError};
 use crate::events::{Event, RevokeReason};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
-use crate::index::{Locator, PairKey};
-use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec};
+use crate::index::PairKey;
+use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec, Start};
 use crate::store::{Change, EndCause, GrantFilter};
 
 use super::commit::Changes;
@@ -55,7 +55,45 @@ impl Engine {
             context,
             level,
             expiry,
+            start: Start::Now,
         };
+        self.share_spec(spec)
+    }
+
+    /// One share as a [`ShareSpec`]: [`share`](Self::share) with a start.
+    ///
+    /// A share whose start is ahead makes a *scheduled* grant: it is held
+    /// (listed by [`scheduled_of`](Self::scheduled_of) and the like, and it
+    /// can be revoked, moved with [`set_start`](Self::set_start) or
+    /// extended), but no check says yes for it until the wheel reaches its
+    /// start, when [`Event::Started`] is raised. A start in the past is
+    /// now. Durations count from the start; an `expires_at` must be after
+    /// it. A start that cannot be represented is refused naming
+    /// `starts_in`.
+    ///
+    /// When the (user, entity, context) already holds a grant, live or
+    /// scheduled, the [`RepeatShare`] rule decides; `KeepLater` keeps one
+    /// grant covering both: the earlier start, the later expiry, the higher
+    /// level.
+    ///
+    /// ```
+    /// use grantwheel::{Engine, EntityId, Event, Expiry, Level, ManualClock, ShareSpec, Start, UserId};
+    /// use chrono::{Duration, TimeZone, Utc};
+    /// let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap());
+    /// let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    /// let (u, e) = (UserId::from_u128(1), EntityId::opportunity(42));
+    /// let monday = Utc.with_ymd_and_hms(2026, 3, 9, 9, 0, 0).unwrap();
+    /// let grant = engine
+    ///     .share_spec(ShareSpec::new(u, e, Level::Read).start(Start::At(monday)).expiry(Expiry::After(Duration::days(5))))
+    ///     .unwrap();
+    /// assert_eq!(grant.starts_at, Some(monday));
+    /// assert!(!engine.can_read(&u, &e));
+    /// clock.set(monday);
+    /// engine.advance();
+    /// assert!(engine.can_read(&u, &e), "from its start");
+    /// assert_eq!(engine.grants_of(&u)[0].expires_at, monday + Duration::days(5));
+    /// ```
+    pub fn share_spec(&self, spec: ShareSpec) -> Result<Grant, ShareError> {
         self.run(move |st, ch, now| share_op(st, ch, now, &spec))
     }
 
@@ -110,8 +148,64 @@ impl Engine {
         let id = *id;
         self.run(move |st, ch, now| {
             let g = st.find_id(&id, now).ok_or(ChangeError::NotLive(id))?;
-            let expires = ch.cfg.resolve(now, expiry)?;
+            let expires = match scheduled_start(st, g) {
+                Some(start) => ch.cfg.resolve_from(start, "the start", expiry)?,
+                None => ch.cfg.resolve(now, expiry)?,
+            };
             Ok(change_expiry(st, ch, g, expires, now))
+        })
+    }
+
+    /// Move a scheduled grant (one not yet started) to start at `start`,
+    /// keeping its length; a start at or before now starts it at once.
+    /// A grant that has started is refused with [`ChangeError::Invalid`]
+    /// naming `starts_at`. Visible changes wait for the write, as for
+    /// [`set_expiry`](Self::set_expiry).
+    ///
+    /// ```
+    /// use grantwheel::{Engine, EntityId, Level, ShareSpec, Start, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::new();
+    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(3));
+    /// let g = engine.share_spec(ShareSpec::new(u, e, Level::Read).start(Start::After(Duration::days(1)))).unwrap();
+    /// assert!(!engine.can_read(&u, &e));
+    /// let moved = engine.set_start(&g.id, Start::Now).unwrap();
+    /// assert!(engine.can_read(&u, &e), "started at once");
+    /// assert_eq!(moved.expires_at - moved.starts_at.unwrap(), g.expires_at - g.starts_at.unwrap());
+    /// assert_eq!(engine.set_start(&g.id, Start::Now).unwrap_err().field(), Some("starts_at"));
+    /// ```
+    pub fn set_start(&self, id: &GrantId, start: Start) -> Result<Grant, ChangeError> {
+        let id = *id;
+        self.run(move |st, ch, now| {
+            let g = st.find_id(&id, now).ok_or(ChangeError::NotLive(id))?;
+            let Some(old_start) = scheduled_start(st, g) else {
+                return Err(ChangeError::Invalid(InvalidArgument::new(
+                    "starts_at",
+                    "the grant has started already; only a scheduled grant can be moved",
+                )));
+            };
+            let rec = st.grants[g];
+            let begins = ch.cfg.start_at(now, start)?.unwrap_or(now);
+            let expires = begins
+                .checked_add(rec.expires - old_start)
+                .filter(|at| *at <= crate::clock::max_millis())
+                .ok_or_else(|| {
+                    InvalidArgument::new(
+                        "starts_at",
+                        "the grant would end after the latest representable instant",
+                    )
+                })?;
+            st.change_window(g, Some(begins), expires, rec.level(), now);
+            let grant = st.grant(g);
+            ch.write(|| Change::Put(grant));
+            ch.push(|| Event::Extended {
+                grant,
+                previous_expiry: from_millis(rec.expires),
+            });
+            if !st.grants[g].scheduled() {
+                ch.push(|| Event::Started(grant));
+            }
+            Ok(grant)
         })
     }
 
@@ -139,13 +233,18 @@ impl Engine {
             } else {
                 old.checked_sub(by_ms.unsigned_abs())
             };
+            // A scheduled grant's length counts from its start.
+            let (from, from_name) = match scheduled_start(st, g) {
+                Some(start) => (start, "its start"),
+                None => (now, "now"),
+            };
             let expires = match target {
-                Some(t) if t > now => ch.cfg.expiry_after(now, "by", t - now)?,
+                Some(t) if t > from => ch.cfg.expiry_after(from, "by", t - from)?,
                 Some(_) => {
                     return Err(ChangeError::Invalid(InvalidArgument::new(
                         "by",
                         format!(
-                            "`{}` would end the grant at or before now; revoke it instead",
+                            "`{}` would end the grant at or before {from_name}; revoke it instead",
                             words(by)
                         ),
                     )))
@@ -164,7 +263,7 @@ impl Engine {
         })
     }
 
-    /// Revoke one live grant by id. Returns it as it was.
+    /// Revoke one held grant (live, or scheduled to start) by id. Returns it as it was.
     ///
     /// Every check says no from the moment the revoke is decided. With a
     /// store, if the revoke cannot be written the call returns
@@ -188,7 +287,7 @@ impl Engine {
         })
     }
 
-    /// Revoke the live grant of (user, entity) through `context`, if any.
+    /// Revoke the held grant (live or scheduled) of (user, entity) through `context`, if any.
     /// Grants through other contexts stay. Store failures as for
     /// [`revoke`](Self::revoke).
     pub fn revoke_context(
@@ -203,16 +302,16 @@ impl Engine {
         })
     }
 
-    /// Revoke every live grant of (user, entity), whatever the context.
+    /// Revoke every held grant (live or scheduled) of (user, entity), whatever the context.
     pub fn revoke_pair(&self, user: &UserId, entity: &EntityId) -> Result<Vec<Grant>, NotDurable> {
         let (user, entity) = (*user, *entity);
         self.run(move |st, ch, now| {
-            let gs = st.live_in_pair(&user, &entity, now);
+            let gs = st.held_in_pair(&user, &entity, now);
             Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
         })
     }
 
-    /// Revoke every live grant of `user`. With a store, the grants are
+    /// Revoke every held grant (live or scheduled) of `user`. With a store, the grants are
     /// found through the store's index of users (cost proportional to
     /// them); without one (or if the store cannot be read) by scanning the
     /// index, O(pairs). See [`grants_of`](Self::grants_of) for what is
@@ -221,13 +320,13 @@ impl Engine {
         self.revoke_listed(GrantFilter::User(*user))
     }
 
-    /// Revoke every live grant on `entity`: through the store's index of
+    /// Revoke every held grant (live or scheduled) on `entity`: through the store's index of
     /// entities, or by scanning as [`revoke_user`](Self::revoke_user).
     pub fn revoke_entity(&self, entity: &EntityId) -> Result<Vec<Grant>, NotDurable> {
         self.revoke_listed(GrantFilter::Entity(*entity))
     }
 
-    /// Revoke every live grant given through `context` (for example all
+    /// Revoke every held grant (live or scheduled) given through `context` (for example all
     /// that one activity shared): through the store's index of contexts,
     /// or by scanning the grants, O(grants).
     pub fn revoke_from_context(&self, context: &Context) -> Result<Vec<Grant>, NotDurable> {
@@ -241,7 +340,7 @@ impl Engine {
         self.run(move |st, ch, now| {
             let gs = match listed {
                 Some(ids) => ids.iter().filter_map(|id| st.find_id(id, now)).collect(),
-                None => st.live_scan(&filter, now),
+                None => st.held_scan(&filter, now),
             };
             Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
         })
@@ -255,15 +354,17 @@ impl Engine {
         Some(grants.into_iter().map(|g| g.id).collect())
     }
 
-    /// The live grants `filter` selects: listed by the store (and each
-    /// checked live in memory), else found by a scan.
-    fn listing(&self, filter: GrantFilter) -> Vec<Grant> {
+    /// The grants `filter` selects, live or (with `scheduled`) yet to
+    /// start: listed by the store (and each checked in memory), else found
+    /// by a scan.
+    fn listing(&self, filter: GrantFilter, scheduled: bool) -> Vec<Grant> {
         let listed = self.store_listing(filter);
         self.read_state(|st, now| {
-            let gs = match listed {
+            let mut gs: Vec<GrantIx> = match listed {
                 Some(ids) => ids.iter().filter_map(|id| st.find_id(id, now)).collect(),
-                None => st.live_scan(&filter, now),
+                None => st.held_scan(&filter, now),
             };
+            gs.retain(|g| st.grants[*g].scheduled() == scheduled);
             st.sorted_by_expiry(gs)
         })
     }
@@ -275,7 +376,22 @@ impl Engine {
 
     /// The live grants of (user, entity), by expiry.
     pub fn grants_for(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
-        self.read_state(|st, now| st.sorted_by_expiry(st.live_in_pair(user, entity, now)))
+        self.read_state(|st, now| {
+            let mut gs = st.held_in_pair(user, entity, now);
+            gs.retain(|g| !st.grants[*g].scheduled());
+            st.sorted_by_expiry(gs)
+        })
+    }
+
+    /// The grants of `user` that have yet to start, by expiry (as
+    /// [`grants_of`](Self::grants_of) lists the live ones).
+    pub fn scheduled_of(&self, user: &UserId) -> Vec<Grant> {
+        self.listing(GrantFilter::User(*user), true)
+    }
+
+    /// The grants on `entity` that have yet to start, by expiry.
+    pub fn scheduled_on(&self, entity: &EntityId) -> Vec<Grant> {
+        self.listing(GrantFilter::Entity(*entity), true)
     }
 
     /// The live grants on `entity`, by expiry.
@@ -294,13 +410,13 @@ impl Engine {
     /// grant from it (never show one that was not given); after a disk
     /// fault, check the file (`SqliteStore::integrity_check`).
     pub fn grants_on(&self, entity: &EntityId) -> Vec<Grant> {
-        self.listing(GrantFilter::Entity(*entity))
+        self.listing(GrantFilter::Entity(*entity), false)
     }
 
     /// The live grants of `user`, by expiry; see
     /// [`grants_on`](Self::grants_on) for what a listing sees and costs.
     pub fn grants_of(&self, user: &UserId) -> Vec<Grant> {
-        self.listing(GrantFilter::User(*user))
+        self.listing(GrantFilter::User(*user), false)
     }
 
     /// The live grants that expire within `window` from now, by expiry;
@@ -321,7 +437,7 @@ impl Engine {
     pub fn expiring_within(&self, window: chrono::Duration) -> Vec<Grant> {
         let window_ms = u64::try_from(window.num_milliseconds()).unwrap_or(0);
         let until = from_millis(to_millis(self.now()).saturating_add(window_ms));
-        self.listing(GrantFilter::ExpiringBy(until))
+        self.listing(GrantFilter::ExpiringBy(until), false)
     }
 }
 
@@ -364,22 +480,32 @@ pub(super) fn share_op(
     now: u64,
     spec: &ShareSpec,
 ) -> Result<Grant, ShareError> {
-    let expires = ch.cfg.resolve(now, spec.expiry)?;
+    let (start, expires) = ch.cfg.window(now, spec.start, spec.expiry)?;
     st.note_pair(&spec.user, &spec.entity);
     let key = PairKey::new(&spec.user, &spec.entity);
     let ctx = spec.context.pack();
     let hash = st.index.hash(&key);
-    let mut found = st.index.find(&key, hash);
+    let found = st.index.find(&key, hash);
     if let Some(g) = found.and_then(|loc| st.find_context(loc, ctx)) {
         if st.grants[g].expires <= now {
             reclaim_due(st, ch, g);
-        } else if let Repeat::Done(result) = repeat(st, ch, g, spec.level, expires, now) {
+        } else if let Repeat::Done(result) = repeat(st, ch, g, (spec.level, start, expires), now) {
             return result;
         }
-        // The old grant is gone, and the pair with it if it was alone.
-        found = st.index.find(&key, hash);
+        // The old grant is gone, and the pair with it if it was alone:
+        // `place` looks the pair up again.
     }
-    insert_new(st, ch, (&key, hash, found), spec, expires, now)
+    insert_new(st, ch, (&key, hash), spec, (start, expires), now)
+}
+
+/// The start of `g` if it has yet to start.
+fn scheduled_start(st: &State, g: GrantIx) -> Option<u64> {
+    let rec = &st.grants[g];
+    if rec.scheduled() {
+        st.start_of(rec)
+    } else {
+        None
+    }
 }
 
 /// Reclaim a grant past its expiry that the wheel has not reached yet.
@@ -393,14 +519,14 @@ fn reclaim_due(st: &mut State, ch: &mut Changes<'_>, g: GrantIx) {
     st.detach(ch.reader, g);
 }
 
-/// Apply the repeat-share rule to the live grant `g`.
+/// Apply the repeat-share rule to the held grant `g`, given the new
+/// share's level, start (`None`: now) and expiry.
 #[inline(always)]
 fn repeat(
     st: &mut State,
     ch: &mut Changes<'_>,
     g: GrantIx,
-    level: Level,
-    expires: u64,
+    (level, start, expires): (Level, Option<u64>, u64),
     now: u64,
 ) -> Repeat {
     let rec = st.grants[g];
@@ -410,8 +536,17 @@ fn repeat(
         })),
         RepeatShare::KeepLater => {
             let (exp, lvl) = (rec.expires.max(expires), rec.level().max(level));
-            if (exp, lvl) != (rec.expires, rec.level()) {
-                st.change(g, exp, lvl, now);
+            // One grant covering both: a scheduled one moves to the
+            // earlier start (now, if the new share starts now).
+            let earlier = scheduled_start(st, g)
+                .map(|old| start.map_or(now, |new| new.min(old)))
+                .filter(|at| Some(*at) != scheduled_start(st, g));
+            if (exp, lvl) != (rec.expires, rec.level()) || earlier.is_some() {
+                st.change_window(g, earlier, exp, lvl, now);
+                if earlier.is_some() && !st.grants[g].scheduled() {
+                    let grant = st.grant(g);
+                    ch.push(|| Event::Started(grant));
+                }
                 let grant = st.grant(g);
                 ch.write(|| Change::Put(grant));
                 ch.push(|| Event::Extended {
@@ -434,14 +569,15 @@ fn repeat(
     }
 }
 
-/// Make a new grant for `spec`, expiring at `expires`.
+/// Make a new grant for `spec`, starting at `start` (`None`: now) and
+/// expiring at `expires`.
 #[inline(always)]
 fn insert_new(
     st: &mut State,
     ch: &mut Changes<'_>,
-    (key, hash, found): (&PairKey, u64, Option<Locator>),
+    (key, hash): (&PairKey, u64),
     spec: &ShareSpec,
-    expires: u64,
+    (start, expires): (Option<u64>, u64),
     now: u64,
 ) -> Result<Grant, ShareError> {
     if st.grants.held() >= MAX_GRANTS || st.next_serial >= MAX_SERIAL {
@@ -454,10 +590,8 @@ fn insert_new(
         // INV-5: hidden from checks until the batch is written.
         rec.bits |= PENDING_BIT;
     }
-    let g = st.grants.alloc(rec);
-    st.attach(ch.reader, key, hash, found, g);
-    let armed = st.arm(g, now);
-    debug_assert!(armed, "a new grant's timer is ahead of now");
+    let placed = st.place(ch.reader, (key, hash), rec, start, now);
+    debug_assert!(placed.is_some(), "a new grant's timer is ahead of now");
     let grant = Grant {
         id: GrantId {
             user: spec.user,
@@ -467,6 +601,7 @@ fn insert_new(
         },
         level: spec.level,
         expires_at: from_millis(expires),
+        starts_at: start.map(from_millis),
     };
     ch.write(|| Change::Put(grant));
     ch.push(|| Event::Granted(grant));

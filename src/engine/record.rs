@@ -25,13 +25,17 @@ pub(super) struct GrantRec {
     /// The position in its wheel slot vector.
     pub(super) pos: u32,
     /// The wheel slot vector (bits 0..9), the timer stage (bits 9..17: a
-    /// warning index, `warnings.len()` for the expiry, [`FREE`] for a record
-    /// on the free list) and the level (bit 17: edit).
+    /// warning index, `warnings.len()` for the expiry, [`SCHEDULED`] before
+    /// the start, [`FREE`] for a record on the free list) and the level
+    /// (bit 17: edit).
     pub(super) bits: u32,
 }
 
 /// The stage of a free record.
 pub(super) const FREE: u8 = u8::MAX;
+/// The stage of a grant that has yet to start: its timer is its start
+/// (kept in `State::starts`), and checks do not see it (INV-4).
+pub(super) const SCHEDULED: u8 = u8::MAX - 1;
 pub(super) const KIND_BITS: u32 = 17;
 /// Serials stay below this (2^47: decades of shares at millions a second).
 pub(super) const MAX_SERIAL: u64 = 1 << (64 - KIND_BITS);
@@ -111,8 +115,13 @@ impl GrantRec {
         self.stage() != FREE
     }
 
-    /// The grant as the API shows it, given its pair.
-    pub(super) fn grant(&self, user: UserId, entity: EntityId) -> Grant {
+    /// Whether the grant has yet to start.
+    pub(super) fn scheduled(&self) -> bool {
+        self.stage() == SCHEDULED
+    }
+
+    /// The grant as the API shows it, given its pair and its start.
+    pub(super) fn grant(&self, user: UserId, entity: EntityId, starts: Option<u64>) -> Grant {
         Grant {
             id: GrantId {
                 user,
@@ -122,6 +131,7 @@ impl GrantRec {
             },
             level: self.level(),
             expires_at: from_millis(self.expires),
+            starts_at: starts.map(from_millis),
         }
     }
 
@@ -284,7 +294,7 @@ mod tests {
             (rec.serial(), rec.context(), rec.level()),
             (MAX_SERIAL - 1, ctx, Level::Edit)
         );
-        rec.set_stage(FREE - 1);
+        rec.set_stage(SCHEDULED - 1);
         rec.set_level(Level::Read);
         let mut slab = Slab::default();
         let g = slab.alloc(rec);
@@ -295,6 +305,7 @@ mod tests {
                 tick_ms: 10,
                 warnings: Box::new([]),
             },
+            starts: &super::super::state::Starts::default(),
         };
         links.set_place(
             0,
@@ -314,7 +325,7 @@ mod tests {
         let rec = slab[g];
         assert_eq!(
             (rec.stage(), rec.level(), rec.serial()),
-            (FREE - 1, Level::Read, MAX_SERIAL - 1)
+            (SCHEDULED - 1, Level::Read, MAX_SERIAL - 1)
         );
         assert!(rec.used());
     }

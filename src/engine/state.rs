@@ -26,6 +26,9 @@
 //!   slot.
 //! - **INV-8 (serials)**: serials of records in use are distinct and below
 //!   `next_serial`.
+//! - **INV-9 (starts)**: a record at stage [`SCHEDULED`] has its start in
+//!   `starts`; every entry of `starts` belongs to a record in use (it stays
+//!   after the start, so the grant keeps reporting it).
 
 use crate::clock::{from_millis, to_millis};
 use crate::events::{Event, RevokeReason};
@@ -39,20 +42,30 @@ use crate::wheel::{Links, Place, Tick, Wheel};
 
 use super::commit::{Changes, Group};
 use super::config::{Config, Timing};
-use super::record::{GrantIx, Slab, BUCKET_MASK, PENDING_BIT};
+use super::record::{GrantIx, GrantRec, Slab, BUCKET_MASK, PENDING_BIT, SCHEDULED};
+
+/// The starts of grants made to start later, by serial (see INV-9).
+pub(super) type Starts = hashbrown::HashMap<u64, u64>;
 
 /// The grant records as the wheel sees them: a grant's timer is due at the
 /// tick of its current stage.
 pub(super) struct GrantLinks<'a> {
     pub(super) grants: &'a mut Slab,
     pub(super) timing: &'a Timing,
+    pub(super) starts: &'a Starts,
 }
 
 impl Links for GrantLinks<'_> {
     fn deadline(&self, id: u32) -> Tick {
         let rec = &self.grants[GrantIx::from_raw(id)];
-        self.timing
-            .tick_of(self.timing.timer_at(rec.expires, rec.stage()))
+        let at = if rec.scheduled() {
+            // INV-9; a missing start (never) fires at once.
+            self.starts.get(&rec.serial()).copied().unwrap_or(0)
+        } else {
+            self.timing.timer_at(rec.expires, rec.stage())
+        };
+        // Rounded up: a timer never fires before its instant.
+        self.timing.tick_of(at)
     }
 
     fn place(&self, id: u32) -> Place {
@@ -74,6 +87,9 @@ pub(super) struct State {
     pub(super) index: IndexWriter,
     pub(super) timing: Timing,
     pub(super) grants: Slab,
+    /// Starts of grants made to start later (INV-9): only they pay for
+    /// one, so the record stays 48 bytes.
+    pub(super) starts: Starts,
     pub(super) wheel: Wheel,
     pub(super) next_serial: u64,
     pub(super) fired: Vec<u32>,
@@ -136,6 +152,7 @@ impl State {
             index,
             timing: cfg.timing.clone(),
             grants: Slab::default(),
+            starts: Starts::default(),
             wheel: Wheel::new(cfg.timing.tick_at(now)),
             next_serial: meta.next_serial.max(1),
             fired: Vec::new(),
@@ -164,13 +181,25 @@ impl State {
     pub(super) fn grant(&self, g: GrantIx) -> Grant {
         let rec = &self.grants[g];
         let (user, entity) = self.index.pair_at(rec.loc.into());
-        rec.grant(user, entity)
+        rec.grant(user, entity, self.start_of(rec))
+    }
+
+    /// A grant's start, if it was made to start later.
+    pub(super) fn start_of(&self, rec: &GrantRec) -> Option<u64> {
+        if self.starts.is_empty() {
+            return None;
+        }
+        self.starts.get(&rec.serial()).copied()
     }
 
     pub(super) fn summary_of(&self, head: GrantIx) -> Summary {
         let mut s = Summary::default();
         for g in self.grants.pair(head) {
             let rec = &self.grants[g];
+            if rec.scheduled() {
+                // Not started: checks do not see it.
+                continue;
+            }
             let (expires, level) = if rec.bits & PENDING_BIT == 0 {
                 (rec.expires, rec.level())
             } else {
@@ -204,7 +233,7 @@ impl State {
             .find(|g| self.grants[*g].has_context(ctx))
     }
 
-    /// Find a live grant by id.
+    /// Find a held grant by id: live, or scheduled to start.
     pub(super) fn find_id(&self, id: &GrantId, now: u64) -> Option<GrantIx> {
         let key = PairKey::new(&id.user, &id.entity);
         let loc = self.index.find(&key, self.index.hash(&key))?;
@@ -252,9 +281,14 @@ impl State {
             &mut GrantLinks {
                 grants: &mut self.grants,
                 timing: &self.timing,
+                starts: &self.starts,
             },
             g.raw(),
         );
+        if !self.starts.is_empty() {
+            // INV-9 (a batch undone puts it back from its saved copy).
+            self.starts.remove(&rec.serial());
+        }
         let head = self.head(loc);
         let new_head = if head == g {
             rec.next()
@@ -282,17 +316,51 @@ impl State {
         self.grants.free(g);
     }
 
-    /// Arm a grant's next timer. Returns `false` if it is due already.
+    /// Arm a grant's next timer: its start while that is ahead, else its
+    /// next warning or its expiry. Returns `false` if it is due already.
     pub(super) fn arm(&mut self, g: GrantIx, now: u64) -> bool {
-        let (stage, _) = self.timing.next_timer(self.grants[g].expires, now);
+        let stage = match self.start_of(&self.grants[g]) {
+            Some(start) if start > now => SCHEDULED,
+            _ => self.timing.next_timer(self.grants[g].expires, now).0,
+        };
         self.grants[g].set_stage(stage);
         self.wheel.schedule(
             &mut GrantLinks {
                 grants: &mut self.grants,
                 timing: &self.timing,
+                starts: &self.starts,
             },
             g.raw(),
         )
+    }
+
+    /// Put a new record into its pair and the wheel, starting at `start`
+    /// if that is given (checks see it only from then: its stage is set
+    /// before the pair's summary is published). Returns `None`, holding
+    /// nothing, if its expiry is due already.
+    pub(super) fn place(
+        &mut self,
+        reader: &IndexReader,
+        (key, hash): (&PairKey, u64),
+        mut rec: GrantRec,
+        start: Option<u64>,
+        now: u64,
+    ) -> Option<GrantIx> {
+        if let Some(start) = start {
+            self.starts.insert(rec.serial(), start);
+            if start > now {
+                rec.set_stage(SCHEDULED);
+            }
+        }
+        let g = self.grants.alloc(rec);
+        let found = self.index.find(key, hash);
+        self.attach(reader, key, hash, found, g);
+        if self.arm(g, now) {
+            Some(g)
+        } else {
+            self.detach(reader, g);
+            None
+        }
     }
 
     /// Set a live grant's expiry and level, re-arming its timer and
@@ -303,8 +371,15 @@ impl State {
             let (user, entity) = self.index.pair_at(rec.loc.into());
             self.note_pair(&user, &entity);
             if rec.bits & PENDING_BIT == 0 {
+                // A grant not yet started was not visible: shown as
+                // nothing (expiry 0) until the batch is written.
+                let shown = if rec.scheduled() {
+                    (0, Level::Read)
+                } else {
+                    (rec.expires, rec.level())
+                };
                 if let Some(group) = &mut self.group {
-                    group.shown.insert(rec.serial(), (rec.expires, rec.level()));
+                    group.shown.insert(rec.serial(), shown);
                 }
                 self.grants[g].bits |= PENDING_BIT;
             }
@@ -313,6 +388,7 @@ impl State {
             &mut GrantLinks {
                 grants: &mut self.grants,
                 timing: &self.timing,
+                starts: &self.starts,
             },
             g.raw(),
         );
@@ -340,6 +416,7 @@ impl State {
             &mut GrantLinks {
                 grants: &mut self.grants,
                 timing: &self.timing,
+                starts: &self.starts,
             },
             cfg.timing.tick_at(now),
             &mut fired,
@@ -353,6 +430,21 @@ impl State {
         let mut timed: Vec<(u64, u64, Event)> = Vec::new();
         for g in fired.iter().copied().map(GrantIx::from_raw) {
             let rec = self.grants[g];
+            if rec.scheduled() && rec.expires > now && self.arm(g, now) {
+                // Its start came: checks see it from here on.
+                let loc: Locator = rec.loc.into();
+                let head = self.head(loc);
+                let summary = self.summary_of(head);
+                self.index.update(loc, head.raw(), summary);
+                if ch.want {
+                    let grant = self.grant(g);
+                    let at = grant.starts_at.map_or(now, to_millis);
+                    timed.push((at, rec.serial(), Event::Started(grant)));
+                }
+                continue;
+            }
+            // A grant whose start and end both passed while the wheel
+            // lagged expires without ever being seen.
             let warning = cfg.timing.warnings.get(usize::from(rec.stage()));
             if let Some(offset) = warning {
                 if rec.expires > now && ch.want {
@@ -390,7 +482,7 @@ impl State {
         expired
     }
 
-    /// Revoke the given grants (all live), in serial order.
+    /// Revoke the given grants (all held), in serial order.
     pub(super) fn revoke_all(
         &mut self,
         ch: &mut Changes<'_>,
@@ -417,29 +509,29 @@ impl State {
         out
     }
 
-    /// The live grants of the pair at `loc`.
-    pub(super) fn live_at(&self, loc: Locator, now: u64) -> Vec<GrantIx> {
+    /// The held grants (live or scheduled) of the pair at `loc`.
+    pub(super) fn held_at(&self, loc: Locator, now: u64) -> Vec<GrantIx> {
         let mut gs = self.pair_grants(loc);
         gs.retain(|g| self.grants[*g].expires > now);
         gs
     }
 
-    /// The live grants of (user, entity).
-    pub(super) fn live_in_pair(&self, user: &UserId, entity: &EntityId, now: u64) -> Vec<GrantIx> {
+    /// The held grants (live or scheduled) of (user, entity).
+    pub(super) fn held_in_pair(&self, user: &UserId, entity: &EntityId, now: u64) -> Vec<GrantIx> {
         let key = PairKey::new(user, entity);
         match self.index.find(&key, self.index.hash(&key)) {
-            Some(loc) => self.live_at(loc, now),
+            Some(loc) => self.held_at(loc, now),
             None => Vec::new(),
         }
     }
 
-    /// Live grants `filter` selects, found by scanning: the pairs for a
-    /// user or an entity, O(pairs); the grants for a context or an expiry,
-    /// O(grants).
-    pub(super) fn live_scan(&self, filter: &GrantFilter, now: u64) -> Vec<GrantIx> {
+    /// Held grants (live or scheduled) `filter` selects, found by
+    /// scanning: the pairs for a user or an entity, O(pairs); the grants
+    /// for a context or an expiry, O(grants).
+    pub(super) fn held_scan(&self, filter: &GrantFilter, now: u64) -> Vec<GrantIx> {
         match filter {
-            GrantFilter::User(user) => self.live_where(now, |u, _| u == user),
-            GrantFilter::Entity(entity) => self.live_where(now, |_, e| e == entity),
+            GrantFilter::User(user) => self.held_where(now, |u, _| u == user),
+            GrantFilter::Entity(entity) => self.held_where(now, |_, e| e == entity),
             GrantFilter::Context(context) => {
                 let (kind, id) = context.pack();
                 self.grants
@@ -464,8 +556,8 @@ impl State {
         }
     }
 
-    /// Live grants on pairs accepted by `keep`.
-    pub(super) fn live_where(
+    /// Held grants on pairs accepted by `keep`.
+    pub(super) fn held_where(
         &self,
         now: u64,
         keep: impl Fn(&UserId, &EntityId) -> bool,
@@ -473,10 +565,29 @@ impl State {
         let mut out = Vec::new();
         for (loc, user, entity) in self.index.pairs() {
             if keep(&user, &entity) {
-                out.extend(self.live_at(loc, now));
+                out.extend(self.held_at(loc, now));
             }
         }
         out
+    }
+
+    /// Set a held grant's start (a start at or before `now` starts it),
+    /// expiry and level, as [`change`](Self::change) does.
+    pub(super) fn change_window(
+        &mut self,
+        g: GrantIx,
+        start: Option<u64>,
+        expires: u64,
+        level: Level,
+        now: u64,
+    ) {
+        let serial = self.grants[g].serial();
+        if let Some(start) = start {
+            // The timer is re-armed from the new start by `change`, which
+            // cancels the old one first.
+            self.starts.insert(serial, start);
+        }
+        self.change(g, expires, level, now);
     }
 
     pub(super) fn sorted_by_expiry(&self, mut gs: Vec<GrantIx>) -> Vec<Grant> {

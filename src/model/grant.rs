@@ -15,14 +15,46 @@ pub struct Grant {
     pub level: Level,
     /// The instant it ends (exclusive: at this instant it no longer holds).
     pub expires_at: DateTime<Utc>,
+    /// For a grant shared to start later: the instant its access begins
+    /// (inclusive). Before it no check says yes; listings show the grant
+    /// as scheduled. `None`: access began when the grant was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<DateTime<Utc>>,
 }
 
-/// How long a share lasts.
+impl Grant {
+    /// Whether the grant gives access at `at`: on or after its start and
+    /// before its expiry.
+    pub fn holds_at(&self, at: DateTime<Utc>) -> bool {
+        self.starts_at.is_none_or(|s| s <= at) && at < self.expires_at
+    }
+
+    /// Whether the grant has yet to start at `at`.
+    pub fn is_scheduled_at(&self, at: DateTime<Utc>) -> bool {
+        self.starts_at.is_some_and(|s| s > at) && at < self.expires_at
+    }
+}
+
+/// When a share's access begins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Start {
+    /// At once (the default).
+    #[default]
+    Now,
+    /// This long from now.
+    After(chrono::Duration),
+    /// At this instant (one in the past means at once).
+    At(DateTime<Utc>),
+}
+
+/// How long a share lasts. Durations count from the share's start: now,
+/// or for a scheduled share (see [`Start`]) the later of its start and
+/// now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expiry {
     /// The engine's default duration (90 days unless configured).
     Default,
-    /// This long from now.
+    /// This long from the start.
     After(chrono::Duration),
     /// Until this instant.
     At(DateTime<Utc>),
@@ -111,6 +143,9 @@ pub struct ShareSpec {
     pub level: Level,
     /// For how long.
     pub expiry: Expiry,
+    /// From when.
+    #[serde(default)]
+    pub start: Start,
 }
 
 impl ShareSpec {
@@ -122,6 +157,39 @@ impl ShareSpec {
             context: Context::Direct,
             level,
             expiry: Expiry::Default,
+            start: Start::Now,
         }
+    }
+
+    /// The same share through `context`.
+    pub fn context(mut self, context: Context) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// The same share lasting `expiry`.
+    pub fn expiry(mut self, expiry: Expiry) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// The same share starting at `start`.
+    ///
+    /// ```
+    /// use grantwheel::{Engine, EntityId, Expiry, Level, ShareSpec, Start, UserId};
+    /// use chrono::Duration;
+    /// let engine = Engine::new();
+    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(7));
+    /// let spec = ShareSpec::new(u, e, Level::Edit)
+    ///     .start(Start::After(Duration::days(7)))
+    ///     .expiry(Expiry::After(Duration::days(2)));
+    /// let grant = engine.share_spec(spec).unwrap();
+    /// assert!(!engine.can_read(&u, &e), "not before its start");
+    /// assert_eq!(grant.expires_at - grant.starts_at.unwrap(), Duration::days(2));
+    /// assert_eq!(engine.scheduled_of(&u), vec![grant]);
+    /// ```
+    pub fn start(mut self, start: Start) -> Self {
+        self.start = start;
+        self
     }
 }

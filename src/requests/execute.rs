@@ -447,6 +447,7 @@ fn decide_share(
             context: req.context,
             level: req.level,
             expiry: req.duration.map_or(Expiry::Default, Expiry::After),
+            start: crate::model::grant::Start::Now,
         };
         d.share(&spec).map_err(|e| Failure::from(&e))
     });

@@ -146,6 +146,7 @@ fn grant(serial: u64, u: usize, e: usize, c: usize, expires: i64) -> Grant {
             Level::Edit
         },
         expires_at: at(expires),
+        starts_at: None,
     }
 }
 

@@ -123,12 +123,13 @@ const RECORD_CONFLICT: &str = "ON CONFLICT (request) DO UPDATE SET
     idempotency_key = excluded.idempotency_key, owner = excluded.owner";
 
 /// The grant columns, for `UNNEST`, in [`GRANT_COLUMNS`] order.
-const GRANT_TYPES: [&str; 8] = [
-    "bigint", "text", "int", "text", "int", "text", "text", "bigint",
+const GRANT_TYPES: [&str; 9] = [
+    "bigint", "text", "int", "text", "int", "text", "text", "bigint", "bigint",
 ];
 
 const GRANT_CONFLICT: &str = "ON CONFLICT (serial) DO UPDATE SET user_id = excluded.user_id, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
-    context_kind = excluded.context_kind, context_id = excluded.context_id, level = excluded.level, expires_ms = excluded.expires_ms";
+    context_kind = excluded.context_kind, context_id = excluded.context_id, level = excluded.level, expires_ms = excluded.expires_ms,
+    starts_ms = excluded.starts_ms";
 
 /// `$1, $2, ...` for `n` values.
 fn placeholders(n: usize) -> String {
@@ -161,7 +162,7 @@ impl Statements {
             last_seq: p("SELECT value FROM grantwheel_meta WHERE key = 'last_seq'")?,
             put_grant: p(&format!(
                 "INSERT INTO grantwheel_grants ({GRANT_COLUMNS}) VALUES ({}) {GRANT_CONFLICT}",
-                placeholders(8)
+                placeholders(GRANT_TYPES.len())
             ))?,
             put_grants: p(&format!(
                 "INSERT INTO grantwheel_grants ({GRANT_COLUMNS}) {} {GRANT_CONFLICT}",

@@ -16,7 +16,7 @@ use crate::store::{failure_name, failure_of, StoreError};
 
 /// The columns a grant is read from, in this order.
 pub(super) const GRANT_COLUMNS: &str =
-    "serial, user_id, entity_kind, entity_id, context_kind, context_id, level, expires_ms";
+    "serial, user_id, entity_kind, entity_id, context_kind, context_id, level, expires_ms, starts_ms";
 
 /// The columns a history record is read from, in this order.
 pub(super) const HISTORY_COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key";
@@ -69,6 +69,7 @@ pub(super) struct GrantValues {
     context_id: Option<String>,
     level: &'static str,
     expires_ms: i64,
+    starts_ms: Option<i64>,
 }
 
 impl GrantValues {
@@ -82,10 +83,11 @@ impl GrantValues {
             context_id: context_text(g.id.context),
             level: level_name(g.level),
             expires_ms: i64_of(to_millis(g.expires_at)),
+            starts_ms: g.starts_at.map(|t| i64_of(to_millis(t))),
         }
     }
 
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 9] {
         [
             &self.serial,
             &self.user,
@@ -95,6 +97,7 @@ impl GrantValues {
             &self.context_id,
             &self.level,
             &self.expires_ms,
+            &self.starts_ms,
         ]
     }
 }
@@ -303,6 +306,15 @@ pub(super) fn decode_grant(row: &Row) -> Result<Grant, StoreError> {
             .ok()
             .filter(|ms| *ms <= max_millis())
             .ok_or(("expires_ms", format!("`{expires}` out of range")))?;
+        let starts = c
+            .get::<Option<i64>>(8, "starts_ms")?
+            .map(|ms| {
+                u64::try_from(ms)
+                    .ok()
+                    .filter(|ms| *ms <= max_millis())
+                    .ok_or(("starts_ms", format!("`{ms}` out of range")))
+            })
+            .transpose()?;
         Ok(Grant {
             id: GrantId {
                 user: c.user(1)?,
@@ -312,6 +324,7 @@ pub(super) fn decode_grant(row: &Row) -> Result<Grant, StoreError> {
             },
             level: c.level(6)?,
             expires_at: from_millis(expires),
+            starts_at: starts.map(from_millis),
         })
     };
     grant().map_err(|(col, reason)| StoreError::Corrupt {
@@ -451,6 +464,7 @@ columns!(GrantColumns of GrantValues {
     context_id: Option<String>,
     level: &'static str,
     expires_ms: i64,
+    starts_ms: Option<i64>,
 });
 
 columns!(RecordColumns of RecordValues {

@@ -13,7 +13,7 @@ use crate::model::history::RuleId;
 use crate::model::rule::Rule;
 use crate::store::{Batch, Change, EndCause, StoreError};
 
-const PUT_GRANT: &str = "INSERT OR REPLACE INTO grants (serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const PUT_GRANT: &str = "INSERT OR REPLACE INTO grants (serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc, starts_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 const END_GRANT: &str = "DELETE FROM grants WHERE serial = ?1";
 const PUT_RULE: &str = "INSERT OR REPLACE INTO rules (id, rule) VALUES (?1, ?2)";
 const REMOVE_RULE: &str = "DELETE FROM rules WHERE id = ?1";
@@ -84,6 +84,7 @@ fn put_grant(tx: &Transaction<'_>, g: &Grant) -> Result<(), StoreError> {
                 level_name(g.level),
                 i64_of(to_millis(g.expires_at)),
                 i64::from(grant_crc(g)),
+                g.starts_at.map(|t| i64_of(to_millis(t))),
             ])
         })
         .map(|_| ())
@@ -145,6 +146,11 @@ pub(super) fn grant_crc(g: &Grant) -> u32 {
     h.update(&ctx.to_le_bytes());
     h.update(&[u8::from(g.level == Level::Edit)]);
     h.update(&to_millis(g.expires_at).to_le_bytes());
+    // Rows without a start hash as they did before starts existed.
+    if let Some(start) = g.starts_at {
+        h.update(&[2]);
+        h.update(&to_millis(start).to_le_bytes());
+    }
     h.finalize()
 }
 
@@ -153,8 +159,8 @@ pub(super) fn grant_crc(g: &Grant) -> u32 {
 pub(super) type DecodeError = (i64, String);
 
 /// Reads the columns of one grant row (`SELECT serial, user, entity_kind,
-/// entity_id, context_kind, context_id, level, expires_ms, crc`); every
-/// error names the column.
+/// entity_id, context_kind, context_id, level, expires_ms, crc,
+/// starts_ms`); every error names the column.
 struct GrantRow<'r, 's> {
     row: &'r Row<'s>,
     serial: i64,
@@ -201,6 +207,18 @@ impl GrantRow<'_, '_> {
             "edit" => Ok(Level::Edit),
             other => Err(self.bad("level", format!("`{other}` is neither read nor edit"))),
         }
+    }
+
+    fn starts_ms(&self) -> Result<Option<u64>, DecodeError> {
+        let start: Option<i64> = self.row.get(9).map_err(|e| self.bad("starts_ms", e))?;
+        start
+            .map(|ms| {
+                u64::try_from(ms)
+                    .ok()
+                    .filter(|ms| *ms <= crate::clock::max_millis())
+                    .ok_or_else(|| self.bad("starts_ms", format!("`{ms}` out of range")))
+            })
+            .transpose()
     }
 
     fn expires_ms(&self) -> Result<u64, DecodeError> {
@@ -289,6 +307,7 @@ pub(super) fn decode_grant(row: &Row<'_>) -> Result<Grant, DecodeError> {
         },
         level: r.level()?,
         expires_at: from_millis(r.expires_ms()?),
+        starts_at: r.starts_ms()?.map(from_millis),
     };
     let crc = r.int(8, "crc")?;
     if crc != i64::from(grant_crc(&grant)) {

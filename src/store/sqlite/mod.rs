@@ -314,7 +314,7 @@ impl Store for SqliteStore {
         scan.pragma_update(None, "cache_size", -2048).map_err(io)?;
         let mut stmt = scan
             .prepare(
-                "SELECT serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc FROM grants",
+                "SELECT serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc, starts_ms FROM grants",
             )
             .map_err(io)?;
         let mut rows = stmt.query([]).map_err(io)?;

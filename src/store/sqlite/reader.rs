@@ -42,7 +42,7 @@ const OPEN_OF_RULE: &str =
     "rule = ?1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL AND expires_ms > ?2";
 
 const GRANT_COLUMNS: &str =
-    "serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc";
+    "serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc, starts_ms";
 
 impl SqliteReader {
     pub(super) fn new(path: PathBuf) -> Self {

@@ -5,7 +5,8 @@
 //! keeps every field of a record in a column of its own, with the indexes
 //! that serve each query of the store's read side, so nothing of the
 //! history is loaded at start; the live grants gain the indexes of the
-//! listings by user, entity, context and expiry.
+//! listings by user, entity, context and expiry. Version 3 gives a grant
+//! its start (`starts_ms`, for grants shared to start later).
 
 use rusqlite::{params, Transaction};
 
@@ -16,13 +17,13 @@ use crate::store::StoreError;
 
 /// The schema version this library writes. Older files are migrated
 /// forward on open; newer ones are refused.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// A migration: takes a file from the version at its index to the next.
 type Migration = fn(&Transaction<'_>) -> Result<(), StoreError>;
 
 /// Migrations: entry `i` takes a file from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2];
+pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
@@ -159,4 +160,19 @@ fn to_v2(tx: &Transaction<'_>) -> Result<(), StoreError> {
     tx.execute_batch(HISTORY_INDEXES).map_err(io)?;
     tx.execute_batch(GRANT_INDEXES).map_err(io)?;
     tx.execute_batch(HISTORY_VIEW).map_err(io)
+}
+
+/// Version 3: grants may start later (`starts_ms`; NULL for a grant live
+/// from its creation). Existing rows keep their checksums.
+fn to_v3(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "ALTER TABLE grants ADD COLUMN starts_ms INTEGER; -- inclusive; NULL: from its creation
+         DROP VIEW grants_readable;
+         CREATE VIEW grants_readable AS
+         SELECT serial, user, entity_kind, entity_id, context_kind, context_id, level,
+                strftime('%Y-%m-%dT%H:%M:%fZ', starts_ms / 1000.0, 'unixepoch') AS starts_at,
+                strftime('%Y-%m-%dT%H:%M:%fZ', expires_ms / 1000.0, 'unixepoch') AS expires_at
+         FROM grants;",
+    )
+    .map_err(io)
 }
