@@ -38,8 +38,8 @@ pub enum Event {
     Granted(Grant),
     /// A scheduled grant reached its start: checks see it from now on.
     Started(Grant),
-    /// A grant's expiry or level changed (extended, shortened, or raised by
-    /// a repeated share).
+    /// A grant's expiry, level or start changed (extended, shortened,
+    /// raised by a repeated share, or a scheduled grant moved).
     Extended {
         /// The grant as it is now.
         grant: Grant,

@@ -79,14 +79,8 @@ impl Config {
     /// The instant a start asks for, validated: `None` if it is now or
     /// past.
     pub(super) fn start_at(&self, now: u64, start: Start) -> Result<Option<u64>, InvalidArgument> {
-        let too_late = || {
-            InvalidArgument::new(
-                "starts_in",
-                "the start would fall after the latest representable instant",
-            )
-        };
-        let at = match start {
-            Start::Now => now,
+        let (field, at) = match start {
+            Start::Now => ("starts_in", Some(now)),
             Start::After(d) => {
                 let ms = d.num_milliseconds();
                 if ms < 0 {
@@ -95,14 +89,17 @@ impl Config {
                         format!("`{}` is negative", words(d)),
                     ));
                 }
-                now.checked_add(ms.unsigned_abs()).ok_or_else(too_late)?
+                ("starts_in", now.checked_add(ms.unsigned_abs()))
             }
-            Start::At(t) => to_millis(t),
+            Start::At(t) => ("starts_at", Some(to_millis(t))),
         };
-        if at >= max_millis() {
-            return Err(too_late());
+        match at {
+            Some(at) if at < max_millis() => Ok((at > now).then_some(at)),
+            _ => Err(InvalidArgument::new(
+                field,
+                "the start would fall after the latest representable instant",
+            )),
         }
-        Ok((at > now).then_some(at))
     }
 
     /// The expiry instant a share starting now asks for, validated.

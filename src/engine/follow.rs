@@ -141,7 +141,8 @@ impl State {
         let start = grant.starts_at.map(to_millis);
         if let Some(old) = found.and_then(|loc| self.find_context(loc, ctx)) {
             if self.grants[old].serial() == grant.id.serial && expires > now {
-                self.change_window(old, start, expires, grant.level, now);
+                // A follower raises no events: the writer did.
+                let _started = self.change_window(old, start, expires, grant.level, now);
                 return;
             }
             self.detach(reader, old);

@@ -148,7 +148,7 @@ impl Engine {
         let id = *id;
         self.run(move |st, ch, now| {
             let g = st.find_id(&id, now).ok_or(ChangeError::NotLive(id))?;
-            let expires = match scheduled_start(st, g) {
+            let expires = match st.waiting_start(g, now) {
                 Some(start) => ch.cfg.resolve_from(start, "the start", expiry)?,
                 None => ch.cfg.resolve(now, expiry)?,
             };
@@ -178,7 +178,7 @@ impl Engine {
         let id = *id;
         self.run(move |st, ch, now| {
             let g = st.find_id(&id, now).ok_or(ChangeError::NotLive(id))?;
-            let Some(old_start) = scheduled_start(st, g) else {
+            let Some(old_start) = st.waiting_start(g, now) else {
                 return Err(ChangeError::Invalid(InvalidArgument::new(
                     "starts_at",
                     "the grant has started already; only a scheduled grant can be moved",
@@ -195,14 +195,14 @@ impl Engine {
                         "the grant would end after the latest representable instant",
                     )
                 })?;
-            st.change_window(g, Some(begins), expires, rec.level(), now);
+            let started = st.change_window(g, Some(begins), expires, rec.level(), now);
             let grant = st.grant(g);
             ch.write(|| Change::Put(grant));
             ch.push(|| Event::Extended {
                 grant,
                 previous_expiry: from_millis(rec.expires),
             });
-            if !st.grants[g].scheduled() {
+            if started {
                 ch.push(|| Event::Started(grant));
             }
             Ok(grant)
@@ -234,7 +234,7 @@ impl Engine {
                 old.checked_sub(by_ms.unsigned_abs())
             };
             // A scheduled grant's length counts from its start.
-            let (from, from_name) = match scheduled_start(st, g) {
+            let (from, from_name) = match st.waiting_start(g, now) {
                 Some(start) => (start, "its start"),
                 None => (now, "now"),
             };
@@ -364,7 +364,7 @@ impl Engine {
                 Some(ids) => ids.iter().filter_map(|id| st.find_id(id, now)).collect(),
                 None => st.held_scan(&filter, now),
             };
-            gs.retain(|g| st.grants[*g].scheduled() == scheduled);
+            gs.retain(|g| st.waiting_start(*g, now).is_some() == scheduled);
             st.sorted_by_expiry(gs)
         })
     }
@@ -378,7 +378,7 @@ impl Engine {
     pub fn grants_for(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
         self.read_state(|st, now| {
             let mut gs = st.held_in_pair(user, entity, now);
-            gs.retain(|g| !st.grants[*g].scheduled());
+            gs.retain(|g| st.waiting_start(*g, now).is_none());
             st.sorted_by_expiry(gs)
         })
     }
@@ -450,13 +450,16 @@ pub(super) fn change_expiry(
 ) -> Grant {
     let rec = st.grants[g];
     if rec.expires != expires {
-        st.change(g, expires, rec.level(), now);
+        let started = st.change(g, expires, rec.level(), now);
         let grant = st.grant(g);
         ch.write(|| Change::Put(grant));
         ch.push(|| Event::Extended {
             grant,
             previous_expiry: from_millis(rec.expires),
         });
+        if started {
+            ch.push(|| Event::Started(grant));
+        }
     }
     st.grant(g)
 }
@@ -498,16 +501,6 @@ pub(super) fn share_op(
     insert_new(st, ch, (&key, hash), spec, (start, expires), now)
 }
 
-/// The start of `g` if it has yet to start.
-fn scheduled_start(st: &State, g: GrantIx) -> Option<u64> {
-    let rec = &st.grants[g];
-    if rec.scheduled() {
-        st.start_of(rec)
-    } else {
-        None
-    }
-}
-
 /// Reclaim a grant past its expiry that the wheel has not reached yet.
 #[inline(always)]
 fn reclaim_due(st: &mut State, ch: &mut Changes<'_>, g: GrantIx) {
@@ -538,21 +531,21 @@ fn repeat(
             let (exp, lvl) = (rec.expires.max(expires), rec.level().max(level));
             // One grant covering both: a scheduled one moves to the
             // earlier start (now, if the new share starts now).
-            let earlier = scheduled_start(st, g)
+            let waiting = st.waiting_start(g, now);
+            let earlier = waiting
                 .map(|old| start.map_or(now, |new| new.min(old)))
-                .filter(|at| Some(*at) != scheduled_start(st, g));
+                .filter(|at| Some(*at) != waiting);
             if (exp, lvl) != (rec.expires, rec.level()) || earlier.is_some() {
-                st.change_window(g, earlier, exp, lvl, now);
-                if earlier.is_some() && !st.grants[g].scheduled() {
-                    let grant = st.grant(g);
-                    ch.push(|| Event::Started(grant));
-                }
+                let started = st.change_window(g, earlier, exp, lvl, now);
                 let grant = st.grant(g);
                 ch.write(|| Change::Put(grant));
                 ch.push(|| Event::Extended {
                     grant,
                     previous_expiry: from_millis(rec.expires),
                 });
+                if started {
+                    ch.push(|| Event::Started(grant));
+                }
             }
             Repeat::Done(Ok(st.grant(g)))
         }

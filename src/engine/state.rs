@@ -363,9 +363,13 @@ impl State {
         }
     }
 
-    /// Set a live grant's expiry and level, re-arming its timer and
-    /// refreshing its pair.
-    pub(super) fn change(&mut self, g: GrantIx, expires: u64, level: Level, now: u64) {
+    /// Set a held grant's expiry and level, re-arming its timer and
+    /// refreshing its pair. Returns `true` if that started a grant whose
+    /// start had passed but whose start timer had not fired yet (it was
+    /// waiting for the wheel's next tick): the caller raises
+    /// [`Event::Started`].
+    pub(super) fn change(&mut self, g: GrantIx, expires: u64, level: Level, now: u64) -> bool {
+        let was_scheduled = self.grants[g].scheduled();
         if self.group.is_some() {
             let rec = self.grants[g];
             let (user, entity) = self.index.pair_at(rec.loc.into());
@@ -401,6 +405,19 @@ impl State {
         let head = self.head(loc);
         let summary = self.summary_of(head);
         self.index.update(loc, head.raw(), summary);
+        was_scheduled && !self.grants[g].scheduled()
+    }
+
+    /// The start of `g` if it is still ahead of `now` (a grant whose start
+    /// has passed counts as started, even if checks wait for the wheel's
+    /// tick to see it).
+    pub(super) fn waiting_start(&self, g: GrantIx, now: u64) -> Option<u64> {
+        let rec = &self.grants[g];
+        if rec.scheduled() {
+            self.start_of(rec).filter(|start| *start > now)
+        } else {
+            None
+        }
     }
 
     /// Reclaim what is due at `now`, raising warnings and expiries.
@@ -572,7 +589,8 @@ impl State {
     }
 
     /// Set a held grant's start (a start at or before `now` starts it),
-    /// expiry and level, as [`change`](Self::change) does.
+    /// expiry and level, as [`change`](Self::change) does (and returning
+    /// what it returns).
     pub(super) fn change_window(
         &mut self,
         g: GrantIx,
@@ -580,14 +598,14 @@ impl State {
         expires: u64,
         level: Level,
         now: u64,
-    ) {
+    ) -> bool {
         let serial = self.grants[g].serial();
         if let Some(start) = start {
             // The timer is re-armed from the new start by `change`, which
             // cancels the old one first.
             self.starts.insert(serial, start);
         }
-        self.change(g, expires, level, now);
+        self.change(g, expires, level, now)
     }
 
     pub(super) fn sorted_by_expiry(&self, mut gs: Vec<GrantIx>) -> Vec<Grant> {
