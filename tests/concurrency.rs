@@ -1,12 +1,15 @@
 //! Readers checking while writers share, revoke, grow the tables and move
 //! time: no check may see a grant after its revoke returned, none may see
-//! one past its expiry, and no answer may be torn between two states.
+//! one past its expiry or before its start, and no answer may be torn
+//! between two states.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chrono::{Duration, TimeZone, Utc};
-use grantwheel::{Clock, Context, Engine, EntityId, Expiry, Level, ManualClock, UserId};
+use grantwheel::{
+    Clock, Context, Engine, EntityId, Expiry, Level, ManualClock, ShareSpec, Start, UserId,
+};
 
 const PAIRS: usize = 8;
 const CYCLES: u64 = 20_000;
@@ -163,4 +166,150 @@ fn checks_never_outlive_revokes_or_expiries_and_are_never_torn() {
         assert!(!engine.can_read(u, &timed));
     }
     assert_eq!(engine.len(), CYCLES as usize);
+}
+
+/// Phases of a pair in the scheduled test.
+const SCHEDULING: u64 = 0;
+const SCHEDULED: u64 = 1;
+const STARTED: u64 = 2;
+const ENDED: u64 = 3;
+
+#[test]
+fn checks_never_see_a_grant_before_its_start() {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+    let clock = ManualClock::new(t0);
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .tick(Duration::milliseconds(1))
+        .build()
+        .unwrap();
+    let phases: Arc<Vec<AtomicU64>> = Arc::new((0..PAIRS).map(|_| AtomicU64::new(ENDED)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    // Grants that start one after another as the clock moves: (user, start ms).
+    let starting: Vec<(UserId, i64)> = (0..200)
+        .map(|i| {
+            (
+                UserId::from_u128(0xf000 + i),
+                t0.timestamp_millis() + 5 + i as i64 * 7,
+            )
+        })
+        .collect();
+    let timed = EntityId::opportunity(2);
+    for (u, at) in &starting {
+        let at = Utc.timestamp_millis_opt(*at).unwrap();
+        engine
+            .share_spec(
+                ShareSpec::new(*u, timed, Level::Edit)
+                    .start(Start::At(at))
+                    .expiry(Expiry::After(Duration::days(1))),
+            )
+            .unwrap();
+    }
+
+    let mut threads = Vec::new();
+    for r in 0..2 {
+        let (engine, phases, done, clock, starting) = (
+            engine.clone(),
+            phases.clone(),
+            done.clone(),
+            clock.clone(),
+            starting.clone(),
+        );
+        threads.push(std::thread::spawn(move || {
+            let mut checks = 0u64;
+            let mut i = r;
+            while !done.load(Ordering::Acquire) {
+                i = (i + 1) % PAIRS;
+                let (u, e) = pair(i);
+                let before = phases[i].load(Ordering::Acquire);
+                let read = engine.can_read(&u, &e);
+                let after = phases[i].load(Ordering::Acquire);
+                if before == after {
+                    match before % 4 {
+                        SCHEDULED | ENDED => {
+                            assert!(!read, "pair {i} readable before its start")
+                        }
+                        STARTED => assert!(read, "pair {i} unreadable after set_start returned"),
+                        _ => {}
+                    }
+                }
+                // The clock read after the check is at least the engine's
+                // time when the grant was published: never before its start.
+                let (u, at) = starting[i * 25 % starting.len()];
+                let ok = engine.can_edit(&u, &timed);
+                let now = clock.now_millis();
+                if ok {
+                    assert!(now >= at, "grant readable {} ms before its start", at - now);
+                }
+                checks += 1;
+            }
+            checks
+        }));
+    }
+    // A writer that schedules the watched pairs far ahead, starts them,
+    // revokes them, and grows the index under the readers.
+    {
+        let (engine, phases) = (engine.clone(), phases.clone());
+        threads.push(std::thread::spawn(move || {
+            for cycle in 0..CYCLES / 2 {
+                let i = (cycle as usize) % PAIRS;
+                let (u, e) = pair(i);
+                let base = phases[i].load(Ordering::Relaxed) + 1;
+                phases[i].store(base + SCHEDULING, Ordering::Release);
+                let level = if cycle % 2 == 0 {
+                    Level::Edit
+                } else {
+                    Level::Read
+                };
+                let g = engine
+                    .share_spec(ShareSpec::new(u, e, level).start(Start::After(Duration::days(30))))
+                    .unwrap();
+                phases[i].store(base + SCHEDULED, Ordering::Release);
+                engine
+                    .share(
+                        UserId::from_u128(u128::from(cycle) << 32),
+                        e,
+                        Context::Direct,
+                        Level::Read,
+                        Expiry::Default,
+                    )
+                    .unwrap();
+                if cycle % 3 == 0 {
+                    // Revoked before it ever started.
+                    engine.revoke(&g.id).unwrap();
+                    phases[i].store(base + ENDED, Ordering::Release);
+                    continue;
+                }
+                engine.set_start(&g.id, Start::Now).unwrap();
+                phases[i].store(base + STARTED, Ordering::Release);
+                let gone = engine.revoke_pair(&u, &e).unwrap();
+                assert_eq!(gone.len(), 1);
+                phases[i].store(base + ENDED, Ordering::Release);
+            }
+            0
+        }));
+    }
+    {
+        let (engine, clock) = (engine.clone(), clock.clone());
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..2_000 {
+                clock.advance(Duration::milliseconds(1));
+                engine.advance();
+            }
+            0
+        }));
+    }
+    let time = threads.pop().unwrap();
+    let writer = threads.pop().unwrap();
+    writer.join().unwrap();
+    time.join().unwrap();
+    done.store(true, Ordering::Release);
+    let checks: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(checks > 0);
+    // Every scheduled grant has started by now.
+    engine.advance();
+    for (u, _) in &starting {
+        assert!(engine.can_edit(u, &timed));
+    }
+    assert!(engine.scheduled_on(&timed).is_empty());
 }

@@ -12,6 +12,7 @@ use chrono::Duration;
 use grantwheel::store::PostgresStore;
 use grantwheel::{
     Context, Engine, EntityId, Expiry, Grant, Level, ManualClock, RepeatShare, ShareError,
+    ShareSpec, Start,
 };
 use postgres::{Client, NoTls};
 
@@ -145,6 +146,60 @@ fn a_share_and_a_revoke_on_one_engine_reach_the_other() {
         None,
         "a memory engine follows nothing"
     );
+}
+
+#[test]
+fn a_scheduled_grant_reaches_the_other_engine_and_starts_on_each_never_early() {
+    let Some(server) =
+        pg::url("a_scheduled_grant_reaches_the_other_engine_and_starts_on_each_never_early")
+    else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let fast = |b: grantwheel::EngineBuilder| b.tick(Duration::milliseconds(10));
+    let (a, b) = (engine_with(&url, fast), engine_with(&url, fast));
+    let _drivers = (
+        a.start_driver(StdDuration::from_millis(10)).unwrap(),
+        b.start_driver(StdDuration::from_millis(10)).unwrap(),
+    );
+    let (u, lead) = (user(3), EntityId::lead(4242));
+    let g = a
+        .share_spec(
+            ShareSpec::new(u, lead, Level::Edit)
+                .start(Start::After(Duration::hours(1)))
+                .expiry(Expiry::After(Duration::hours(2))),
+        )
+        .unwrap();
+    eventually("B holds A's scheduled grant", || {
+        b.scheduled_of(&u) == vec![g]
+    });
+    assert!(!b.can_read(&u, &lead) && b.grants_of(&u).is_empty());
+    // B moves it to start shortly; A follows the move.
+    let moved = b
+        .set_start(&g.id, Start::After(Duration::milliseconds(500)))
+        .unwrap();
+    let start = moved.starts_at.unwrap();
+    assert_eq!(
+        moved.expires_at - start,
+        Duration::hours(2),
+        "its length stays"
+    );
+    eventually("A sees B's move", || {
+        a.scheduled_of(&u) == vec![moved] || a.can_read(&u, &lead)
+    });
+    for e in [&a, &b] {
+        eventually("the grant starts", || {
+            let yes = e.can_edit(&u, &lead);
+            let now = chrono::Utc::now();
+            assert!(
+                !yes || now >= start,
+                "readable {} before its start",
+                start - now
+            );
+            yes
+        });
+    }
+    assert_eq!(a.grants_of(&u), vec![moved]);
 }
 
 #[test]

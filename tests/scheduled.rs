@@ -1,0 +1,395 @@
+//! Grants that start later: hidden from checks until the wheel reaches
+//! their start, held (listed apart, movable, revocable) before then, and
+//! kept across restarts.
+
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use grantwheel::store::MemoryStore;
+#[cfg(feature = "sqlite")]
+use grantwheel::store::SqliteStore;
+use grantwheel::{
+    ChangeError, Engine, EntityId, Event, Expiry, Level, ManualClock, RepeatShare, RevokeReason,
+    ShareError, ShareSpec, Start, UserId,
+};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap()
+}
+
+fn pair(i: u64) -> (UserId, EntityId) {
+    (UserId::from_u128(0x700 + u128::from(i)), EntityId::lead(i))
+}
+
+fn recorder(engine: &Engine) -> Arc<Mutex<Vec<Event>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    engine.subscribe(move |e: &Event| sink.lock().unwrap().push(e.clone()));
+    seen
+}
+
+fn taken(seen: &Arc<Mutex<Vec<Event>>>) -> Vec<Event> {
+    std::mem::take(&mut *seen.lock().unwrap())
+}
+
+fn later(u: UserId, e: EntityId, start: Start, expiry: Expiry) -> ShareSpec {
+    ShareSpec::new(u, e, Level::Edit)
+        .start(start)
+        .expiry(expiry)
+}
+
+#[test]
+fn access_begins_at_the_first_tick_at_or_after_the_start_never_before() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .tick(Duration::seconds(1))
+        .build()
+        .unwrap();
+    let seen = recorder(&engine);
+    let (u, e) = pair(1);
+    let start = t0() + Duration::milliseconds(2_500);
+    let g = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::At(start),
+            Expiry::After(Duration::hours(1)),
+        ))
+        .unwrap();
+    assert_eq!(g.starts_at, Some(start));
+    assert_eq!(
+        g.expires_at,
+        start + Duration::hours(1),
+        "counted from the start"
+    );
+    assert_eq!(taken(&seen), vec![Event::Granted(g)]);
+    assert!(!engine.can_read(&u, &e) && engine.access(&u, &e).is_none());
+
+    // At the start, inside the tick: the wheel has not reached it.
+    clock.set(start);
+    engine.advance();
+    assert!(!engine.can_read(&u, &e), "a lagging wheel delays access");
+    assert!(taken(&seen).is_empty());
+    // The start's tick (rounded up): access from here on.
+    clock.set(t0() + Duration::seconds(3));
+    engine.advance();
+    assert!(engine.can_edit(&u, &e));
+    assert_eq!(taken(&seen), vec![Event::Started(g)]);
+    assert_eq!(engine.grants_of(&u), vec![g], "it keeps its start");
+    assert!(engine.scheduled_of(&u).is_empty());
+}
+
+#[test]
+fn scheduled_grants_are_listed_apart_and_can_be_moved_extended_and_revoked() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    let seen = recorder(&engine);
+    let (u, e) = pair(2);
+    let now_grant = engine
+        .share_spec(ShareSpec::new(u, EntityId::lead(99), Level::Read))
+        .unwrap();
+    let g = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::After(Duration::days(7)),
+            Expiry::After(Duration::days(2)),
+        ))
+        .unwrap();
+    let start = t0() + Duration::days(7);
+    assert_eq!(engine.grants_of(&u), vec![now_grant]);
+    assert_eq!(engine.scheduled_of(&u), vec![g]);
+    assert_eq!(engine.scheduled_on(&e), vec![g]);
+    assert!(engine.grants_on(&e).is_empty() && engine.grants_for(&u, &e).is_empty());
+    assert!(engine
+        .expiring_within(Duration::days(30))
+        .iter()
+        .all(|x| x.id != g.id));
+
+    // An expiry is counted from the start: before it is refused, by name.
+    let err = engine.extend(&g.id, Duration::days(-3)).unwrap_err();
+    assert_eq!(err.field(), Some("by"));
+    assert!(err.to_string().contains("its start"), "{err}");
+    let err = engine.set_expiry(&g.id, Expiry::At(start)).unwrap_err();
+    assert_eq!(err.field(), Some("expires_at"));
+    let longer = engine.extend(&g.id, Duration::days(1)).unwrap();
+    assert_eq!(longer.expires_at, start + Duration::days(3));
+    assert_eq!(longer.starts_at, Some(start));
+
+    // Moving keeps the length.
+    let moved = engine
+        .set_start(&g.id, Start::At(t0() + Duration::days(1)))
+        .unwrap();
+    assert_eq!(moved.starts_at, Some(t0() + Duration::days(1)));
+    assert_eq!(moved.expires_at, t0() + Duration::days(4));
+    assert!(!engine.can_read(&u, &e));
+    taken(&seen);
+
+    // Revoked before it starts: it never answers yes.
+    let gone = engine.revoke(&g.id).unwrap();
+    assert_eq!(gone, moved);
+    assert_eq!(
+        taken(&seen),
+        vec![Event::Revoked {
+            grant: moved,
+            reason: RevokeReason::Requested
+        }]
+    );
+    clock.set(t0() + Duration::days(2));
+    engine.advance();
+    assert!(!engine.can_read(&u, &e));
+    assert!(engine.scheduled_of(&u).is_empty());
+    assert_eq!(taken(&seen), vec![], "nothing starts");
+}
+
+#[test]
+fn set_start_now_starts_at_once_and_a_started_grant_cannot_be_moved() {
+    let (clock, engine) = {
+        let clock = ManualClock::new(t0());
+        let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+        (clock, engine)
+    };
+    let seen = recorder(&engine);
+    let (u, e) = pair(3);
+    let g = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::After(Duration::hours(5)),
+            Expiry::After(Duration::hours(1)),
+        ))
+        .unwrap();
+    clock.advance(Duration::minutes(10));
+    taken(&seen);
+    let now = engine.set_start(&g.id, Start::Now).unwrap();
+    assert!(engine.can_edit(&u, &e));
+    assert_eq!(now.starts_at, Some(engine.now()));
+    assert_eq!(now.expires_at, engine.now() + Duration::hours(1));
+    assert_eq!(
+        taken(&seen),
+        vec![
+            Event::Extended {
+                grant: now,
+                previous_expiry: g.expires_at
+            },
+            Event::Started(now)
+        ]
+    );
+    let err = engine.set_start(&g.id, Start::Now).unwrap_err();
+    assert_eq!(err.field(), Some("starts_at"));
+    // A grant made to start now has no start to move either.
+    let plain = engine
+        .share_spec(ShareSpec::new(u, EntityId::lead(77), Level::Read))
+        .unwrap();
+    assert_eq!(plain.starts_at, None);
+    assert!(matches!(
+        engine.set_start(&plain.id, Start::After(Duration::hours(1))),
+        Err(ChangeError::Invalid(_))
+    ));
+}
+
+#[test]
+fn bad_starts_are_refused_by_field_and_nothing_is_held() {
+    let engine = Engine::new();
+    let (u, e) = pair(4);
+    let refused = |spec: ShareSpec| match engine.share_spec(spec) {
+        Err(ShareError::Invalid(a)) => a.field(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refused(later(
+            u,
+            e,
+            Start::After(Duration::seconds(-1)),
+            Expiry::Default
+        )),
+        "starts_in"
+    );
+    let far = DateTime::<Utc>::MAX_UTC;
+    assert_eq!(
+        refused(later(u, e, Start::At(far), Expiry::Default)),
+        "starts_at"
+    );
+    let start = engine.now() + Duration::days(1);
+    assert_eq!(
+        refused(later(u, e, Start::At(start), Expiry::At(start))),
+        "expires_at"
+    );
+    assert!(engine.scheduled_of(&u).is_empty() && engine.is_empty());
+    // A start in the past is now.
+    let past = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::At(engine.now() - Duration::days(1)),
+            Expiry::Default,
+        ))
+        .unwrap();
+    assert_eq!(past.starts_at, None);
+    assert!(engine.can_edit(&u, &e));
+}
+
+#[test]
+fn a_repeat_share_moves_a_scheduled_grant_to_the_earlier_start() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .repeat_share(RepeatShare::KeepLater)
+        .build()
+        .unwrap();
+    let (u, e) = pair(5);
+    let g = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::After(Duration::days(3)),
+            Expiry::After(Duration::days(1)),
+        ))
+        .unwrap();
+    let earlier = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::After(Duration::days(1)),
+            Expiry::After(Duration::hours(1)),
+        ))
+        .unwrap();
+    assert_eq!(earlier.id, g.id, "one grant covers both");
+    assert_eq!(earlier.starts_at, Some(t0() + Duration::days(1)));
+    assert_eq!(earlier.expires_at, g.expires_at, "the later end stays");
+    assert!(!engine.can_read(&u, &e));
+    let now = engine
+        .share_spec(ShareSpec::new(u, e, Level::Read).expiry(Expiry::After(Duration::hours(1))))
+        .unwrap();
+    assert_eq!(now.starts_at, Some(t0()));
+    assert!(engine.can_edit(&u, &e), "a share starting now starts it");
+}
+
+#[test]
+fn a_clock_that_jumps_back_or_past_the_whole_window_never_grants() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    let seen = recorder(&engine);
+    let (u, e) = pair(6);
+    let g = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::After(Duration::hours(1)),
+            Expiry::After(Duration::hours(1)),
+        ))
+        .unwrap();
+    taken(&seen);
+    // Backwards: the engine's time does not go back, the grant waits.
+    clock.set(t0() - Duration::days(3));
+    engine.advance();
+    assert!(!engine.can_read(&u, &e));
+    assert_eq!(engine.scheduled_of(&u), vec![g]);
+    // Forwards past its start and its end at once: never seen.
+    clock.set(t0() + Duration::hours(3));
+    assert!(!engine.can_read(&u, &e), "before the wheel runs");
+    assert_eq!(engine.advance(), 1);
+    assert!(!engine.can_read(&u, &e));
+    assert_eq!(taken(&seen), vec![Event::Expired(g)]);
+}
+
+#[test]
+fn the_driver_starts_a_grant_in_real_time_and_never_early() {
+    let engine = Engine::builder()
+        .tick(Duration::milliseconds(10))
+        .build()
+        .unwrap();
+    let driver = engine
+        .start_driver(std::time::Duration::from_millis(10))
+        .unwrap();
+    let (u, e) = pair(7);
+    let g = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::After(Duration::milliseconds(300)),
+            Expiry::After(Duration::minutes(5)),
+        ))
+        .unwrap();
+    let start = g.starts_at.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let readable = engine.can_read(&u, &e);
+        let after = Utc::now();
+        if readable {
+            assert!(
+                after >= start,
+                "readable {} before its start",
+                start - after
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never started");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    driver.stop();
+}
+
+/// Three scheduled grants across a restart: one still ahead, one whose
+/// start passed while the engine was down (live on open), one whose start
+/// and end both passed (gone).
+fn restart_keeps_them(build: impl Fn(&ManualClock) -> Engine) {
+    let clock = ManualClock::new(t0());
+    let engine = build(&clock);
+    let spec = |i, start_h, len_h| {
+        let (u, e) = pair(i);
+        later(
+            u,
+            e,
+            Start::After(Duration::hours(start_h)),
+            Expiry::After(Duration::hours(len_h)),
+        )
+    };
+    let ahead = engine.share_spec(spec(10, 48, 1)).unwrap();
+    let passed = engine.share_spec(spec(11, 2, 10)).unwrap();
+    let _over = engine.share_spec(spec(12, 1, 1)).unwrap();
+    drop(engine);
+    clock.set(t0() + Duration::hours(5));
+    let engine = build(&clock);
+    let (u10, e10) = pair(10);
+    let (u11, e11) = pair(11);
+    let (u12, e12) = pair(12);
+    assert!(!engine.can_read(&u10, &e10));
+    assert_eq!(engine.scheduled_of(&u10), vec![ahead]);
+    assert!(engine.can_edit(&u11, &e11), "its start passed while down");
+    assert_eq!(engine.grants_of(&u11), vec![passed]);
+    assert!(!engine.can_read(&u12, &e12));
+    assert!(engine.grants_of(&u12).is_empty() && engine.scheduled_of(&u12).is_empty());
+    assert_eq!(engine.len(), 2);
+    // The one ahead still starts on time.
+    clock.set(t0() + Duration::hours(48));
+    engine.advance();
+    assert!(engine.can_edit(&u10, &e10));
+}
+
+#[test]
+fn restart_over_memory_keeps_scheduled_grants_and_starts_the_passed_ones() {
+    let store = MemoryStore::new();
+    restart_keeps_them(|clock| {
+        Engine::builder()
+            .clock(clock.clone())
+            .store(store.clone())
+            .build()
+            .unwrap()
+    });
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn restart_over_sqlite_keeps_scheduled_grants_and_starts_the_passed_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scheduled.db");
+    restart_keeps_them(|clock| {
+        Engine::builder()
+            .clock(clock.clone())
+            .store(SqliteStore::open(&path).unwrap())
+            .build()
+            .unwrap()
+    });
+}
