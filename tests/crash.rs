@@ -8,6 +8,8 @@
 //! - no acknowledged revoke is undone;
 //! - no grant past its expiry is honoured, and every grant held was asked
 //!   for;
+//! - a share made to start later is held with its start, answers no before
+//!   it, and answers yes once its start passed (here, on open);
 //! - every acknowledged share request is on record as `Completed`;
 //!
 //! then starts the next child on the same file. 200 cycles by default; set
@@ -32,7 +34,8 @@ use chrono::{DateTime, Duration, Utc};
 use grantwheel::requests::{RequestId, RequestStatus, ShareRequest, Sharing};
 use grantwheel::store::{SqliteStore, StoreError};
 use grantwheel::{
-    ChangeError, Context, Engine, EntityId, Expiry, Grant, Level, RevokeError, UserId,
+    ChangeError, Context, Engine, EntityId, Expiry, Grant, Level, RevokeError, ShareSpec, Start,
+    UserId,
 };
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 use uuid::Uuid;
@@ -98,7 +101,10 @@ fn crash_child() {
                     .map(|i| user(t * USERS_PER_THREAD + i))
                     .collect();
                 // This thread's users' grants, as the engine has them.
-                let mut mine: Vec<Grant> = users.iter().flat_map(|u| engine.grants_of(u)).collect();
+                let mut mine: Vec<Grant> = users
+                    .iter()
+                    .flat_map(|u| [engine.grants_of(u), engine.scheduled_of(u)].concat())
+                    .collect();
                 while Instant::now() < stop {
                     let op = rng.random_range(0..10);
                     if op < 6 || mine.is_empty() {
@@ -112,8 +118,21 @@ fn crash_child() {
                         };
                         let d = rng.random_range(100..4000);
                         println!("TRY S {} {e} {c}", u.as_u128());
-                        // Half through the request layer: its record is kept too.
-                        let (g, request) = if rng.random_bool(0.5) {
+                        // Half through the request layer: its record is kept
+                        // too; some start later.
+                        let (g, request) = if rng.random_bool(0.2) {
+                            let start =
+                                Start::After(Duration::milliseconds(rng.random_range(50..1500)));
+                            let g = engine
+                                .share_spec(
+                                    ShareSpec::new(u, entity(e), level)
+                                        .context(context(c))
+                                        .start(start)
+                                        .expiry(Expiry::After(Duration::milliseconds(d))),
+                                )
+                                .unwrap();
+                            (g, String::from("-"))
+                        } else if rng.random_bool(0.5) {
                             let g = engine
                                 .share(
                                     u,
@@ -133,11 +152,12 @@ fn crash_child() {
                             (out.grant.unwrap(), out.request.to_string())
                         };
                         println!(
-                            "ACK S {} {} {e} {c} {} {} {request}",
+                            "ACK S {} {} {e} {c} {} {} {request} {}",
                             g.id.serial,
                             u.as_u128(),
                             u8::from(level == Level::Edit),
-                            ms(g.expires_at)
+                            ms(g.expires_at),
+                            g.starts_at.map_or(0, ms)
                         );
                         mine.retain(|old| {
                             (old.id.user, old.id.entity, old.id.context)
@@ -180,6 +200,8 @@ struct Known {
     context: u8,
     edit: bool,
     expires: i64,
+    /// Its start, if it was made to start later (0: none).
+    start: i64,
     /// An extension was asked for and not acknowledged: the expiry may
     /// differ.
     maybe_moved: bool,
@@ -231,6 +253,7 @@ impl Model {
                     context: n(5) as u8,
                     edit: n(6) == 1,
                     expires: n(7) as i64,
+                    start: n(9) as i64,
                     maybe_moved: false,
                     maybe_gone: false,
                 };
@@ -281,12 +304,34 @@ fn verify(path: &std::path::Path, m: &mut Model, cycle: usize) -> usize {
         );
     }
     let mut held = BTreeMap::new();
+    let mut waiting = BTreeSet::new();
     for u in 0..THREADS * USERS_PER_THREAD {
         for g in engine.grants_of(&user(u)) {
             held.insert(g.id.serial, g);
         }
+        for g in engine.scheduled_of(&user(u)) {
+            assert!(
+                g.starts_at.is_some_and(|s| ms(s) > before),
+                "cycle {cycle}: {g:?} listed as scheduled"
+            );
+            waiting.insert(g.id.serial);
+            held.insert(g.id.serial, g);
+        }
     }
     let after = ms(engine.now());
+    // A pair whose every grant is yet to start answers no.
+    for g in held.values() {
+        let pair: Vec<&Grant> = held
+            .values()
+            .filter(|o| (o.id.user, o.id.entity) == (g.id.user, g.id.entity))
+            .collect();
+        if pair.iter().all(|o| waiting.contains(&o.id.serial)) {
+            assert!(
+                !engine.can_read(&g.id.user, &g.id.entity),
+                "cycle {cycle}: {g:?} readable before its start"
+            );
+        }
+    }
     for (serial, g) in &held {
         let asked = m.asked.iter().any(|(u, e, c)| {
             (UserId::from_u128(*u), entity(*e), context(*c))
@@ -317,10 +362,24 @@ fn verify(path: &std::path::Path, m: &mut Model, cycle: usize) -> usize {
                 "cycle {cycle}: grant {serial} expiry"
             );
             assert_eq!(g.level == Level::Edit, k.edit);
-            let (u, e) = (UserId::from_u128(k.user), entity(k.entity));
-            assert!(engine.can_read(&u, &e));
-            if k.edit {
-                assert!(engine.can_edit(&u, &e));
+            assert_eq!(
+                g.starts_at.map_or(0, ms),
+                k.start,
+                "cycle {cycle}: grant {serial} start"
+            );
+            // Started once its start has passed (on open, here).
+            if k.start <= before {
+                let (u, e) = (UserId::from_u128(k.user), entity(k.entity));
+                assert!(!waiting.contains(serial));
+                assert!(engine.can_read(&u, &e));
+                if k.edit {
+                    assert!(engine.can_edit(&u, &e));
+                }
+            } else if k.start > after {
+                assert!(
+                    waiting.contains(serial),
+                    "cycle {cycle}: {serial} started early"
+                );
             }
         }
         if k.expires <= before && !k.maybe_moved {
