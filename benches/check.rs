@@ -1,12 +1,18 @@
 //! Check latency against the bare-map baseline, at 10k, 1M and 10M live
 //! grants (`GRANTWHEEL_CHECK_SIZES=10000,1000000` to choose).
+//!
+//! `check/*/scheduled_*`: an engine holding the same live grants and as
+//! many more scheduled to start later, on other pairs: a hit on a live
+//! pair beside them, and a check of a pair whose only grant is yet to
+//! start (no). Scheduled grants should add nothing to either.
 
 mod common;
 
 use std::hint::black_box;
 
+use chrono::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
-use grantwheel::{Clock, EntityId, UserId};
+use grantwheel::{Clock, EntityId, ShareSpec, Start, UserId};
 
 fn bench(c: &mut Criterion) {
     for n in common::sizes("GRANTWHEEL_CHECK_SIZES", &[10_000, 1_000_000, 10_000_000]) {
@@ -51,6 +57,29 @@ fn bench(c: &mut Criterion) {
                 let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
                 i += 1;
                 black_box(engine.can_edit(u, e))
+            })
+        });
+        drop(engine);
+        // The same live grants, and as many scheduled on other pairs.
+        let (_, engine) = common::engine(&keys);
+        let later = common::keys(n, 4);
+        for (u, e, l, _) in &later {
+            engine
+                .share_spec(ShareSpec::new(*u, *e, *l).start(Start::After(Duration::days(7))))
+                .unwrap();
+        }
+        g.bench_function("scheduled_beside_hit", |b| {
+            b.iter(|| {
+                let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
+                i += 1;
+                black_box(engine.can_read(u, e))
+            })
+        });
+        g.bench_function("scheduled_pair_no", |b| {
+            b.iter(|| {
+                let (u, e, _, _) = &later[order[i & (order.len() - 1)] as usize];
+                i += 1;
+                black_box(engine.can_read(u, e))
             })
         });
         g.finish();

@@ -2,13 +2,16 @@
 //!
 //! - `lifecycle/share`: 100k shares into an empty engine;
 //! - `lifecycle/revoke`: 100k revokes by id;
-//! - `lifecycle/expire_1M`: one `advance` that expires 1M grants.
+//! - `lifecycle/expire_1M`: one `advance` that expires 1M grants;
+//! - `lifecycle/start_1M`: one `advance` that starts 1M scheduled grants
+//!   (they go live: the same wheel work as an expiry, plus re-arming each
+//!   for its end and publishing its pair).
 
 mod common;
 
 use chrono::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use grantwheel::{Context, Engine, Expiry, ManualClock};
+use grantwheel::{Context, Engine, Expiry, ManualClock, ShareSpec, Start};
 
 const N: usize = 100_000;
 const EXPIRING: usize = 1_000_000;
@@ -74,6 +77,37 @@ fn bench(c: &mut Criterion) {
             },
             |engine| {
                 assert_eq!(engine.advance(), EXPIRING);
+                engine
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("start_1M", |b| {
+        b.iter_batched(
+            || {
+                let clock = ManualClock::new(common::start());
+                let engine = Engine::builder()
+                    .clock(clock.clone())
+                    .capacity(EXPIRING)
+                    .build()
+                    .unwrap();
+                // Starts spread over ten days, as the expiries above are
+                // spread over ninety; each lasts eighty days from its start.
+                for (u, e, l, secs) in &expiring {
+                    let start = Start::After(Duration::seconds(secs % (10 * 86_400)));
+                    engine
+                        .share_spec(
+                            ShareSpec::new(*u, *e, *l)
+                                .start(start)
+                                .expiry(Expiry::After(Duration::days(80))),
+                        )
+                        .unwrap();
+                }
+                clock.advance(Duration::days(11));
+                engine
+            },
+            |engine| {
+                assert_eq!(engine.advance(), 0, "all start, none ends");
                 engine
             },
             BatchSize::PerIteration,
