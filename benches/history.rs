@@ -355,6 +355,7 @@ fn build_history(path: &Path, n: usize, live: usize) -> Samples {
             revoked: None,
             expired_at: None,
             idempotency_key: key.clone(),
+            starts_at: None,
         };
         if i % 997 == 0 {
             samples.ids.push(record.request);

@@ -168,11 +168,15 @@ fn checks_never_outlive_revokes_or_expiries_and_are_never_torn() {
     assert_eq!(engine.len(), CYCLES as usize);
 }
 
-/// Phases of a pair in the scheduled test.
+/// Phases of a pair in the scheduled test (a call in progress has a phase
+/// of its own: its effect may be seen before it returns).
 const SCHEDULING: u64 = 0;
 const SCHEDULED: u64 = 1;
-const STARTED: u64 = 2;
-const ENDED: u64 = 3;
+const STARTING: u64 = 2;
+const STARTED: u64 = 3;
+const ENDING: u64 = 4;
+const ENDED: u64 = 5;
+const PHASES: u64 = 6;
 
 #[test]
 fn checks_never_see_a_grant_before_its_start() {
@@ -225,10 +229,9 @@ fn checks_never_see_a_grant_before_its_start() {
                 let read = engine.can_read(&u, &e);
                 let after = phases[i].load(Ordering::Acquire);
                 if before == after {
-                    match before % 4 {
-                        SCHEDULED | ENDED => {
-                            assert!(!read, "pair {i} readable before its start")
-                        }
+                    match before % PHASES {
+                        SCHEDULED => assert!(!read, "pair {i} readable before its start"),
+                        ENDED => assert!(!read, "pair {i} readable after its revoke returned"),
                         STARTED => assert!(read, "pair {i} unreadable after set_start returned"),
                         _ => {}
                     }
@@ -276,12 +279,24 @@ fn checks_never_see_a_grant_before_its_start() {
                     .unwrap();
                 if cycle % 3 == 0 {
                     // Revoked before it ever started.
+                    phases[i].store(base + ENDING, Ordering::Release);
                     engine.revoke(&g.id).unwrap();
                     phases[i].store(base + ENDED, Ordering::Release);
                     continue;
                 }
+                phases[i].store(base + STARTING, Ordering::Release);
                 engine.set_start(&g.id, Start::Now).unwrap();
                 phases[i].store(base + STARTED, Ordering::Release);
+                engine
+                    .share(
+                        UserId::from_u128(u128::from(cycle) << 32 | 1),
+                        e,
+                        Context::Direct,
+                        Level::Read,
+                        Expiry::Default,
+                    )
+                    .unwrap();
+                phases[i].store(base + ENDING, Ordering::Release);
                 let gone = engine.revoke_pair(&u, &e).unwrap();
                 assert_eq!(gone.len(), 1);
                 phases[i].store(base + ENDED, Ordering::Release);

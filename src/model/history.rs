@@ -258,14 +258,21 @@ pub struct HistoryRecord {
     pub expired_at: Option<DateTime<Utc>>,
     /// The request's idempotency key, if it had one.
     pub idempotency_key: Option<String>,
+    /// When the access begins, for a share made to start later: the start
+    /// asked for while the request is in flight; once it completed, the
+    /// grant's start (`None` if its access began at once).
+    #[serde(default)]
+    pub starts_at: Option<DateTime<Utc>>,
 }
 
 impl HistoryRecord {
-    /// Whether the grant this share made was live at `at`.
+    /// Whether the grant this share made was live at `at` (from its
+    /// completion, or its start if later, until it ended).
     pub fn gave_access_at(&self, at: DateTime<Utc>) -> bool {
-        let (Some(start), Some(end)) = (self.completed_at, self.expires_at) else {
+        let (Some(done), Some(end)) = (self.completed_at, self.expires_at) else {
             return false;
         };
+        let start = self.starts_at.map_or(done, |s| s.max(done));
         let end = match self.revoked {
             Some((t, _)) => end.min(t),
             None => end,

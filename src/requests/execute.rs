@@ -1,9 +1,12 @@
 //! Carrying out requests: recorded first, checked by the host's policy
 //! hooks, run on the engine, then finished in the history.
 
+use chrono::{DateTime, Utc};
+
 use crate::engine::{Decide, Expiry, Grant, ShareSpec};
 use crate::error::NotDurable;
 use crate::ids::{Context, EntityId, Level, UserId};
+use crate::model::grant::Start;
 use crate::model::history::{FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus};
 use crate::store::Change;
 
@@ -96,6 +99,7 @@ impl Sharing {
             revoked: None,
             expired_at: None,
             idempotency_key: sub.idempotency_key.clone(),
+            starts_at: requested_start(self.inner.engine.now(), req.start),
         };
         if let Some(failure) = unchecked {
             return Begun::Unchecked(record, failure);
@@ -447,13 +451,32 @@ fn decide_share(
             context: req.context,
             level: req.level,
             expiry: req.duration.map_or(Expiry::Default, Expiry::After),
-            start: crate::model::grant::Start::Now,
+            start: share_start(&record, req),
         };
         d.share(&spec).map_err(|e| Failure::from(&e))
     });
     let done = finished(record, result.as_ref().map_err(Clone::clone), d.now());
     d.write(backend.in_batch(vec![Change::Record(Box::new(done))]));
     Decided::Done(result)
+}
+
+/// The instant a request's start asks for, if it is ahead of `now`
+/// (a start that cannot be reached is left to the engine to refuse).
+fn requested_start(now: DateTime<Utc>, start: Start) -> Option<DateTime<Utc>> {
+    match start {
+        Start::Now => None,
+        Start::After(d) if d < chrono::Duration::zero() => None,
+        Start::After(d) => now.checked_add_signed(d),
+        Start::At(t) => Some(t),
+    }
+    .filter(|t| *t > now)
+}
+
+/// The start a share is made with: the instant fixed when the request was
+/// made (a delay counts from the request, not from its decision), else
+/// what it asked (the engine refuses a bad one by name).
+fn share_start(record: &HistoryRecord, req: &ShareRequest) -> Start {
+    record.starts_at.map_or(req.start, Start::At)
 }
 
 /// A grantor who is not privileged may give no more than it holds now:
@@ -479,9 +502,8 @@ fn check_delegation(
         Level::Edit => access.until,
         Level::Read => access.read_until,
     };
-    let wanted = d
-        .now()
-        .checked_add_signed(req.duration.unwrap_or_else(|| d.default_duration()));
+    let from = requested_start(d.now(), req.start).unwrap_or_else(|| d.now());
+    let wanted = from.checked_add_signed(req.duration.unwrap_or_else(|| d.default_duration()));
     match wanted {
         Some(until) if until <= holds_until => Ok(()),
         _ => Err(format!(

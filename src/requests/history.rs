@@ -148,6 +148,7 @@ pub(super) fn finished(
             record.status = RequestStatus::Completed;
             record.grant = Some(grant.id);
             record.expires_at = Some(grant.expires_at);
+            record.starts_at = grant.starts_at;
         }
         Err(failure) => record.status = failure.status(),
     }

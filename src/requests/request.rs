@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Grant;
 use crate::error::{NotDurable, ShareError};
 use crate::ids::{Context, EntityId, Level, UserId};
+use crate::model::grant::Start;
 use crate::model::history::{FailureKind, RequestId, RequestStatus, RuleId, Source};
 
 use super::wire;
@@ -86,8 +87,13 @@ pub struct ShareRequest {
     pub context: Context,
     /// Read or edit.
     pub level: Level,
-    /// How long (default: the engine's default duration).
+    /// How long (default: the engine's default duration), counted from
+    /// the start.
     pub duration: Option<chrono::Duration>,
+    /// From when (default: at once). A share that starts later is held
+    /// as a scheduled grant: no check says yes before its start.
+    #[serde(default)]
+    pub start: Start,
 }
 
 impl ShareRequest {
@@ -100,7 +106,14 @@ impl ShareRequest {
             context: Context::Direct,
             level,
             duration: None,
+            start: Start::Now,
         }
+    }
+
+    /// Starting then (see [`Start`]).
+    pub fn start(mut self, start: Start) -> Self {
+        self.start = start;
+        self
     }
 
     /// Through this context.
@@ -222,6 +235,11 @@ impl From<wire::ShareItem> for ShareRequest {
             context: item.context,
             level: item.level,
             duration: item.duration_minutes.map(chrono::Duration::minutes),
+            start: match (item.starts_at, item.starts_in_minutes) {
+                (Some(at), _) => Start::At(at),
+                (None, Some(m)) => Start::After(chrono::Duration::minutes(m)),
+                (None, None) => Start::Now,
+            },
         }
     }
 }

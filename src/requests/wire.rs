@@ -14,8 +14,15 @@
 //! | `ContextEntity` | required for leads | required for leads | 1 = activity |
 //! | `ContextEntityId` | required for leads | required for leads | a UUID |
 //! | `AccessType` | required | optional (1) | 1 = read, 2 = write |
-//! | `DurationInMinutes` | optional (the engine's default) | not allowed | 1 or more |
+//! | `DurationInMinutes` | optional (the engine's default) | not allowed | 1 or more, counted from the start |
+//! | `StartsAt` | optional (at once) | not allowed | an RFC 3339 instant; one in the past means at once |
+//! | `StartsInMinutes` | optional (at once) | not allowed | 0 or more; not with `StartsAt` |
+//!
+//! `StartsAt` and `StartsInMinutes` extend the seed's share item: a share
+//! that starts later is held as a scheduled grant, and no check says yes
+//! before its start. Bodies without them keep their meaning.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -49,6 +56,13 @@ pub struct ShareItem {
     pub level: Level,
     /// How long, in minutes; `None` means the engine's default.
     pub duration_minutes: Option<i64>,
+    /// When the access begins (`StartsAt`); `None`: see `starts_in_minutes`.
+    #[serde(default)]
+    pub starts_at: Option<DateTime<Utc>>,
+    /// In how many minutes the access begins (`StartsInMinutes`); with
+    /// neither, at once.
+    #[serde(default)]
+    pub starts_in_minutes: Option<i64>,
 }
 
 /// One revoke item, decoded and checked.
@@ -264,13 +278,20 @@ const SHARE_FIELDS: &[&str] = &[
     "ContextEntityId",
     "AccessType",
     "DurationInMinutes",
+    "StartsAt",
+    "StartsInMinutes",
 ];
 
-/// The share fields without `DurationInMinutes` (the last one).
-const REVOKE_FIELDS: &[&str] = match SHARE_FIELDS.split_last() {
-    Some((_, rest)) => rest,
-    None => &[],
-};
+/// The share fields without a duration or a start.
+const REVOKE_FIELDS: &[&str] = &[
+    "UserId",
+    "Entity",
+    "EntityType",
+    "EntityId",
+    "ContextEntity",
+    "ContextEntityId",
+    "AccessType",
+];
 
 /// The fields of item `index`, which must be an object holding only `known`
 /// fields, and the (user, entity, context) it names.
@@ -327,13 +348,60 @@ fn share_item(index: usize, v: &Value, limits: &Limits) -> Result<ShareItem, Ite
             Some(m)
         }
     };
+    let (starts_at, starts_in_minutes) = item_start(&f)?;
     Ok(ShareItem {
         user,
         entity,
         context,
         level,
         duration_minutes,
+        starts_at,
+        starts_in_minutes,
     })
+}
+
+/// `StartsAt` or `StartsInMinutes`, at most one of them.
+fn item_start(f: &Fields<'_>) -> Result<(Option<DateTime<Utc>>, Option<i64>), ItemError> {
+    let at = match f.get("StartsAt") {
+        None => None,
+        Some(Value::String(s)) => Some(
+            DateTime::parse_from_rfc3339(s.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| {
+                    f.err(
+                        "StartsAt",
+                        format!("`{s}` is not an RFC 3339 instant (2026-12-07T09:00:00Z): {e}"),
+                    )
+                })?,
+        ),
+        Some(other) => {
+            return Err(f.err(
+                "StartsAt",
+                format!("must be an RFC 3339 string, not {}", kind_of(other)),
+            ))
+        }
+    };
+    let field = "StartsInMinutes";
+    let within = match f.get(field) {
+        None => None,
+        Some(_) if at.is_some() => {
+            return Err(f.err(field, "give `StartsAt` or `StartsInMinutes`, not both"))
+        }
+        Some(v) => {
+            let m = f.int(field, v)?;
+            if m < 0 {
+                return Err(f.err(field, format!("`{m}` is negative")));
+            }
+            if m > MAX_DURATION_MINUTES {
+                return Err(f.err(
+                    field,
+                    format!("`{m}` minutes is more than the limit of {MAX_DURATION_MINUTES}"),
+                ));
+            }
+            Some(m)
+        }
+    };
+    Ok((at, within))
 }
 
 fn revoke_item(index: usize, v: &Value) -> Result<RevokeItem, ItemError> {
@@ -449,6 +517,15 @@ impl ShareItem {
         map.insert("AccessType".into(), access_code(self.level).into());
         if let Some(m) = self.duration_minutes {
             map.insert("DurationInMinutes".into(), m.into());
+        }
+        if let Some(t) = self.starts_at {
+            map.insert(
+                "StartsAt".into(),
+                Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            );
+        }
+        if let Some(m) = self.starts_in_minutes {
+            map.insert("StartsInMinutes".into(), m.into());
         }
         Value::Object(map)
     }
@@ -605,6 +682,8 @@ mod tests {
                 context: Context::Activity("f2dbf1d5-bbab-418b-bddc-4c92ecdef214".parse().unwrap()),
                 level: Level::Edit,
                 duration_minutes: Some(30),
+                starts_at: None,
+                starts_in_minutes: None,
             }
         );
         let back = Value::Array(vec![item.to_wire()]);
@@ -660,6 +739,11 @@ mod tests {
             ("DurationInMinutes", Some(json!("30"))),
             ("DurationInMinutes", Some(json!(i64::MAX))),
             ("Durationinminutes", Some(json!(30))),
+            ("StartsAt", Some(json!("next monday"))),
+            ("StartsAt", Some(json!(1_700_000_000))),
+            ("StartsInMinutes", Some(json!(-1))),
+            ("StartsInMinutes", Some(json!("60"))),
+            ("StartsInMinutes", Some(json!(i64::MAX))),
         ];
         for (field, value) in cases {
             let body = seed_with(|m| match &value {
@@ -674,6 +758,41 @@ mod tests {
             assert_eq!((e.index, e.field.as_str()), (0, field), "{e}");
             assert!(!e.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn a_start_is_an_instant_or_minutes_never_both() {
+        let body = seed_with(|m| {
+            m.insert("StartsAt".into(), json!("2026-12-07T09:00:00+01:00"));
+        });
+        let item = decode_shares(&body).unwrap()[0].clone().unwrap();
+        let at = "2026-12-07T08:00:00Z".parse().unwrap();
+        assert_eq!(item.starts_at, Some(at));
+        assert_eq!(
+            crate::requests::ShareRequest::from(item).start,
+            crate::Start::At(at)
+        );
+        let back = decode_shares(&serde_json::to_vec(&vec![item.to_wire()]).unwrap()).unwrap();
+        assert_eq!(back[0].clone().unwrap(), item, "encodes back");
+        let body = seed_with(|m| {
+            m.insert("StartsInMinutes".into(), json!(90));
+        });
+        let item = decode_shares(&body).unwrap()[0].clone().unwrap();
+        assert_eq!(
+            crate::requests::ShareRequest::from(item).start,
+            crate::Start::After(chrono::Duration::minutes(90))
+        );
+        let both = seed_with(|m| {
+            m.insert("StartsAt".into(), json!("2026-12-07T09:00:00Z"));
+            m.insert("StartsInMinutes".into(), json!(5));
+        });
+        let e = share_error(&both);
+        assert_eq!(e.field, "StartsInMinutes");
+        assert!(e.reason.contains("not both"), "{e}");
+        // A revoke has no start.
+        let revoke = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":"1","StartsInMinutes":5}]"#;
+        let e = decode_revokes(revoke).unwrap()[0].clone().unwrap_err();
+        assert_eq!(e.field, "StartsInMinutes");
     }
 
     #[test]

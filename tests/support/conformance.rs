@@ -118,6 +118,7 @@ pub fn share_record(i: usize, e: usize, u: usize, status: RequestStatus) -> Hist
         revoked: None,
         expired_at: None,
         idempotency_key: i.is_multiple_of(5).then(|| format!("key-{i}")),
+        starts_at: None,
     }
 }
 

@@ -98,13 +98,13 @@ struct Statements {
 }
 
 /// The history columns a record is written to, in [`RecordValues`] order.
-const RECORD_COLUMNS: &str = "request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key";
+const RECORD_COLUMNS: &str = "request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms";
 
 /// Their types, for `UNNEST`.
-const RECORD_TYPES: [&str; 22] = [
+const RECORD_TYPES: [&str; 23] = [
     "text", "text", "int", "text", "text", "int", "text", "text", "bigint", "bigint", "text",
     "bigint", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "text", "text",
-    "text",
+    "text", "bigint",
 ];
 
 /// A replaced record keeps its place, and the end that `End` and
@@ -120,7 +120,8 @@ const RECORD_CONFLICT: &str = "ON CONFLICT (request) DO UPDATE SET
     end_cause = CASE WHEN excluded.end_ms IS NULL THEN grantwheel_history.end_cause ELSE excluded.end_cause END,
     end_ms = coalesce(excluded.end_ms, grantwheel_history.end_ms),
     ended_by = coalesce(excluded.ended_by, grantwheel_history.ended_by),
-    idempotency_key = excluded.idempotency_key, owner = excluded.owner";
+    idempotency_key = excluded.idempotency_key, owner = excluded.owner,
+    starts_ms = excluded.starts_ms";
 
 /// The grant columns, for `UNNEST`, in [`GRANT_COLUMNS`] order.
 const GRANT_TYPES: [&str; 9] = [
@@ -173,7 +174,7 @@ impl Statements {
             ended_by: p("UPDATE grantwheel_history SET ended_by = $2 WHERE grant_serial = $1 AND kind = 'share'")?,
             put_record: p(&format!(
                 "INSERT INTO grantwheel_history ({RECORD_COLUMNS}) VALUES ({}) {RECORD_CONFLICT}",
-                placeholders(22)
+                placeholders(RECORD_TYPES.len())
             ))?,
             put_records: p(&format!(
                 "INSERT INTO grantwheel_history ({RECORD_COLUMNS}) {} {RECORD_CONFLICT}",

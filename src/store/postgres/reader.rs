@@ -255,7 +255,7 @@ impl StoreReader for PostgresReader {
     ) -> Result<Vec<HistoryRecord>, StoreError> {
         let all = self.records(
             &format!(
-                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE entity_kind = $1 AND entity_id = $2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= $3 AND expires_ms > $3 AND (end_ms IS NULL OR end_ms > $3) ORDER BY seq DESC"
+                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE entity_kind = $1 AND entity_id = $2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= $3 AND (starts_ms IS NULL OR starts_ms <= $3) AND expires_ms > $3 AND (end_ms IS NULL OR end_ms > $3) ORDER BY seq DESC"
             ),
             &[
                 boxed(entity_kind(entity)),

@@ -19,7 +19,7 @@ pub(super) const GRANT_COLUMNS: &str =
     "serial, user_id, entity_kind, entity_id, context_kind, context_id, level, expires_ms, starts_ms";
 
 /// The columns a history record is read from, in this order.
-pub(super) const HISTORY_COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key";
+pub(super) const HISTORY_COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms";
 
 pub(super) fn i64_of(v: u64) -> i64 {
     // Serials stay below 2^47 and instants below the latest representable
@@ -127,6 +127,7 @@ pub(super) struct RecordValues {
     end_cause: Option<&'static str>,
     ended_by: Option<String>,
     idempotency_key: Option<String>,
+    starts_ms: Option<i64>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -184,10 +185,11 @@ impl RecordValues {
             end_cause,
             ended_by,
             idempotency_key: r.idempotency_key.clone(),
+            starts_ms: r.starts_at.map(ms),
         }
     }
 
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 22] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 23] {
         [
             &self.request,
             &self.kind,
@@ -211,6 +213,7 @@ impl RecordValues {
             &self.end_cause,
             &self.ended_by,
             &self.idempotency_key,
+            &self.starts_ms,
         ]
     }
 }
@@ -421,6 +424,7 @@ pub(super) fn decode_record(row: &Row) -> Result<(u64, HistoryRecord), StoreErro
                 revoked,
                 expired_at,
                 idempotency_key: c.get::<Option<String>>(22, "idempotency_key")?,
+                starts_at: c.time(23, "starts_ms")?,
             },
         ))
     };
@@ -490,4 +494,5 @@ columns!(RecordColumns of RecordValues {
     end_cause: Option<&'static str>,
     ended_by: Option<String>,
     idempotency_key: Option<String>,
+    starts_ms: Option<i64>,
 });

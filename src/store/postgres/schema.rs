@@ -13,14 +13,14 @@ use crate::store::StoreError;
 
 /// The schema version this library writes. Older databases are migrated
 /// forward on connect; newer ones are refused.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// A migration: takes a database from the version at its index to the
 /// next.
 type Migration = fn(&mut Transaction<'_>) -> Result<(), StoreError>;
 
 /// Migrations: entry `i` takes a database from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3];
+pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3, to_v4];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
@@ -142,6 +142,16 @@ ALTER TABLE grantwheel_grants ADD COLUMN starts_ms BIGINT;
 
 fn to_v3(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
     tx.batch_execute(V3).map_err(pg)
+}
+
+/// Version 4: a share record keeps when its access begins.
+const V4: &str = "
+-- Milliseconds since 1970 UTC; NULL: at once.
+ALTER TABLE grantwheel_history ADD COLUMN starts_ms BIGINT;
+";
+
+fn to_v4(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute(V4).map_err(pg)
 }
 
 /// The advisory lock key migrations hold ("gw-schema" in ASCII).

@@ -35,14 +35,16 @@ CREATE INDEX history_by_done ON history (done_ms, seq) WHERE done_ms IS NOT NULL
 ";
 
 /// The columns a record is read from, in this order.
-pub(super) const COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key";
+pub(super) const COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms";
 
-const WRITTEN: &str = "request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key";
+/// The columns of version 2, which a version 1 record fills (its later
+/// fields are all empty).
+const WRITTEN_V2: &str = "request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key";
 
 /// Insert or replace by request id. A replaced record keeps its place
 /// (`seq`), and keeps a recorded end when the new one has none.
-const PUT: &str = "INSERT INTO history (request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)
+const PUT: &str = "INSERT INTO history (request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)
 ON CONFLICT (request) DO UPDATE SET
     kind = excluded.kind, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
     user = excluded.user, context_kind = excluded.context_kind, context_id = excluded.context_id,
@@ -54,15 +56,16 @@ ON CONFLICT (request) DO UPDATE SET
     end_cause = CASE WHEN excluded.end_ms IS NULL THEN history.end_cause ELSE excluded.end_cause END,
     end_ms = coalesce(excluded.end_ms, history.end_ms),
     ended_by = coalesce(excluded.ended_by, history.ended_by),
-    idempotency_key = excluded.idempotency_key";
+    idempotency_key = excluded.idempotency_key, starts_ms = excluded.starts_ms";
 
 const END: &str = "UPDATE history SET end_ms = ?2, end_cause = ?3 WHERE grant_serial = ?1 AND kind = 'share' AND end_ms IS NULL";
 const ENDED_BY: &str =
     "UPDATE history SET ended_by = ?2 WHERE grant_serial = ?1 AND kind = 'share'";
 const FORGET: &str = "DELETE FROM history WHERE request = ?1";
 
-/// A record's columns, in the order of [`WRITTEN`].
-fn values(r: &HistoryRecord) -> [Value; 22] {
+/// A record's columns, in the order of [`PUT`] (those of [`WRITTEN_V2`]
+/// first).
+fn values(r: &HistoryRecord) -> [Value; 23] {
     let text = |s: &str| Value::Text(s.to_string());
     let opt_ms = |t: Option<DateTime<Utc>>| t.map_or(Value::Null, |t| Value::Integer(ms(t)));
     let (kind, _) = r.context.pack();
@@ -117,6 +120,7 @@ fn values(r: &HistoryRecord) -> [Value; 22] {
         r.idempotency_key
             .as_ref()
             .map_or(Value::Null, |k| Value::Text(k.clone())),
+        opt_ms(r.starts_at),
     ]
 }
 
@@ -132,7 +136,7 @@ pub(super) fn put_record(tx: &Transaction<'_>, r: &HistoryRecord) -> Result<(), 
         .map_err(io)
 }
 
-/// Insert a record at a given place (migrations only).
+/// Insert a record of version 1 at a given place (migrations only).
 pub(super) fn insert_with_place(
     tx: &Transaction<'_>,
     table: &str,
@@ -140,10 +144,10 @@ pub(super) fn insert_with_place(
     r: &HistoryRecord,
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO {table} (seq, {WRITTEN}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+        "INSERT INTO {table} (seq, {WRITTEN_V2}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
     );
     let mut all = vec![Value::Integer(seq)];
-    all.extend(values(r));
+    all.extend(values(r).into_iter().take(22));
     tx.prepare_cached(&sql)
         .and_then(|mut s| s.execute(rusqlite::params_from_iter(all)))
         .map(|_| ())
@@ -340,6 +344,7 @@ impl HistoryRow<'_, '_> {
             revoked,
             expired_at,
             idempotency_key: self.text(22, "idempotency_key")?.map(str::to_string),
+            starts_at: self.time(23, "starts_ms")?,
         };
         Ok((seq, record))
     }

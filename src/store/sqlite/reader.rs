@@ -252,7 +252,7 @@ impl StoreReader for SqliteReader {
     ) -> Result<Vec<HistoryRecord>, StoreError> {
         let all = self.all(
             &format!(
-                "SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"
+                "SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND (starts_ms IS NULL OR starts_ms <= ?3) AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"
             ),
             &[
                 &i64::from(entity.kind.code()),
@@ -474,7 +474,7 @@ pub(super) fn plans(conn: &Connection) -> Vec<(String, String)> {
         ("processing", one(&format!("SELECT {COLUMNS} FROM history WHERE status = 'Processing' ORDER BY seq LIMIT ?1"), vec![Value::Integer(10)])),
         ("open shares of a rule", one(&format!("SELECT {COLUMNS} FROM history WHERE {OPEN_OF_RULE} ORDER BY seq"), vec![Value::Integer(1), Value::Integer(1)])),
         ("prunable", one("SELECT request FROM history WHERE done_ms < ?1 ORDER BY done_ms, seq LIMIT ?2", vec![Value::Integer(1), Value::Integer(10)])),
-        ("access at", one(&format!("SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),
+        ("access at", one(&format!("SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND (starts_ms IS NULL OR starts_ms <= ?3) AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),
         ("end a share record", one("UPDATE history SET end_ms = ?2, end_cause = ?3 WHERE grant_serial = ?1 AND kind = 'share' AND end_ms IS NULL", vec![Value::Integer(1), Value::Integer(1), Value::Text("expired".into())])),
         ("grants of a user", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE user = ?1 AND expires_ms > ?2 ORDER BY expires_ms, serial"), vec![Value::Text("u".into()), Value::Integer(1)])),
         ("grants on an entity", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE entity_kind = ?1 AND entity_id = ?2 AND expires_ms > ?3 ORDER BY expires_ms, serial"), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),

@@ -6,7 +6,8 @@
 //! that serve each query of the store's read side, so nothing of the
 //! history is loaded at start; the live grants gain the indexes of the
 //! listings by user, entity, context and expiry. Version 3 gives a grant
-//! its start (`starts_ms`, for grants shared to start later).
+//! its start (`starts_ms`, for grants shared to start later); version 4
+//! gives a history record the start of the access it asked for.
 
 use rusqlite::{params, Transaction};
 
@@ -17,13 +18,13 @@ use crate::store::StoreError;
 
 /// The schema version this library writes. Older files are migrated
 /// forward on open; newer ones are refused.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// A migration: takes a file from the version at its index to the next.
 type Migration = fn(&Transaction<'_>) -> Result<(), StoreError>;
 
 /// Migrations: entry `i` takes a file from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3];
+pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3, to_v4];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
@@ -120,6 +121,7 @@ CREATE INDEX grants_by_context ON grants (context_kind, context_id, expires_ms);
 CREATE INDEX grants_by_expiry ON grants (expires_ms);
 ";
 
+/// The readable view of version 2 (version 4 replaces it).
 const HISTORY_VIEW: &str = "
 CREATE VIEW history_readable AS
 SELECT seq, request, kind, entity_kind, entity_id, user, context_kind, context_id, level,
@@ -173,6 +175,27 @@ fn to_v3(tx: &Transaction<'_>) -> Result<(), StoreError> {
                 strftime('%Y-%m-%dT%H:%M:%fZ', starts_ms / 1000.0, 'unixepoch') AS starts_at,
                 strftime('%Y-%m-%dT%H:%M:%fZ', expires_ms / 1000.0, 'unixepoch') AS expires_at
          FROM grants;",
+    )
+    .map_err(io)
+}
+
+/// Version 4: a share record keeps when its access begins (`starts_ms`;
+/// NULL: at once), and the readable view shows it.
+fn to_v4(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "ALTER TABLE history ADD COLUMN starts_ms INTEGER; -- when the access begins; NULL: at once
+         DROP VIEW history_readable;
+         CREATE VIEW history_readable AS
+         SELECT seq, request, kind, entity_kind, entity_id, user, context_kind, context_id, level,
+                duration_ms / 60000.0 AS duration_minutes, source, rule, status, failure_kind,
+                reason, grant_serial,
+                strftime('%Y-%m-%dT%H:%M:%fZ', created_ms / 1000.0, 'unixepoch') AS created_at,
+                strftime('%Y-%m-%dT%H:%M:%fZ', completed_ms / 1000.0, 'unixepoch') AS completed_at,
+                strftime('%Y-%m-%dT%H:%M:%fZ', starts_ms / 1000.0, 'unixepoch') AS starts_at,
+                strftime('%Y-%m-%dT%H:%M:%fZ', expires_ms / 1000.0, 'unixepoch') AS expires_at,
+                strftime('%Y-%m-%dT%H:%M:%fZ', end_ms / 1000.0, 'unixepoch') AS ended_at,
+                end_cause, ended_by, idempotency_key
+         FROM history;",
     )
     .map_err(io)
 }
