@@ -393,3 +393,116 @@ fn restart_over_sqlite_keeps_scheduled_grants_and_starts_the_passed_ones() {
             .unwrap()
     });
 }
+
+/// The request layer: a share that starts later completes at once (the
+/// grant is made, scheduled), its record keeps the start, and "who had
+/// access at T" counts from the start.
+fn scheduled_requests(sharing: &grantwheel::requests::Sharing, clock: &ManualClock) {
+    use grantwheel::requests::{HistoryQuery, RequestStatus, ShareRequest};
+    let (u, e) = pair(20);
+    let start = t0() + Duration::days(2);
+    let out = sharing.share(
+        ShareRequest::new(u, e, Level::Edit)
+            .start(Start::At(start))
+            .duration(Duration::hours(8)),
+    );
+    assert_eq!(out.status, RequestStatus::Completed);
+    let grant = out.grant.unwrap();
+    assert_eq!(grant.starts_at, Some(start));
+    assert_eq!(grant.expires_at, start + Duration::hours(8));
+    assert!(!sharing.engine().can_read(&u, &e));
+    let record = sharing.request(&out.request).unwrap().unwrap();
+    assert_eq!(record.starts_at, Some(start));
+    assert_eq!(record.expires_at, Some(start + Duration::hours(8)));
+    let page = sharing.history(&e, &HistoryQuery::default()).unwrap();
+    assert_eq!(page.records[0].starts_at, Some(start));
+    // Who had access: nobody before the start, the grantee within it.
+    assert!(sharing
+        .access_at(&e, t0() + Duration::days(1))
+        .unwrap()
+        .is_empty());
+    let during = sharing.access_at(&e, start + Duration::hours(1)).unwrap();
+    assert_eq!(during.len(), 1);
+    assert_eq!(during[0].request, out.request);
+    assert!(sharing
+        .access_at(&e, start + Duration::hours(8))
+        .unwrap()
+        .is_empty());
+    clock.set(start);
+    sharing.engine().advance();
+    assert!(sharing.engine().can_edit(&u, &e));
+
+    // A delay counts from the request; a bad one fails the request by name.
+    let out = sharing.share(
+        ShareRequest::new(u, EntityId::lead(21), Level::Read)
+            .start(Start::After(Duration::hours(1))),
+    );
+    assert_eq!(
+        out.grant.unwrap().starts_at,
+        Some(start + Duration::hours(1))
+    );
+    let bad = sharing.share(
+        ShareRequest::new(u, EntityId::lead(22), Level::Read)
+            .start(Start::After(Duration::hours(-1))),
+    );
+    match bad.status {
+        RequestStatus::Failed { reason, .. } => assert!(reason.contains("starts_in"), "{reason}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_scheduled_share_request_keeps_its_start_in_memory() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    scheduled_requests(&grantwheel::requests::Sharing::new(engine), &clock);
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn a_scheduled_share_request_keeps_its_start_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .store(SqliteStore::open(dir.path().join("requests.db")).unwrap())
+        .build()
+        .unwrap();
+    scheduled_requests(&grantwheel::requests::Sharing::new(engine), &clock);
+}
+
+#[test]
+fn the_api_takes_starts_at_and_starts_in_minutes() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    let sharing = grantwheel::requests::Sharing::new(engine);
+    let user = "0203f172-8642-11e7-9bed-069b743e848f";
+    let body = serde_json::json!([
+        {"UserId": user, "Entity": 5, "EntityType": 3, "EntityId": "1", "AccessType": 1,
+         "DurationInMinutes": 60, "StartsAt": "2026-12-08T09:00:00Z"},
+        {"UserId": user, "Entity": 5, "EntityType": 3, "EntityId": "2", "AccessType": 2,
+         "StartsInMinutes": 30},
+        {"UserId": user, "Entity": 5, "EntityType": 3, "EntityId": "3", "AccessType": 2,
+         "StartsInMinutes": 30, "StartsAt": "2026-12-08T09:00:00Z"}
+    ]);
+    let answers = sharing
+        .api_share(&serde_json::to_vec(&body).unwrap())
+        .unwrap();
+    let u: UserId = user.parse().unwrap();
+    let scheduled = sharing.engine().scheduled_of(&u);
+    assert_eq!(scheduled.len(), 2, "{answers:?}");
+    // By expiry: the hour from Tuesday 9:00, then the default from 9:30.
+    let tuesday = Utc.with_ymd_and_hms(2026, 12, 8, 9, 0, 0).unwrap();
+    assert_eq!(scheduled[0].starts_at, Some(tuesday));
+    assert_eq!(scheduled[0].expires_at, tuesday + Duration::hours(1));
+    assert_eq!(scheduled[1].starts_at, Some(t0() + Duration::minutes(30)));
+    match &answers[2] {
+        grantwheel::requests::wire::ItemResponse::Error {
+            exception_message, ..
+        } => assert!(
+            exception_message.contains("StartsInMinutes"),
+            "{exception_message}"
+        ),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
