@@ -446,6 +446,30 @@ async fn access_now(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Res
     Ok(ok(&grants))
 }
 
+async fn access_scheduled(
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = params(&q);
+    app.authorize(&p, Limited::Yes)?;
+    let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
+    let grants = app.blocking(move |s| scheduled_grants(s, &entity)).await?;
+    Ok(ok(&grants))
+}
+
+/// Who will see `entity` later: its grants yet to start, soonest start
+/// first.
+pub(crate) fn scheduled_grants(sharing: &Sharing, entity: &EntityId) -> Vec<GrantView> {
+    let mut grants: Vec<GrantView> = sharing
+        .engine()
+        .scheduled_on(entity)
+        .iter()
+        .map(GrantView::of)
+        .collect();
+    grants.sort_by(|a, b| a.starts.cmp(&b.starts).then(a.user.cmp(&b.user)));
+    grants
+}
+
 /// Who may see `entity` now: its live grants, soonest end last.
 pub(crate) fn live_grants(sharing: &Sharing, entity: &EntityId) -> Vec<GrantView> {
     let now = sharing.engine().now();
@@ -747,6 +771,7 @@ pub fn router(app: App) -> Router {
         .route("/Check", get(check_get).post(check_batch))
         .route("/History", get(history))
         .route("/Access", get(access_now))
+        .route("/Access/Scheduled", get(access_scheduled))
         .route("/Rules", get(rules_list).post(rules_create))
         .route(
             "/Rules/{id}",

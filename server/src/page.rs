@@ -18,7 +18,7 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::app::{history_query, live_grants, param, params, App};
+use crate::app::{history_query, live_grants, param, params, scheduled_grants, App};
 use crate::wire::{GrantView, RecordView};
 
 const COOKIE: &str = "gw_session";
@@ -327,6 +327,31 @@ fn access_panel(grants: &[GrantView]) -> Markup {
     }
 }
 
+/// Grants made to start later, soonest first; nothing when there are none.
+fn scheduled_panel(grants: &[GrantView]) -> Markup {
+    html! {
+        @if !grants.is_empty() {
+            section #scheduled {
+                h2 { "Access that starts later" }
+                table {
+                    thead { tr { th { "User" } th { "Access" } th { "Through" } th { "Starts" } th { "Ends" } } }
+                    tbody {
+                        @for g in grants {
+                            tr {
+                                td.mono { (g.user.to_string()) }
+                                td { (access_name(g.access)) }
+                                td.mono { @if let Some(c) = g.context { (c.to_string()) } @else { span.muted { "direct" } } }
+                                td { @if let Some(s) = g.starts { (when(s)) } }
+                                td { (when(g.ends)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn history_table(records: &[RecordView], default_minutes: i64) -> Markup {
     html! {
         table #history {
@@ -358,7 +383,10 @@ fn history_table(records: &[RecordView], default_minutes: i64) -> Markup {
                             span class=(format!("badge {}", r.status)) { (r.status) }
                             @if let Some(reason) = &r.reason { div.reason { (reason) } }
                         }
-                        td { (when(r.created_at)) }
+                        td {
+                            (when(r.created_at))
+                            @if let Some(s) = r.starts { div.muted.starts { "starts " (when(s)) } }
+                        }
                         td {
                             @match (r.kind, r.ends, r.ended_by) {
                                 // A revoke ends other grants; it has no end of its own.
@@ -428,10 +456,11 @@ async fn history_page(
     let answer = app
         .blocking(move |s| {
             let page = s.history(&entity, &query);
-            (page, live_grants(s, &entity), s.engine().now())
+            let grants = (live_grants(s, &entity), scheduled_grants(s, &entity));
+            (page, grants, s.engine().now())
         })
         .await;
-    let (history, grants, now) = match answer {
+    let (history, (grants, scheduled), now) = match answer {
         Ok(v) => v,
         Err(e) => {
             return page(
@@ -456,6 +485,7 @@ async fn history_page(
             html! {
                 section { (filters(&p)) }
                 (access_panel(&grants))
+                (scheduled_panel(&scheduled))
                 section {
                     h2 { "Shares and revokes, newest first" }
                     @if records.is_empty() {

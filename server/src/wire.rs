@@ -375,6 +375,9 @@ pub struct RecordView {
     /// When it was made.
     #[serde(rename = "SharedAt")]
     pub created_at: DateTime<Utc>,
+    /// When the access begins, for a share made to start later.
+    #[serde(rename = "Starts", skip_serializing_if = "Option::is_none")]
+    pub starts: Option<DateTime<Utc>>,
     /// When the access ends or ended (shares that completed).
     #[serde(rename = "Ends", skip_serializing_if = "Option::is_none")]
     pub ends: Option<DateTime<Utc>>,
@@ -438,6 +441,7 @@ impl RecordView {
             },
             context: context_id(&r.context),
             created_at: r.created_at,
+            starts: r.starts_at,
             ends,
             ended: ends.is_some_and(|e| e <= now),
             ended_by,
@@ -457,6 +461,9 @@ pub struct GrantView {
     /// The activity or task it went through.
     #[serde(rename = "ContextEntityId", skip_serializing_if = "Option::is_none")]
     pub context: Option<Uuid>,
+    /// When it begins, for a grant made to start later.
+    #[serde(rename = "Starts", skip_serializing_if = "Option::is_none")]
+    pub starts: Option<DateTime<Utc>>,
     /// When it ends.
     #[serde(rename = "Ends")]
     pub ends: DateTime<Utc>,
@@ -469,6 +476,7 @@ impl GrantView {
             user: g.id.user,
             access: access_code(g.level),
             context: context_id(&g.id.context),
+            starts: g.starts_at,
             ends: g.expires_at,
         }
     }

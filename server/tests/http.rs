@@ -495,3 +495,70 @@ fn a_context_resolver_url_decides_and_a_silent_one_refuses() {
         "{v}"
     );
 }
+
+#[test]
+fn a_share_that_starts_later_is_listed_apart_and_checks_say_no_until_then() {
+    let s = Running::start(|_| {});
+    let user = "0203f172-8642-11e7-9bed-069b743e848f";
+    // The opportunity's owner is someone else.
+    let event = json!({"Id":"evt-s","Trigger":"EntityCreated","Entity":5,"EntityId":"42",
+        "Owner":"11111111-2222-4333-8444-555555555555"});
+    let (code, v) = post(
+        &s.api("/Events"),
+        "application/json",
+        &serde_json::to_vec(&event).unwrap(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let items = json!([
+        {"UserId": user, "Entity": 5, "EntityType": 3, "EntityId": "42", "AccessType": 2,
+         "DurationInMinutes": 60, "StartsInMinutes": 120},
+        {"UserId": user, "Entity": 5, "EntityType": 3, "EntityId": "42", "AccessType": 1,
+         "StartsInMinutes": 5, "StartsAt": "2030-01-01T00:00:00Z"}
+    ]);
+    let (code, v) = post(
+        &s.api("/Share"),
+        "application/json",
+        &serde_json::to_vec(&items).unwrap(),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v[0]["Status"], "Success", "{v}");
+    assert!(
+        v[1]["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .contains("`StartsInMinutes`: give `StartsAt` or `StartsInMinutes`, not both"),
+        "{v}"
+    );
+    let id = v[0]["Message"]["Id"].as_str().unwrap().to_string();
+    let (_, status) = get(&format!("{}&id={id}", s.api("/Status/Get")));
+    assert_eq!(status["Message"]["ResponseText"], "Completed");
+
+    let check = format!("{}&UserId={user}&Entity=5&EntityId=42", s.api("/Check"));
+    let (code, v) = get(&check);
+    assert_eq!((code, &v["Read"]), (200, &json!(false)), "{v}");
+    let (_, now) = get(&format!("{}&Entity=5&EntityId=42", s.api("/Access")));
+    assert_eq!(now, json!([]));
+    let (code, later) = get(&format!(
+        "{}&Entity=5&EntityId=42",
+        s.api("/Access/Scheduled")
+    ));
+    assert_eq!(code, 200, "{later}");
+    let starts: chrono::DateTime<chrono::Utc> =
+        later[0]["Starts"].as_str().unwrap().parse().unwrap();
+    let ends: chrono::DateTime<chrono::Utc> = later[0]["Ends"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        ends - starts,
+        chrono::Duration::minutes(60),
+        "counted from the start"
+    );
+    let ahead = starts - chrono::Utc::now();
+    assert!(
+        ahead > chrono::Duration::minutes(119) && ahead <= chrono::Duration::minutes(120),
+        "{ahead}"
+    );
+    let (_, history) = get(&format!("{}&Entity=5&EntityId=42", s.api("/History")));
+    assert_eq!(
+        history["Records"][0]["Starts"], later[0]["Starts"],
+        "{history}"
+    );
+}
