@@ -356,6 +356,8 @@ fn build_history(path: &Path, n: usize, live: usize) -> Samples {
             expired_at: None,
             idempotency_key: key.clone(),
             starts_at: None,
+            granted_by: None,
+            approval: None,
         };
         if i % 997 == 0 {
             samples.ids.push(record.request);

@@ -328,3 +328,108 @@ fn checks_never_see_a_grant_before_its_start() {
     }
     assert!(engine.scheduled_on(&timed).is_empty());
 }
+
+/// Phases of a held share, published by the writer around its calls.
+const HOLDING: u64 = 0;
+const HELD: u64 = 1;
+const DECIDING: u64 = 2;
+const DENIED: u64 = 3;
+const APPROVED: u64 = 4;
+const APPROVAL_PHASES: u64 = 5;
+
+#[test]
+fn checks_never_see_a_share_before_its_approval() {
+    use grantwheel::requests::{
+        ApprovalRules, RequestStatus, RevokeRequest, ShareRequest, Sharing,
+    };
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+    let clock = ManualClock::new(t0);
+    let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    let sharing = Sharing::builder(engine)
+        .approvals(
+            ApprovalRules {
+                edit: true,
+                ..ApprovalRules::default()
+            },
+            Duration::hours(1),
+        )
+        .build()
+        .unwrap();
+    let phases: Arc<Vec<AtomicU64>> =
+        Arc::new((0..PAIRS).map(|_| AtomicU64::new(DENIED)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..2 {
+        let (engine, phases, done) = (sharing.engine().clone(), phases.clone(), done.clone());
+        readers.push(std::thread::spawn(move || {
+            let mut checks = 0u64;
+            let mut i = r;
+            while !done.load(Ordering::Acquire) {
+                i = (i + 1) % PAIRS;
+                let (u, e) = pair(i);
+                let before = phases[i].load(Ordering::Acquire);
+                let read = engine.can_read(&u, &e);
+                let after = phases[i].load(Ordering::Acquire);
+                if before == after {
+                    match before % APPROVAL_PHASES {
+                        HELD | DENIED => assert!(!read, "pair {i} readable without an approval"),
+                        APPROVED => {
+                            assert!(read, "pair {i} unreadable after its approval returned")
+                        }
+                        _ => {}
+                    }
+                }
+                checks += 1;
+            }
+            checks
+        }));
+    }
+    let boss = UserId::from_u128(0xb055);
+    let rival = UserId::from_u128(0xb056);
+    for cycle in 0..2_000u64 {
+        let i = (cycle as usize) % PAIRS;
+        let (u, e) = pair(i);
+        let base = phases[i].load(Ordering::Relaxed) + 1;
+        let base = base + (APPROVAL_PHASES - base % APPROVAL_PHASES) % APPROVAL_PHASES;
+        phases[i].store(base + HOLDING, Ordering::Release);
+        let asked = sharing.share(ShareRequest::new(u, e, Level::Edit));
+        assert_eq!(asked.status, RequestStatus::Processing);
+        phases[i].store(base + HELD, Ordering::Release);
+        phases[i].store(base + DECIDING, Ordering::Release);
+        match cycle % 3 {
+            0 => {
+                sharing.deny(&asked.request, boss, None).unwrap();
+                phases[i].store(base + DENIED, Ordering::Release);
+            }
+            1 => {
+                // Nobody acted in time: it fails, and never grants.
+                clock.advance(Duration::hours(1));
+                assert_eq!(sharing.expire_approvals().unwrap(), 1);
+                phases[i].store(base + DENIED, Ordering::Release);
+            }
+            _ => {
+                // Two approvers at once: exactly one decides.
+                let (a, b) = std::thread::scope(|s| {
+                    let a = s.spawn(|| sharing.approve(&asked.request, boss, None));
+                    let b = s.spawn(|| sharing.approve(&asked.request, rival, None));
+                    (a.join().unwrap(), b.join().unwrap())
+                });
+                assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+                phases[i].store(base + APPROVED, Ordering::Release);
+                assert!(sharing.engine().can_edit(&u, &e));
+                phases[i].store(base + DECIDING, Ordering::Release);
+                let out = sharing.revoke(RevokeRequest {
+                    user: u,
+                    entity: e,
+                    context: Context::Direct,
+                    level: Level::Edit,
+                });
+                assert_eq!(out.status, RequestStatus::Completed);
+                phases[i].store(base + DENIED, Ordering::Release);
+            }
+        }
+    }
+    done.store(true, Ordering::Release);
+    let checks: u64 = readers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(checks > 0);
+}

@@ -11,6 +11,11 @@
 //! - a share made to start later is held with its start, answers no before
 //!   it, and answers yes once its start passed (here, on open);
 //! - every acknowledged share request is on record as `Completed`;
+//! - shares of opportunities wait for an approver: an acknowledged hold is
+//!   on record awaiting approval (or decided, if a decision was tried), an
+//!   acknowledged approval or denial survives, and no grant of an
+//!   opportunity is held without an approval on record (an approval that
+//!   was not acknowledged either took whole or never granted);
 //!
 //! then starts the next child on the same file. 200 cycles by default; set
 //! `GRANTWHEEL_CRASH_CYCLES` for more (the gate runs 1,000). Every
@@ -31,11 +36,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::{DateTime, Duration, Utc};
-use grantwheel::requests::{RequestId, RequestStatus, ShareRequest, Sharing};
+use grantwheel::requests::{
+    ApprovalRules, FailureKind, RequestId, RequestStatus, ShareRequest, Sharing,
+};
 use grantwheel::store::{SqliteStore, StoreError};
 use grantwheel::{
-    ChangeError, Context, Engine, EntityId, Expiry, Grant, Level, RevokeError, ShareSpec, Start,
-    UserId,
+    ChangeError, Context, Engine, EntityId, EntityKind, EntityRef, Expiry, Grant, Level,
+    RevokeError, ShareSpec, Start, UserId,
 };
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 use uuid::Uuid;
@@ -44,14 +51,40 @@ const CHILD_ENV: &str = "GRANTWHEEL_CRASH_CHILD";
 const THREADS: u128 = 3;
 const USERS_PER_THREAD: u128 = 20;
 const ENTITIES: u64 = 8;
+/// Opportunities, after the leads: their shares wait for an approver.
+const OPPORTUNITIES: u64 = 4;
 
 fn user(i: u128) -> UserId {
     UserId::from_u128(0x5000 + i)
 }
 
+/// Records `0..ENTITIES` are leads; those above are opportunities, whose
+/// shares wait for an approver.
 fn entity(i: u64) -> EntityId {
-    EntityId::lead(100 + i)
+    if i < ENTITIES {
+        EntityId::lead(100 + i)
+    } else {
+        EntityId::opportunity(100 + i)
+    }
 }
+
+/// The request layer of the child and of the checks: shares of
+/// opportunities wait for an approver (for a day: none times out here).
+fn layer(engine: &Engine) -> Sharing {
+    Sharing::builder(engine.clone())
+        .approvals(
+            ApprovalRules {
+                kinds: vec![EntityKind::OPPORTUNITY],
+                ..ApprovalRules::default()
+            },
+            Duration::days(1),
+        )
+        .build()
+        .unwrap()
+}
+
+/// The approver of the crash test's held shares.
+const APPROVER: UserId = UserId::from_u128(0xa9);
 
 fn context(i: u8) -> Context {
     match i {
@@ -90,7 +123,7 @@ fn crash_child() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let engine = open(std::path::Path::new(&path));
-    let sharing = Sharing::new(engine.clone());
+    let sharing = layer(&engine);
     let stop = Instant::now() + StdDuration::from_secs(20);
     std::thread::scope(|s| {
         for t in 0..THREADS {
@@ -105,9 +138,63 @@ fn crash_child() {
                     .iter()
                     .flat_map(|u| [engine.grants_of(u), engine.scheduled_of(u)].concat())
                     .collect();
+                // This thread's shares held for an approver:
+                // (request, user, record).
+                // Those a killed child left waiting are decided by the
+                // next.
+                let mut held: Vec<(RequestId, UserId, u64)> = sharing
+                    .awaiting_approval(1000)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| users.contains(&r.user))
+                    .map(|r| {
+                        let EntityRef::Number(n) = r.entity.id else {
+                            unreachable!("opportunities are numbered")
+                        };
+                        (r.request, r.user, n - 100)
+                    })
+                    .collect();
                 while Instant::now() < stop {
-                    let op = rng.random_range(0..10);
-                    if op < 6 || mine.is_empty() {
+                    let op = rng.random_range(0..12);
+                    if op == 10 {
+                        let u = users[rng.random_range(0..users.len())];
+                        let e = ENTITIES + rng.random_range(0..OPPORTUNITIES);
+                        let d = rng.random_range(100..4000);
+                        let out = sharing.share(
+                            ShareRequest::new(u, entity(e), Level::Edit)
+                                .duration(Duration::milliseconds(d)),
+                        );
+                        assert_eq!(out.status, RequestStatus::Processing, "held");
+                        println!("ACK H {}", out.request);
+                        held.push((out.request, u, e));
+                    } else if op == 11 && !held.is_empty() {
+                        let (request, u, e) = held.swap_remove(rng.random_range(0..held.len()));
+                        if rng.random_bool(0.75) {
+                            // An approval makes a share of the pair (it
+                            // replaces the pair's grant through the same
+                            // context).
+                            println!("TRY S {} {e} 0", u.as_u128());
+                            println!("TRY A {request}");
+                            let out = sharing.approve(&request, APPROVER, Some("crash")).unwrap();
+                            let g = out.grant.unwrap();
+                            println!(
+                                "ACK S {} {} {e} 0 1 {} {request} 0",
+                                g.id.serial,
+                                u.as_u128(),
+                                ms(g.expires_at)
+                            );
+                            println!("ACK A {request}");
+                            mine.retain(|old| {
+                                (old.id.user, old.id.entity, old.id.context)
+                                    != (u, entity(e), Context::Direct)
+                            });
+                            mine.push(g);
+                        } else {
+                            println!("TRY D {request}");
+                            sharing.deny(&request, APPROVER, None).unwrap();
+                            println!("ACK D {request}");
+                        }
+                    } else if !(6..10).contains(&op) || mine.is_empty() {
                         let u = users[rng.random_range(0..users.len())];
                         let e = rng.random_range(0..ENTITIES);
                         let c = rng.random_range(0..2u8);
@@ -220,6 +307,21 @@ struct Model {
     asked: BTreeSet<(u128, u64, u8)>,
     /// Share requests acknowledged through the request layer.
     requests: Vec<RequestId>,
+    /// Shares held for an approver, and what was asked or acknowledged of
+    /// their decision.
+    holds: BTreeMap<RequestId, Hold>,
+    /// The grants that approvals on record made, by serial.
+    approved: BTreeSet<u64>,
+}
+
+/// A held share's decision, as far as the child reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    Waiting,
+    Approving,
+    Approved,
+    Denying,
+    Denied,
 }
 
 impl Model {
@@ -273,6 +375,18 @@ impl Model {
                     self.requests.push(f[8].parse().unwrap());
                 }
             }
+            ("ACK", "H") => {
+                self.holds.insert(f[2].parse().unwrap(), Hold::Waiting);
+            }
+            (kind @ ("TRY" | "ACK"), what @ ("A" | "D")) => {
+                let state = match (kind, what) {
+                    ("TRY", "A") => Hold::Approving,
+                    ("ACK", "A") => Hold::Approved,
+                    ("TRY", _) => Hold::Denying,
+                    _ => Hold::Denied,
+                };
+                self.holds.insert(f[2].parse().unwrap(), state);
+            }
             ("ACK", "R") => {
                 let s = n(2) as u64;
                 self.live.remove(&s);
@@ -295,13 +409,54 @@ fn verify(path: &std::path::Path, m: &mut Model, cycle: usize) -> usize {
     store.integrity_check().unwrap();
     let before = ms(Utc::now());
     let engine = Engine::builder().store(store).build().unwrap();
-    let sharing = Sharing::new(engine.clone());
+    let sharing = layer(&engine);
     for request in &m.requests {
         assert_eq!(
             sharing.status(request).unwrap(),
             Some(RequestStatus::Completed),
             "cycle {cycle}: acknowledged request {request}"
         );
+    }
+    // Held shares: on record as the child last said, or (for a decision
+    // asked and not acknowledged) either before or after it.
+    let mut decided = Vec::new();
+    for (request, hold) in &m.holds {
+        let record = sharing
+            .request(request)
+            .unwrap()
+            .unwrap_or_else(|| panic!("cycle {cycle}: held request {request} lost"));
+        let waiting = record.awaiting_approval();
+        let approved = record.status == RequestStatus::Completed;
+        let denied = matches!(
+            record.status,
+            RequestStatus::Failed {
+                kind: FailureKind::Denied,
+                ..
+            }
+        );
+        let fine = match hold {
+            Hold::Waiting => waiting,
+            Hold::Approving => waiting || approved,
+            Hold::Approved => approved,
+            Hold::Denying => waiting || denied,
+            Hold::Denied => denied,
+        };
+        assert!(
+            fine,
+            "cycle {cycle}: held request {request} ({hold:?}) is {record:?}"
+        );
+        if approved {
+            let decision = record.approval.as_ref().and_then(|a| a.decision.as_ref());
+            assert!(decision.is_some_and(|d| d.approved && d.approver == APPROVER));
+            m.approved.extend(record.grant.map(|id| id.serial));
+        }
+        if approved || denied {
+            decided.push(*request);
+        }
+    }
+    // A decided request stays decided: the next cycles check it no more.
+    for request in decided {
+        m.holds.remove(&request);
     }
     let mut held = BTreeMap::new();
     let mut waiting = BTreeSet::new();
@@ -341,6 +496,12 @@ fn verify(path: &std::path::Path, m: &mut Model, cycle: usize) -> usize {
         }
     }
     for (serial, g) in &held {
+        if g.id.entity.kind == EntityKind::OPPORTUNITY {
+            assert!(
+                m.approved.contains(serial),
+                "cycle {cycle}: grant {serial} of an opportunity held without an approval on record: {g:?}"
+            );
+        }
         let asked = m.asked.iter().any(|(u, e, c)| {
             (UserId::from_u128(*u), entity(*e), context(*c))
                 == (g.id.user, g.id.entity, g.id.context)
@@ -420,6 +581,9 @@ fn verify(path: &std::path::Path, m: &mut Model, cycle: usize) -> usize {
 struct Lane {
     acks: usize,
     held_max: usize,
+    /// Shares held for an approver, and decisions acknowledged.
+    holds: usize,
+    decisions: usize,
 }
 
 /// Runs `cycles` kill cycles on files of its own in `dir`. Lanes share
@@ -466,6 +630,8 @@ fn kill_lane(lane: usize, cycles: usize, per_file: usize, dir: &std::path::Path)
         child.wait().unwrap();
         for line in reader.join().unwrap() {
             out.acks += usize::from(line.starts_with("ACK"));
+            out.holds += usize::from(line.starts_with("ACK H"));
+            out.decisions += usize::from(line.starts_with("ACK A") || line.starts_with("ACK D"));
             m.line(&line);
         }
         out.held_max = out.held_max.max(verify(&path, &mut m, cycle));
@@ -500,12 +666,18 @@ fn kill_nine_loses_nothing_acknowledged() {
     });
     let acks: usize = done.iter().map(|l| l.acks).sum();
     let held_max = done.iter().map(|l| l.held_max).max().unwrap_or(0);
+    let holds: usize = done.iter().map(|l| l.holds).sum();
+    let decisions: usize = done.iter().map(|l| l.decisions).sum();
     assert!(
         acks > cycles,
         "the children got work done ({acks} acknowledgements)"
     );
+    assert!(
+        holds > 0 && decisions > 0,
+        "shares were held ({holds}) and decided ({decisions})"
+    );
     println!(
-        "{cycles} kills in {lanes} lane(s), {acks} acknowledged operations checked, up to {held_max} live grants, 0 violations, {:.1} s",
+        "{cycles} kills in {lanes} lane(s), {acks} acknowledged operations checked ({holds} shares held for an approver, {decisions} decisions), up to {held_max} live grants, 0 violations, {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }

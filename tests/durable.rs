@@ -349,13 +349,13 @@ fn a_newer_schema_is_refused_and_the_schema_reads_in_plain_sql() {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 4);
-        conn.pragma_update(None, "user_version", 5).unwrap();
+        assert_eq!(version, 5);
+        conn.pragma_update(None, "user_version", 6).unwrap();
     }
     match SqliteStore::open(dir.path()) {
         Err(StoreError::NewerSchema {
-            found: 5,
-            supported: 4,
+            found: 6,
+            supported: 5,
         }) => {}
         other => panic!("expected a newer-schema error, got {other:?}"),
     }

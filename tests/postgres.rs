@@ -63,7 +63,7 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
         .query_one("SELECT version FROM grantwheel_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     // A database of version 1 (before history rows named their owner and
     // grants their start) is migrated forward, keeping its rows.
     let mut store = PostgresStore::connect(&url).unwrap();
@@ -72,7 +72,10 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
     sql.batch_execute(
         "ALTER TABLE grantwheel_history DROP COLUMN owner; \
          ALTER TABLE grantwheel_grants DROP COLUMN starts_ms; \
-         ALTER TABLE grantwheel_history DROP COLUMN starts_ms; \
+         ALTER TABLE grantwheel_history DROP COLUMN starts_ms, DROP COLUMN granted_by, \
+             DROP COLUMN approval_why, DROP COLUMN approval_deadline_ms, DROP COLUMN approver, \
+             DROP COLUMN approved, DROP COLUMN decided_ms, DROP COLUMN decision_reason; \
+         DROP INDEX grantwheel_history_shares_by_user; \
          UPDATE grantwheel_schema SET version = 1",
     )
     .unwrap();
@@ -84,21 +87,24 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
         .query_one("SELECT version FROM grantwheel_schema", &[])
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     // The columns are back (an error here if not).
     sql.query("SELECT owner FROM grantwheel_history LIMIT 0", &[])
         .unwrap();
     sql.query("SELECT starts_ms FROM grantwheel_grants LIMIT 0", &[])
         .unwrap();
-    sql.query("SELECT starts_ms FROM grantwheel_history LIMIT 0", &[])
-        .unwrap();
+    sql.query(
+        "SELECT starts_ms, approval_deadline_ms, approver FROM grantwheel_history LIMIT 0",
+        &[],
+    )
+    .unwrap();
     sql.execute("UPDATE grantwheel_schema SET version = 99", &[])
         .unwrap();
     assert_eq!(
         PostgresStore::connect(&url).unwrap_err(),
         StoreError::NewerSchema {
             found: 99,
-            supported: 4
+            supported: 5
         }
     );
 }

@@ -19,10 +19,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use chrono::{DateTime, Utc};
 use grantwheel::requests::wire::ItemResponse;
 use grantwheel::requests::{
-    Cursor, FailureKind, HistoryQuery, RequestId, RuleId, Sharing, SourceKind, StatusKind,
-    StatusResponse,
+    ApprovalError, Cursor, FailureKind, HistoryQuery, RequestId, RuleId, Sharing, SourceKind,
+    StatusKind, StatusResponse,
 };
 use grantwheel::{EntityId, QueryError, RuleError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -35,7 +36,8 @@ use crate::keys::Keys;
 use crate::limiter::Limiter;
 use crate::page::Sessions;
 use crate::wire::{
-    entity_from, CheckAnswer, CheckItem, EventBody, GrantView, RecordView, RuleBody, RuleView,
+    entity_from, CheckAnswer, CheckItem, DecisionBody, EventBody, GrantView, RecordView, RuleBody,
+    RuleView,
 };
 
 /// The path prefix of the seed's API.
@@ -243,23 +245,178 @@ async fn status(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Respons
     let Some(id) = param(&p, "id") else {
         return Err(ApiError::bad_request("`id`: is required"));
     };
-    let id: RequestId = id
-        .trim()
-        .parse()
-        .map_err(|e: grantwheel::requests::BadRequestId| {
-            ApiError::bad_request(format!("`id`: {e}"))
-        })?;
+    let id = request_id(id)?;
     let found = app
-        .blocking(move |s| s.status(&id))
+        .blocking(move |s| s.request(&id))
         .await?
         .map_err(query_error)?;
-    let Some(status) = found else {
+    let Some(record) = found else {
         return Err(ApiError::not_found(
             "RequestNotFound",
             format!("`id`: no request `{id}`"),
         ));
     };
-    Ok(ok(&StatusResponse::found(status)))
+    let awaiting = record.awaiting_approval();
+    let mut answer = StatusResponse::found(record.status);
+    if awaiting {
+        answer.message.stage = Some("AwaitingApproval".into());
+    }
+    Ok(ok(&answer))
+}
+
+/// The request id in a path.
+fn request_id(raw: &str) -> Result<RequestId, ApiError> {
+    raw.trim()
+        .parse()
+        .map_err(|e: grantwheel::requests::BadRequestId| {
+            ApiError::bad_request(format!("`id`: {e}"))
+        })
+}
+
+/// The `Limit` parameter: 1 to 1,000, 50 when absent.
+fn limit_of(p: &[(String, String)]) -> Result<usize, ApiError> {
+    match param(p, "Limit").map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(50),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("`Limit`: `{l}` is not a number from 1 to 1000"))
+            }),
+    }
+}
+
+/// The shares waiting for an approver, soonest deadline first.
+async fn approvals(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = params(&q);
+    app.authorize(&p, Limited::Yes)?;
+    let limit = limit_of(&p)?;
+    let (found, now) = app
+        .blocking(move |s| (s.awaiting_approval(limit), s.engine().now()))
+        .await?;
+    let records = found.map_err(query_error)?;
+    Ok(ok(&records
+        .iter()
+        .map(|r| RecordView::of(r, now))
+        .collect::<Vec<_>>()))
+}
+
+fn approval_error(e: ApprovalError) -> ApiError {
+    match e {
+        ApprovalError::NotFound(id) => {
+            ApiError::not_found("RequestNotFound", format!("`id`: no request `{id}`"))
+        }
+        ApprovalError::OwnShare { .. } => ApiError::forbidden("OwnShare", e.to_string()),
+        ApprovalError::NotAwaiting { .. } => {
+            ApiError::conflict("NotAwaitingApproval", e.to_string())
+        }
+        ApprovalError::TimedOut { .. } => ApiError::conflict("ApprovalTimedOut", e.to_string()),
+        ApprovalError::Store(_) => ApiError::unavailable(e.to_string()),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+/// Approve (`approved`) or deny a share waiting for an approver; answers
+/// the request's record after the decision.
+async fn decide(
+    app: App,
+    id: String,
+    q: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+    approved: bool,
+) -> Result<Response, ApiError> {
+    app.authorize(&params(&q), Limited::Yes)?;
+    let id = request_id(&id)?;
+    let body: DecisionBody = read_json(&app, &headers, body).await?;
+    let (decided, record, now) = app
+        .blocking(move |s| {
+            let reason = body.reason.as_deref();
+            let decided = if approved {
+                s.approve(&id, body.approver, reason)
+            } else {
+                s.deny(&id, body.approver, reason)
+            };
+            (decided, s.request(&id), s.engine().now())
+        })
+        .await?;
+    decided.map_err(approval_error)?;
+    match record.map_err(query_error)? {
+        Some(r) => Ok(ok(&RecordView::of(&r, now))),
+        None => Err(ApiError::not_found(
+            "RequestNotFound",
+            format!("`id`: no request `{id}`"),
+        )),
+    }
+}
+
+async fn approve(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    decide(app, id, q, headers, body, true).await
+}
+
+async fn deny(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    decide(app, id, q, headers, body, false).await
+}
+
+/// The `At` parameter: an RFC 3339 instant.
+fn at_of(p: &[(String, String)]) -> Result<DateTime<Utc>, ApiError> {
+    let raw = param(p, "At").ok_or_else(|| ApiError::bad_request("`At`: is required"))?;
+    DateTime::parse_from_rfc3339(raw.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            ApiError::bad_request(format!("`At`: `{raw}` is not an RFC 3339 instant: {e}"))
+        })
+}
+
+/// Who had access to a record at an instant: the share records whose grant
+/// was live then, each with its request and approval.
+async fn access_at(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = params(&q);
+    app.authorize(&p, Limited::Yes)?;
+    let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
+    let at = at_of(&p)?;
+    let (found, now) = app
+        .blocking(move |s| (s.access_at(&entity, at), s.engine().now()))
+        .await?;
+    let records = found.map_err(query_error)?;
+    Ok(ok(&records
+        .iter()
+        .map(|r| RecordView::of(r, now))
+        .collect::<Vec<_>>()))
+}
+
+/// The grants a user held at an instant, each with its request and
+/// approval.
+async fn held_at(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = params(&q);
+    app.authorize(&p, Limited::Yes)?;
+    let raw = param(&p, "UserId").ok_or_else(|| ApiError::bad_request("`UserId`: is required"))?;
+    let user: grantwheel::UserId = raw
+        .trim()
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("`UserId`: `{raw}` is not a UUID")))?;
+    let at = at_of(&p)?;
+    let (found, now) = app
+        .blocking(move |s| (s.held_at(&user, at), s.engine().now()))
+        .await?;
+    let records = found.map_err(query_error)?;
+    Ok(ok(&records
+        .iter()
+        .map(|r| RecordView::of(r, now))
+        .collect::<Vec<_>>()))
 }
 
 fn check_one(sharing: &Sharing, item: &CheckItem) -> Result<CheckAnswer, String> {
@@ -772,6 +929,11 @@ pub fn router(app: App) -> Router {
         .route("/History", get(history))
         .route("/Access", get(access_now))
         .route("/Access/Scheduled", get(access_scheduled))
+        .route("/Access/At", get(access_at))
+        .route("/Access/Held", get(held_at))
+        .route("/Approvals", get(approvals))
+        .route("/Approvals/{id}/Approve", post(approve))
+        .route("/Approvals/{id}/Deny", post(deny))
         .route("/Rules", get(rules_list).post(rules_create))
         .route(
             "/Rules/{id}",

@@ -72,6 +72,55 @@ impl From<ExpiryEvents> for grantwheel::ExpiryEvents {
     }
 }
 
+/// A source whose shares wait for an approver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ApproveSource {
+    /// The share API.
+    Api,
+    /// Automation rules.
+    Automation,
+}
+
+/// A record kind whose shares wait for an approver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ApproveRecord {
+    /// Leads.
+    Lead,
+    /// Opportunities.
+    Opportunity,
+}
+
+impl ServeArgs {
+    /// The approval policy the flags ask for, if any.
+    pub fn approval_rules(&self) -> Option<grantwheel::requests::ApprovalRules> {
+        use grantwheel::requests::{ApprovalRules, SourceKind};
+        use grantwheel::EntityKind;
+        let rules = ApprovalRules {
+            edit: self.approve_edit,
+            longer_than: self
+                .approve_longer_than
+                .map(|d| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
+            sources: self
+                .approve_sources
+                .iter()
+                .map(|s| match s {
+                    ApproveSource::Api => SourceKind::Api,
+                    ApproveSource::Automation => SourceKind::Automation,
+                })
+                .collect(),
+            kinds: self
+                .approve_records
+                .iter()
+                .map(|k| match k {
+                    ApproveRecord::Lead => EntityKind::LEAD,
+                    ApproveRecord::Opportunity => EntityKind::OPPORTUNITY,
+                })
+                .collect(),
+        };
+        (rules != ApprovalRules::default()).then_some(rules)
+    }
+}
+
 /// How SQLite syncs commits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Sync {
@@ -191,6 +240,39 @@ pub struct ServeArgs {
         conflicts_with = "context_resolver"
     )]
     pub no_context_check: bool,
+
+    /// Hold every share of edit access for an approver (see the
+    /// `/Approvals` endpoints).
+    #[arg(long, env = "GRANTWHEEL_APPROVE_EDIT")]
+    pub approve_edit: bool,
+
+    /// Hold every share longer than this for an approver.
+    #[arg(long, env = "GRANTWHEEL_APPROVE_LONGER_THAN", value_parser = parse_duration)]
+    pub approve_longer_than: Option<Duration>,
+
+    /// Hold every share from these sources for an approver; repeat the
+    /// flag or separate with commas.
+    #[arg(
+        long,
+        env = "GRANTWHEEL_APPROVE_SOURCES",
+        value_enum,
+        value_delimiter = ','
+    )]
+    pub approve_sources: Vec<ApproveSource>,
+
+    /// Hold every share of these record kinds for an approver; repeat the
+    /// flag or separate with commas.
+    #[arg(
+        long,
+        env = "GRANTWHEEL_APPROVE_RECORDS",
+        value_enum,
+        value_delimiter = ','
+    )]
+    pub approve_records: Vec<ApproveRecord>,
+
+    /// How long a held share waits for an approver before it fails.
+    #[arg(long, env = "GRANTWHEEL_APPROVAL_TIMEOUT", default_value = "7d", value_parser = parse_duration)]
+    pub approval_timeout: Duration,
 
     /// How long a page session lasts after login.
     #[arg(long, env = "GRANTWHEEL_SESSION", default_value = "12h", value_parser = parse_duration)]

@@ -72,6 +72,18 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, kind, message)
     }
 
+    /// 403: the caller may not do this (an approver deciding on their
+    /// own share).
+    pub fn forbidden(kind: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, kind, message)
+    }
+
+    /// 409: the request is not in a state that allows this (decided
+    /// already, or timed out).
+    pub fn conflict(kind: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, kind, message)
+    }
+
     /// 405.
     pub fn method_not_allowed() -> Self {
         Self::new(

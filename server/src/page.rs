@@ -352,6 +352,44 @@ fn scheduled_panel(grants: &[GrantView]) -> Markup {
     }
 }
 
+/// The shares waiting for an approver, soonest deadline first; nothing
+/// when there are none.
+fn approvals_panel(records: &[RecordView], default_minutes: i64) -> Markup {
+    html! {
+        @if !records.is_empty() {
+            section #approvals {
+                h2 { "Waiting for an approver" }
+                table {
+                    thead { tr { th { "Record" } th { "User" } th { "Access" } th { "Duration" } th { "Why" } th { "Asked at" } th { "Decide by" } } }
+                    tbody {
+                        @for r in records {
+                            tr data-request=(r.request) {
+                                td {
+                                    a href=(format!("/history?{}", serde_urlencoded::to_string([("Entity", r.entity.to_string()), ("EntityId", r.entity_id.clone())]).unwrap_or_default())) {
+                                        @if r.entity == 5 { "Opportunity " } @else { "Lead " }
+                                        (r.entity_id)
+                                    }
+                                }
+                                td.mono { (r.user.to_string()) }
+                                td { (access_name(r.access)) }
+                                td {
+                                    @match r.duration_minutes {
+                                        Some(m) => { (in_words(m)) }
+                                        None => { (in_words(default_minutes)) span.muted { " (default)" } }
+                                    }
+                                }
+                                td { @if let Some(a) = &r.approval { (a.why) } }
+                                td { (when(r.created_at)) }
+                                td { @if let Some(a) = &r.approval { (when(a.deadline)) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn history_table(records: &[RecordView], default_minutes: i64) -> Markup {
     html! {
         table #history {
@@ -381,7 +419,13 @@ fn history_table(records: &[RecordView], default_minutes: i64) -> Markup {
                         }
                         td {
                             span class=(format!("badge {}", r.status)) { (r.status) }
+                            @if r.stage.is_some() { div.muted.stage { "awaiting approval" } }
                             @if let Some(reason) = &r.reason { div.reason { (reason) } }
+                            @if let Some(a) = &r.approval {
+                                @if let (Some(d), Some(who)) = (a.decision, a.approver) {
+                                    div.muted.decision { (d) " by " span.mono { (who.to_string()) } }
+                                }
+                            }
                         }
                         td {
                             (when(r.created_at))
@@ -457,10 +501,13 @@ async fn history_page(
         .blocking(move |s| {
             let page = s.history(&entity, &query);
             let grants = (live_grants(s, &entity), scheduled_grants(s, &entity));
-            (page, grants, s.engine().now())
+            // A queue that cannot be read now is left off; the history
+            // below says whether the store answers.
+            let waiting = s.awaiting_approval(50).unwrap_or_default();
+            (page, grants, waiting, s.engine().now())
         })
         .await;
-    let (history, (grants, scheduled), now) = match answer {
+    let (history, (grants, scheduled), waiting, now) = match answer {
         Ok(v) => v,
         Err(e) => {
             return page(
@@ -482,8 +529,10 @@ async fn history_page(
         Ok(h) => {
             let records: Vec<RecordView> =
                 h.records.iter().map(|r| RecordView::of(r, now)).collect();
+            let waiting: Vec<RecordView> = waiting.iter().map(|r| RecordView::of(r, now)).collect();
             html! {
                 section { (filters(&p)) }
+                (approvals_panel(&waiting, app.inner.default_minutes))
                 (access_panel(&grants))
                 (scheduled_panel(&scheduled))
                 section {

@@ -301,6 +301,13 @@ impl Server {
         });
         let mut builder =
             Sharing::builder(engine).retention(chrono_of("--retention", args.retention)?);
+        if let Some(rules) = args.approval_rules() {
+            tracing::info!(?rules, "shares this policy picks wait for an approver");
+            builder = builder.approvals(
+                rules,
+                chrono_of("--approval-timeout", args.approval_timeout)?,
+            );
+        }
         let mut directory = None;
         if let Some(url) = &args.context_resolver {
             builder = builder.resolver(ContextCheck::Remote(Remote::new(

@@ -387,6 +387,56 @@ pub struct RecordView {
     /// How it ended, if it did: `Expired`, `Revoked` or `Replaced`.
     #[serde(rename = "EndedBy", skip_serializing_if = "Option::is_none")]
     pub ended_by: Option<&'static str>,
+    /// The record's kind: 1 lead, 5 opportunity.
+    #[serde(rename = "Entity")]
+    pub entity: i64,
+    /// The record's number or GUID.
+    #[serde(rename = "EntityId")]
+    pub entity_id: String,
+    /// The user on whose authority the share was asked, if one was named.
+    #[serde(rename = "GrantedBy", skip_serializing_if = "Option::is_none")]
+    pub granted_by: Option<UserId>,
+    /// `AwaitingApproval` while the share waits for an approver.
+    #[serde(rename = "Stage", skip_serializing_if = "Option::is_none")]
+    pub stage: Option<&'static str>,
+    /// The approval the share needed, if the policy asked for one.
+    #[serde(rename = "Approval", skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalView>,
+}
+
+/// A share's approval: why it was needed, until when, and the decision.
+#[derive(Debug, Serialize)]
+pub struct ApprovalView {
+    /// Why the policy asked for an approver.
+    #[serde(rename = "Why")]
+    pub why: String,
+    /// After this nobody may act on it: the request fails.
+    #[serde(rename = "Deadline")]
+    pub deadline: DateTime<Utc>,
+    /// The approver, once decided.
+    #[serde(rename = "ApproverId", skip_serializing_if = "Option::is_none")]
+    pub approver: Option<UserId>,
+    /// `Approved` or `Denied`, once decided.
+    #[serde(rename = "Decision", skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'static str>,
+    /// When it was decided.
+    #[serde(rename = "DecidedAt", skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<DateTime<Utc>>,
+    /// The approver's words.
+    #[serde(rename = "Reason", skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// An approver's decision, as the approve and deny endpoints take it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// The approver.
+    #[serde(rename = "ApproverId")]
+    pub approver: UserId,
+    /// Why (optional; at most 2,000 bytes).
+    #[serde(rename = "Reason", default)]
+    pub reason: Option<String>,
 }
 
 /// The name of a status kind, as the seed spells it.
@@ -445,6 +495,21 @@ impl RecordView {
             ends,
             ended: ends.is_some_and(|e| e <= now),
             ended_by,
+            entity: entity_code(r.entity.kind),
+            entity_id: entity_ref_text(&r.entity),
+            granted_by: r.granted_by,
+            stage: r.awaiting_approval().then_some("AwaitingApproval"),
+            approval: r.approval.as_ref().map(|a| {
+                let d = a.decision.as_ref();
+                ApprovalView {
+                    why: a.why.clone(),
+                    deadline: a.deadline,
+                    approver: d.map(|d| d.approver),
+                    decision: d.map(|d| if d.approved { "Approved" } else { "Denied" }),
+                    decided_at: d.map(|d| d.at),
+                    reason: d.and_then(|d| d.reason.clone()),
+                }
+            }),
         }
     }
 }

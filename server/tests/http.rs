@@ -562,3 +562,147 @@ fn a_share_that_starts_later_is_listed_apart_and_checks_say_no_until_then() {
         "{history}"
     );
 }
+
+#[test]
+fn a_held_share_waits_for_an_approver_and_the_audit_names_them() {
+    let s = Running::start(|a| {
+        a.approve_edit = true;
+        a.approval_timeout = Duration::from_secs(3600);
+    });
+    let user = "0203f172-8642-11e7-9bed-069b743e848f";
+    let boss = "b0550000-0000-4000-8000-000000000001";
+    for record in ["77", "78"] {
+        let event = json!({"Id": format!("evt-{record}"), "Trigger": "EntityCreated", "Entity": 5,
+            "EntityId": record, "Owner": "11111111-2222-4333-8444-555555555555"});
+        let (code, v) = post(
+            &s.api("/Events"),
+            "application/json",
+            &serde_json::to_vec(&event).unwrap(),
+        );
+        assert_eq!(code, 200, "{v}");
+    }
+    let share = |access: u8, id: &str| {
+        let items = json!([{"UserId": user, "Entity": 5, "EntityType": 3, "EntityId": id,
+            "AccessType": access, "DurationInMinutes": 60}]);
+        let (code, v) = post(
+            &s.api("/Share"),
+            "application/json",
+            &serde_json::to_vec(&items).unwrap(),
+        );
+        assert_eq!(code, 200, "{v}");
+        v["Message"]["Id"].as_str().unwrap().to_string()
+    };
+    // Read access is not held; edit access is.
+    let read = share(1, "78");
+    let (_, st) = get(&format!("{}&id={read}", s.api("/Status/Get")));
+    assert_eq!(st["Message"]["ResponseText"], "Completed", "{st}");
+    assert!(st["Message"].get("Stage").is_none(), "{st}");
+    let id = share(2, "77");
+    let (_, st) = get(&format!("{}&id={id}", s.api("/Status/Get")));
+    assert_eq!(st["Message"]["ResponseText"], "Processing", "{st}");
+    assert_eq!(st["Message"]["Stage"], "AwaitingApproval", "{st}");
+    let check = format!("{}&UserId={user}&Entity=5&EntityId=77", s.api("/Check"));
+    assert_eq!(get(&check).1["Read"], json!(false));
+
+    // The queue lists it, with why and until when.
+    let (code, queue) = get(&s.api("/Approvals"));
+    assert_eq!(code, 200, "{queue}");
+    assert_eq!(queue.as_array().unwrap().len(), 1, "{queue}");
+    assert_eq!(queue[0]["RequestId"], id.as_str());
+    assert_eq!(queue[0]["Stage"], "AwaitingApproval");
+    assert!(queue[0]["Approval"]["Why"]
+        .as_str()
+        .unwrap()
+        .contains("edit"));
+    assert_eq!(
+        (queue[0]["Entity"].clone(), queue[0]["EntityId"].clone()),
+        (json!(5), json!("77"))
+    );
+
+    // Refusals, each by name, none deciding anything.
+    let decide = |what: &str, id: &str, body: Value| {
+        post(
+            &s.api(&format!("/Approvals/{id}/{what}")),
+            "application/json",
+            &serde_json::to_vec(&body).unwrap(),
+        )
+    };
+    let (code, v) = decide("Approve", &id, json!({"ApproverId": user}));
+    assert_eq!(code, 403, "{v}");
+    assert_error_shape(&v, "OwnShare");
+    let (code, v) = decide(
+        "Approve",
+        &id,
+        json!({"ApproverId": boss, "Reason": "x".repeat(2001)}),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["ExceptionMessage"].as_str().unwrap().contains("reason"),
+        "{v}"
+    );
+    let (code, v) = decide("Approve", &id, json!({"Approver": boss}));
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = decide("Approve", "not-an-id", json!({"ApproverId": boss}));
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = decide(
+        "Approve",
+        "00000000000000000000000000000001",
+        json!({"ApproverId": boss}),
+    );
+    assert_eq!(code, 404, "{v}");
+    assert_eq!(get(&check).1["Read"], json!(false));
+
+    // Approved: access now, the record names the approver.
+    let (code, v) = decide(
+        "Approve",
+        &id,
+        json!({"ApproverId": boss, "Reason": "cover"}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["Status"], "Completed", "{v}");
+    assert_eq!(v["Approval"]["Decision"], "Approved");
+    assert_eq!(v["Approval"]["ApproverId"], boss);
+    assert_eq!(v["Approval"]["Reason"], "cover");
+    assert_eq!(get(&check).1["Edit"], json!(true));
+    let (code, v) = decide("Deny", &id, json!({"ApproverId": boss}));
+    assert_eq!(code, 409, "{v}");
+    assert_error_shape(&v, "NotAwaitingApproval");
+    assert_eq!(get(&s.api("/Approvals")).1, json!([]));
+
+    // The audit: who had access to the record then, what the user held.
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    let at_q = serde_urlencoded::to_string([("At", at.as_str())]).unwrap();
+    let (code, who) = get(&format!(
+        "{}&Entity=5&EntityId=77&{at_q}",
+        s.api("/Access/At")
+    ));
+    assert_eq!(code, 200, "{who}");
+    assert_eq!(who.as_array().unwrap().len(), 1, "{who}");
+    assert_eq!(who[0]["RequestId"], id.as_str());
+    assert_eq!(who[0]["Approval"]["ApproverId"], boss);
+    let (code, held) = get(&format!("{}&UserId={user}&{at_q}", s.api("/Access/Held")));
+    assert_eq!(code, 200, "{held}");
+    let ids: Vec<&str> = held
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["RequestId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str(), read.as_str()], "newest first");
+    let (code, v) = get(&format!(
+        "{}&UserId={user}&At=yesterday",
+        s.api("/Access/Held")
+    ));
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["ExceptionMessage"].as_str().unwrap().contains("`At`"),
+        "{v}"
+    );
+
+    // Denied: failed, and no access.
+    let other = share(2, "77");
+    let (code, v) = decide("Deny", &other, json!({"ApproverId": boss, "Reason": "no"}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["Status"], "Failed", "{v}");
+    assert_eq!(v["Approval"]["Decision"], "Denied");
+}

@@ -177,6 +177,10 @@ pub enum FailureKind {
     Store,
     /// The service stopped before carrying the request out.
     Interrupted,
+    /// An approver denied the share.
+    Denied,
+    /// No approver acted on the share within the approval timeout.
+    ApprovalTimedOut,
     /// Recorded by a version that kept no failure kinds.
     #[default]
     Unknown,
@@ -263,6 +267,40 @@ pub struct HistoryRecord {
     /// grant's start (`None` if its access began at once).
     #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
+    /// The user on whose authority the share was asked, if one was named
+    /// (delegation limits apply to them).
+    #[serde(default)]
+    pub granted_by: Option<UserId>,
+    /// The approval the share needed, if the approval policy asked for
+    /// one: why, until when, and the decision once made.
+    #[serde(default)]
+    pub approval: Option<Approval>,
+}
+
+/// A share's approval: why it was needed, until when an approver may act,
+/// and the decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Why the policy asked for an approver.
+    pub why: String,
+    /// After this instant nobody may act on it: the request fails
+    /// ([`FailureKind::ApprovalTimedOut`]).
+    pub deadline: DateTime<Utc>,
+    /// The decision, once an approver made it.
+    pub decision: Option<Decision>,
+}
+
+/// Who decided on a share's approval, when, how and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// The approver.
+    pub approver: UserId,
+    /// Approved (`true`) or denied.
+    pub approved: bool,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The approver's words, if any.
+    pub reason: Option<String>,
 }
 
 impl HistoryRecord {
@@ -281,6 +319,13 @@ impl HistoryRecord {
             && self.status == RequestStatus::Completed
             && start <= at
             && at < end
+    }
+
+    /// Whether the request waits for an approver: `Processing`, with an
+    /// approval not yet decided (the stage "awaiting approval").
+    pub fn awaiting_approval(&self) -> bool {
+        self.status == RequestStatus::Processing
+            && self.approval.as_ref().is_some_and(|a| a.decision.is_none())
     }
 
     /// When the record's grant stopped (revoked or expired), if it did.

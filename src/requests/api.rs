@@ -133,8 +133,15 @@ impl Sharing {
     /// assert_eq!(unknown.status, "Error");
     /// ```
     pub fn status_response(&self, id: &RequestId) -> StatusResponse {
-        match self.status(id) {
-            Ok(Some(status)) => StatusResponse::found(status),
+        match self.request(id) {
+            Ok(Some(record)) => {
+                let awaiting = record.awaiting_approval();
+                let mut answer = StatusResponse::found(record.status);
+                if awaiting {
+                    answer.message.stage = Some("AwaitingApproval".into());
+                }
+                answer
+            }
             Ok(None) => StatusResponse::not_found(format!("no request `{id}`")),
             Err(e) => StatusResponse::unavailable(e.to_string()),
         }
@@ -211,6 +218,7 @@ impl StatusResponse {
                     RequestStatus::Failed { reason, .. } => Some(reason),
                     _ => None,
                 },
+                stage: None,
             },
         }
     }
@@ -224,6 +232,7 @@ impl StatusResponse {
                 response_text: "Unavailable".into(),
                 share_status: 2,
                 error_message: Some(why),
+                stage: None,
             },
         }
     }
@@ -236,6 +245,7 @@ impl StatusResponse {
                 response_text: "NotFound".into(),
                 share_status: 2,
                 error_message: Some(why),
+                stage: None,
             },
         }
     }
@@ -254,4 +264,9 @@ pub struct StatusMessage {
     /// Why it failed.
     #[serde(rename = "ErrorMessage")]
     pub error_message: Option<String>,
+    /// Where a `Processing` request stands, when it waits for someone:
+    /// `AwaitingApproval` (an extension of the seed's answer; absent
+    /// otherwise).
+    #[serde(rename = "Stage", default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }

@@ -100,6 +100,8 @@ impl Sharing {
             expired_at: None,
             idempotency_key: sub.idempotency_key.clone(),
             starts_at: requested_start(self.inner.engine.now(), req.start),
+            granted_by: sub.granted_by,
+            approval: None,
         };
         if let Some(failure) = unchecked {
             return Begun::Unchecked(record, failure);
@@ -126,12 +128,15 @@ impl Sharing {
     pub(super) fn execute(&self, record: HistoryRecord, sub: &Submission) -> Outcome {
         match &sub.command {
             Command::Share(req) => match self.prepare_share(req, sub.granted_by.as_ref()) {
-                Ok(plan) => {
-                    let request = record.request;
-                    // One outcome per item: never empty.
-                    let mut one = self.run_shares_decided(vec![(record, plan)]);
-                    one.pop().unwrap_or_else(|| self.outcome_of(request))
-                }
+                Ok(plan) => match self.approval_for(req, &sub.source) {
+                    Some(approval) => self.hold(record, approval),
+                    None => {
+                        let request = record.request;
+                        // One outcome per item: never empty.
+                        let mut one = self.run_shares_decided(vec![(record, plan)]);
+                        one.pop().unwrap_or_else(|| self.outcome_of(request))
+                    }
+                },
                 Err(failure) => self.conclude(record, Err(failure), false),
             },
             Command::Revoke(req) => self.execute_revoke(record, req),
@@ -208,11 +213,14 @@ impl Sharing {
                 continue;
             };
             match self.prepare_share(req, sub.granted_by.as_ref()) {
-                Ok(plan) => {
-                    batch.push((record, plan));
-                    places.push(outcomes.len());
-                    outcomes.push(None);
-                }
+                Ok(plan) => match self.approval_for(req, &sub.source) {
+                    Some(approval) => outcomes.push(Some(self.hold(record, approval))),
+                    None => {
+                        batch.push((record, plan));
+                        places.push(outcomes.len());
+                        outcomes.push(None);
+                    }
+                },
                 Err(reason) => outcomes.push(Some(self.conclude(record, Err(reason), false))),
             }
         }
@@ -396,7 +404,7 @@ pub(super) struct SharePlan {
 }
 
 /// What a decision under the engine's lock came to.
-enum Decided {
+pub(super) enum Decided {
     /// Carried out (or refused), with its record in the batch.
     Done(Result<Grant, Failure>),
     /// Its idempotency key was carried first by this request.
@@ -428,7 +436,7 @@ fn seen_before(backend: &Backend, key: &str, ours: RequestId) -> Option<RequestI
 
 /// Decide one share under the engine's lock and put its record in the
 /// batch.
-fn decide_share(
+pub(super) fn decide_share(
     d: &mut Decide<'_, '_>,
     backend: &Backend,
     recheck: Option<String>,

@@ -106,6 +106,16 @@ impl Memory {
 /// past its expiry reads as expired then, even before the end is written
 /// (ends of expired grants are written with the next batch).
 pub(super) fn as_of(mut r: HistoryRecord, now: DateTime<Utc>) -> HistoryRecord {
+    // A share nobody approved in time has failed, swept or not.
+    if let Some(deadline) = r
+        .approval
+        .as_ref()
+        .filter(|_| r.awaiting_approval())
+        .map(|a| a.deadline)
+        .filter(|d| *d <= now)
+    {
+        return super::approval::timed_out(r, deadline);
+    }
     if r.kind == RequestKind::Share
         && r.status == RequestStatus::Completed
         && r.ended_at().is_none()
@@ -189,7 +199,7 @@ impl SharingInner {
 
     /// Make sure the overlay is in the store, so a query of the store
     /// sees every record a call has returned.
-    fn settle_overlay(&self) -> Result<(), QueryError> {
+    pub(super) fn settle_overlay(&self) -> Result<(), QueryError> {
         let pending = {
             let mut memory = self.memory.lock();
             memory.settle(self.engine.written_through());

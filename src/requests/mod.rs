@@ -42,6 +42,7 @@
 use self::history::{on_event, Backend, Memory};
 
 mod api;
+mod approval;
 pub mod automation;
 mod execute;
 mod history;
@@ -50,6 +51,7 @@ mod request;
 pub mod wire;
 
 pub use api::{StatusMessage, StatusResponse};
+pub use approval::{ApprovalError, ApprovalPolicy, ApprovalRules, MAX_REASON_BYTES};
 pub use execute::{ContextResolver, GrantorPolicy};
 pub use history::{Cursor, HistoryPage, HistoryQuery};
 pub use queue::Worker;
@@ -66,8 +68,8 @@ use crate::error::{BuildError, InvalidArgument};
 use crate::events::Event;
 
 pub use crate::model::history::{
-    BadRequestId, EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus,
-    RuleId, Source, SourceKind, StatusKind, INTERRUPTED,
+    Approval, BadRequestId, Decision, EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind,
+    RequestStatus, RuleId, Source, SourceKind, StatusKind, INTERRUPTED,
 };
 
 /// Configures a [`Sharing`]; see [`Sharing::builder`].
@@ -78,6 +80,7 @@ pub struct SharingBuilder {
     resolver: Option<Box<dyn ContextResolver>>,
     grantor_policy: Option<Box<dyn GrantorPolicy>>,
     users: Option<Box<dyn automation::UserDirectory>>,
+    approvals: Option<Box<dyn ApprovalPolicy>>,
 }
 
 impl fmt::Debug for SharingBuilder {
@@ -115,6 +118,15 @@ impl SharingBuilder {
         self
     }
 
+    /// Hold the shares `policy` picks for an approver (default: none
+    /// held); one that nobody approves or denies within `timeout` fails.
+    /// See [`Sharing::approve`].
+    pub fn approvals(mut self, policy: impl ApprovalPolicy, timeout: chrono::Duration) -> Self {
+        self.approvals = Some(Box::new(policy));
+        self.config.approval_timeout = timeout;
+        self
+    }
+
     /// Refuse to publish rules that name users unknown to `users` (default:
     /// users are not checked).
     pub fn users(mut self, users: impl automation::UserDirectory) -> Self {
@@ -139,6 +151,16 @@ impl SharingBuilder {
     /// assert_eq!(Sharing::builder(engine.clone()).build().unwrap_err().field(), Some("engine"));
     /// ```
     pub fn build(self) -> Result<Sharing, BuildError> {
+        if self.config.approval_timeout <= chrono::Duration::zero() {
+            return Err(InvalidArgument::new(
+                "approval_timeout",
+                format!(
+                    "`{}` is not a positive duration",
+                    self.config.approval_timeout
+                ),
+            )
+            .into());
+        }
         let engine = self.engine.clone();
         match engine.attach_layer(|restored| Sharing::layer(self, restored)) {
             Ok(inner) => Ok(Sharing { inner }),
@@ -157,12 +179,16 @@ pub struct SharingConfig {
     /// How long records of ended grants, failed requests and revokes are
     /// kept before [`Sharing::prune`] removes them (default 90 days).
     pub retention: chrono::Duration,
+    /// How long a share may wait for an approver before it fails (default
+    /// 7 days; see [`SharingBuilder::approvals`]).
+    pub approval_timeout: chrono::Duration,
 }
 
 impl Default for SharingConfig {
     fn default() -> Self {
         SharingConfig {
             retention: chrono::Duration::days(90),
+            approval_timeout: chrono::Duration::days(7),
         }
     }
 }
@@ -173,6 +199,7 @@ struct SharingInner {
     resolver: Option<Box<dyn ContextResolver>>,
     grantor_policy: Option<Box<dyn GrantorPolicy>>,
     users: Option<Box<dyn automation::UserDirectory>>,
+    approvals: Option<Box<dyn ApprovalPolicy>>,
     rules: Mutex<automation::Rules>,
     /// Where records are written and read.
     backend: Backend,
@@ -266,6 +293,7 @@ impl Sharing {
             resolver: None,
             grantor_policy: None,
             users: None,
+            approvals: None,
         }
     }
 
@@ -294,6 +322,7 @@ impl Sharing {
                 resolver: b.resolver,
                 grantor_policy: b.grantor_policy,
                 users: b.users,
+                approvals: b.approvals,
                 rules: Mutex::new(automation::Rules::default()),
                 backend,
                 memory: Mutex::new(Memory::default()),

@@ -144,11 +144,20 @@ impl Sharing {
                 // `Processing` when it stopped are failed by whichever
                 // instance looks next (its own restart, or this sweep).
                 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+                // Shares nobody approved in time fail within a second.
+                const APPROVALS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
                 let mut swept = std::time::Instant::now();
+                let mut approvals = std::time::Instant::now();
                 while !flag.load(std::sync::atomic::Ordering::Acquire) {
                     if sharing.inner.engine.is_shared() && swept.elapsed() >= SWEEP_EVERY {
                         sharing.inner.fail_interrupted();
                         swept = std::time::Instant::now();
+                    }
+                    if approvals.elapsed() >= APPROVALS_EVERY {
+                        // A store that cannot be read now is tried again
+                        // at the next round.
+                        let _ = sharing.expire_approvals();
+                        approvals = std::time::Instant::now();
                     }
                     if sharing.process(64) == 0 {
                         let mut queue = sharing.inner.queue.lock();

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use chrono::{DateTime, Utc};
 
 use super::{Batch, GrantFilter, Meta, Store, StoreError, StoreReader};
-use crate::ids::EntityId;
+use crate::ids::{EntityId, UserId};
 use crate::model::grant::Grant;
 use crate::model::history::{HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId};
 use crate::model::rule::Rule;
@@ -178,6 +178,12 @@ impl StoreReader for FaultyReader {
     }
     fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         self.check()?.processing(limit)
+    }
+    fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.check()?.awaiting_approval(limit)
+    }
+    fn held_at(&self, user: &UserId, at: DateTime<Utc>) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.check()?.held_at(user, at)
     }
     fn open_shares_of_rule(
         &self,

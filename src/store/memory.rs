@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
 use super::{Batch, Change, EndCause, GrantFilter, Meta, Store, StoreError, StoreReader};
-use crate::ids::{EntityId, GrantId};
+use crate::ids::{EntityId, GrantId, UserId};
 use crate::model::grant::Grant;
 use crate::model::history::{
     Cursor, EndedBy, HistoryPage, HistoryQuery, HistoryRecord, RequestId, RequestKind,
@@ -34,6 +34,8 @@ struct State {
     places: HashMap<RequestId, u64>,
     keys: HashMap<String, u64>,
     by_entity: HashMap<EntityId, BTreeSet<u64>>,
+    /// Records by their user (the user's audit).
+    by_user: HashMap<UserId, BTreeSet<u64>>,
     /// Share records by their grant's serial.
     by_grant: HashMap<u64, u64>,
     rules: BTreeMap<RuleId, Rule>,
@@ -197,6 +199,7 @@ impl State {
                     .entry(record.entity)
                     .or_default()
                     .insert(place);
+                self.by_user.entry(record.user).or_default().insert(place);
                 place
             }
         };
@@ -235,6 +238,12 @@ impl State {
             set.remove(&place);
             if set.is_empty() {
                 self.by_entity.remove(&r.entity);
+            }
+        }
+        if let Some(set) = self.by_user.get_mut(&r.user) {
+            set.remove(&place);
+            if set.is_empty() {
+                self.by_user.remove(&r.user);
             }
         }
     }
@@ -340,8 +349,42 @@ impl StoreReader for MemoryStore {
             .history
             .values()
             .map(|s| &s.record)
-            .filter(|r| r.status == RequestStatus::Processing)
+            .filter(|r| r.status == RequestStatus::Processing && !r.awaiting_approval())
             .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+        let st = self.state.lock();
+        let mut waiting: Vec<(DateTime<Utc>, u64, &HistoryRecord)> = st
+            .history
+            .iter()
+            .filter_map(|(place, s)| {
+                let deadline = s.record.approval.as_ref()?.deadline;
+                s.record
+                    .awaiting_approval()
+                    .then_some((deadline, *place, &s.record))
+            })
+            .collect();
+        waiting.sort_by_key(|(d, p, _)| (*d, *p));
+        Ok(waiting
+            .into_iter()
+            .take(limit)
+            .map(|(_, _, r)| r.clone())
+            .collect())
+    }
+
+    fn held_at(&self, user: &UserId, at: DateTime<Utc>) -> Result<Vec<HistoryRecord>, StoreError> {
+        let st = self.state.lock();
+        let Some(places) = st.by_user.get(user) else {
+            return Ok(Vec::new());
+        };
+        Ok(places
+            .iter()
+            .rev()
+            .filter_map(|p| st.record_at(*p))
+            .filter(|r| r.gave_access_at(at))
             .cloned()
             .collect())
     }

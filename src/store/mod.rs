@@ -80,6 +80,8 @@ pub(crate) fn failure_name(kind: crate::model::history::FailureKind) -> &'static
         FailureKind::Capacity => "Capacity",
         FailureKind::Store => "Store",
         FailureKind::Interrupted => "Interrupted",
+        FailureKind::Denied => "Denied",
+        FailureKind::ApprovalTimedOut => "ApprovalTimedOut",
         FailureKind::Unknown => "Unknown",
     }
 }
@@ -97,6 +99,8 @@ pub(crate) fn failure_of(name: &str) -> Option<crate::model::history::FailureKin
         "Capacity" => FailureKind::Capacity,
         "Store" => FailureKind::Store,
         "Interrupted" => FailureKind::Interrupted,
+        "Denied" => FailureKind::Denied,
+        "ApprovalTimedOut" => FailureKind::ApprovalTimedOut,
         "Unknown" => FailureKind::Unknown,
         _ => return None,
     })
@@ -367,6 +371,15 @@ pub trait StoreReader: Send + Sync {
     /// those whose writing instance is gone (a live instance's queued
     /// requests are its own to finish).
     fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError>;
+    /// Share requests waiting for an approver (see
+    /// [`HistoryRecord::awaiting_approval`]), soonest deadline first (then
+    /// by place), at most `limit`. Not among [`processing`](Self::processing):
+    /// they wait in the store, not in a queue that dies with its process.
+    fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError>;
+    /// The completed share records of `user` whose grant was live at
+    /// `at`, newest first: the grants the user held then. Costs what the
+    /// user's completed shares cost.
+    fn held_at(&self, user: &UserId, at: DateTime<Utc>) -> Result<Vec<HistoryRecord>, StoreError>;
     /// The completed share records of rule `rule` whose grant was neither
     /// revoked nor replaced and expires after `now`, oldest first.
     fn open_shares_of_rule(

@@ -119,6 +119,8 @@ pub fn share_record(i: usize, e: usize, u: usize, status: RequestStatus) -> Hist
         expired_at: None,
         idempotency_key: i.is_multiple_of(5).then(|| format!("key-{i}")),
         starts_at: None,
+        granted_by: None,
+        approval: None,
     }
 }
 

@@ -98,13 +98,13 @@ struct Statements {
 }
 
 /// The history columns a record is written to, in [`RecordValues`] order.
-const RECORD_COLUMNS: &str = "request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms";
+const RECORD_COLUMNS: &str = "request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason";
 
 /// Their types, for `UNNEST`.
-const RECORD_TYPES: [&str; 23] = [
+const RECORD_TYPES: [&str; 30] = [
     "text", "text", "int", "text", "text", "int", "text", "text", "bigint", "bigint", "text",
     "bigint", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "text", "text",
-    "text", "bigint",
+    "text", "bigint", "text", "text", "bigint", "text", "boolean", "bigint", "text",
 ];
 
 /// A replaced record keeps its place, and the end that `End` and
@@ -121,7 +121,10 @@ const RECORD_CONFLICT: &str = "ON CONFLICT (request) DO UPDATE SET
     end_ms = coalesce(excluded.end_ms, grantwheel_history.end_ms),
     ended_by = coalesce(excluded.ended_by, grantwheel_history.ended_by),
     idempotency_key = excluded.idempotency_key, owner = excluded.owner,
-    starts_ms = excluded.starts_ms";
+    starts_ms = excluded.starts_ms, granted_by = excluded.granted_by,
+    approval_why = excluded.approval_why, approval_deadline_ms = excluded.approval_deadline_ms,
+    approver = excluded.approver, approved = excluded.approved, decided_ms = excluded.decided_ms,
+    decision_reason = excluded.decision_reason";
 
 /// The grant columns, for `UNNEST`, in [`GRANT_COLUMNS`] order.
 const GRANT_TYPES: [&str; 9] = [

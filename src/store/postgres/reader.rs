@@ -17,7 +17,7 @@ use super::rows::{
     user_text, GRANT_COLUMNS, HISTORY_COLUMNS,
 };
 use crate::clock::to_millis;
-use crate::ids::EntityId;
+use crate::ids::{EntityId, UserId};
 use crate::model::grant::Grant;
 use crate::model::history::{
     Cursor, HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId, Source, SourceKind,
@@ -273,6 +273,7 @@ impl StoreReader for PostgresReader {
                 // advisory lock of the owner key the row carries (a bigint
                 // key shows in pg_locks as its high and low 32 bits).
                 "SELECT {HISTORY_COLUMNS} FROM grantwheel_history h WHERE status = 'Processing'
+                   AND approval_deadline_ms IS NULL
                    AND NOT EXISTS (SELECT 1 FROM pg_locks l
                      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                        AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -281,6 +282,25 @@ impl StoreReader for PostgresReader {
             ),
             &[boxed(i64::try_from(limit).unwrap_or(i64::MAX))],
         )
+    }
+
+    fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.records(
+            &format!(
+                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE status = 'Processing' AND approval_deadline_ms IS NOT NULL ORDER BY approval_deadline_ms, seq LIMIT $1"
+            ),
+            &[boxed(i64::try_from(limit).unwrap_or(i64::MAX))],
+        )
+    }
+
+    fn held_at(&self, user: &UserId, at: DateTime<Utc>) -> Result<Vec<HistoryRecord>, StoreError> {
+        let all = self.records(
+            &format!(
+                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE user_id = $1 AND kind = 'share' AND status = 'Completed' AND expires_ms > $2 AND completed_ms <= $2 AND (starts_ms IS NULL OR starts_ms <= $2) AND (end_ms IS NULL OR end_ms > $2) ORDER BY seq DESC"
+            ),
+            &[boxed(user_text(*user)), boxed(at.timestamp_millis())],
+        )?;
+        Ok(all.into_iter().filter(|r| r.gave_access_at(at)).collect())
     }
 
     fn open_shares_of_rule(

@@ -10,7 +10,8 @@ use crate::clock::{from_millis, max_millis, to_millis};
 use crate::ids::{Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};
 use crate::model::grant::Grant;
 use crate::model::history::{
-    EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus, RuleId, Source,
+    Approval, Decision, EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus,
+    RuleId, Source,
 };
 use crate::store::{failure_name, failure_of, StoreError};
 
@@ -19,7 +20,7 @@ pub(super) const GRANT_COLUMNS: &str =
     "serial, user_id, entity_kind, entity_id, context_kind, context_id, level, expires_ms, starts_ms";
 
 /// The columns a history record is read from, in this order.
-pub(super) const HISTORY_COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms";
+pub(super) const HISTORY_COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason";
 
 pub(super) fn i64_of(v: u64) -> i64 {
     // Serials stay below 2^47 and instants below the latest representable
@@ -128,6 +129,13 @@ pub(super) struct RecordValues {
     ended_by: Option<String>,
     idempotency_key: Option<String>,
     starts_ms: Option<i64>,
+    granted_by: Option<String>,
+    approval_why: Option<String>,
+    approval_deadline_ms: Option<i64>,
+    approver: Option<String>,
+    approved: Option<bool>,
+    decided_ms: Option<i64>,
+    decision_reason: Option<String>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -159,6 +167,8 @@ impl RecordValues {
             (None, Some(t)) => (Some(ms(t)), Some("expired"), None),
             (None, None) => (None, None, None),
         };
+        let approval = r.approval.as_ref();
+        let decision = approval.and_then(|a| a.decision.as_ref());
         RecordValues {
             request: r.request.to_string(),
             kind: match r.kind {
@@ -186,10 +196,17 @@ impl RecordValues {
             ended_by,
             idempotency_key: r.idempotency_key.clone(),
             starts_ms: r.starts_at.map(ms),
+            granted_by: r.granted_by.map(user_text),
+            approval_why: approval.map(|a| a.why.clone()),
+            approval_deadline_ms: approval.map(|a| ms(a.deadline)),
+            approver: decision.map(|d| user_text(d.approver)),
+            approved: decision.map(|d| d.approved),
+            decided_ms: decision.map(|d| ms(d.at)),
+            decision_reason: decision.and_then(|d| d.reason.clone()),
         }
     }
 
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 23] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 30] {
         [
             &self.request,
             &self.kind,
@@ -214,6 +231,13 @@ impl RecordValues {
             &self.ended_by,
             &self.idempotency_key,
             &self.starts_ms,
+            &self.granted_by,
+            &self.approval_why,
+            &self.approval_deadline_ms,
+            &self.approver,
+            &self.approved,
+            &self.decided_ms,
+            &self.decision_reason,
         ]
     }
 }
@@ -250,6 +274,38 @@ impl<'r> Cols<'r> {
                     .map_err(|e: crate::model::history::BadRequestId| (col, e.to_string()))
             })
             .transpose()
+    }
+
+    fn user_opt(&self, i: usize, col: &'static str) -> Result<Option<UserId>, Bad> {
+        self.get::<Option<&str>>(i, col)?
+            .map(|t| t.parse().map_err(|e| (col, format!("`{t}`: {e}"))))
+            .transpose()
+    }
+
+    /// The approval columns (24 to 30): none unless a deadline is set; a
+    /// decision when it was decided.
+    fn approval(&self) -> Result<Option<Approval>, Bad> {
+        let Some(deadline) = self.time(26, "approval_deadline_ms")? else {
+            return Ok(None);
+        };
+        let why = Self::need(
+            self.get::<Option<String>>(25, "approval_why")?,
+            "approval_why",
+        )?;
+        let decision = match self.time(29, "decided_ms")? {
+            None => None,
+            Some(at) => Some(Decision {
+                approver: Self::need(self.user_opt(27, "approver")?, "approver")?,
+                approved: Self::need(self.get::<Option<bool>>(28, "approved")?, "approved")?,
+                at,
+                reason: self.get::<Option<String>>(30, "decision_reason")?,
+            }),
+        };
+        Ok(Some(Approval {
+            why,
+            deadline,
+            decision,
+        }))
     }
 
     fn user(&self, i: usize) -> Result<UserId, Bad> {
@@ -425,6 +481,8 @@ pub(super) fn decode_record(row: &Row) -> Result<(u64, HistoryRecord), StoreErro
                 expired_at,
                 idempotency_key: c.get::<Option<String>>(22, "idempotency_key")?,
                 starts_at: c.time(23, "starts_ms")?,
+                granted_by: c.user_opt(24, "granted_by")?,
+                approval: c.approval()?,
             },
         ))
     };
@@ -495,4 +553,11 @@ columns!(RecordColumns of RecordValues {
     ended_by: Option<String>,
     idempotency_key: Option<String>,
     starts_ms: Option<i64>,
+    granted_by: Option<String>,
+    approval_why: Option<String>,
+    approval_deadline_ms: Option<i64>,
+    approver: Option<String>,
+    approved: Option<bool>,
+    decided_ms: Option<i64>,
+    decision_reason: Option<String>,
 });

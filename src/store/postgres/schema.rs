@@ -13,14 +13,14 @@ use crate::store::StoreError;
 
 /// The schema version this library writes. Older databases are migrated
 /// forward on connect; newer ones are refused.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// A migration: takes a database from the version at its index to the
 /// next.
 type Migration = fn(&mut Transaction<'_>) -> Result<(), StoreError>;
 
 /// Migrations: entry `i` takes a database from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3, to_v4];
+pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3, to_v4, to_v5];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
@@ -152,6 +152,27 @@ ALTER TABLE grantwheel_history ADD COLUMN starts_ms BIGINT;
 
 fn to_v4(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
     tx.batch_execute(V4).map_err(pg)
+}
+
+/// Version 5: a share record keeps its grantor and its approval; the
+/// approvals queue and a user's audit get their indexes.
+const V5: &str = "
+ALTER TABLE grantwheel_history
+    ADD COLUMN granted_by TEXT,                 -- UUID of the grantor named, if any
+    ADD COLUMN approval_why TEXT,               -- why an approver was needed
+    ADD COLUMN approval_deadline_ms BIGINT,     -- NULL: no approval needed
+    ADD COLUMN approver TEXT,                   -- UUID, once decided
+    ADD COLUMN approved BOOLEAN,
+    ADD COLUMN decided_ms BIGINT,
+    ADD COLUMN decision_reason TEXT;
+CREATE INDEX grantwheel_history_awaiting ON grantwheel_history (approval_deadline_ms, seq)
+    WHERE status = 'Processing' AND approval_deadline_ms IS NOT NULL;
+CREATE INDEX grantwheel_history_shares_by_user ON grantwheel_history (user_id, expires_ms)
+    WHERE kind = 'share' AND status = 'Completed';
+";
+
+fn to_v5(tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+    tx.batch_execute(V5).map_err(pg)
 }
 
 /// The advisory lock key migrations hold ("gw-schema" in ASCII).

@@ -9,7 +9,8 @@ use super::codec::{context_from, context_id, entity_from, entity_value, i64_of, 
 use super::io;
 use crate::ids::{GrantId, Level, UserId};
 use crate::model::history::{
-    EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus, RuleId, Source,
+    Approval, Decision, EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind, RequestStatus,
+    RuleId, Source,
 };
 use crate::store::{failure_name, failure_of, EndCause, StoreError};
 
@@ -34,8 +35,18 @@ CREATE INDEX history_processing ON history (seq) WHERE status = 'Processing';
 CREATE INDEX history_by_done ON history (done_ms, seq) WHERE done_ms IS NOT NULL;
 ";
 
+/// The indexes version 5 adds: the approvals queue and a user's audit.
+pub(super) const APPROVAL_INDEXES: &str = "
+-- Shares waiting for an approver, soonest deadline first.
+CREATE INDEX history_awaiting ON history (approval_deadline_ms, seq)
+    WHERE status = 'Processing' AND approval_deadline_ms IS NOT NULL;
+-- A user's completed shares, by end: what the user held at an instant.
+CREATE INDEX history_shares_by_user ON history (user, expires_ms)
+    WHERE kind = 'share' AND status = 'Completed';
+";
+
 /// The columns a record is read from, in this order.
-pub(super) const COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms";
+pub(super) const COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason";
 
 /// The columns of version 2, which a version 1 record fills (its later
 /// fields are all empty).
@@ -43,8 +54,8 @@ const WRITTEN_V2: &str = "request, kind, entity_kind, entity_id, user, context_k
 
 /// Insert or replace by request id. A replaced record keeps its place
 /// (`seq`), and keeps a recorded end when the new one has none.
-const PUT: &str = "INSERT INTO history (request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)
+const PUT: &str = "INSERT INTO history (request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
 ON CONFLICT (request) DO UPDATE SET
     kind = excluded.kind, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
     user = excluded.user, context_kind = excluded.context_kind, context_id = excluded.context_id,
@@ -56,7 +67,11 @@ ON CONFLICT (request) DO UPDATE SET
     end_cause = CASE WHEN excluded.end_ms IS NULL THEN history.end_cause ELSE excluded.end_cause END,
     end_ms = coalesce(excluded.end_ms, history.end_ms),
     ended_by = coalesce(excluded.ended_by, history.ended_by),
-    idempotency_key = excluded.idempotency_key, starts_ms = excluded.starts_ms";
+    idempotency_key = excluded.idempotency_key, starts_ms = excluded.starts_ms,
+    granted_by = excluded.granted_by, approval_why = excluded.approval_why,
+    approval_deadline_ms = excluded.approval_deadline_ms, approver = excluded.approver,
+    approved = excluded.approved, decided_ms = excluded.decided_ms,
+    decision_reason = excluded.decision_reason";
 
 const END: &str = "UPDATE history SET end_ms = ?2, end_cause = ?3 WHERE grant_serial = ?1 AND kind = 'share' AND end_ms IS NULL";
 const ENDED_BY: &str =
@@ -65,7 +80,7 @@ const FORGET: &str = "DELETE FROM history WHERE request = ?1";
 
 /// A record's columns, in the order of [`PUT`] (those of [`WRITTEN_V2`]
 /// first).
-fn values(r: &HistoryRecord) -> [Value; 23] {
+fn values(r: &HistoryRecord) -> [Value; 30] {
     let text = |s: &str| Value::Text(s.to_string());
     let opt_ms = |t: Option<DateTime<Utc>>| t.map_or(Value::Null, |t| Value::Integer(ms(t)));
     let (kind, _) = r.context.pack();
@@ -90,6 +105,8 @@ fn values(r: &HistoryRecord) -> [Value; 23] {
         (None, Some(t)) => (Value::Integer(ms(t)), text("expired"), Value::Null),
         (None, None) => (Value::Null, Value::Null, Value::Null),
     };
+    let approval = r.approval.as_ref();
+    let decision = approval.and_then(|a| a.decision.as_ref());
     [
         Value::Text(r.request.to_string()),
         text(match r.kind {
@@ -121,6 +138,18 @@ fn values(r: &HistoryRecord) -> [Value; 23] {
             .as_ref()
             .map_or(Value::Null, |k| Value::Text(k.clone())),
         opt_ms(r.starts_at),
+        r.granted_by
+            .map_or(Value::Null, |u| Value::Text(u.0.hyphenated().to_string())),
+        approval.map_or(Value::Null, |a| text(&a.why)),
+        approval.map_or(Value::Null, |a| Value::Integer(ms(a.deadline))),
+        decision.map_or(Value::Null, |d| {
+            Value::Text(d.approver.0.hyphenated().to_string())
+        }),
+        decision.map_or(Value::Null, |d| Value::Integer(i64::from(d.approved))),
+        decision.map_or(Value::Null, |d| Value::Integer(ms(d.at))),
+        decision
+            .and_then(|d| d.reason.as_deref())
+            .map_or(Value::Null, text),
     ]
 }
 
@@ -248,6 +277,39 @@ impl HistoryRow<'_, '_> {
             .transpose()
     }
 
+    fn user_at(&self, i: usize, col: &'static str) -> Result<Option<UserId>, Bad> {
+        self.text(i, col)?
+            .map(|t| t.parse().map_err(|e| (col, format!("`{t}`: {e}"))))
+            .transpose()
+    }
+
+    /// The approval columns (24 to 30): none unless a deadline is set; a
+    /// decision when it was decided.
+    fn approval(&self) -> Result<Option<Approval>, Bad> {
+        let Some(deadline) = self.time(26, "approval_deadline_ms")? else {
+            return Ok(None);
+        };
+        let why = Self::need(self.text(25, "approval_why")?, "approval_why")?.to_string();
+        let decision = match self.time(29, "decided_ms")? {
+            None => None,
+            Some(at) => Some(Decision {
+                approver: Self::need(self.user_at(27, "approver")?, "approver")?,
+                approved: match Self::need(self.int(28, "approved")?, "approved")? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(("approved", format!("`{other}` is neither 0 nor 1"))),
+                },
+                at,
+                reason: self.text(30, "decision_reason")?.map(str::to_string),
+            }),
+        };
+        Ok(Some(Approval {
+            why,
+            deadline,
+            decision,
+        }))
+    }
+
     fn decode(&self) -> Result<(u64, HistoryRecord), Bad> {
         let seq = Self::need(self.int(0, "seq")?, "seq")?;
         let seq = u64::try_from(seq).map_err(|_| ("seq", format!("`{seq}` is negative")))?;
@@ -345,6 +407,8 @@ impl HistoryRow<'_, '_> {
             expired_at,
             idempotency_key: self.text(22, "idempotency_key")?.map(str::to_string),
             starts_at: self.time(23, "starts_ms")?,
+            granted_by: self.user_at(24, "granted_by")?,
+            approval: self.approval()?,
         };
         Ok((seq, record))
     }

@@ -18,7 +18,7 @@ use super::codec::{context_id, decode_grant, entity_value, i64_of};
 use super::history::{decode, COLUMNS};
 use super::io;
 use crate::clock::to_millis;
-use crate::ids::EntityId;
+use crate::ids::{EntityId, UserId};
 use crate::model::grant::Grant;
 use crate::model::history::{
     Cursor, HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId, Source, SourceKind,
@@ -40,6 +40,17 @@ pub(super) struct SqliteReader {
 /// A rule's completed shares whose grant is neither ended nor expired.
 const OPEN_OF_RULE: &str =
     "rule = ?1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL AND expires_ms > ?2";
+
+/// Requests queued and not carried out (those awaiting an approver are not
+/// queued: they wait in the store).
+const PROCESSING: &str = "status = 'Processing' AND approval_deadline_ms IS NULL";
+
+/// The approvals queue, soonest deadline first (`?1`: how many).
+const AWAITING: &str = "status = 'Processing' AND approval_deadline_ms IS NOT NULL ORDER BY approval_deadline_ms, seq LIMIT ?1";
+
+/// A user's (`?1`) completed shares live at `?2`, newest first (the end
+/// bounds the index range; the start is checked on each).
+const HELD_AT: &str = "user = ?1 AND kind = 'share' AND status = 'Completed' AND expires_ms > ?2 AND completed_ms <= ?2 AND (starts_ms IS NULL OR starts_ms <= ?2) AND (end_ms IS NULL OR end_ms > ?2) ORDER BY seq DESC";
 
 const GRANT_COLUMNS: &str =
     "serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc, starts_ms";
@@ -265,11 +276,24 @@ impl StoreReader for SqliteReader {
 
     fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         self.all(
-            &format!(
-                "SELECT {COLUMNS} FROM history WHERE status = 'Processing' ORDER BY seq LIMIT ?1"
-            ),
+            &format!("SELECT {COLUMNS} FROM history WHERE {PROCESSING} ORDER BY seq LIMIT ?1"),
             &[&i64::try_from(limit).unwrap_or(i64::MAX)],
         )
+    }
+
+    fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.all(
+            &format!("SELECT {COLUMNS} FROM history WHERE {AWAITING}"),
+            &[&i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+    }
+
+    fn held_at(&self, user: &UserId, at: DateTime<Utc>) -> Result<Vec<HistoryRecord>, StoreError> {
+        let all = self.all(
+            &format!("SELECT {COLUMNS} FROM history WHERE {HELD_AT}"),
+            &[&user.0.hyphenated().to_string(), &at.timestamp_millis()],
+        )?;
+        Ok(all.into_iter().filter(|r| r.gave_access_at(at)).collect())
     }
 
     fn open_shares_of_rule(
@@ -471,7 +495,9 @@ pub(super) fn plans(conn: &Connection) -> Vec<(String, String)> {
     for (name, (sql, v)) in [
         ("request by id", one(&format!("SELECT {COLUMNS} FROM history WHERE request = ?1"), vec![Value::Text("x".into())])),
         ("request by key", one(&format!("SELECT {COLUMNS} FROM history WHERE idempotency_key = ?1"), vec![Value::Text("k".into())])),
-        ("processing", one(&format!("SELECT {COLUMNS} FROM history WHERE status = 'Processing' ORDER BY seq LIMIT ?1"), vec![Value::Integer(10)])),
+        ("processing", one(&format!("SELECT {COLUMNS} FROM history WHERE {PROCESSING} ORDER BY seq LIMIT ?1"), vec![Value::Integer(10)])),
+        ("awaiting approval", one(&format!("SELECT {COLUMNS} FROM history WHERE {AWAITING}"), vec![Value::Integer(10)])),
+        ("held by a user at", one(&format!("SELECT {COLUMNS} FROM history WHERE {HELD_AT}"), vec![Value::Text("u".into()), Value::Integer(1)])),
         ("open shares of a rule", one(&format!("SELECT {COLUMNS} FROM history WHERE {OPEN_OF_RULE} ORDER BY seq"), vec![Value::Integer(1), Value::Integer(1)])),
         ("prunable", one("SELECT request FROM history WHERE done_ms < ?1 ORDER BY done_ms, seq LIMIT ?2", vec![Value::Integer(1), Value::Integer(10)])),
         ("access at", one(&format!("SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND (starts_ms IS NULL OR starts_ms <= ?3) AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),

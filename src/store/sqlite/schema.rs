@@ -7,24 +7,26 @@
 //! history is loaded at start; the live grants gain the indexes of the
 //! listings by user, entity, context and expiry. Version 3 gives a grant
 //! its start (`starts_ms`, for grants shared to start later); version 4
-//! gives a history record the start of the access it asked for.
+//! gives a history record the start of the access it asked for; version 5
+//! its grantor and its approval (why, deadline, and the decision), with
+//! the indexes of the approvals queue and of a user's audit.
 
 use rusqlite::{params, Transaction};
 
-use super::history::{insert_with_place, HISTORY_INDEXES};
+use super::history::{insert_with_place, APPROVAL_INDEXES, HISTORY_INDEXES};
 use super::io;
 use crate::model::history::HistoryRecord;
 use crate::store::StoreError;
 
 /// The schema version this library writes. Older files are migrated
 /// forward on open; newer ones are refused.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// A migration: takes a file from the version at its index to the next.
 type Migration = fn(&Transaction<'_>) -> Result<(), StoreError>;
 
 /// Migrations: entry `i` takes a file from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3, to_v4];
+pub(super) const MIGRATIONS: &[Migration] = &[to_v1, to_v2, to_v3, to_v4, to_v5];
 
 const _: () = assert!(MIGRATIONS.len() as i64 == SCHEMA_VERSION);
 
@@ -198,4 +200,20 @@ fn to_v4(tx: &Transaction<'_>) -> Result<(), StoreError> {
          FROM history;",
     )
     .map_err(io)
+}
+
+/// Version 5: a share record keeps its grantor and its approval; the
+/// approvals queue and a user's audit get their indexes.
+fn to_v5(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute_batch(
+        "ALTER TABLE history ADD COLUMN granted_by TEXT;            -- UUID of the grantor named, if any
+         ALTER TABLE history ADD COLUMN approval_why TEXT;          -- why an approver was needed
+         ALTER TABLE history ADD COLUMN approval_deadline_ms INTEGER; -- NULL: no approval needed
+         ALTER TABLE history ADD COLUMN approver TEXT;              -- UUID, once decided
+         ALTER TABLE history ADD COLUMN approved INTEGER CHECK (approved IN (0, 1));
+         ALTER TABLE history ADD COLUMN decided_ms INTEGER;
+         ALTER TABLE history ADD COLUMN decision_reason TEXT;",
+    )
+    .map_err(io)?;
+    tx.execute_batch(APPROVAL_INDEXES).map_err(io)
 }

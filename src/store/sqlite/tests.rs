@@ -76,6 +76,8 @@ fn record(i: u64) -> HistoryRecord {
         expired_at,
         idempotency_key: (i == 5).then(|| "crm-17".to_string()),
         starts_at: None,
+        granted_by: None,
+        approval: None,
     }
 }
 
@@ -119,7 +121,7 @@ fn a_version_1_file_keeps_every_record_and_its_order() {
         .conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     let reader = store.reader().unwrap();
     for r in &records {
         assert_eq!(reader.request(&r.request).unwrap().as_ref(), Some(r));

@@ -1,0 +1,414 @@
+//! Shares that wait for an approver: held `Processing` (stage "awaiting
+//! approval") with no access until approved, approved or denied once,
+//! failed when nobody acts in time, the duration counted from the
+//! approval, the decision kept in the record, and the audit queries.
+//! Each behaviour runs over memory, SQLite and (when a server is given)
+//! PostgreSQL.
+
+#[cfg(feature = "postgres")]
+#[path = "support/pg.rs"]
+mod pg;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use grantwheel::requests::{
+    ApprovalError, ApprovalRules, Command, ContextResolver, FailureKind, RequestStatus,
+    ShareRequest, Sharing, Source, SourceKind, Submission,
+};
+use grantwheel::store::MemoryStore;
+#[cfg(feature = "sqlite")]
+use grantwheel::store::SqliteStore;
+use grantwheel::{Context, Engine, EntityId, EntityKind, Level, ManualClock, Start, UserId};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap()
+}
+
+const BOSS: UserId = UserId::from_u128(0xb055);
+
+fn user(i: u128) -> UserId {
+    UserId::from_u128(0xa000 + i)
+}
+
+/// Edit access, and shares longer than 30 days, need an approver; one
+/// that nobody acts on within two days fails.
+fn rules() -> ApprovalRules {
+    ApprovalRules {
+        edit: true,
+        longer_than: Some(Duration::days(30)),
+        ..ApprovalRules::default()
+    }
+}
+
+/// A context resolver the test can turn against every share.
+#[derive(Clone, Default)]
+struct Switch(Arc<AtomicBool>);
+
+impl ContextResolver for Switch {
+    fn check(&self, _: &UserId, _: &EntityId, _: &Context) -> Result<(), String> {
+        if self.0.load(Ordering::SeqCst) {
+            Err("the grantee left the team".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// How to open an engine over one store, again and again (a restart).
+type Opener = Box<dyn Fn(&ManualClock) -> Engine>;
+
+fn layer(engine: Engine, resolver: &Switch) -> Sharing {
+    Sharing::builder(engine)
+        .approvals(rules(), Duration::days(2))
+        .resolver(resolver.clone())
+        .build()
+        .unwrap()
+}
+
+fn failure(status: &RequestStatus) -> (FailureKind, String) {
+    match status {
+        RequestStatus::Failed { kind, reason } => (*kind, reason.clone()),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// Every behaviour, on engines `open` makes over one store.
+fn behaviours(open: &Opener) {
+    let clock = ManualClock::new(t0());
+    let resolver = Switch::default();
+    let sharing = layer(open(&clock), &resolver);
+    let lead = |i| EntityId::lead(i);
+
+    // A read share for a week is not picked: done at once.
+    let read =
+        sharing.share(ShareRequest::new(user(1), lead(1), Level::Read).duration(Duration::days(7)));
+    assert_eq!(read.status, RequestStatus::Completed);
+
+    // An edit share waits: Processing, stage AwaitingApproval, no access.
+    let asked = sharing
+        .share(ShareRequest::new(user(2), lead(2), Level::Edit).duration(Duration::hours(10)));
+    assert_eq!(asked.status, RequestStatus::Processing);
+    assert!(asked.grant.is_none());
+    assert!(!sharing.engine().can_read(&user(2), &lead(2)));
+    let status = sharing.status_response(&asked.request);
+    assert_eq!(status.message.stage.as_deref(), Some("AwaitingApproval"));
+    let record = sharing.request(&asked.request).unwrap().unwrap();
+    assert!(record.awaiting_approval());
+    let approval = record.approval.clone().unwrap();
+    assert!(approval.why.contains("edit"), "{}", approval.why);
+    assert_eq!(approval.deadline, t0() + Duration::days(2));
+    let queue = sharing.awaiting_approval(10).unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].request, asked.request);
+
+    // The grantee may not approve their own share; a long reason is
+    // refused by name; neither changes anything.
+    assert_eq!(
+        sharing.approve(&asked.request, user(2), None).unwrap_err(),
+        ApprovalError::OwnShare { approver: user(2) }
+    );
+    let long = "x".repeat(grantwheel::requests::MAX_REASON_BYTES + 1);
+    let e = sharing
+        .approve(&asked.request, BOSS, Some(&long))
+        .unwrap_err();
+    assert_eq!(e.field(), Some("reason"));
+    assert!(sharing
+        .request(&asked.request)
+        .unwrap()
+        .unwrap()
+        .awaiting_approval());
+
+    // Approved three hours later: ten hours from the approval.
+    clock.advance(Duration::hours(3));
+    let done = sharing
+        .approve(&asked.request, BOSS, Some("covering for Ana"))
+        .unwrap();
+    assert_eq!(done.status, RequestStatus::Completed);
+    let grant = done.grant.unwrap();
+    assert_eq!(grant.expires_at, t0() + Duration::hours(13));
+    assert!(sharing.engine().can_edit(&user(2), &lead(2)));
+    let record = sharing.request(&asked.request).unwrap().unwrap();
+    let decision = record.approval.as_ref().unwrap().decision.clone().unwrap();
+    assert_eq!(decision.approver, BOSS);
+    assert!(decision.approved);
+    assert_eq!(decision.at, t0() + Duration::hours(3));
+    assert_eq!(decision.reason.as_deref(), Some("covering for Ana"));
+    assert_eq!(record.expires_at, Some(t0() + Duration::hours(13)));
+    assert!(sharing
+        .status_response(&asked.request)
+        .message
+        .stage
+        .is_none());
+    assert!(sharing.awaiting_approval(10).unwrap().is_empty());
+    // Decided once.
+    match sharing.approve(&asked.request, BOSS, None) {
+        Err(ApprovalError::NotAwaiting { status, .. }) => assert_eq!(status, "Completed"),
+        other => panic!("expected NotAwaiting, got {other:?}"),
+    }
+
+    // The audit: who had access to the lead at an instant, and what a user
+    // held then, with who approved it.
+    let at = t0() + Duration::hours(4);
+    let who = sharing.access_at(&lead(2), at).unwrap();
+    assert_eq!(who.len(), 1);
+    assert_eq!(who[0].request, asked.request);
+    assert_eq!(
+        who[0]
+            .approval
+            .as_ref()
+            .unwrap()
+            .decision
+            .as_ref()
+            .unwrap()
+            .approver,
+        BOSS
+    );
+    let held = sharing.held_at(&user(2), at).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].request, asked.request);
+    assert!(
+        sharing
+            .held_at(&user(2), t0() + Duration::hours(1))
+            .unwrap()
+            .is_empty(),
+        "not before the approval"
+    );
+    assert!(
+        sharing
+            .held_at(&user(2), t0() + Duration::hours(13))
+            .unwrap()
+            .is_empty(),
+        "not after its end"
+    );
+    let read_held = sharing.held_at(&user(1), at).unwrap();
+    assert_eq!(read_held.len(), 1);
+    assert!(read_held[0].approval.is_none());
+
+    // Denied: fails, no access, the decision kept.
+    let denied = sharing.share(ShareRequest::new(user(3), lead(3), Level::Edit));
+    let out = sharing
+        .deny(&denied.request, BOSS, Some("not this quarter"))
+        .unwrap();
+    let (kind, reason) = failure(&out.status);
+    assert_eq!(kind, FailureKind::Denied);
+    assert!(reason.contains("not this quarter"), "{reason}");
+    assert!(!sharing.engine().can_read(&user(3), &lead(3)));
+    let record = sharing.request(&denied.request).unwrap().unwrap();
+    let decision = record.approval.unwrap().decision.unwrap();
+    assert!(!decision.approved);
+    assert_eq!(decision.approver, BOSS);
+    assert!(matches!(
+        sharing.approve(&denied.request, BOSS, None),
+        Err(ApprovalError::NotAwaiting {
+            status: "Failed",
+            ..
+        })
+    ));
+
+    // Approved after the requested start: from the approval. Approved
+    // before it: from the start.
+    let late = sharing.share(
+        ShareRequest::new(user(4), lead(4), Level::Edit)
+            .start(Start::After(Duration::hours(1)))
+            .duration(Duration::hours(5)),
+    );
+    let early = sharing.share(
+        ShareRequest::new(user(5), lead(5), Level::Edit)
+            .start(Start::After(Duration::days(1)))
+            .duration(Duration::hours(5)),
+    );
+    clock.advance(Duration::hours(2));
+    let now = sharing.engine().now();
+    let g = sharing
+        .approve(&late.request, BOSS, None)
+        .unwrap()
+        .grant
+        .unwrap();
+    assert_eq!(g.expires_at, now + Duration::hours(5));
+    assert!(sharing.engine().can_edit(&user(4), &lead(4)));
+    let g = sharing
+        .approve(&early.request, BOSS, None)
+        .unwrap()
+        .grant
+        .unwrap();
+    let start = now - Duration::hours(2) + Duration::days(1);
+    assert_eq!(g.starts_at, Some(start));
+    assert_eq!(g.expires_at, start + Duration::hours(5));
+    assert!(
+        !sharing.engine().can_read(&user(5), &lead(5)),
+        "not before its start"
+    );
+
+    // The hooks are asked again at approval: a grantee who lost their
+    // standing is refused, and the approval is kept with the refusal.
+    let stale = sharing.share(ShareRequest::new(user(6), lead(6), Level::Edit));
+    resolver.0.store(true, Ordering::SeqCst);
+    let out = sharing.approve(&stale.request, BOSS, None).unwrap();
+    assert_eq!(failure(&out.status).0, FailureKind::ContextRefused);
+    assert!(!sharing.engine().can_read(&user(6), &lead(6)));
+    let record = sharing.request(&stale.request).unwrap().unwrap();
+    assert!(record.approval.unwrap().decision.unwrap().approved);
+    resolver.0.store(false, Ordering::SeqCst);
+
+    // Held requests survive a restart (never failed as interrupted) and
+    // are approved after it.
+    let kept = sharing.share(ShareRequest::new(user(7), lead(7), Level::Edit));
+    let timing_out = sharing
+        .share(ShareRequest::new(user(8), lead(8), Level::Read).duration(Duration::days(60)));
+    assert_eq!(
+        timing_out.status,
+        RequestStatus::Processing,
+        "longer than 30 days"
+    );
+    drop(sharing);
+    let sharing = layer(open(&clock), &resolver);
+    let record = sharing.request(&kept.request).unwrap().unwrap();
+    assert!(record.awaiting_approval(), "{record:?}");
+    let out = sharing.approve(&kept.request, BOSS, None).unwrap();
+    assert_eq!(out.status, RequestStatus::Completed);
+    assert!(sharing.engine().can_edit(&user(7), &lead(7)));
+
+    // Nobody acts in time: the status reads failed at once, the sweep
+    // writes it, and a late approval is refused.
+    clock.advance(Duration::days(2));
+    let (kind, _) = failure(&sharing.status(&timing_out.request).unwrap().unwrap());
+    assert_eq!(kind, FailureKind::ApprovalTimedOut);
+    assert!(sharing.awaiting_approval(10).unwrap().is_empty());
+    assert_eq!(sharing.expire_approvals().unwrap(), 1);
+    assert_eq!(sharing.expire_approvals().unwrap(), 0);
+    assert!(matches!(
+        sharing.approve(&timing_out.request, BOSS, None),
+        Err(ApprovalError::NotAwaiting {
+            status: "Failed",
+            ..
+        })
+    ));
+    assert!(!sharing.engine().can_read(&user(8), &lead(8)));
+
+    // Unknown ids are said to be unknown.
+    let nobody = grantwheel::requests::RequestId::random();
+    assert_eq!(
+        sharing.approve(&nobody, BOSS, None).unwrap_err(),
+        ApprovalError::NotFound(nobody)
+    );
+}
+
+#[test]
+fn approvals_over_memory() {
+    let store = MemoryStore::new();
+    behaviours(
+        &(Box::new(move |clock: &ManualClock| {
+            Engine::builder()
+                .clock(clock.clone())
+                .store(store.clone())
+                .build()
+                .unwrap()
+        }) as Opener),
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn approvals_over_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("approvals.db");
+    behaviours(
+        &(Box::new(move |clock: &ManualClock| {
+            Engine::builder()
+                .clock(clock.clone())
+                .store(SqliteStore::open(&path).unwrap())
+                .build()
+                .unwrap()
+        }) as Opener),
+    );
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn approvals_over_postgres() {
+    use grantwheel::store::PostgresStore;
+    let Some(url) = pg::url("approvals_over_postgres") else {
+        return;
+    };
+    let url = pg::fresh_database(&url);
+    behaviours(
+        &(Box::new(move |clock: &ManualClock| {
+            // The manual clock is far from the server's: the skew guard off.
+            let far = Duration::days(36_500);
+            Engine::builder()
+                .clock(clock.clone())
+                .clock_skew(far, far)
+                .store(PostgresStore::connect(&url).unwrap())
+                .build()
+                .unwrap()
+        }) as Opener),
+    );
+}
+
+/// The policy sees the source and the record kind.
+#[test]
+fn rules_pick_by_source_and_kind() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    let sharing = Sharing::builder(engine)
+        .approvals(
+            ApprovalRules {
+                sources: vec![SourceKind::Api],
+                kinds: vec![EntityKind::OPPORTUNITY],
+                ..ApprovalRules::default()
+            },
+            Duration::hours(1),
+        )
+        .build()
+        .unwrap();
+    let share = |e: EntityId| Command::Share(ShareRequest::new(user(1), e, Level::Read));
+    let direct = sharing.run(Submission::direct(share(EntityId::lead(1))));
+    assert_eq!(direct.status, RequestStatus::Completed);
+    let api = sharing.run(Submission::api(share(EntityId::lead(2))));
+    assert_eq!(api.status, RequestStatus::Processing);
+    let opp = sharing.run(Submission::direct(share(EntityId::opportunity(3))));
+    assert_eq!(opp.status, RequestStatus::Processing);
+    let record = sharing.request(&api.request).unwrap().unwrap();
+    assert_eq!(record.source, Source::Api);
+    assert!(record.approval.unwrap().why.contains("Api"));
+    // A grantee may deny their own share (they decline it).
+    let out = sharing.deny(&opp.request, user(1), None).unwrap();
+    assert_eq!(failure(&out.status).0, FailureKind::Denied);
+}
+
+/// The grantor a share was asked on the authority of may not approve it.
+#[test]
+fn a_grantor_may_not_approve_their_own_delegation() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    let sharing = Sharing::builder(engine)
+        .approvals(rules(), Duration::hours(1))
+        .build()
+        .unwrap();
+    let grantor = user(9);
+    let lead = EntityId::lead(9);
+    sharing.share(ShareRequest::new(grantor, lead, Level::Edit).duration(Duration::days(30)));
+    let asked = sharing.run(
+        Submission::direct(Command::Share(
+            ShareRequest::new(user(10), lead, Level::Edit).duration(Duration::days(1)),
+        ))
+        .granted_by(grantor),
+    );
+    // The grantor's own share was held too (edit): approve it first.
+    let own = sharing.awaiting_approval(10).unwrap();
+    assert_eq!(own.len(), 2);
+    for r in &own {
+        if r.request != asked.request {
+            sharing.approve(&r.request, BOSS, None).unwrap();
+        }
+    }
+    assert_eq!(
+        sharing.approve(&asked.request, grantor, None).unwrap_err(),
+        ApprovalError::OwnShare { approver: grantor }
+    );
+    let out = sharing.approve(&asked.request, BOSS, None).unwrap();
+    assert_eq!(out.status, RequestStatus::Completed, "{out:?}");
+    let record = sharing.request(&asked.request).unwrap().unwrap();
+    assert_eq!(record.granted_by, Some(grantor));
+}
