@@ -371,7 +371,7 @@ fn rules_pick_by_source_and_kind() {
     assert_eq!(opp.status, RequestStatus::Processing);
     let record = sharing.request(&api.request).unwrap().unwrap();
     assert_eq!(record.source, Source::Api);
-    assert!(record.approval.unwrap().why.contains("Api"));
+    assert!(record.approval.unwrap().why.contains("the API"));
     // A grantee may deny their own share (they decline it).
     let out = sharing.deny(&opp.request, user(1), None).unwrap();
     assert_eq!(failure(&out.status).0, FailureKind::Denied);

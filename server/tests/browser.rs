@@ -258,8 +258,21 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
             return;
         }
     };
-    let s = Running::start(|_| {});
+    // Shares of opportunities wait for an approver; the limiter is off so
+    // the polls below never meet it.
+    let s = Running::start(|a| {
+        a.approve_records = vec![grantwheel_server::config::ApproveRecord::Opportunity];
+        a.rate_limit = 0;
+    });
     let ids = seed(&s);
+    let opportunity = json!({"Id": "e-o", "Trigger": "EntityCreated", "Entity": 5,
+        "EntityId": "42", "Owner": C});
+    assert_eq!(send(&s, "/Events", &opportunity).0, 200);
+    let held = json!([{"UserId": A, "Entity": 5, "EntityType": 3, "EntityId": "42",
+        "AccessType": 2, "DurationInMinutes": 480}]);
+    let (code, v) = send(&s, "/Share", &held);
+    assert_eq!(code, 200, "{v}");
+    let held_id = v["Message"]["Id"].as_str().unwrap().to_string();
     let (r_a, _r_c, _r_auto, _r_b, r_fail, _r_revoke) =
         (&ids[0], &ids[1], &ids[2], &ids[3], &ids[4], &ids[5]);
     let driver = Driver::start(&driver_program);
@@ -329,7 +342,47 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
             access.contains(A) && access.contains(B) && !access.contains(C),
             "{access}"
         );
+        // The approvals queue lists the held share, with why and until
+        // when; its link opens the opportunity's history, where the row
+        // says it waits.
+        let queue = c
+            .find(Locator::Css("#approvals"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            queue.contains("Waiting for an approver")
+                && queue.contains("Opportunity 42")
+                && queue.contains(A)
+                && queue.contains("opportunity")
+                && queue.contains("8 hours"),
+            "{queue}"
+        );
         std::fs::write(shots.join("history.png"), c.screenshot().await.unwrap()).unwrap();
+        let back = c.current_url().await.unwrap();
+        click(&c, "#approvals a").await;
+        wait_for_url(&c, "EntityId=42").await;
+        assert_eq!(rows(&c).await, vec![held_id.clone()]);
+        let row = c
+            .find(Locator::Css("#history tbody tr"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            row.contains("Processing") && row.contains("awaiting approval"),
+            "{row}"
+        );
+        std::fs::write(
+            shots.join("history-approvals.png"),
+            c.screenshot().await.unwrap(),
+        )
+        .unwrap();
+        c.goto(back.as_str()).await.unwrap();
+        wait_for_url(&c, &format!("EntityId={LEAD}")).await;
 
         // Filter by user through the form.
         let user = c.find(Locator::Css("input[name=UserId]")).await.unwrap();

@@ -91,11 +91,16 @@ impl ApprovalPolicy for ApprovalRules {
             ));
         }
         if self.sources.contains(&source.kind()) {
-            return Some(format!("shares from {source:?} need an approver"));
+            let from = match source.kind() {
+                SourceKind::Api => "the API",
+                SourceKind::Automation => "automation rules",
+                SourceKind::Direct => "direct calls",
+            };
+            return Some(format!("shares from {from} need an approver"));
         }
         if self.kinds.contains(&share.entity.kind) {
             return Some(format!(
-                "shares of `{}` records need an approver",
+                "shares of {} records need an approver",
                 share.entity.kind
             ));
         }
