@@ -22,8 +22,8 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use grantwheel::requests::wire::ItemResponse;
 use grantwheel::requests::{
-    ApprovalError, Cursor, FailureKind, HistoryQuery, RequestId, RuleId, Sharing, SourceKind,
-    StatusKind, StatusResponse,
+    ApprovalError, Cursor, FailureKind, HistoryQuery, HistoryRecord, RequestId, RuleId, Sharing,
+    SourceKind, StatusKind, StatusResponse,
 };
 use grantwheel::{EntityId, QueryError, RuleError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -292,9 +292,15 @@ async fn approvals(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Resp
     let p = params(&q);
     app.authorize(&p, Limited::Yes)?;
     let limit = limit_of(&p)?;
-    let (found, now) = app
-        .blocking(move |s| (s.awaiting_approval(limit), s.engine().now()))
-        .await?;
+    records_answer(&app, move |s| s.awaiting_approval(limit)).await
+}
+
+/// The records a request-layer query found, as history records at now.
+async fn records_answer(
+    app: &App,
+    query: impl FnOnce(&Sharing) -> Result<Vec<HistoryRecord>, QueryError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let (found, now) = app.blocking(move |s| (query(s), s.engine().now())).await?;
     let records = found.map_err(query_error)?;
     Ok(ok(&records
         .iter()
@@ -388,14 +394,7 @@ async fn access_at(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Resp
     app.authorize(&p, Limited::Yes)?;
     let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
     let at = at_of(&p)?;
-    let (found, now) = app
-        .blocking(move |s| (s.access_at(&entity, at), s.engine().now()))
-        .await?;
-    let records = found.map_err(query_error)?;
-    Ok(ok(&records
-        .iter()
-        .map(|r| RecordView::of(r, now))
-        .collect::<Vec<_>>()))
+    records_answer(&app, move |s| s.access_at(&entity, at)).await
 }
 
 /// The grants a user held at an instant, each with its request and
@@ -409,14 +408,7 @@ async fn held_at(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Respon
         .parse()
         .map_err(|_| ApiError::bad_request(format!("`UserId`: `{raw}` is not a UUID")))?;
     let at = at_of(&p)?;
-    let (found, now) = app
-        .blocking(move |s| (s.held_at(&user, at), s.engine().now()))
-        .await?;
-    let records = found.map_err(query_error)?;
-    Ok(ok(&records
-        .iter()
-        .map(|r| RecordView::of(r, now))
-        .collect::<Vec<_>>()))
+    records_answer(&app, move |s| s.held_at(&user, at)).await
 }
 
 fn check_one(sharing: &Sharing, item: &CheckItem) -> Result<CheckAnswer, String> {

@@ -195,6 +195,16 @@ async fn rows(c: &Client) -> Vec<String> {
     ids
 }
 
+/// The text of the element `css` finds.
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Type `text` into the element `css` finds.
 async fn type_into(c: &Client, css: &str, text: &str) {
     c.find(Locator::Css(css))
@@ -315,13 +325,7 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
         let mut newest_first = ids.clone();
         newest_first.reverse();
         assert_eq!(rows(&c).await, newest_first, "every record, newest first");
-        let page = c
-            .find(Locator::Css("main"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = text_of(&c, "main").await;
         for expected in [
             "Who has access now",
             "Automation (rule ",
@@ -331,13 +335,7 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
         ] {
             assert!(page.contains(expected), "`{expected}` on the page:\n{page}");
         }
-        let access = c
-            .find(Locator::Css("#access"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let access = text_of(&c, "#access").await;
         assert!(
             access.contains(A) && access.contains(B) && !access.contains(C),
             "{access}"
@@ -345,13 +343,7 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
         // The approvals queue lists the held share, with why and until
         // when; its link opens the opportunity's history, where the row
         // says it waits.
-        let queue = c
-            .find(Locator::Css("#approvals"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let queue = text_of(&c, "#approvals").await;
         assert!(
             queue.contains("Waiting for an approver")
                 && queue.contains("Opportunity 42")
@@ -365,13 +357,7 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
         click(&c, "#approvals a").await;
         wait_for_url(&c, "EntityId=42").await;
         assert_eq!(rows(&c).await, vec![held_id.clone()]);
-        let row = c
-            .find(Locator::Css("#history tbody tr"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let row = text_of(&c, "#history tbody tr").await;
         assert!(
             row.contains("Processing") && row.contains("awaiting approval"),
             "{row}"
@@ -406,13 +392,7 @@ fn the_history_page_logs_in_and_filters_by_user_then_status() {
         click(&c, "form.filters button[type=submit]").await;
         wait_for_url(&c, "Status=Failed").await;
         assert_eq!(rows(&c).await, vec![r_fail.clone()], "A's failed record");
-        let row = c
-            .find(Locator::Css("#history tbody tr"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let row = text_of(&c, "#history tbody tr").await;
         assert!(row.contains("Failed") && row.contains(A), "{row}");
         assert!(
             c.find(Locator::Css("input[name=UserId]"))

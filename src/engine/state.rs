@@ -45,7 +45,45 @@ use super::config::{Config, Timing};
 use super::record::{GrantIx, GrantRec, Slab, BUCKET_MASK, PENDING_BIT, SCHEDULED};
 
 /// The starts of grants made to start later, by serial (see INV-9).
-pub(super) type Starts = hashbrown::HashMap<u64, u64>;
+pub(super) type Starts = hashbrown::HashMap<u64, u64, BySerial>;
+
+/// Hashes a serial to itself in its low bits and to a mix of it in the top
+/// seven (the table's tags). Serials are the engine's own, dense and
+/// increasing, so grants shared together sit in neighbouring buckets:
+/// the wheel, which looks starts up in about the order they were shared
+/// when it re-files or fires them in bulk, walks the table instead of
+/// missing the cache on every lookup. Nothing outside chooses a serial.
+#[derive(Clone, Copy, Default)]
+pub(super) struct BySerial;
+
+impl std::hash::BuildHasher for BySerial {
+    type Hasher = SerialHasher;
+    fn build_hasher(&self) -> SerialHasher {
+        SerialHasher(0)
+    }
+}
+
+/// See [`BySerial`].
+#[derive(Default)]
+pub(super) struct SerialHasher(u64);
+
+impl std::hash::Hasher for SerialHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; any other shape still hashes fully.
+        for b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        const TAG: u64 = 0x7f << 57;
+        self.0 = (n & !TAG) | (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) & TAG);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// The grant records as the wheel sees them: a grant's timer is due at the
 /// tick of its current stage.
@@ -334,6 +372,22 @@ impl State {
         )
     }
 
+    /// Arm the next timer of a grant whose start has passed (its warning
+    /// or expiry): [`arm`](Self::arm) without the start's lookup. Returns
+    /// `false` if it is due already.
+    fn arm_started(&mut self, g: GrantIx, now: u64) -> bool {
+        let stage = self.timing.next_timer(self.grants[g].expires, now).0;
+        self.grants[g].set_stage(stage);
+        self.wheel.schedule(
+            &mut GrantLinks {
+                grants: &mut self.grants,
+                timing: &self.timing,
+                starts: &self.starts,
+            },
+            g.raw(),
+        )
+    }
+
     /// Put a new record into its pair and the wheel, starting at `start`
     /// if that is given (checks see it only from then: its stage is set
     /// before the pair's summary is published). Returns `None`, holding
@@ -447,7 +501,9 @@ impl State {
         let mut timed: Vec<(u64, u64, Event)> = Vec::new();
         for g in fired.iter().copied().map(GrantIx::from_raw) {
             let rec = self.grants[g];
-            if rec.scheduled() && rec.expires > now && self.arm(g, now) {
+            // Its start timer fired, so its start has passed: armed for its
+            // expiry without looking the start up again.
+            if rec.scheduled() && rec.expires > now && self.arm_started(g, now) {
                 // Its start came: checks see it from here on.
                 let loc: Locator = rec.loc.into();
                 let head = self.head(loc);

@@ -286,17 +286,13 @@ impl Sharing {
         at: DateTime<Utc>,
     ) -> Result<Vec<HistoryRecord>, QueryError> {
         self.inner.settle_overlay()?;
-        let now = self.inner.engine.now();
-        Ok(self
+        let records = self
             .inner
             .backend
             .reader()
             .held_at(user, at)
-            .map_err(QueryError::Store)?
-            .into_iter()
-            .map(|r| super::history::as_of(r, now))
-            .filter(|r| r.gave_access_at(at))
-            .collect())
+            .map_err(QueryError::Store)?;
+        Ok(self.inner.live_at(records, at))
     }
 
     /// Approve a share waiting for an approver: the grant is made now (its

@@ -197,6 +197,21 @@ impl SharingInner {
         }
     }
 
+    /// The records among `records` whose grant was live at `at`, read as
+    /// of now (an end or a timeout not yet written counts).
+    pub(super) fn live_at(
+        &self,
+        records: Vec<HistoryRecord>,
+        at: DateTime<Utc>,
+    ) -> Vec<HistoryRecord> {
+        let now = self.engine.now();
+        records
+            .into_iter()
+            .map(|r| as_of(r, now))
+            .filter(|r| r.gave_access_at(at))
+            .collect()
+    }
+
     /// Make sure the overlay is in the store, so a query of the store
     /// sees every record a call has returned.
     pub(super) fn settle_overlay(&self) -> Result<(), QueryError> {
@@ -406,12 +421,7 @@ impl Sharing {
             .reader()
             .access_at(entity, at)
             .map_err(QueryError::Store)?;
-        let now = self.inner.engine.now();
-        Ok(records
-            .into_iter()
-            .map(|r| as_of(r, now))
-            .filter(|r| r.gave_access_at(at))
-            .collect())
+        Ok(self.inner.live_at(records, at))
     }
 
     /// Remove the records whose grants ended, and the failed requests and

@@ -248,6 +248,19 @@ impl State {
         }
     }
 
+    /// The records at `places` (an index's set) whose grant was live at
+    /// `at`, newest first.
+    fn live_at(&self, places: Option<&BTreeSet<u64>>, at: DateTime<Utc>) -> Vec<HistoryRecord> {
+        places
+            .into_iter()
+            .flatten()
+            .rev()
+            .filter_map(|p| self.record_at(*p))
+            .filter(|r| r.gave_access_at(at))
+            .cloned()
+            .collect()
+    }
+
     fn record_at(&self, place: u64) -> Option<&HistoryRecord> {
         self.history.get(&place).map(|s| &s.record)
     }
@@ -331,16 +344,7 @@ impl StoreReader for MemoryStore {
         at: DateTime<Utc>,
     ) -> Result<Vec<HistoryRecord>, StoreError> {
         let st = self.state.lock();
-        let Some(places) = st.by_entity.get(entity) else {
-            return Ok(Vec::new());
-        };
-        Ok(places
-            .iter()
-            .rev()
-            .filter_map(|p| st.record_at(*p))
-            .filter(|r| r.gave_access_at(at))
-            .cloned()
-            .collect())
+        Ok(st.live_at(st.by_entity.get(entity), at))
     }
 
     fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
@@ -377,16 +381,7 @@ impl StoreReader for MemoryStore {
 
     fn held_at(&self, user: &UserId, at: DateTime<Utc>) -> Result<Vec<HistoryRecord>, StoreError> {
         let st = self.state.lock();
-        let Some(places) = st.by_user.get(user) else {
-            return Ok(Vec::new());
-        };
-        Ok(places
-            .iter()
-            .rev()
-            .filter_map(|p| st.record_at(*p))
-            .filter(|r| r.gave_access_at(at))
-            .cloned()
-            .collect())
+        Ok(st.live_at(st.by_user.get(user), at))
     }
 
     fn open_shares_of_rule(
