@@ -358,6 +358,7 @@ fn build_history(path: &Path, n: usize, live: usize) -> Samples {
             starts_at: None,
             granted_by: None,
             approval: None,
+            end_reason: None,
         };
         if i % 997 == 0 {
             samples.ids.push(record.request);

@@ -96,6 +96,10 @@ pub enum ChangeError {
     /// The store could not make the change durable, so it was not made.
     #[error("the change was not made because the store failed: {0}")]
     Store(StoreError),
+    /// The grant does not wait for its start to be confirmed (it is live
+    /// already, or yet to start, or its engine does not confirm starts).
+    #[error("grant `{}` for user `{}` (serial {}) does not wait for its start to be confirmed", .0.entity, .0.user, .0.serial)]
+    NotDue(GrantId),
 }
 
 /// Grants revoked in memory (every check says no from now on) whose revoke

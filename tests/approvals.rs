@@ -412,3 +412,199 @@ fn a_grantor_may_not_approve_their_own_delegation() {
     let record = sharing.request(&asked.request).unwrap().unwrap();
     assert_eq!(record.granted_by, Some(grantor));
 }
+
+/// Re-validation at start, on an engine that confirms starts: the hooks
+/// are asked again when a scheduled share's start comes; a refusal ends the
+/// grant with the reason in its record, and nothing is seen before the
+/// check.
+fn revalidation(open: &Opener) {
+    use grantwheel::requests::GrantorPolicy;
+    struct Nobody;
+    impl GrantorPolicy for Nobody {
+        fn is_privileged(&self, _: &UserId, _: &EntityId) -> bool {
+            false
+        }
+    }
+    let clock = ManualClock::new(t0());
+    let resolver = Switch::default();
+    let layer = |engine: Engine| {
+        Sharing::builder(engine)
+            .approvals(rules(), Duration::days(2))
+            .resolver(resolver.clone())
+            .grantor_policy(Nobody)
+            .build()
+            .unwrap()
+    };
+    let sharing = layer(open(&clock));
+    assert!(sharing.engine().confirms_starts());
+    let lead = |i: u64| EntityId::lead(100 + i);
+    let monday = t0() + Duration::days(7);
+    let read = |u: u128, e: u64| {
+        ShareRequest::new(user(u), lead(e), Level::Read)
+            .start(Start::At(monday))
+            .duration(Duration::hours(8))
+    };
+    // A grantor who holds the lead for the month delegates a week ahead.
+    let grantor = user(20);
+    let own = sharing
+        .share(ShareRequest::new(grantor, lead(1), Level::Read).duration(Duration::days(30)));
+    assert_eq!(own.status, RequestStatus::Completed);
+    let delegated = sharing.run(
+        grantwheel::requests::Submission::direct(Command::Share(read(21, 1))).granted_by(grantor),
+    );
+    assert_eq!(delegated.status, RequestStatus::Completed, "{delegated:?}");
+    let plain = sharing.share(read(22, 2));
+    sharing.share(read(23, 3));
+    // Approved for next week, then the grantee loses their standing.
+    let asked = sharing.share(
+        ShareRequest::new(user(24), lead(4), Level::Edit)
+            .start(Start::At(monday))
+            .duration(Duration::hours(8)),
+    );
+    sharing
+        .approve(&asked.request, BOSS, Some("next week"))
+        .unwrap();
+    // The grantor's own access ends before Monday.
+    sharing.revoke(grantwheel::requests::RevokeRequest {
+        user: grantor,
+        entity: lead(1),
+        context: Context::Direct,
+        level: Level::Read,
+    });
+
+    // The start comes; nothing is seen before the check, and a restart
+    // keeps them held.
+    clock.set(monday);
+    sharing.engine().advance();
+    for u in 21..=24u64 {
+        let who = user(u128::from(u));
+        assert!(
+            !sharing.engine().can_read(&who, &lead(u - 20)),
+            "user {u} before the check"
+        );
+    }
+    assert_eq!(sharing.engine().due_starts().len(), 4);
+    drop(sharing);
+    let sharing = layer(open(&clock));
+    assert_eq!(
+        sharing.engine().due_starts().len(),
+        4,
+        "held across a restart"
+    );
+    // The grantees lose their standing (the resolver refuses them all
+    // now); the grantor's own access is gone too.
+    resolver.0.store(true, Ordering::SeqCst);
+    let checked = sharing.check_starts().unwrap();
+    assert_eq!(checked, 4);
+    for u in 21..=24u64 {
+        let who = user(u128::from(u));
+        assert!(
+            !sharing.engine().can_read(&who, &lead(u - 20)),
+            "user {u} refused"
+        );
+    }
+    let record = sharing.request(&plain.request).unwrap().unwrap();
+    assert!(record.end_reason.unwrap().contains("context refused"));
+    assert!(sharing.engine().due_starts().is_empty());
+    let record = sharing.request(&delegated.request).unwrap().unwrap();
+    let why = record.end_reason.clone().unwrap();
+    assert!(
+        why.contains("grantor") && why.contains("no longer holds"),
+        "{why}"
+    );
+    assert!(record.revoked.is_some());
+    let record = sharing.request(&asked.request).unwrap().unwrap();
+    assert!(record
+        .end_reason
+        .unwrap()
+        .contains("the grantee left the team"));
+    assert!(
+        record.approval.unwrap().decision.unwrap().approved,
+        "the approval is kept"
+    );
+    // Who had access on Monday: nobody.
+    assert!(sharing
+        .access_at(&lead(2), monday + Duration::hours(1))
+        .unwrap()
+        .is_empty());
+
+    // With the hooks satisfied, a held start is confirmed: seen from then
+    // until its end, counted from its start.
+    resolver.0.store(false, Ordering::SeqCst);
+    let tuesday = monday + Duration::days(1);
+    let ok = sharing.share(
+        ShareRequest::new(user(25), lead(5), Level::Read)
+            .start(Start::At(tuesday))
+            .duration(Duration::hours(8)),
+    );
+    clock.set(tuesday + Duration::minutes(5));
+    sharing.engine().advance();
+    assert!(!sharing.engine().can_read(&user(25), &lead(5)));
+    assert_eq!(sharing.check_starts().unwrap(), 1);
+    assert!(sharing.engine().can_read(&user(25), &lead(5)));
+    let live = sharing.engine().grants_for(&user(25), &lead(5));
+    assert_eq!(live[0].expires_at, tuesday + Duration::hours(8));
+    let record = sharing.request(&ok.request).unwrap().unwrap();
+    assert!(record.end_reason.is_none() && record.revoked.is_none());
+    assert_eq!(
+        sharing
+            .access_at(&lead(5), tuesday + Duration::hours(1))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn revalidation_over_memory() {
+    let store = MemoryStore::new();
+    revalidation(
+        &(Box::new(move |clock: &ManualClock| {
+            Engine::builder()
+                .clock(clock.clone())
+                .confirm_starts(true)
+                .store(store.clone())
+                .build()
+                .unwrap()
+        }) as Opener),
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn revalidation_over_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("revalidation.db");
+    revalidation(
+        &(Box::new(move |clock: &ManualClock| {
+            Engine::builder()
+                .clock(clock.clone())
+                .confirm_starts(true)
+                .store(SqliteStore::open(&path).unwrap())
+                .build()
+                .unwrap()
+        }) as Opener),
+    );
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn revalidation_over_postgres() {
+    use grantwheel::store::PostgresStore;
+    let Some(url) = pg::url("revalidation_over_postgres") else {
+        return;
+    };
+    let url = pg::fresh_database(&url);
+    revalidation(
+        &(Box::new(move |clock: &ManualClock| {
+            let far = Duration::days(36_500);
+            Engine::builder()
+                .clock(clock.clone())
+                .clock_skew(far, far)
+                .confirm_starts(true)
+                .store(PostgresStore::connect(&url).unwrap())
+                .build()
+                .unwrap()
+        }) as Opener),
+    );
+}

@@ -1,30 +1,49 @@
-//! The request layer with approvals against a plain model.
+//! The request layer with approvals and re-validation at start against a
+//! plain model.
 //!
 //! Edit shares wait for an approver; read shares are made at once. Shares
-//! may start later. Steps approve, deny, revoke, move the clock both ways
-//! (the worker's sweep of timed-out approvals runs after each move),
-//! revoke, and restart over the store. After every step each (user,
-//! record) pair answers as the model does, and each request's status is
-//! the model's: no check says yes for a share not yet approved, an
-//! approved share's duration counts from the approval (or the requested
-//! start, if later), and a share nobody approved in time fails.
+//! may start later, and the engine confirms starts: when one comes, the
+//! context resolver is asked again. Steps approve, deny, revoke, take a
+//! user's standing away or give it back, move the clock both ways (the
+//! worker's rounds, the sweep of timed-out approvals and the check of the
+//! starts that came, run after each move), and restart over the store.
+//! After every step each (user, record) pair answers as the model does, and
+//! each request's status is the model's: no check says yes for a share not
+//! yet approved or before its start is checked, an approved share's
+//! duration counts from the approval (or the requested start, if later), a
+//! share nobody approved in time fails, and a start refused ends its grant.
 //!
 //! Cases: 300 of up to 60 steps by default; `GRANTWHEEL_MODEL_CASES` and
 //! `GRANTWHEEL_MODEL_STEPS` set more (the gate runs 10,000 of up to 200
 //! in release). Over SQLite a tenth as many run (each case writes a file
 //! of its own: a tenth costs what all of them cost in memory).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use grantwheel::requests::{
-    ApprovalError, ApprovalRules, FailureKind, RequestId, RequestStatus, RevokeRequest,
-    ShareRequest, Sharing,
+    ApprovalError, ApprovalRules, ContextResolver, FailureKind, RequestId, RequestStatus,
+    RevokeRequest, ShareRequest, Sharing,
 };
 use grantwheel::store::MemoryStore;
 #[cfg(feature = "sqlite")]
 use grantwheel::store::{SqliteStore, Synchronous};
 use grantwheel::{Context, Engine, EntityId, Level, ManualClock, Start, UserId};
+
+/// The users who lost their standing: the resolver refuses them.
+#[derive(Clone, Default)]
+struct Standing(Arc<Mutex<BTreeSet<UserId>>>);
+
+impl ContextResolver for Standing {
+    fn check(&self, user: &UserId, _: &EntityId, _: &Context) -> Result<(), String> {
+        if self.0.lock().unwrap().contains(user) {
+            Err("lost their standing".into())
+        } else {
+            Ok(())
+        }
+    }
+}
 use proptest::prelude::*;
 
 const USERS: u128 = 2;
@@ -51,6 +70,8 @@ enum Op {
     Revoke(u128, u64),
     /// Move the clock by minutes (negative: back).
     Clock(i64),
+    /// Take a user's standing away (false) or give it back.
+    Stand(u128, bool),
     Restart,
 }
 
@@ -62,6 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..16usize, any::<bool>()).prop_map(|(n, a)| Op::Decide(n, a)),
         1 => (0..USERS, 0..ENTITIES).prop_map(|(u, e)| Op::Revoke(u, e)),
         4 => prop_oneof![-30..0i64, 1..90i64].prop_map(Op::Clock),
+        1 => (0..USERS, any::<bool>()).prop_map(|(u, ok)| Op::Stand(u, ok)),
         1 => Just(Op::Restart),
     ]
 }
@@ -101,6 +123,8 @@ struct Model {
     /// One grant per pair (the engine replaces a repeated share).
     grants: BTreeMap<(u128, u64), Held>,
     asked: Vec<Asked>,
+    /// Users without standing.
+    lost: BTreeSet<u128>,
 }
 
 impl Model {
@@ -124,20 +148,16 @@ impl Model {
         );
     }
 
-    /// The wheel ran at `now`: grants whose start came are seen, those
-    /// whose end came are gone.
+    /// The wheel ran at `now` and the starts that came were checked: a
+    /// grant whose start came is seen if its user has standing, and ended
+    /// if not; those whose end came are gone.
     fn advance(&mut self, now: DateTime<Utc>) {
+        self.grants.retain(|_, g| g.end > now);
+        let lost = &self.lost;
+        self.grants
+            .retain(|(u, _), g| g.started || g.start > now || !lost.contains(u));
         for g in self.grants.values_mut() {
             g.started |= g.start <= now;
-        }
-        self.grants.retain(|_, g| g.end > now);
-    }
-
-    /// After a restart at `now`: a grant is seen if its start passed.
-    fn restart(&mut self, now: DateTime<Utc>) {
-        self.grants.retain(|_, g| g.end > now);
-        for g in self.grants.values_mut() {
-            g.started = g.start <= now;
         }
     }
 
@@ -161,6 +181,7 @@ type Opener = Box<dyn Fn(&ManualClock) -> Engine>;
 
 struct Rig {
     clock: ManualClock,
+    standing: Standing,
     open: Opener,
     sharing: Option<Sharing>,
     _dir: Option<tempfile::TempDir>,
@@ -192,6 +213,7 @@ impl Rig {
         };
         let mut rig = Rig {
             clock,
+            standing: Standing::default(),
             open,
             sharing: None,
             _dir: dir,
@@ -212,6 +234,7 @@ impl Rig {
                     },
                     Duration::minutes(TIMEOUT_MIN),
                 )
+                .resolver(self.standing.clone())
                 .build()
                 .unwrap(),
         );
@@ -226,6 +249,7 @@ fn base(clock: &ManualClock) -> grantwheel::EngineBuilder {
     Engine::builder()
         .clock(clock.clone())
         .tick(Duration::milliseconds(1))
+        .confirm_starts(true)
         .default_duration(Duration::days(7))
 }
 
@@ -235,6 +259,34 @@ fn run(backing: Backing, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for (step, op) in ops.into_iter().enumerate() {
         let now = rig.s().engine().now();
         match op {
+            Op::Share(u, e, level, minutes, _) if model.lost.contains(&u) => {
+                let out = rig.s().share(
+                    ShareRequest::new(user(u), EntityId::lead(e), level)
+                        .duration(Duration::minutes(minutes)),
+                );
+                prop_assert!(
+                    matches!(
+                        out.status,
+                        RequestStatus::Failed {
+                            kind: FailureKind::ContextRefused,
+                            ..
+                        }
+                    ),
+                    "step {}: {:?}",
+                    step,
+                    out
+                );
+            }
+            Op::Stand(u, ok) => {
+                let mut lost = rig.standing.0.lock().unwrap();
+                if ok {
+                    lost.remove(&user(u));
+                    model.lost.remove(&u);
+                } else {
+                    lost.insert(user(u));
+                    model.lost.insert(u);
+                }
+            }
             Op::Share(u, e, level, minutes, delay) => {
                 let mut req = ShareRequest::new(user(u), EntityId::lead(e), level)
                     .duration(Duration::minutes(minutes));
@@ -274,6 +326,21 @@ fn run(backing: Backing, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     rig.s().deny(&a.id, APPROVER, None)
                 };
                 match (&a.state, got) {
+                    (State::Awaiting, Ok(out)) if approve && model.lost.contains(&a.user) => {
+                        prop_assert!(
+                            matches!(
+                                out.status,
+                                RequestStatus::Failed {
+                                    kind: FailureKind::ContextRefused,
+                                    ..
+                                }
+                            ),
+                            "step {}: {:?}",
+                            step,
+                            out
+                        );
+                        model.asked[n].state = State::Failed(FailureKind::ContextRefused);
+                    }
                     (State::Awaiting, Ok(out)) if approve => {
                         prop_assert_eq!(&out.status, &RequestStatus::Completed, "step {}", step);
                         let from = a.start.filter(|s| *s > now).unwrap_or(now);
@@ -329,6 +396,7 @@ fn run(backing: Backing, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 rig.clock.advance(Duration::minutes(minutes));
                 let now = rig.s().engine().now();
                 rig.s().engine().advance();
+                rig.s().check_starts().unwrap();
                 model.advance(now);
                 rig.s().expire_approvals().unwrap();
                 for a in &mut model.asked {
@@ -338,8 +406,11 @@ fn run(backing: Backing, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Restart => {
+                // The restarted worker's first round checks the starts
+                // that came while it was down.
                 rig.restart();
-                model.restart(now);
+                rig.s().check_starts().unwrap();
+                model.advance(now);
             }
         }
         let now = rig.s().engine().now();

@@ -433,3 +433,74 @@ fn checks_never_see_a_share_before_its_approval() {
     let checks: u64 = readers.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(checks > 0);
 }
+
+#[test]
+fn checks_never_see_a_held_start_before_it_is_confirmed() {
+    let t0 = Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap();
+    let clock = ManualClock::new(t0);
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .tick(Duration::milliseconds(1))
+        .confirm_starts(true)
+        .build()
+        .unwrap();
+    let phases: Arc<Vec<AtomicU64>> =
+        Arc::new((0..PAIRS).map(|_| AtomicU64::new(DENIED)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for r in 0..2 {
+        let (engine, phases, done) = (engine.clone(), phases.clone(), done.clone());
+        readers.push(std::thread::spawn(move || {
+            let mut checks = 0u64;
+            let mut i = r;
+            while !done.load(Ordering::Acquire) {
+                i = (i + 1) % PAIRS;
+                let (u, e) = pair(i);
+                let before = phases[i].load(Ordering::Acquire);
+                let read = engine.can_read(&u, &e);
+                let after = phases[i].load(Ordering::Acquire);
+                if before == after {
+                    match before % APPROVAL_PHASES {
+                        HELD | DENIED => {
+                            assert!(!read, "pair {i} readable before its confirmation")
+                        }
+                        APPROVED => assert!(read, "pair {i} unreadable after its confirmation"),
+                        _ => {}
+                    }
+                }
+                checks += 1;
+            }
+            checks
+        }));
+    }
+    for cycle in 0..4_000u64 {
+        let i = (cycle as usize) % PAIRS;
+        let (u, e) = pair(i);
+        let base = phases[i].load(Ordering::Relaxed) + 1;
+        let base = base + (APPROVAL_PHASES - base % APPROVAL_PHASES) % APPROVAL_PHASES;
+        phases[i].store(base + HOLDING, Ordering::Release);
+        let g = engine
+            .share_spec(
+                ShareSpec::new(u, e, Level::Edit)
+                    .start(Start::After(Duration::milliseconds(1)))
+                    .expiry(Expiry::After(Duration::days(1))),
+            )
+            .unwrap();
+        clock.advance(Duration::milliseconds(1));
+        engine.advance();
+        assert!(engine.due_starts().iter().any(|d| d.id == g.id));
+        phases[i].store(base + HELD, Ordering::Release);
+        phases[i].store(base + DECIDING, Ordering::Release);
+        if cycle % 2 == 0 {
+            engine.confirm_start(&g.id).unwrap();
+            phases[i].store(base + APPROVED, Ordering::Release);
+            phases[i].store(base + DECIDING, Ordering::Release);
+        }
+        engine.revoke(&g.id).unwrap();
+        phases[i].store(base + DENIED, Ordering::Release);
+    }
+    done.store(true, Ordering::Release);
+    let checks: u64 = readers.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(checks > 0);
+    assert!(engine.due_starts().is_empty());
+}

@@ -74,7 +74,7 @@ fn the_schema_is_made_once_and_a_newer_one_is_refused() {
          ALTER TABLE grantwheel_grants DROP COLUMN starts_ms; \
          ALTER TABLE grantwheel_history DROP COLUMN starts_ms, DROP COLUMN granted_by, \
              DROP COLUMN approval_why, DROP COLUMN approval_deadline_ms, DROP COLUMN approver, \
-             DROP COLUMN approved, DROP COLUMN decided_ms, DROP COLUMN decision_reason; \
+             DROP COLUMN approved, DROP COLUMN decided_ms, DROP COLUMN decision_reason, DROP COLUMN end_reason; \
          DROP INDEX grantwheel_history_shares_by_user; \
          UPDATE grantwheel_schema SET version = 1",
     )

@@ -506,3 +506,144 @@ fn the_api_takes_starts_at_and_starts_in_minutes() {
         other => panic!("expected an error, got {other:?}"),
     }
 }
+
+/// An engine that confirms starts holds each grant at its start until it
+/// is confirmed: no check says yes, it is listed as scheduled and due, and
+/// it survives restarts as due; confirmed, it goes live; never confirmed,
+/// it ends at its expiry.
+fn confirmed_starts(build: impl Fn(&ManualClock) -> Engine) {
+    let clock = ManualClock::new(t0());
+    let engine = build(&clock);
+    let seen = recorder(&engine);
+    let spec = |i, start_h, len_h| {
+        let (u, e) = pair(i);
+        later(
+            u,
+            e,
+            Start::After(Duration::hours(start_h)),
+            Expiry::After(Duration::hours(len_h)),
+        )
+    };
+    let a = engine.share_spec(spec(30, 1, 5)).unwrap();
+    let b = engine.share_spec(spec(31, 1, 2)).unwrap();
+    let c = engine.share_spec(spec(32, 1, 5)).unwrap();
+    let d = engine.share_spec(spec(33, 3, 5)).unwrap();
+    let (ua, ea) = pair(30);
+    assert!(matches!(
+        engine.confirm_start(&a.id),
+        Err(ChangeError::NotDue(_))
+    ));
+    taken(&seen);
+    clock.set(t0() + Duration::hours(1));
+    engine.advance();
+    assert!(taken(&seen).is_empty(), "no start is raised while held");
+    for g in [&a, &b, &c] {
+        assert!(!engine.can_read(&g.id.user, &g.id.entity), "{g:?} held");
+    }
+    assert_eq!(engine.due_starts(), vec![a, b, c]);
+    assert_eq!(
+        engine.scheduled_of(&ua),
+        vec![a],
+        "listed with the scheduled"
+    );
+    assert!(engine.grants_of(&ua).is_empty());
+    // Extending a held grant keeps it held.
+    let a = engine.extend(&a.id, Duration::hours(1)).unwrap();
+    assert!(!engine.can_read(&ua, &ea));
+    // Confirmed: live until its end, counted from its start.
+    let live = engine.confirm_start(&a.id).unwrap();
+    assert_eq!(live.expires_at, t0() + Duration::hours(7));
+    assert_eq!(live.starts_at, None, "a confirmed start is not held again");
+    assert!(engine.can_edit(&ua, &ea));
+    assert!(taken(&seen)
+        .iter()
+        .any(|e| matches!(e, Event::Started(g) if g.id == a.id)));
+    assert!(matches!(
+        engine.confirm_start(&a.id),
+        Err(ChangeError::NotDue(_))
+    ));
+    // Refused: revoked.
+    engine.revoke(&c.id).unwrap();
+    assert_eq!(engine.due_starts(), vec![b]);
+    // A restart keeps the held one held, starts none, and holds one whose
+    // start passed while down.
+    drop(engine);
+    clock.set(t0() + Duration::hours(3) + Duration::minutes(30));
+    let engine = build(&clock);
+    assert!(engine.can_edit(&ua, &ea), "confirmed stays live");
+    assert_eq!(
+        engine.due_starts().iter().map(|g| g.id).collect::<Vec<_>>(),
+        vec![d.id],
+        "b ended at its expiry; d's start passed while down"
+    );
+    let (ud, ed) = pair(33);
+    assert!(!engine.can_read(&ud, &ed));
+    engine.confirm_start(&d.id).unwrap();
+    assert!(engine.can_edit(&ud, &ed));
+    assert!(engine.due_starts().is_empty());
+}
+
+#[test]
+fn confirmed_starts_over_memory() {
+    let store = MemoryStore::new();
+    confirmed_starts(|clock| {
+        Engine::builder()
+            .clock(clock.clone())
+            .confirm_starts(true)
+            .store(store.clone())
+            .build()
+            .unwrap()
+    });
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn confirmed_starts_over_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("confirmed.db");
+    confirmed_starts(|clock| {
+        Engine::builder()
+            .clock(clock.clone())
+            .confirm_starts(true)
+            .store(SqliteStore::open(&path).unwrap())
+            .build()
+            .unwrap()
+    });
+}
+
+/// A held grant never confirmed ends at its expiry, raising `Expired`.
+#[test]
+fn a_held_start_never_confirmed_expires() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .confirm_starts(true)
+        .build()
+        .unwrap();
+    let seen = recorder(&engine);
+    let (u, e) = pair(40);
+    let g = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::After(Duration::minutes(10)),
+            Expiry::After(Duration::minutes(20)),
+        ))
+        .unwrap();
+    clock.advance(Duration::minutes(15));
+    engine.advance();
+    assert_eq!(engine.due_starts(), vec![g]);
+    taken(&seen);
+    clock.advance(Duration::minutes(15));
+    engine.advance();
+    assert!(engine.due_starts().is_empty());
+    assert!(engine.scheduled_of(&u).is_empty());
+    assert!(taken(&seen)
+        .iter()
+        .any(|ev| matches!(ev, Event::Expired(x) if x.id == g.id)));
+    assert!(matches!(
+        engine.confirm_start(&g.id),
+        Err(ChangeError::NotLive(_))
+    ));
+    assert_eq!(engine.len(), 0);
+}

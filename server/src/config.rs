@@ -241,6 +241,13 @@ pub struct ServeArgs {
     )]
     pub no_context_check: bool,
 
+    /// Check a share made to start later again when its start comes (the
+    /// context, and the grantor's own access for a delegated share): it
+    /// gives no access until checked, and one refused then ends with the
+    /// reason in its history record.
+    #[arg(long, env = "GRANTWHEEL_REVALIDATE_AT_START")]
+    pub revalidate_at_start: bool,
+
     /// Hold every share of edit access for an approver (see the
     /// `/Approvals` endpoints).
     #[arg(long, env = "GRANTWHEEL_APPROVE_EDIT")]

@@ -435,7 +435,10 @@ fn history_table(records: &[RecordView], default_minutes: i64) -> Markup {
                             @match (r.kind, r.ends, r.ended_by) {
                                 // A revoke ends other grants; it has no end of its own.
                                 (grantwheel::requests::RequestKind::Revoke, _, _) => { span.muted { "—" } }
-                                (_, Some(e), Some(how)) => { (how) " " (when(e)) }
+                                (_, Some(e), Some(how)) => {
+                                    (how) " " (when(e))
+                                    @if let Some(why) = &r.end_reason { div.reason { (why) } }
+                                }
                                 (_, Some(e), None) => { "Ends " (when(e)) }
                                 (_, None, _) => { span.muted { "—" } }
                             }

@@ -274,7 +274,8 @@ impl Server {
             .tick(chrono_of("--tick", args.tick)?)
             .max_staleness(chrono_of("--max-staleness", args.max_staleness)?)
             .feed_poll(chrono_of("--feed-poll", args.feed_poll)?)
-            .expiry_events(args.expiry_events.into());
+            .expiry_events(args.expiry_events.into())
+            .confirm_starts(args.revalidate_at_start);
         let warnings = args
             .warn_before
             .iter()

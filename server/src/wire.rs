@@ -402,6 +402,10 @@ pub struct RecordView {
     /// The approval the share needed, if the policy asked for one.
     #[serde(rename = "Approval", skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalView>,
+    /// Why the grant ended early, when the service ended it (a start
+    /// refused when checked again).
+    #[serde(rename = "EndReason", skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
 }
 
 /// A share's approval: why it was needed, until when, and the decision.
@@ -472,6 +476,7 @@ impl RecordView {
         };
         let ended_by = match r.revoked {
             Some((_, EndedBy::Replaced)) => Some("Replaced"),
+            Some(_) if r.end_reason.is_some() => Some("Refused"),
             Some((_, _)) => Some("Revoked"),
             None if ends.is_some_and(|e| e <= now) => Some("Expired"),
             None => None,
@@ -498,6 +503,7 @@ impl RecordView {
             entity: entity_code(r.entity.kind),
             entity_id: entity_ref_text(&r.entity),
             granted_by: r.granted_by,
+            end_reason: r.end_reason.clone(),
             stage: r.awaiting_approval().then_some("AwaitingApproval"),
             approval: r.approval.as_ref().map(|a| {
                 let d = a.decision.as_ref();

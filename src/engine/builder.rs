@@ -16,7 +16,7 @@ use crate::store::{Meta, Store};
 use super::commit::Queue;
 use super::config::{Config, Timing};
 use super::follow::{self, Follow, FollowSettings};
-use super::record::SCHEDULED;
+use super::record::DUE;
 use super::state::State;
 use super::{Engine, Inner};
 
@@ -49,6 +49,7 @@ pub struct EngineBuilder {
     tick: chrono::Duration,
     warnings: Vec<chrono::Duration>,
     capacity: usize,
+    confirm_starts: bool,
     store: Option<Box<dyn Store>>,
     max_staleness: chrono::Duration,
     feed_poll: chrono::Duration,
@@ -78,6 +79,7 @@ impl Default for EngineBuilder {
             tick: chrono::Duration::seconds(1),
             warnings: Vec::new(),
             capacity: 0,
+            confirm_starts: false,
             store: None,
             max_staleness: chrono::Duration::seconds(5),
             feed_poll: chrono::Duration::milliseconds(250),
@@ -226,6 +228,19 @@ impl EngineBuilder {
     /// engine holds the lease.
     pub fn expiry_events(mut self, events: ExpiryEvents) -> Self {
         self.expiry_events = events;
+        self
+    }
+
+    /// Hold each grant made to start later when its start comes, until it
+    /// is confirmed with [`Engine::confirm_start`](crate::Engine::confirm_start)
+    /// or revoked (default: it goes live at its start). Until then no check
+    /// says yes for it; it is listed with the scheduled grants and by
+    /// [`Engine::due_starts`](crate::Engine::due_starts), and one never
+    /// confirmed ends at its expiry. A restart keeps it waiting. The
+    /// request layer confirms such grants after asking the host's hooks
+    /// again (see [`Sharing::check_starts`](crate::requests::Sharing::check_starts)).
+    pub fn confirm_starts(mut self, confirm: bool) -> Self {
+        self.confirm_starts = confirm;
         self
     }
 
@@ -389,12 +404,12 @@ impl EngineBuilder {
         }
         warnings.sort_unstable_by(|a, b| b.cmp(a));
         warnings.dedup();
-        // Stages 0..=len are the warnings and the expiry; SCHEDULED and
-        // FREE sit above them.
-        if warnings.len() >= usize::from(SCHEDULED) {
+        // Stages 0..=len are the warnings and the expiry; DUE, SCHEDULED
+        // and FREE sit above them.
+        if warnings.len() >= usize::from(DUE) {
             return Err(InvalidArgument::new(
                 "warn_before",
-                "more than 253 warning offsets",
+                "more than 252 warning offsets",
             ));
         }
         let std_of = |field: &'static str, d: chrono::Duration| {
@@ -426,6 +441,7 @@ impl EngineBuilder {
             timing: Timing {
                 tick_ms,
                 warnings: warnings.into_boxed_slice(),
+                confirm_starts: self.confirm_starts,
             },
         })
     }

@@ -21,6 +21,11 @@ pub(super) struct Timing {
     pub(super) tick_ms: u64,
     /// Warning offsets, longest first.
     pub(super) warnings: Box<[u64]>,
+    /// A grant whose start comes waits to be confirmed ([`DUE`]) instead
+    /// of going live.
+    ///
+    /// [`DUE`]: super::record::DUE
+    pub(super) confirm_starts: bool,
 }
 
 impl Timing {

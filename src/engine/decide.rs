@@ -57,6 +57,13 @@ impl Decide<'_, '_> {
         share_op(self.st, self.ch, self.now, spec)
     }
 
+    /// Revoke the held grant `id` (live, scheduled or due), if it is still
+    /// held. The revoke stands even if the batch fails.
+    pub(crate) fn revoke_id(&mut self, id: &crate::ids::GrantId) -> Option<Grant> {
+        let g = self.st.find_id(id, self.now)?;
+        self.st.revoke_all(self.ch, self.now, vec![g]).pop()
+    }
+
     /// Revoke the grant of (user, entity) through `context`, if live. The
     /// revoke stands even if the batch fails (it is written with a later
     /// one).

@@ -141,6 +141,11 @@ impl State {
         let start = grant.starts_at.map(to_millis);
         if let Some(old) = found.and_then(|loc| self.find_context(loc, ctx)) {
             if self.grants[old].serial() == grant.id.serial && expires > now {
+                if start.is_none() {
+                    // Its start was confirmed by the writer (INV-9): held
+                    // here no more.
+                    self.starts.remove(&grant.id.serial);
+                }
                 // A follower raises no events: the writer did.
                 let _started = self.change_window(old, start, expires, grant.level, now);
                 return;

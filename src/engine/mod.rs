@@ -164,6 +164,12 @@ impl Engine {
         chrono::Duration::milliseconds(i64::try_from(self.inner.cfg.max_ms).unwrap_or(i64::MAX))
     }
 
+    /// Whether grants are held at their start until confirmed
+    /// ([`EngineBuilder::confirm_starts`](crate::EngineBuilder::confirm_starts)).
+    pub fn confirms_starts(&self) -> bool {
+        self.inner.cfg.timing.confirm_starts
+    }
+
     /// What a share longer than [`max_duration`](Self::max_duration)
     /// gets: refused or clamped.
     pub fn over_max(&self) -> OverMax {

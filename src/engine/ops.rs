@@ -287,6 +287,61 @@ impl Engine {
         })
     }
 
+    /// Confirm the start of a grant held at its start
+    /// ([`EngineBuilder::confirm_starts`](crate::EngineBuilder::confirm_starts)):
+    /// it goes live now, until its expiry (which still counts from its
+    /// start), and [`Event::Started`] is raised. Durable like a share:
+    /// checks see it once the confirmation is written. To refuse it,
+    /// revoke it.
+    ///
+    /// ```
+    /// use chrono::{Duration, TimeZone, Utc};
+    /// use grantwheel::{Engine, EntityId, Level, ManualClock, ShareSpec, Start, UserId};
+    /// let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap());
+    /// let engine = Engine::builder().clock(clock.clone()).confirm_starts(true).build().unwrap();
+    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
+    /// let g = engine
+    ///     .share_spec(ShareSpec::new(u, e, Level::Read).start(Start::After(Duration::hours(1))))
+    ///     .unwrap();
+    /// clock.advance(Duration::hours(1));
+    /// engine.advance();
+    /// assert!(!engine.can_read(&u, &e), "held until confirmed");
+    /// assert_eq!(engine.due_starts(), vec![g]);
+    /// engine.confirm_start(&g.id).unwrap();
+    /// assert!(engine.can_read(&u, &e));
+    /// assert!(engine.due_starts().is_empty());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ChangeError::NotLive`] if no grant has this id;
+    /// [`ChangeError::NotDue`] if it does not wait for a confirmation;
+    /// [`ChangeError::Store`] if the store failed (it stays held).
+    pub fn confirm_start(&self, id: &GrantId) -> Result<Grant, ChangeError> {
+        let id = *id;
+        self.run(move |st, ch, now| {
+            let g = st.find_id(&id, now).ok_or(ChangeError::NotLive(id))?;
+            if !st.confirm(g, now) {
+                return Err(ChangeError::NotDue(id));
+            }
+            let grant = st.grant(g);
+            ch.write(|| Change::Put(grant));
+            ch.push(|| Event::Started(grant));
+            Ok(grant)
+        })
+    }
+
+    /// The grants held at their start until confirmed
+    /// ([`confirm_start`](Self::confirm_start)), by start then serial.
+    /// Costs what it lists.
+    pub fn due_starts(&self) -> Vec<Grant> {
+        self.read_state(|st, _| {
+            let mut due: Vec<Grant> = st.due.values().map(|g| st.grant(*g)).collect();
+            due.sort_by_key(|g| (g.starts_at, g.id.serial));
+            due
+        })
+    }
+
     /// Revoke the held grant (live or scheduled) of (user, entity) through `context`, if any.
     /// Grants through other contexts stay. Store failures as for
     /// [`revoke`](Self::revoke).

@@ -36,6 +36,11 @@ pub(super) const FREE: u8 = u8::MAX;
 /// The stage of a grant that has yet to start: its timer is its start
 /// (kept in `State::starts`), and checks do not see it (INV-4).
 pub(super) const SCHEDULED: u8 = u8::MAX - 1;
+/// The stage of a grant whose start came while its engine confirms starts
+/// ([`EngineBuilder::confirm_starts`](crate::EngineBuilder::confirm_starts)):
+/// checks do not see it until it is confirmed (INV-4); its timer is its
+/// expiry, so one never confirmed ends there.
+pub(super) const DUE: u8 = u8::MAX - 2;
 pub(super) const KIND_BITS: u32 = 17;
 /// Serials stay below this (2^47: decades of shares at millions a second).
 pub(super) const MAX_SERIAL: u64 = 1 << (64 - KIND_BITS);
@@ -118,6 +123,16 @@ impl GrantRec {
     /// Whether the grant has yet to start.
     pub(super) fn scheduled(&self) -> bool {
         self.stage() == SCHEDULED
+    }
+
+    /// Whether its start came and waits to be confirmed.
+    pub(super) fn due(&self) -> bool {
+        self.stage() == DUE
+    }
+
+    /// Whether checks do not see it: yet to start, or due.
+    pub(super) fn hidden(&self) -> bool {
+        self.stage() >= DUE && self.stage() != FREE
     }
 
     /// The grant as the API shows it, given its pair and its start.
@@ -304,6 +319,7 @@ mod tests {
             timing: &Timing {
                 tick_ms: 10,
                 warnings: Box::new([]),
+                confirm_starts: false,
             },
             starts: &super::super::state::Starts::default(),
         };

@@ -26,9 +26,12 @@
 //!   slot.
 //! - **INV-8 (serials)**: serials of records in use are distinct and below
 //!   `next_serial`.
-//! - **INV-9 (starts)**: a record at stage [`SCHEDULED`] has its start in
-//!   `starts`; every entry of `starts` belongs to a record in use (it stays
-//!   after the start, so the grant keeps reporting it).
+//! - **INV-9 (starts)**: a record at stage [`SCHEDULED`] or [`DUE`] has
+//!   its start in `starts`; every entry of `starts` belongs to a record in
+//!   use (it stays after the start, so the grant keeps reporting it; a
+//!   confirmed start is dropped, so a restart does not hold it again).
+//! - **INV-10 (due)**: `due` maps exactly the serials of the records at
+//!   stage [`DUE`] to them.
 
 use crate::clock::{from_millis, to_millis};
 use crate::events::{Event, RevokeReason};
@@ -42,7 +45,7 @@ use crate::wheel::{Links, Place, Tick, Wheel};
 
 use super::commit::{Changes, Group};
 use super::config::{Config, Timing};
-use super::record::{GrantIx, GrantRec, Slab, BUCKET_MASK, PENDING_BIT, SCHEDULED};
+use super::record::{GrantIx, GrantRec, Slab, BUCKET_MASK, DUE, PENDING_BIT, SCHEDULED};
 
 /// The starts of grants made to start later, by serial (see INV-9).
 pub(super) type Starts = hashbrown::HashMap<u64, u64, BySerial>;
@@ -128,6 +131,9 @@ pub(super) struct State {
     /// Starts of grants made to start later (INV-9): only they pay for
     /// one, so the record stays 48 bytes.
     pub(super) starts: Starts,
+    /// Grants whose start came and waits to be confirmed, by serial
+    /// (INV-10).
+    pub(super) due: hashbrown::HashMap<u64, GrantIx, BySerial>,
     pub(super) wheel: Wheel,
     pub(super) next_serial: u64,
     pub(super) fired: Vec<u32>,
@@ -191,6 +197,7 @@ impl State {
             timing: cfg.timing.clone(),
             grants: Slab::default(),
             starts: Starts::default(),
+            due: hashbrown::HashMap::default(),
             wheel: Wheel::new(cfg.timing.tick_at(now)),
             next_serial: meta.next_serial.max(1),
             fired: Vec::new(),
@@ -234,8 +241,8 @@ impl State {
         let mut s = Summary::default();
         for g in self.grants.pair(head) {
             let rec = &self.grants[g];
-            if rec.scheduled() {
-                // Not started: checks do not see it.
+            if rec.hidden() {
+                // Not started, or not confirmed: checks do not see it.
                 continue;
             }
             let (expires, level) = if rec.bits & PENDING_BIT == 0 {
@@ -327,6 +334,10 @@ impl State {
             // INV-9 (a batch undone puts it back from its saved copy).
             self.starts.remove(&rec.serial());
         }
+        if !self.due.is_empty() {
+            // INV-10.
+            self.due.remove(&rec.serial());
+        }
         let head = self.head(loc);
         let new_head = if head == g {
             rec.next()
@@ -359,9 +370,11 @@ impl State {
     pub(super) fn arm(&mut self, g: GrantIx, now: u64) -> bool {
         let stage = match self.start_of(&self.grants[g]) {
             Some(start) if start > now => SCHEDULED,
+            // INV-9: a start still held and passed waits to be confirmed.
+            Some(_) if self.timing.confirm_starts => DUE,
             _ => self.timing.next_timer(self.grants[g].expires, now).0,
         };
-        self.grants[g].set_stage(stage);
+        self.set_stage(g, stage);
         self.wheel.schedule(
             &mut GrantLinks {
                 grants: &mut self.grants,
@@ -372,12 +385,42 @@ impl State {
         )
     }
 
+    /// Set a record's stage, keeping `due` in step (INV-10).
+    fn set_stage(&mut self, g: GrantIx, stage: u8) {
+        let serial = self.grants[g].serial();
+        if stage == DUE {
+            self.due.insert(serial, g);
+        } else if self.grants[g].due() {
+            self.due.remove(&serial);
+        }
+        self.grants[g].set_stage(stage);
+    }
+
+    /// Confirm a due grant's start: it goes live (checks see it once its
+    /// batch is written), and its start is dropped, so a restart does not
+    /// hold it again (INV-9). Returns `false` if it is due no more.
+    pub(super) fn confirm(&mut self, g: GrantIx, now: u64) -> bool {
+        let rec = self.grants[g];
+        if !rec.due() {
+            return false;
+        }
+        // Saved first, so a failed batch puts the start back.
+        let (user, entity) = self.index.pair_at(rec.loc.into());
+        self.note_pair(&user, &entity);
+        self.starts.remove(&rec.serial());
+        self.change(g, rec.expires, rec.level(), now)
+    }
+
     /// Arm the next timer of a grant whose start has passed (its warning
     /// or expiry): [`arm`](Self::arm) without the start's lookup. Returns
     /// `false` if it is due already.
     fn arm_started(&mut self, g: GrantIx, now: u64) -> bool {
-        let stage = self.timing.next_timer(self.grants[g].expires, now).0;
-        self.grants[g].set_stage(stage);
+        let stage = if self.timing.confirm_starts {
+            DUE
+        } else {
+            self.timing.next_timer(self.grants[g].expires, now).0
+        };
+        self.set_stage(g, stage);
         self.wheel.schedule(
             &mut GrantLinks {
                 grants: &mut self.grants,
@@ -404,6 +447,10 @@ impl State {
             self.starts.insert(rec.serial(), start);
             if start > now {
                 rec.set_stage(SCHEDULED);
+            } else if self.timing.confirm_starts {
+                // Its start passed (while the engine was down, or before a
+                // batch was undone): held until confirmed.
+                rec.set_stage(DUE);
             }
         }
         let g = self.grants.alloc(rec);
@@ -423,7 +470,7 @@ impl State {
     /// waiting for the wheel's next tick): the caller raises
     /// [`Event::Started`].
     pub(super) fn change(&mut self, g: GrantIx, expires: u64, level: Level, now: u64) -> bool {
-        let was_scheduled = self.grants[g].scheduled();
+        let was_hidden = self.grants[g].hidden();
         if self.group.is_some() {
             let rec = self.grants[g];
             let (user, entity) = self.index.pair_at(rec.loc.into());
@@ -431,7 +478,7 @@ impl State {
             if rec.bits & PENDING_BIT == 0 {
                 // A grant not yet started was not visible: shown as
                 // nothing (expiry 0) until the batch is written.
-                let shown = if rec.scheduled() {
+                let shown = if rec.hidden() {
                     (0, Level::Read)
                 } else {
                     (rec.expires, rec.level())
@@ -459,16 +506,20 @@ impl State {
         let head = self.head(loc);
         let summary = self.summary_of(head);
         self.index.update(loc, head.raw(), summary);
-        was_scheduled && !self.grants[g].scheduled()
+        was_hidden && !self.grants[g].hidden()
     }
 
-    /// The start of `g` if it is still ahead of `now` (a grant whose start
-    /// has passed counts as started, even if checks wait for the wheel's
-    /// tick to see it).
+    /// The start of `g` if it is still ahead of `now`, or if it passed and
+    /// waits to be confirmed (a grant whose start has passed otherwise
+    /// counts as started, even if checks wait for the wheel's tick to see
+    /// it).
     pub(super) fn waiting_start(&self, g: GrantIx, now: u64) -> Option<u64> {
         let rec = &self.grants[g];
         if rec.scheduled() {
             self.start_of(rec).filter(|start| *start > now)
+        } else if rec.due() {
+            // Its start passed; it waits to be confirmed.
+            self.start_of(rec)
         } else {
             None
         }
@@ -504,6 +555,10 @@ impl State {
             // Its start timer fired, so its start has passed: armed for its
             // expiry without looking the start up again.
             if rec.scheduled() && rec.expires > now && self.arm_started(g, now) {
+                if self.grants[g].due() {
+                    // Held until confirmed: nothing to publish yet.
+                    continue;
+                }
                 // Its start came: checks see it from here on.
                 let loc: Locator = rec.loc.into();
                 let head = self.head(loc);
@@ -675,9 +730,10 @@ impl State {
 
 #[cfg(any(test, feature = "testing"))]
 impl State {
-    /// Check INV-1 and INV-3 to INV-8 (INV-2 holds if these do: every
+    /// Check INV-1 and INV-3 to INV-10 (INV-2 holds if these do: every
     /// handle reached is checked to name a record in use).
     pub(super) fn check_invariants(&self) -> Result<(), String> {
+        let mut due = 0usize;
         let mut reached = 0usize;
         let mut serials = std::collections::HashSet::new();
         for (loc, user, entity) in self.index.pairs() {
@@ -704,6 +760,18 @@ impl State {
                 }
                 if rec.bits & BUCKET_MASK == 0 {
                     return Err(format!("INV-3: {} has no timer", at()));
+                }
+                if rec.hidden() && self.start_of(rec).is_none() {
+                    return Err(format!("INV-9: {} waits for no start", at()));
+                }
+                if rec.due() != (self.due.get(&rec.serial()) == Some(&g)) {
+                    return Err(format!(
+                        "INV-10: {} is due but not listed, or listed but not due",
+                        at()
+                    ));
+                }
+                if rec.due() {
+                    due += 1;
                 }
                 count += 1;
                 if count > self.grants.held() {
@@ -733,6 +801,12 @@ impl State {
                 "INV-3: {} timers for {} records",
                 self.wheel.len(),
                 self.grants.held()
+            ));
+        }
+        if due != self.due.len() {
+            return Err(format!(
+                "INV-10: {} listed as due, {due} due",
+                self.due.len()
             ));
         }
         Ok(())

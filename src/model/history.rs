@@ -275,6 +275,11 @@ pub struct HistoryRecord {
     /// one: why, until when, and the decision once made.
     #[serde(default)]
     pub approval: Option<Approval>,
+    /// Why the grant ended before its expiry, when the request layer ended
+    /// it for a reason of its own: its start refused when the host's hooks
+    /// were asked again ([`Sharing::check_starts`](crate::requests::Sharing::check_starts)).
+    #[serde(default)]
+    pub end_reason: Option<String>,
 }
 
 /// A share's approval: why it was needed, until when an approver may act,

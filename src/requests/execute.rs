@@ -102,6 +102,7 @@ impl Sharing {
             starts_at: requested_start(self.inner.engine.now(), req.start),
             granted_by: sub.granted_by,
             approval: None,
+            end_reason: None,
         };
         if let Some(failure) = unchecked {
             return Begun::Unchecked(record, failure);

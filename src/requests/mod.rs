@@ -48,6 +48,7 @@ mod execute;
 mod history;
 mod queue;
 mod request;
+mod starts;
 pub mod wire;
 
 pub use api::{StatusMessage, StatusResponse};

@@ -159,6 +159,12 @@ impl Sharing {
                         let _ = sharing.expire_approvals();
                         approvals = std::time::Instant::now();
                     }
+                    if sharing.inner.engine.confirms_starts() {
+                        // Starts that came are checked within a round; a
+                        // store that cannot be read now is tried again at
+                        // the next.
+                        let _ = sharing.check_starts();
+                    }
                     if sharing.process(64) == 0 {
                         let mut queue = sharing.inner.queue.lock();
                         if queue.is_empty() && !flag.load(std::sync::atomic::Ordering::Acquire) {

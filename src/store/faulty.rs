@@ -179,6 +179,9 @@ impl StoreReader for FaultyReader {
     fn processing(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         self.check()?.processing(limit)
     }
+    fn share_of_grant(&self, serial: u64) -> Result<Option<HistoryRecord>, StoreError> {
+        self.check()?.share_of_grant(serial)
+    }
     fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         self.check()?.awaiting_approval(limit)
     }

@@ -359,6 +359,15 @@ impl StoreReader for MemoryStore {
             .collect())
     }
 
+    fn share_of_grant(&self, serial: u64) -> Result<Option<HistoryRecord>, StoreError> {
+        let st = self.state.lock();
+        Ok(st
+            .by_grant
+            .get(&serial)
+            .and_then(|p| st.record_at(*p))
+            .cloned())
+    }
+
     fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         let st = self.state.lock();
         let mut waiting: Vec<(DateTime<Utc>, u64, &HistoryRecord)> = st

@@ -376,6 +376,9 @@ pub trait StoreReader: Send + Sync {
     /// by place), at most `limit`. Not among [`processing`](Self::processing):
     /// they wait in the store, not in a queue that dies with its process.
     fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError>;
+    /// The share record that made the grant of serial `serial`, if it is
+    /// kept (a grant made on the engine directly has none).
+    fn share_of_grant(&self, serial: u64) -> Result<Option<HistoryRecord>, StoreError>;
     /// The completed share records of `user` whose grant was live at
     /// `at`, newest first: the grants the user held then. Costs what the
     /// user's completed shares cost.

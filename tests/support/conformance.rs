@@ -121,6 +121,7 @@ pub fn share_record(i: usize, e: usize, u: usize, status: RequestStatus) -> Hist
         starts_at: None,
         granted_by: None,
         approval: None,
+        end_reason: None,
     }
 }
 

@@ -98,13 +98,13 @@ struct Statements {
 }
 
 /// The history columns a record is written to, in [`RecordValues`] order.
-const RECORD_COLUMNS: &str = "request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason";
+const RECORD_COLUMNS: &str = "request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason, end_reason";
 
 /// Their types, for `UNNEST`.
-const RECORD_TYPES: [&str; 30] = [
+const RECORD_TYPES: [&str; 31] = [
     "text", "text", "int", "text", "text", "int", "text", "text", "bigint", "bigint", "text",
     "bigint", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "text", "text",
-    "text", "bigint", "text", "text", "bigint", "text", "boolean", "bigint", "text",
+    "text", "bigint", "text", "text", "bigint", "text", "boolean", "bigint", "text", "text",
 ];
 
 /// A replaced record keeps its place, and the end that `End` and
@@ -124,7 +124,8 @@ const RECORD_CONFLICT: &str = "ON CONFLICT (request) DO UPDATE SET
     starts_ms = excluded.starts_ms, granted_by = excluded.granted_by,
     approval_why = excluded.approval_why, approval_deadline_ms = excluded.approval_deadline_ms,
     approver = excluded.approver, approved = excluded.approved, decided_ms = excluded.decided_ms,
-    decision_reason = excluded.decision_reason";
+    decision_reason = excluded.decision_reason,
+    end_reason = coalesce(excluded.end_reason, grantwheel_history.end_reason)";
 
 /// The grant columns, for `UNNEST`, in [`GRANT_COLUMNS`] order.
 const GRANT_TYPES: [&str; 9] = [

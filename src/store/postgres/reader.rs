@@ -284,6 +284,18 @@ impl StoreReader for PostgresReader {
         )
     }
 
+    fn share_of_grant(&self, serial: u64) -> Result<Option<HistoryRecord>, StoreError> {
+        Ok(self
+            .records(
+                &format!(
+                    "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE grant_serial = $1 AND kind = 'share' LIMIT 1"
+                ),
+                &[boxed(i64_of(serial))],
+            )?
+            .into_iter()
+            .next())
+    }
+
     fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         self.records(
             &format!(

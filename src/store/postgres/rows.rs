@@ -20,7 +20,7 @@ pub(super) const GRANT_COLUMNS: &str =
     "serial, user_id, entity_kind, entity_id, context_kind, context_id, level, expires_ms, starts_ms";
 
 /// The columns a history record is read from, in this order.
-pub(super) const HISTORY_COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason";
+pub(super) const HISTORY_COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason, end_reason";
 
 pub(super) fn i64_of(v: u64) -> i64 {
     // Serials stay below 2^47 and instants below the latest representable
@@ -136,6 +136,7 @@ pub(super) struct RecordValues {
     approved: Option<bool>,
     decided_ms: Option<i64>,
     decision_reason: Option<String>,
+    end_reason: Option<String>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -203,10 +204,11 @@ impl RecordValues {
             approved: decision.map(|d| d.approved),
             decided_ms: decision.map(|d| ms(d.at)),
             decision_reason: decision.and_then(|d| d.reason.clone()),
+            end_reason: r.end_reason.clone(),
         }
     }
 
-    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 30] {
+    pub(super) fn params(&self) -> [&(dyn ToSql + Sync); 31] {
         [
             &self.request,
             &self.kind,
@@ -238,6 +240,7 @@ impl RecordValues {
             &self.approved,
             &self.decided_ms,
             &self.decision_reason,
+            &self.end_reason,
         ]
     }
 }
@@ -483,6 +486,7 @@ pub(super) fn decode_record(row: &Row) -> Result<(u64, HistoryRecord), StoreErro
                 starts_at: c.time(23, "starts_ms")?,
                 granted_by: c.user_opt(24, "granted_by")?,
                 approval: c.approval()?,
+                end_reason: c.get::<Option<String>>(31, "end_reason")?,
             },
         ))
     };
@@ -560,4 +564,5 @@ columns!(RecordColumns of RecordValues {
     approved: Option<bool>,
     decided_ms: Option<i64>,
     decision_reason: Option<String>,
+    end_reason: Option<String>,
 });

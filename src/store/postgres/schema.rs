@@ -164,7 +164,8 @@ ALTER TABLE grantwheel_history
     ADD COLUMN approver TEXT,                   -- UUID, once decided
     ADD COLUMN approved BOOLEAN,
     ADD COLUMN decided_ms BIGINT,
-    ADD COLUMN decision_reason TEXT;
+    ADD COLUMN decision_reason TEXT,
+    ADD COLUMN end_reason TEXT;                 -- why the layer ended the grant early
 CREATE INDEX grantwheel_history_awaiting ON grantwheel_history (approval_deadline_ms, seq)
     WHERE status = 'Processing' AND approval_deadline_ms IS NOT NULL;
 CREATE INDEX grantwheel_history_shares_by_user ON grantwheel_history (user_id, expires_ms)

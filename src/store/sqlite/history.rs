@@ -46,7 +46,7 @@ CREATE INDEX history_shares_by_user ON history (user, expires_ms)
 ";
 
 /// The columns a record is read from, in this order.
-pub(super) const COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason";
+pub(super) const COLUMNS: &str = "seq, request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason, end_reason";
 
 /// The columns of version 2, which a version 1 record fills (its later
 /// fields are all empty).
@@ -54,8 +54,8 @@ const WRITTEN_V2: &str = "request, kind, entity_kind, entity_id, user, context_k
 
 /// Insert or replace by request id. A replaced record keeps its place
 /// (`seq`), and keeps a recorded end when the new one has none.
-const PUT: &str = "INSERT INTO history (request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)
+const PUT: &str = "INSERT INTO history (request, kind, entity_kind, entity_id, user, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason, end_reason)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)
 ON CONFLICT (request) DO UPDATE SET
     kind = excluded.kind, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
     user = excluded.user, context_kind = excluded.context_kind, context_id = excluded.context_id,
@@ -71,7 +71,8 @@ ON CONFLICT (request) DO UPDATE SET
     granted_by = excluded.granted_by, approval_why = excluded.approval_why,
     approval_deadline_ms = excluded.approval_deadline_ms, approver = excluded.approver,
     approved = excluded.approved, decided_ms = excluded.decided_ms,
-    decision_reason = excluded.decision_reason";
+    decision_reason = excluded.decision_reason,
+    end_reason = coalesce(excluded.end_reason, history.end_reason)";
 
 const END: &str = "UPDATE history SET end_ms = ?2, end_cause = ?3 WHERE grant_serial = ?1 AND kind = 'share' AND end_ms IS NULL";
 const ENDED_BY: &str =
@@ -80,7 +81,7 @@ const FORGET: &str = "DELETE FROM history WHERE request = ?1";
 
 /// A record's columns, in the order of [`PUT`] (those of [`WRITTEN_V2`]
 /// first).
-fn values(r: &HistoryRecord) -> [Value; 30] {
+fn values(r: &HistoryRecord) -> [Value; 31] {
     let text = |s: &str| Value::Text(s.to_string());
     let opt_ms = |t: Option<DateTime<Utc>>| t.map_or(Value::Null, |t| Value::Integer(ms(t)));
     let (kind, _) = r.context.pack();
@@ -150,6 +151,7 @@ fn values(r: &HistoryRecord) -> [Value; 30] {
         decision
             .and_then(|d| d.reason.as_deref())
             .map_or(Value::Null, text),
+        r.end_reason.as_deref().map_or(Value::Null, text),
     ]
 }
 
@@ -409,6 +411,7 @@ impl HistoryRow<'_, '_> {
             starts_at: self.time(23, "starts_ms")?,
             granted_by: self.user_at(24, "granted_by")?,
             approval: self.approval()?,
+            end_reason: self.text(31, "end_reason")?.map(str::to_string),
         };
         Ok((seq, record))
     }

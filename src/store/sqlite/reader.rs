@@ -45,6 +45,9 @@ const OPEN_OF_RULE: &str =
 /// queued: they wait in the store).
 const PROCESSING: &str = "status = 'Processing' AND approval_deadline_ms IS NULL";
 
+/// The share record that made grant `?1`.
+const OF_GRANT: &str = "grant_serial = ?1 AND kind = 'share' LIMIT 1";
+
 /// The approvals queue, soonest deadline first (`?1`: how many).
 const AWAITING: &str = "status = 'Processing' AND approval_deadline_ms IS NOT NULL ORDER BY approval_deadline_ms, seq LIMIT ?1";
 
@@ -281,6 +284,16 @@ impl StoreReader for SqliteReader {
         )
     }
 
+    fn share_of_grant(&self, serial: u64) -> Result<Option<HistoryRecord>, StoreError> {
+        Ok(self
+            .all(
+                &format!("SELECT {COLUMNS} FROM history WHERE {OF_GRANT}"),
+                &[&i64_of(serial)],
+            )?
+            .into_iter()
+            .next())
+    }
+
     fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         self.all(
             &format!("SELECT {COLUMNS} FROM history WHERE {AWAITING}"),
@@ -496,6 +509,7 @@ pub(super) fn plans(conn: &Connection) -> Vec<(String, String)> {
         ("request by id", one(&format!("SELECT {COLUMNS} FROM history WHERE request = ?1"), vec![Value::Text("x".into())])),
         ("request by key", one(&format!("SELECT {COLUMNS} FROM history WHERE idempotency_key = ?1"), vec![Value::Text("k".into())])),
         ("processing", one(&format!("SELECT {COLUMNS} FROM history WHERE {PROCESSING} ORDER BY seq LIMIT ?1"), vec![Value::Integer(10)])),
+        ("share of a grant", one(&format!("SELECT {COLUMNS} FROM history WHERE {OF_GRANT}"), vec![Value::Integer(1)])),
         ("awaiting approval", one(&format!("SELECT {COLUMNS} FROM history WHERE {AWAITING}"), vec![Value::Integer(10)])),
         ("held by a user at", one(&format!("SELECT {COLUMNS} FROM history WHERE {HELD_AT}"), vec![Value::Text("u".into()), Value::Integer(1)])),
         ("open shares of a rule", one(&format!("SELECT {COLUMNS} FROM history WHERE {OPEN_OF_RULE} ORDER BY seq"), vec![Value::Integer(1), Value::Integer(1)])),

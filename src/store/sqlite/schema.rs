@@ -8,7 +8,8 @@
 //! listings by user, entity, context and expiry. Version 3 gives a grant
 //! its start (`starts_ms`, for grants shared to start later); version 4
 //! gives a history record the start of the access it asked for; version 5
-//! its grantor and its approval (why, deadline, and the decision), with
+//! its grantor, its approval (why, deadline, and the decision) and why the
+//! request layer ended its grant early (a start refused), with
 //! the indexes of the approvals queue and of a user's audit.
 
 use rusqlite::{params, Transaction};
@@ -212,7 +213,8 @@ fn to_v5(tx: &Transaction<'_>) -> Result<(), StoreError> {
          ALTER TABLE history ADD COLUMN approver TEXT;              -- UUID, once decided
          ALTER TABLE history ADD COLUMN approved INTEGER CHECK (approved IN (0, 1));
          ALTER TABLE history ADD COLUMN decided_ms INTEGER;
-         ALTER TABLE history ADD COLUMN decision_reason TEXT;",
+         ALTER TABLE history ADD COLUMN decision_reason TEXT;
+         ALTER TABLE history ADD COLUMN end_reason TEXT;             -- why the layer ended the grant early",
     )
     .map_err(io)?;
     tx.execute_batch(APPROVAL_INDEXES).map_err(io)

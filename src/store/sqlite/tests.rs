@@ -78,6 +78,7 @@ fn record(i: u64) -> HistoryRecord {
         starts_at: None,
         granted_by: None,
         approval: None,
+        end_reason: None,
     }
 }
 
