@@ -203,6 +203,51 @@ fn a_scheduled_grant_reaches_the_other_engine_and_starts_on_each_never_early() {
 }
 
 #[test]
+fn a_start_held_on_both_engines_goes_live_on_each_once_one_confirms_it() {
+    let Some(server) =
+        pg::url("a_start_held_on_both_engines_goes_live_on_each_once_one_confirms_it")
+    else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let held =
+        |b: grantwheel::EngineBuilder| b.tick(Duration::milliseconds(10)).confirm_starts(true);
+    let (a, b) = (engine_with(&url, held), engine_with(&url, held));
+    let _drivers = (
+        a.start_driver(StdDuration::from_millis(10)).unwrap(),
+        b.start_driver(StdDuration::from_millis(10)).unwrap(),
+    );
+    let (u, lead) = (user(5), EntityId::lead(4343));
+    let g = a
+        .share_spec(
+            ShareSpec::new(u, lead, Level::Read)
+                .start(Start::After(Duration::milliseconds(200)))
+                .expiry(Expiry::After(Duration::hours(1))),
+        )
+        .unwrap();
+    for e in [&a, &b] {
+        eventually("the start comes and is held", || {
+            e.due_starts().iter().any(|d| d.id == g.id)
+        });
+        assert!(!e.can_read(&u, &lead), "held until confirmed");
+    }
+    let live = b.confirm_start(&g.id).unwrap();
+    assert_eq!(live.expires_at, g.expires_at);
+    for e in [&a, &b] {
+        eventually("the confirmation is followed", || e.can_read(&u, &lead));
+        assert!(e.due_starts().is_empty());
+        assert_eq!(e.grants_of(&u), vec![live]);
+    }
+    assert!(matches!(
+        a.confirm_start(&g.id),
+        Err(grantwheel::ChangeError::NotDue(_))
+    ));
+    // A new engine over the database holds it live, not due.
+    let c = engine_with(&url, held);
+    assert!(c.can_read(&u, &lead) && c.due_starts().is_empty());
+}
+
+#[test]
 fn writes_on_two_engines_are_decided_in_feed_order() {
     let Some(server) = pg::url("writes_on_two_engines_are_decided_in_feed_order") else {
         return;

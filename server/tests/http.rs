@@ -706,3 +706,75 @@ fn a_held_share_waits_for_an_approver_and_the_audit_names_them() {
     assert_eq!(v["Status"], "Failed", "{v}");
     assert_eq!(v["Approval"]["Decision"], "Denied");
 }
+
+#[test]
+fn a_share_checked_again_at_its_start_ends_when_its_context_no_longer_holds() {
+    let s = Running::start(|a| a.revalidate_at_start = true);
+    let (kept, moved) = (
+        "0203f172-8642-11e7-9bed-069b743e848f",
+        "7e57ab1e-0000-4000-8000-000000000002",
+    );
+    let (act_kept, act_moved) = (
+        "f2dbf1d5-bbab-418b-bddc-4c92ecdef214",
+        "0b5e7d3c-2a19-4f60-9e8d-7c6b5a493827",
+    );
+    let post_event = |id: &str, act: &str, owner: &str| {
+        let event = json!({"Id": id, "Trigger": "ActivityPosted", "Entity": 1, "EntityId": "5150",
+            "Activity": {"Id": act, "Owner": owner}});
+        let (code, v) = post(
+            &s.api("/Events"),
+            "application/json",
+            &serde_json::to_vec(&event).unwrap(),
+        );
+        assert_eq!(code, 200, "{v}");
+    };
+    post_event("e-1", act_kept, kept);
+    post_event("e-2", act_moved, moved);
+    let starts = (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339();
+    let items = json!([
+        {"UserId": kept, "Entity": 1, "EntityType": 3, "EntityId": "5150", "ContextEntity": 1,
+         "ContextEntityId": act_kept, "AccessType": 1, "DurationInMinutes": 60, "StartsAt": starts},
+        {"UserId": moved, "Entity": 1, "EntityType": 3, "EntityId": "5150", "ContextEntity": 1,
+         "ContextEntityId": act_moved, "AccessType": 1, "DurationInMinutes": 60, "StartsAt": starts}
+    ]);
+    let (code, v) = post(
+        &s.api("/Share"),
+        "application/json",
+        &serde_json::to_vec(&items).unwrap(),
+    );
+    assert_eq!(code, 200, "{v}");
+    let refused_id = v[1]["Message"]["Id"].as_str().unwrap().to_string();
+    // Before the start, the second activity passes to someone else.
+    post_event("e-3", act_moved, kept);
+    let check = |user: &str| {
+        get(&format!(
+            "{}&UserId={user}&Entity=1&EntityId=5150",
+            s.api("/Check")
+        ))
+        .1["Read"]
+            .clone()
+    };
+    assert_eq!(check(kept), json!(false), "not before its start");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while check(kept) != json!(true) {
+        assert!(std::time::Instant::now() < deadline, "never confirmed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(check(moved), json!(false), "refused at its start");
+    let (_, history) = get(&format!("{}&Entity=1&EntityId=5150", s.api("/History")));
+    let record = history["Records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["RequestId"] == refused_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(record["EndedBy"], "Refused", "{record}");
+    assert!(
+        record["EndReason"]
+            .as_str()
+            .unwrap()
+            .contains("refused at its start"),
+        "{record}"
+    );
+}
