@@ -294,56 +294,69 @@ fn behaviours(open: &Opener) {
     );
 }
 
+/// Engines over one memory store (`confirm`: they confirm starts).
+fn over_memory(confirm: bool) -> Opener {
+    let store = MemoryStore::new();
+    Box::new(move |clock: &ManualClock| {
+        Engine::builder()
+            .clock(clock.clone())
+            .confirm_starts(confirm)
+            .store(store.clone())
+            .build()
+            .unwrap()
+    })
+}
+
+/// Engines over one SQLite file in `dir`.
+#[cfg(feature = "sqlite")]
+fn over_sqlite(dir: &tempfile::TempDir, confirm: bool) -> Opener {
+    let path = dir.path().join("approvals.db");
+    Box::new(move |clock: &ManualClock| {
+        Engine::builder()
+            .clock(clock.clone())
+            .confirm_starts(confirm)
+            .store(SqliteStore::open(&path).unwrap())
+            .build()
+            .unwrap()
+    })
+}
+
+/// Engines over a fresh PostgreSQL database, or `None` (the test skips).
+#[cfg(feature = "postgres")]
+fn over_postgres(test: &str, confirm: bool) -> Option<Opener> {
+    use grantwheel::store::PostgresStore;
+    let url = pg::fresh_database(&pg::url(test)?);
+    Some(Box::new(move |clock: &ManualClock| {
+        // The manual clock is far from the server's: the skew guard off.
+        let far = Duration::days(36_500);
+        Engine::builder()
+            .clock(clock.clone())
+            .clock_skew(far, far)
+            .confirm_starts(confirm)
+            .store(PostgresStore::connect(&url).unwrap())
+            .build()
+            .unwrap()
+    }))
+}
+
 #[test]
 fn approvals_over_memory() {
-    let store = MemoryStore::new();
-    behaviours(
-        &(Box::new(move |clock: &ManualClock| {
-            Engine::builder()
-                .clock(clock.clone())
-                .store(store.clone())
-                .build()
-                .unwrap()
-        }) as Opener),
-    );
+    behaviours(&over_memory(false));
 }
 
 #[cfg(feature = "sqlite")]
 #[test]
 fn approvals_over_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("approvals.db");
-    behaviours(
-        &(Box::new(move |clock: &ManualClock| {
-            Engine::builder()
-                .clock(clock.clone())
-                .store(SqliteStore::open(&path).unwrap())
-                .build()
-                .unwrap()
-        }) as Opener),
-    );
+    behaviours(&over_sqlite(&dir, false));
 }
 
 #[cfg(feature = "postgres")]
 #[test]
 fn approvals_over_postgres() {
-    use grantwheel::store::PostgresStore;
-    let Some(url) = pg::url("approvals_over_postgres") else {
-        return;
-    };
-    let url = pg::fresh_database(&url);
-    behaviours(
-        &(Box::new(move |clock: &ManualClock| {
-            // The manual clock is far from the server's: the skew guard off.
-            let far = Duration::days(36_500);
-            Engine::builder()
-                .clock(clock.clone())
-                .clock_skew(far, far)
-                .store(PostgresStore::connect(&url).unwrap())
-                .build()
-                .unwrap()
-        }) as Opener),
-    );
+    if let Some(open) = over_postgres("approvals_over_postgres", false) {
+        behaviours(&open);
+    }
 }
 
 /// The policy sees the source and the record kind.
@@ -557,54 +570,20 @@ fn revalidation(open: &Opener) {
 
 #[test]
 fn revalidation_over_memory() {
-    let store = MemoryStore::new();
-    revalidation(
-        &(Box::new(move |clock: &ManualClock| {
-            Engine::builder()
-                .clock(clock.clone())
-                .confirm_starts(true)
-                .store(store.clone())
-                .build()
-                .unwrap()
-        }) as Opener),
-    );
+    revalidation(&over_memory(true));
 }
 
 #[cfg(feature = "sqlite")]
 #[test]
 fn revalidation_over_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("revalidation.db");
-    revalidation(
-        &(Box::new(move |clock: &ManualClock| {
-            Engine::builder()
-                .clock(clock.clone())
-                .confirm_starts(true)
-                .store(SqliteStore::open(&path).unwrap())
-                .build()
-                .unwrap()
-        }) as Opener),
-    );
+    revalidation(&over_sqlite(&dir, true));
 }
 
 #[cfg(feature = "postgres")]
 #[test]
 fn revalidation_over_postgres() {
-    use grantwheel::store::PostgresStore;
-    let Some(url) = pg::url("revalidation_over_postgres") else {
-        return;
-    };
-    let url = pg::fresh_database(&url);
-    revalidation(
-        &(Box::new(move |clock: &ManualClock| {
-            let far = Duration::days(36_500);
-            Engine::builder()
-                .clock(clock.clone())
-                .clock_skew(far, far)
-                .confirm_starts(true)
-                .store(PostgresStore::connect(&url).unwrap())
-                .build()
-                .unwrap()
-        }) as Opener),
-    );
+    if let Some(open) = over_postgres("revalidation_over_postgres", true) {
+        revalidation(&open);
+    }
 }

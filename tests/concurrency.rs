@@ -337,6 +337,43 @@ const DENIED: u64 = 3;
 const APPROVED: u64 = 4;
 const APPROVAL_PHASES: u64 = 5;
 
+/// Two threads checking the watched pairs while a writer publishes their
+/// phases: no while held or refused, yes once the decision that grants
+/// (an approval, a confirmed start) returned. Each returns its count.
+fn decision_readers(
+    engine: &Engine,
+    phases: &Arc<Vec<AtomicU64>>,
+    done: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..2)
+        .map(|r| {
+            let (engine, phases, done) = (engine.clone(), phases.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut checks = 0u64;
+                let mut i = r;
+                while !done.load(Ordering::Acquire) {
+                    i = (i + 1) % PAIRS;
+                    let (u, e) = pair(i);
+                    let before = phases[i].load(Ordering::Acquire);
+                    let read = engine.can_read(&u, &e);
+                    let after = phases[i].load(Ordering::Acquire);
+                    if before == after {
+                        match before % APPROVAL_PHASES {
+                            HELD | DENIED => {
+                                assert!(!read, "pair {i} readable before it was granted")
+                            }
+                            APPROVED => assert!(read, "pair {i} unreadable after it was granted"),
+                            _ => {}
+                        }
+                    }
+                    checks += 1;
+                }
+                checks
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn checks_never_see_a_share_before_its_approval() {
     use grantwheel::requests::{
@@ -358,32 +395,7 @@ fn checks_never_see_a_share_before_its_approval() {
     let phases: Arc<Vec<AtomicU64>> =
         Arc::new((0..PAIRS).map(|_| AtomicU64::new(DENIED)).collect());
     let done = Arc::new(AtomicBool::new(false));
-    let mut readers = Vec::new();
-    for r in 0..2 {
-        let (engine, phases, done) = (sharing.engine().clone(), phases.clone(), done.clone());
-        readers.push(std::thread::spawn(move || {
-            let mut checks = 0u64;
-            let mut i = r;
-            while !done.load(Ordering::Acquire) {
-                i = (i + 1) % PAIRS;
-                let (u, e) = pair(i);
-                let before = phases[i].load(Ordering::Acquire);
-                let read = engine.can_read(&u, &e);
-                let after = phases[i].load(Ordering::Acquire);
-                if before == after {
-                    match before % APPROVAL_PHASES {
-                        HELD | DENIED => assert!(!read, "pair {i} readable without an approval"),
-                        APPROVED => {
-                            assert!(read, "pair {i} unreadable after its approval returned")
-                        }
-                        _ => {}
-                    }
-                }
-                checks += 1;
-            }
-            checks
-        }));
-    }
+    let readers = decision_readers(sharing.engine(), &phases, &done);
     let boss = UserId::from_u128(0xb055);
     let rival = UserId::from_u128(0xb056);
     for cycle in 0..2_000u64 {
@@ -447,32 +459,7 @@ fn checks_never_see_a_held_start_before_it_is_confirmed() {
     let phases: Arc<Vec<AtomicU64>> =
         Arc::new((0..PAIRS).map(|_| AtomicU64::new(DENIED)).collect());
     let done = Arc::new(AtomicBool::new(false));
-    let mut readers = Vec::new();
-    for r in 0..2 {
-        let (engine, phases, done) = (engine.clone(), phases.clone(), done.clone());
-        readers.push(std::thread::spawn(move || {
-            let mut checks = 0u64;
-            let mut i = r;
-            while !done.load(Ordering::Acquire) {
-                i = (i + 1) % PAIRS;
-                let (u, e) = pair(i);
-                let before = phases[i].load(Ordering::Acquire);
-                let read = engine.can_read(&u, &e);
-                let after = phases[i].load(Ordering::Acquire);
-                if before == after {
-                    match before % APPROVAL_PHASES {
-                        HELD | DENIED => {
-                            assert!(!read, "pair {i} readable before its confirmation")
-                        }
-                        APPROVED => assert!(read, "pair {i} unreadable after its confirmation"),
-                        _ => {}
-                    }
-                }
-                checks += 1;
-            }
-            checks
-        }));
-    }
+    let readers = decision_readers(&engine, &phases, &done);
     for cycle in 0..4_000u64 {
         let i = (cycle as usize) % PAIRS;
         let (u, e) = pair(i);
