@@ -413,6 +413,10 @@ fn run(backing: Backing, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 model.advance(now);
             }
         }
+        rig.s()
+            .engine()
+            .check_invariants()
+            .map_err(|e| TestCaseError::fail(format!("step {step}: {e}")))?;
         let now = rig.s().engine().now();
         for u in 0..USERS {
             for e in 0..ENTITIES {

@@ -647,3 +647,45 @@ fn a_held_start_never_confirmed_expires() {
     ));
     assert_eq!(engine.len(), 0);
 }
+
+/// A confirmation the store fails to write is undone: the grant stays held
+/// (no check says yes), still due, and confirms once the store heals.
+#[test]
+fn a_confirmation_the_store_fails_leaves_the_start_held() {
+    use grantwheel::store::{Fault, FaultyStore};
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .confirm_starts(true)
+        .store(store)
+        .build()
+        .unwrap();
+    let (u, e) = pair(50);
+    let g = engine
+        .share_spec(later(
+            u,
+            e,
+            Start::After(Duration::minutes(1)),
+            Expiry::After(Duration::hours(1)),
+        ))
+        .unwrap();
+    clock.advance(Duration::minutes(1));
+    engine.advance();
+    engine.check_invariants().unwrap();
+    faults.set(Fault::From(faults.ops() + 1));
+    assert!(matches!(
+        engine.confirm_start(&g.id),
+        Err(ChangeError::Store(_))
+    ));
+    engine.check_invariants().unwrap();
+    assert!(
+        !engine.can_read(&u, &e),
+        "not seen: its confirmation failed"
+    );
+    assert_eq!(engine.due_starts(), vec![g]);
+    faults.set(Fault::None);
+    engine.confirm_start(&g.id).unwrap();
+    engine.check_invariants().unwrap();
+    assert!(engine.can_read(&u, &e));
+}
