@@ -238,7 +238,7 @@ impl EngineBuilder {
     /// [`Engine::due_starts`](crate::Engine::due_starts), and one never
     /// confirmed ends at its expiry. A restart keeps it waiting. The
     /// request layer confirms such grants after asking the host's hooks
-    /// again (see [`Sharing::check_starts`](crate::requests::Sharing::check_starts)).
+    /// again (see `Sharing::check_starts` in the request layer).
     pub fn confirm_starts(mut self, confirm: bool) -> Self {
         self.confirm_starts = confirm;
         self

@@ -277,7 +277,7 @@ pub struct HistoryRecord {
     pub approval: Option<Approval>,
     /// Why the grant ended before its expiry, when the request layer ended
     /// it for a reason of its own: its start refused when the host's hooks
-    /// were asked again ([`Sharing::check_starts`](crate::requests::Sharing::check_starts)).
+    /// were asked again (`Sharing::check_starts`).
     #[serde(default)]
     pub end_reason: Option<String>,
 }
