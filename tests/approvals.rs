@@ -587,3 +587,46 @@ fn revalidation_over_postgres() {
         revalidation(&open);
     }
 }
+
+/// Fail closed (DESIGN promise 7) for approvals: a hold or an approval the
+/// store fails to write grants nothing; the approval leaves the request
+/// waiting, and goes through once the store heals.
+#[test]
+fn a_decision_the_store_fails_grants_nothing_and_leaves_the_request_waiting() {
+    use grantwheel::store::{Fault, FaultyStore};
+    let (store, faults) = FaultyStore::new(MemoryStore::new());
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .store(store)
+        .build()
+        .unwrap();
+    let sharing = layer(engine, &Switch::default());
+    let (u, e) = (user(60), EntityId::lead(60));
+    // The hold itself fails: the request fails, nothing waits.
+    faults.set(Fault::Once(faults.ops() + 1));
+    let lost = sharing.share(ShareRequest::new(u, e, Level::Edit));
+    assert_eq!(failure(&lost.status).0, FailureKind::Store);
+    assert!(sharing.awaiting_approval(10).unwrap().is_empty());
+    faults.set(Fault::None);
+    let asked = sharing.share(ShareRequest::new(u, e, Level::Edit));
+    assert_eq!(asked.status, RequestStatus::Processing);
+    faults.set(Fault::From(faults.ops() + 1));
+    match sharing.approve(&asked.request, BOSS, None) {
+        Err(ApprovalError::Store(_)) => {}
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    assert!(
+        !sharing.engine().can_read(&u, &e),
+        "no grant from a failed approval"
+    );
+    faults.set(Fault::None);
+    assert!(sharing
+        .request(&asked.request)
+        .unwrap()
+        .unwrap()
+        .awaiting_approval());
+    let done = sharing.approve(&asked.request, BOSS, None).unwrap();
+    assert_eq!(done.status, RequestStatus::Completed);
+    assert!(sharing.engine().can_edit(&u, &e));
+}

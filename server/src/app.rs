@@ -256,12 +256,7 @@ async fn status(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Respons
             format!("`id`: no request `{id}`"),
         ));
     };
-    let awaiting = record.awaiting_approval();
-    let mut answer = StatusResponse::found(record.status);
-    if awaiting {
-        answer.message.stage = Some("AwaitingApproval".into());
-    }
-    Ok(ok(&answer))
+    Ok(ok(&StatusResponse::of_record(record)))
 }
 
 /// The request id in a path.

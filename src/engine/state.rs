@@ -370,10 +370,26 @@ impl State {
     pub(super) fn arm(&mut self, g: GrantIx, now: u64) -> bool {
         let stage = match self.start_of(&self.grants[g]) {
             Some(start) if start > now => SCHEDULED,
-            // INV-9: a start still held and passed waits to be confirmed.
-            Some(_) if self.timing.confirm_starts => DUE,
-            _ => self.timing.next_timer(self.grants[g].expires, now).0,
+            // INV-9: a start still held and passed.
+            Some(_) => self.started_stage(g, now),
+            None => self.timing.next_timer(self.grants[g].expires, now).0,
         };
+        self.arm_at(g, stage)
+    }
+
+    /// The stage of a grant whose start passed: held until confirmed
+    /// where starts are confirmed, else its next warning or its expiry.
+    fn started_stage(&self, g: GrantIx, now: u64) -> u8 {
+        if self.timing.confirm_starts {
+            DUE
+        } else {
+            self.timing.next_timer(self.grants[g].expires, now).0
+        }
+    }
+
+    /// Put `g` at `stage` and schedule that stage's timer. Returns `false`
+    /// if it is due already.
+    fn arm_at(&mut self, g: GrantIx, stage: u8) -> bool {
         self.set_stage(g, stage);
         self.wheel.schedule(
             &mut GrantLinks {
@@ -415,20 +431,8 @@ impl State {
     /// or expiry): [`arm`](Self::arm) without the start's lookup. Returns
     /// `false` if it is due already.
     fn arm_started(&mut self, g: GrantIx, now: u64) -> bool {
-        let stage = if self.timing.confirm_starts {
-            DUE
-        } else {
-            self.timing.next_timer(self.grants[g].expires, now).0
-        };
-        self.set_stage(g, stage);
-        self.wheel.schedule(
-            &mut GrantLinks {
-                grants: &mut self.grants,
-                timing: &self.timing,
-                starts: &self.starts,
-            },
-            g.raw(),
-        )
+        let stage = self.started_stage(g, now);
+        self.arm_at(g, stage)
     }
 
     /// Put a new record into its pair and the wheel, starting at `start`

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::OverMax;
 use crate::ids::Context;
-use crate::model::history::{FailureKind, RequestId, RequestStatus};
+use crate::model::history::{FailureKind, HistoryRecord, RequestId, RequestStatus};
 
 use super::request::{Command, Outcome, Submission};
 use super::{wire, Sharing};
@@ -134,14 +134,7 @@ impl Sharing {
     /// ```
     pub fn status_response(&self, id: &RequestId) -> StatusResponse {
         match self.request(id) {
-            Ok(Some(record)) => {
-                let awaiting = record.awaiting_approval();
-                let mut answer = StatusResponse::found(record.status);
-                if awaiting {
-                    answer.message.stage = Some("AwaitingApproval".into());
-                }
-                answer
-            }
+            Ok(Some(record)) => StatusResponse::of_record(record),
             Ok(None) => StatusResponse::not_found(format!("no request `{id}`")),
             Err(e) => StatusResponse::unavailable(e.to_string()),
         }
@@ -201,6 +194,17 @@ pub struct StatusResponse {
 }
 
 impl StatusResponse {
+    /// The answer for a request's record: its status, and the stage
+    /// `AwaitingApproval` while it waits for an approver.
+    pub fn of_record(record: HistoryRecord) -> Self {
+        let awaiting = record.awaiting_approval();
+        let mut answer = Self::found(record.status);
+        if awaiting {
+            answer.message.stage = Some("AwaitingApproval".into());
+        }
+        answer
+    }
+
     /// The answer for a request found with this status.
     ///
     /// ```

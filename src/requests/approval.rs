@@ -230,7 +230,7 @@ impl Sharing {
         match batch {
             Ok(()) => {
                 let request = record.request;
-                self.forget_in_flight(&record);
+                self.no_longer_in_flight(record.request, record.idempotency_key.as_deref());
                 Outcome {
                     request,
                     status: RequestStatus::Processing,
@@ -547,7 +547,7 @@ impl Sharing {
         match (decided, batch) {
             (Some(Decided::Done(result)), Ok(())) => Ok(self.conclude(record, result, true)),
             (Some(Decided::Seen(_)), _) => {
-                self.forget_in_flight(&record);
+                self.no_longer_in_flight(record.request, record.idempotency_key.as_deref());
                 let status = self
                     .inner
                     .find(&request)?
@@ -556,25 +556,14 @@ impl Sharing {
             }
             (_, Err(e)) => {
                 // Nothing was written: the request still awaits a decision.
-                self.forget_in_flight(&record);
+                self.no_longer_in_flight(record.request, record.idempotency_key.as_deref());
                 Err(ApprovalError::Store(e))
             }
             (None | Some(Decided::Lost), Ok(())) => {
-                self.forget_in_flight(&record);
+                self.no_longer_in_flight(record.request, record.idempotency_key.as_deref());
                 Err(ApprovalError::Store(StoreError::Io(
                     "the decision was not carried out: its batch did not run".into(),
                 )))
-            }
-        }
-    }
-
-    /// Forget a request in flight (held for approval, or decided).
-    fn forget_in_flight(&self, record: &HistoryRecord) {
-        let mut memory = self.inner.memory.lock();
-        memory.in_flight.remove(&record.request);
-        if let Some(key) = &record.idempotency_key {
-            if memory.keys.get(key) == Some(&record.request) {
-                memory.keys.remove(key);
             }
         }
     }

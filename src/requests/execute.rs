@@ -180,7 +180,7 @@ impl Sharing {
 
     /// Forget a request in flight, and its idempotency key if the key is
     /// still its own.
-    fn no_longer_in_flight(&self, request: RequestId, key: Option<&str>) {
+    pub(super) fn no_longer_in_flight(&self, request: RequestId, key: Option<&str>) {
         let mut memory = self.inner.memory.lock();
         memory.in_flight.remove(&request);
         if let Some(key) = key {
