@@ -1,5 +1,8 @@
-//! Check latency against the bare-map baseline, at 10k, 1M and 10M live
-//! grants (`GRANTWHEEL_CHECK_SIZES=10000,1000000` to choose).
+//! Check latency against two bare-map baselines, at 10k, 1M and 10M live
+//! grants (`GRANTWHEEL_CHECK_SIZES=10000,1000000` to choose):
+//! `hashbrown_baseline` keyed by the same (UUID, entity) pairs, and
+//! `packed_u64_baseline` keyed by one packed `u64` (user number, lead id),
+//! the tightest probe a map can do.
 //!
 //! `check/*/scheduled_*`: an engine holding the same live grants and as
 //! many more scheduled to start later, on other pairs: a hit on a live
@@ -19,6 +22,8 @@ fn bench(c: &mut Criterion) {
         let keys = common::keys(n, 1);
         let (clock, engine) = common::engine(&keys);
         let base = common::baseline(&keys);
+        let packed = common::packed_keys(&keys);
+        let tight = common::packed_baseline(&keys, &packed);
         let order = common::order(n, 1 << 20, 2);
         let absent: Vec<(UserId, EntityId)> = common::keys(1 << 16, 3)
             .into_iter()
@@ -36,6 +41,14 @@ fn bench(c: &mut Criterion) {
                 i += 1;
                 let now = clock.now_millis();
                 black_box(base.get(&(*u, *e)).is_some_and(|exp| now < *exp))
+            })
+        });
+        g.bench_function("packed_u64_baseline", |b| {
+            b.iter(|| {
+                let k = packed[order[i & (order.len() - 1)] as usize];
+                i += 1;
+                let now = clock.now_millis();
+                black_box(tight.get(&k).is_some_and(|exp| now < *exp))
             })
         });
         g.bench_function("can_read_hit", |b| {

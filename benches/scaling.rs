@@ -1,5 +1,5 @@
-//! Aggregate checks per second with 1 and 2 threads, grantwheel and the bare
-//! map baseline, at 10k and 1M grants (`GRANTWHEEL_SCALING_SIZES`).
+//! Aggregate checks per second with 1 and 2 threads, grantwheel and the two
+//! bare-map baselines of the check benchmark, at 10k and 1M grants (`GRANTWHEEL_SCALING_SIZES`).
 
 mod common;
 
@@ -41,6 +41,8 @@ fn main() {
         let keys = Arc::new(common::keys(n, 31));
         let (clock, engine) = common::engine(&keys);
         let base = common::baseline(&keys);
+        let packed = common::packed_keys(&keys);
+        let tight = common::packed_baseline(&keys, &packed);
         let order = common::order(n, 1 << 20, 32);
         let mask = order.len() - 1;
         for threads in [1, 2] {
@@ -49,13 +51,19 @@ fn main() {
                 let now = clock.now_millis();
                 u64::from(base.get(&(*u, *e)).is_some_and(|x| now < *x))
             });
+            let p = rate(threads, |i| {
+                let k = packed[order[i & mask] as usize];
+                let now = clock.now_millis();
+                u64::from(tight.get(&k).is_some_and(|x| now < *x))
+            });
             let g = rate(threads, |i| {
                 let (u, e, _, _) = &keys[order[i & mask] as usize];
                 u64::from(engine.can_read(u, e))
             });
             println!(
-                "n={n} threads={threads} baseline_checks_per_sec={b:.0} grantwheel_checks_per_sec={g:.0} ratio={:.2}",
-                g / b
+                "n={n} threads={threads} baseline_checks_per_sec={b:.0} packed_u64_checks_per_sec={p:.0} grantwheel_checks_per_sec={g:.0} ratio={:.2} ratio_to_packed={:.2}",
+                g / b,
+                g / p
             );
         }
     }

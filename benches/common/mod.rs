@@ -12,12 +12,24 @@ pub fn start() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
 }
 
-/// `n` distinct (user, entity) keys with levels and durations (up to 90 days).
+/// `n` distinct (user, entity) keys with levels and durations (up to 90 days),
+/// every key's user distinct.
 pub fn keys(n: usize, seed: u64) -> Vec<(UserId, EntityId, Level, i64)> {
+    keys_over_users(n, 0, seed)
+}
+
+/// `n` distinct (user, entity) keys over `users` random users (`0`: every
+/// key's user distinct), with levels and durations (up to 90 days).
+pub fn keys_over_users(n: usize, users: usize, seed: u64) -> Vec<(UserId, EntityId, Level, i64)> {
     let mut rng = StdRng::seed_from_u64(seed);
+    let pool: Vec<UserId> = (0..users).map(|_| UserId::from_u128(rng.random())).collect();
     (0..n)
         .map(|_| {
-            let user = UserId::from_u128(rng.random());
+            let user = if pool.is_empty() {
+                UserId::from_u128(rng.random())
+            } else {
+                pool[rng.random_range(0..pool.len())]
+            };
             let entity = EntityId::lead(rng.random_range(0..1u64 << 40));
             let level = if rng.random_bool(0.5) {
                 Level::Read
@@ -59,6 +71,37 @@ pub fn baseline(keys: &[(UserId, EntityId, Level, i64)]) -> Baseline {
     let t = start().timestamp_millis();
     keys.iter()
         .map(|(u, e, _, secs)| ((*u, *e), t + secs * 1000))
+        .collect()
+}
+
+/// The tightest probe: a bare map keyed by one packed `u64` (the user's
+/// number in order of first appearance, high 24 bits; the lead id, low 40),
+/// to the expiry in milliseconds.
+pub type PackedBaseline = hashbrown::HashMap<u64, i64>;
+
+/// Each key packed as [`PackedBaseline`] keys it (same order as `keys`).
+pub fn packed_keys(keys: &[(UserId, EntityId, Level, i64)]) -> Vec<u64> {
+    let mut numbers: hashbrown::HashMap<UserId, u64> = hashbrown::HashMap::new();
+    keys.iter()
+        .map(|(u, e, _, _)| {
+            let next = numbers.len() as u64;
+            let user = *numbers.entry(*u).or_insert(next);
+            let lead = match e.id {
+                grantwheel::EntityRef::Number(n) => n,
+                grantwheel::EntityRef::Uuid(u) => u.as_u128() as u64,
+            };
+            assert!(user < 1 << 24 && lead < 1 << 40, "fits the packing");
+            (user << 40) | lead
+        })
+        .collect()
+}
+
+/// The packed baseline over the same keys and expiries.
+pub fn packed_baseline(keys: &[(UserId, EntityId, Level, i64)], packed: &[u64]) -> PackedBaseline {
+    let t = start().timestamp_millis();
+    keys.iter()
+        .zip(packed)
+        .map(|((_, _, _, secs), p)| (*p, t + secs * 1000))
         .collect()
 }
 
