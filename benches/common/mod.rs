@@ -22,7 +22,9 @@ pub fn keys(n: usize, seed: u64) -> Vec<(UserId, EntityId, Level, i64)> {
 /// key's user distinct), with levels and durations (up to 90 days).
 pub fn keys_over_users(n: usize, users: usize, seed: u64) -> Vec<(UserId, EntityId, Level, i64)> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let pool: Vec<UserId> = (0..users).map(|_| UserId::from_u128(rng.random())).collect();
+    let pool: Vec<UserId> = (0..users)
+        .map(|_| UserId::from_u128(rng.random()))
+        .collect();
     (0..n)
         .map(|_| {
             let user = if pool.is_empty() {

@@ -39,20 +39,24 @@ impl PairKey {
 
 /// A keyed hash of the fixed-width keys: pairs of words are multiplied
 /// into 128 bits and folded (independent multiplies, one final mix). The
-/// seeds are random per engine, so hash flooding needs the seeds.
+/// keys are random per engine, so hash flooding needs the keys.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct KeyHasher {
-    pub(super) seeds: [u64; 2],
+    /// One key per key word (the last pairs with the sixth when a key has
+    /// an odd number of words): random seeds mixed with constants that
+    /// differ per position, so equal words in different positions do not
+    /// cancel.
+    pub(super) keys: [u64; 6],
 }
 
-/// Per-word constants (digits of pi), so equal words in different
-/// positions do not cancel.
-pub(super) const PI: [u64; 5] = [
+/// Per-position constants (digits of pi).
+const PI: [u64; 6] = [
     0x243f_6a88_85a3_08d3,
     0x1319_8a2e_0370_7344,
     0xa409_3822_299f_31d0,
     0x082e_fa98_ec4e_6c89,
     0x4528_21e6_38d0_1377,
+    0xbe54_66cf_34e9_0c6c,
 ];
 
 pub(super) fn fold_mul(a: u64, b: u64) -> u64 {
@@ -61,13 +65,17 @@ pub(super) fn fold_mul(a: u64, b: u64) -> u64 {
 }
 
 impl KeyHasher {
+    fn from_seeds(seeds: [u64; 2]) -> Self {
+        KeyHasher {
+            keys: std::array::from_fn(|i| seeds[i % 2] ^ PI[i]),
+        }
+    }
+
     /// Seeded at random, so an adversary cannot aim keys at one group.
     /// Fixed in the loom models, which must run the same way every time.
     #[cfg(grantwheel_loom)]
     pub(super) fn random() -> Self {
-        KeyHasher {
-            seeds: [0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f],
-        }
+        Self::from_seeds([0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f])
     }
 
     /// Seeded at random, so an adversary cannot aim keys at one group.
@@ -75,26 +83,23 @@ impl KeyHasher {
     pub(super) fn random() -> Self {
         use std::hash::BuildHasher;
         let state = std::collections::hash_map::RandomState::new();
-        KeyHasher {
-            seeds: std::array::from_fn(|i| state.hash_one(i) | 1),
-        }
+        Self::from_seeds(std::array::from_fn(|i| state.hash_one(i) | 1))
     }
 
     #[inline(always)]
     pub(super) fn hash<const K: usize>(&self, key: &Key<K>) -> u64 {
-        let [s0, s1] = self.seeds;
         let mut h = 0;
-        // Key words in pairs, each pair folded with its constants (PI has
-        // a word for every key word); an odd last word pairs with a seed.
-        for (ws, ps) in key.0.chunks(2).zip(PI.chunks(2)) {
-            let (a, b) = match (ws, ps) {
-                ([w0, w1], [p0, p1]) => (w0 ^ s0 ^ p0, w1 ^ s1 ^ p1),
-                ([w0], [p0, ..]) => (w0 ^ s0 ^ p0, s1),
+        // Key words in pairs, each folded with its position's keys; an odd
+        // last word pairs with the next position's key alone.
+        for (ws, ks) in key.0.chunks(2).zip(self.keys.chunks(2)) {
+            let (a, b) = match (ws, ks) {
+                ([w0, w1], [k0, k1]) => (w0 ^ k0, w1 ^ k1),
+                ([w0], [k0, k1]) => (w0 ^ k0, *k1),
                 _ => continue,
             };
             h ^= fold_mul(a, b);
         }
-        fold_mul(h ^ s0, 0x9e37_79b9_7f4a_7c15)
+        fold_mul(h, 0x9e37_79b9_7f4a_7c15)
     }
 }
 

@@ -20,7 +20,7 @@
 //!
 //! Each was run against a broken variant and failed: the reader taking the
 //! sequence once (the torn-slot, key-reuse and growth models), a rebuilt
-//! table published without the version bump and retirement (growth and
+//! table published without naming it in `current` and retiring the old one (growth and
 //! shrinking), the pending bit cleared before the batch is written (both
 //! commit models).
 

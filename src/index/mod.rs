@@ -24,13 +24,15 @@
 //!   write makes readers of one shard retry, not all, and a table rebuilt
 //!   to grow or shrink is one shard's worth of work.
 //! - **Publishing a rebuilt table.** The writer builds the new table aside
-//!   while readers keep using the old one, publishes a new directory of
-//!   tables, bumps the directory version, then retires the old table
-//!   (leaves its sequence odd for good). Each thread caches the directory it
-//!   last used with its version; a check compares one shared, read-mostly
-//!   version word. A retired table sends its readers to the new directory.
-//!   A thread's cache keeps the tables it last saw alive until it checks
-//!   again or exits.
+//!   while readers keep using the old one, names the new directory of
+//!   tables in the shared `current` word (its address), publishes it, then
+//!   retires the old table (leaves its sequence odd for good). Each thread
+//!   caches the directory it last used; a check compares that directory's
+//!   address with the one shared, read-mostly `current` word, which also
+//!   tells one engine's directory from another's (a cached directory is
+//!   alive, so no other directory can have its address). A retired table
+//!   sends its readers to the new directory. A thread's cache keeps the
+//!   tables it last saw alive until it checks again or exits.
 //! - **Slot words.** `key[..K-1]` hold the key, `key[K-1]` holds the meta
 //!   word (entity kind and the writer's head grant), then the read-until
 //!   and edit-until instants (milliseconds).
@@ -146,42 +148,42 @@ impl<T> std::ops::IndexMut<usize> for PerShard<T> {
     }
 }
 
-/// The tables readers use, one directory version.
+/// The tables readers use, as one publication left them.
 struct Directory {
     num: PerShard<Arc<Table<4>>>,
     uuid: PerShard<Arc<Table<5>>>,
 }
 
-/// A thread's cached directory.
-struct ReaderCache {
-    index: u64,
-    version: u64,
-    dir: Option<Arc<Directory>>,
-}
+/// A thread's cached directory (of whichever index it checked last).
+type ReaderCache = Option<Arc<Directory>>;
 
 #[cfg(not(grantwheel_loom))]
 thread_local! {
-    static READER: RefCell<ReaderCache> = const {
-        RefCell::new(ReaderCache { index: u64::MAX, version: 0, dir: None })
-    };
+    static READER: RefCell<ReaderCache> = const { RefCell::new(None) };
 }
 
 // Loom runs a model's threads on one OS thread: its own thread-locals.
 #[cfg(grantwheel_loom)]
 loom::thread_local! {
-    static READER: RefCell<ReaderCache> =
-        RefCell::new(ReaderCache { index: u64::MAX, version: 0, dir: None });
+    static READER: RefCell<ReaderCache> = RefCell::new(None);
 }
 
-/// Numbers each index, so a thread's cache names the index it is for (a
-/// plain counter, not part of any protocol: never modelled).
-static NEXT_INDEX_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// A directory's address, as the `current` word holds it.
+fn address(dir: &Arc<Directory>) -> u64 {
+    Arc::as_ptr(dir) as usize as u64
+}
 
 /// The read side of the index: shared by all threads.
 pub(crate) struct IndexReader {
-    id: u64,
     hasher: KeyHasher,
-    version: AtomicU64,
+    /// The address of the directory being published or last published.
+    ///
+    /// INVARIANT: it names a live directory: it is stored before that
+    /// directory goes into `published` (held by the publisher until then)
+    /// and replaced before that directory leaves it. So a thread whose
+    /// cached directory (alive: the cache holds it) has this address holds
+    /// this index's current directory, not a stale one nor another index's.
+    current: AtomicU64,
     published: Mutex<Arc<Directory>>,
 }
 
@@ -200,11 +202,11 @@ pub(crate) fn new_index() -> (IndexReader, IndexWriter) {
         num: PerShard::from_fn(|_| Shard::new()),
         uuid: PerShard::from_fn(|_| Shard::new()),
     };
+    let dir = Arc::new(writer.directory());
     let reader = IndexReader {
-        id: NEXT_INDEX_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         hasher,
-        version: AtomicU64::new(0),
-        published: Mutex::new(Arc::new(writer.directory())),
+        current: AtomicU64::new(address(&dir)),
+        published: Mutex::new(dir),
     };
     (reader, writer)
 }
@@ -244,10 +246,11 @@ impl IndexReader {
         let shard = shard_of(hash);
         let fast = READER.try_with(|cell| {
             let cache = cell.try_borrow().ok()?;
-            if cache.index != self.id || cache.version != self.version.load(Ordering::Acquire) {
+            let dir = cache.as_ref()?;
+            if address(dir) != self.current.load(Ordering::Acquire) {
                 return None;
             }
-            match pick(cache.dir.as_ref()?)[shard].read(key, hash) {
+            match pick(dir)[shard].read(key, hash) {
                 Read::Found(s) => Some(s),
                 Read::Retired => None,
             }
@@ -270,16 +273,13 @@ impl IndexReader {
     ) -> Summary {
         let shard = shard_of(hash);
         loop {
-            let version = self.version.load(Ordering::Acquire);
             let dir = self.published.lock().clone();
             let found = pick(&dir)[shard].read(key, hash);
             // Cache it for the next check (unless the thread is exiting or a
             // check up this thread's stack holds the cache).
             let _ = READER.try_with(|cell| {
                 if let Ok(mut cache) = cell.try_borrow_mut() {
-                    cache.index = self.id;
-                    cache.version = version;
-                    cache.dir = Some(dir);
+                    *cache = Some(dir);
                 }
             });
             if let Read::Found(s) = found {
@@ -293,8 +293,11 @@ impl IndexReader {
         let Some(old) = retired else {
             return;
         };
-        *self.published.lock() = Arc::new(writer.directory());
-        self.version.fetch_add(1, Ordering::Release);
+        let dir = Arc::new(writer.directory());
+        // Named before it is published and while the one it replaces is
+        // still held (see `current`).
+        self.current.store(address(&dir), Ordering::Release);
+        *self.published.lock() = dir;
         old.retire();
     }
 }
