@@ -345,12 +345,17 @@ fn decision_readers(
     phases: &Arc<Vec<AtomicU64>>,
     done: &Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<u64>> {
-    (0..2)
+    // The writer starts once both readers run, so they check while it
+    // works however busy the machine is.
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let readers: Vec<_> = (0..2)
         .map(|r| {
             let (engine, phases, done) = (engine.clone(), phases.clone(), done.clone());
+            let started = started.clone();
             std::thread::spawn(move || {
                 let mut checks = 0u64;
                 let mut i = r;
+                started.fetch_add(1, Ordering::AcqRel);
                 while !done.load(Ordering::Acquire) {
                     i = (i + 1) % PAIRS;
                     let (u, e) = pair(i);
@@ -371,7 +376,11 @@ fn decision_readers(
                 checks
             })
         })
-        .collect()
+        .collect();
+    while started.load(Ordering::Acquire) < readers.len() {
+        std::thread::yield_now();
+    }
+    readers
 }
 
 #[test]

@@ -8,13 +8,13 @@ use parking_lot::Mutex;
 use crate::clock::from_millis;
 use crate::error::FromStoreFailure;
 use crate::events::Event;
-use crate::ids::{EntityId, Level, UserId};
+use crate::ids::{Context, EntityId, Level, UserId};
 use crate::index::{IndexReader, PairKey};
 use crate::model::grant::Grant;
 use crate::store::{Batch, Change, EndCause, FeedRead, StoreError};
 
 use super::config::Config;
-use super::record::{GrantRec, EDIT_BIT, PENDING_BIT};
+use super::record::GrantRec;
 use super::state::State;
 use super::{Engine, Inner};
 
@@ -22,8 +22,9 @@ use super::{Engine, Inner};
 /// yet written.
 #[derive(Default)]
 pub(super) struct Group {
-    /// Each touched pair's grants as they were before the batch.
-    pub(super) pairs: hashbrown::HashMap<(UserId, EntityId), Vec<GrantRec>>,
+    /// Each touched pair's grants as they were before the batch, with
+    /// their contexts (a record's context number is released with it).
+    pub(super) pairs: hashbrown::HashMap<(UserId, EntityId), Vec<(GrantRec, Context)>>,
     /// The starts of those grants that have one (INV-9), by serial.
     pub(super) starts: hashbrown::HashMap<u64, u64>,
     /// For grants changed in the batch (by serial): the expiry and level
@@ -163,17 +164,20 @@ impl State {
             return;
         }
         let key = PairKey::new(user, entity);
-        let saved: Vec<GrantRec> = match self.index.find(&key, self.index.hash(&key)) {
+        let saved: Vec<(GrantRec, Context)> = match self.index.find(&key, self.index.hash(&key)) {
             Some(loc) => self
                 .pair_grants(loc)
                 .into_iter()
-                .map(|g| self.grants[g])
+                .map(|g| {
+                    let rec = self.grants[g];
+                    (rec, self.contexts.get(rec.ctx()))
+                })
                 .collect(),
             None => Vec::new(),
         };
         let starts: Vec<(u64, u64)> = saved
             .iter()
-            .filter_map(|rec| Some((rec.serial(), self.start_of(rec)?)))
+            .filter_map(|(rec, _)| Some((rec.serial(), self.start_of(rec)?)))
             .collect();
         if let Some(group) = &mut self.group {
             group.pairs.insert((*user, *entity), saved);
@@ -200,7 +204,7 @@ impl State {
                 let mut next = Some(head);
                 while let Some(g) = next {
                     let rec = &mut self.grants[g];
-                    rec.bits &= !PENDING_BIT;
+                    rec.set_pending(false);
                     next = rec.next();
                 }
                 let summary = self.summary_of(head);
@@ -223,21 +227,22 @@ impl State {
                     self.detach(ch.reader, g);
                 }
             }
-            for rec in saved {
+            for (rec, context) in saved {
                 if group.ended.contains(&rec.serial()) {
                     continue;
                 }
                 let start = group.starts.get(&rec.serial()).copied();
                 if rec.expires <= now {
                     // Came due meanwhile: reclaim it as expired.
-                    let grant = rec.grant(user, entity, start);
+                    let grant = rec.grant(user, entity, context, start);
                     ch.push_kept(|| Event::Expired(grant));
                     ch.end(&grant, rec.expires, EndCause::Expired);
                     continue;
                 }
-                let mut fresh = rec;
-                fresh.set_next(None);
-                fresh.bits &= EDIT_BIT;
+                // Its context is named afresh (the number it had was
+                // released with it, INV-11).
+                let ctx = self.contexts.intern(context.pack());
+                let fresh = GrantRec::new(rec.expires, rec.serial(), ctx, rec.level());
                 let placed = self.place(ch.reader, (&key, hash), fresh, start, now);
                 debug_assert!(placed.is_some(), "a restored grant is live");
             }

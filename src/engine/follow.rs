@@ -158,6 +158,7 @@ impl State {
             // (refused by the writer's own engine too): no access.
             return;
         }
+        let ctx = self.contexts.intern(ctx);
         let rec = GrantRec::new(expires, grant.id.serial, ctx, grant.level);
         self.place(reader, (&key, hash), rec, start, now);
     }

@@ -140,6 +140,7 @@ impl State {
             return;
         }
         // A start that passed while the process was down starts it now.
+        let ctx = self.contexts.intern(ctx);
         let rec = GrantRec::new(expires, grant.id.serial, ctx, grant.level);
         self.place(
             reader,

@@ -37,6 +37,7 @@ use self::state::State;
 mod builder;
 mod commit;
 mod config;
+mod contexts;
 mod decide;
 mod driver;
 mod follow;
@@ -324,7 +325,7 @@ impl Engine {
             grants: st.grants.held(),
             pairs: st.index.len(),
             index_bytes: st.index.table_bytes(),
-            grant_bytes: st.grants.bytes(),
+            grant_bytes: st.grants.bytes() + st.contexts.bytes(),
             wheel_bytes: st.wheel.bytes(),
         }
     }

@@ -9,7 +9,7 @@ use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec, Start};
 use crate::store::{Change, EndCause, GrantFilter};
 
 use super::commit::Changes;
-use super::record::{GrantIx, GrantRec, MAX_GRANTS, MAX_SERIAL, PENDING_BIT};
+use super::record::{GrantIx, GrantRec, MAX_GRANTS, MAX_SERIAL};
 use super::state::State;
 use super::Engine;
 
@@ -633,10 +633,11 @@ fn insert_new(
     }
     let serial = st.next_serial;
     st.next_serial += 1;
-    let mut rec = GrantRec::new(expires, serial, spec.context.pack(), spec.level);
+    let ctx = st.contexts.intern(spec.context.pack());
+    let mut rec = GrantRec::new(expires, serial, ctx, spec.level);
     if st.group.is_some() {
         // INV-5: hidden from checks until the batch is written.
-        rec.bits |= PENDING_BIT;
+        rec.set_pending(true);
     }
     let placed = st.place(ch.reader, (key, hash), rec, start, now);
     debug_assert!(placed.is_some(), "a new grant's timer is ahead of now");

@@ -1,4 +1,4 @@
-//! The packed grant record (48 bytes) and its bit layout.
+//! The packed grant record (32 bytes) and its bit layout.
 
 use crate::clock::from_millis;
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
@@ -7,28 +7,30 @@ use crate::model::grant::Grant;
 use crate::wheel::MAX_BUCKET;
 
 pub(super) const NIL: u32 = u32::MAX;
-/// The most grants one engine holds: keeps grant numbers in 32 bits and
-/// each index shard far below its 2^25 slots.
-pub(super) const MAX_GRANTS: usize = 1 << 30;
+/// The most grants one engine holds: keeps grant numbers in 32 bits, each
+/// index shard far below its 2^25 slots, and context numbers (one per
+/// held grant at most) in their 30 bits.
+pub(super) const MAX_GRANTS: usize = (1 << 30) - 1;
 
-/// A grant as the engine stores it: 48 bytes.
+/// A grant as the engine stores it: 32 bytes.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct GrantRec {
     pub(super) expires: u64,
-    /// The serial (high 47 bits) and the context kind (low 17 bits).
-    pub(super) serial_kind: u64,
-    pub(super) ctx_hi: u64,
-    pub(super) ctx_lo: u64,
+    /// The serial (high 47 bits), the wheel slot vector (the next 9 bits)
+    /// and the timer stage (low 8 bits: a warning index,
+    /// `warnings.len()` for the expiry, [`SCHEDULED`] before the start,
+    /// [`DUE`] while its start waits to be confirmed, [`FREE`] for a record
+    /// on the free list).
+    serial_timer: u64,
+    /// The context's number in the engine's interned contexts (low 30
+    /// bits; [`DIRECT`] for a direct share), the level (bit 30: edit) and
+    /// the pending flag (bit 31).
+    ctx_flags: u32,
     pub(super) loc: PackedLocator,
     /// The next grant of the same pair.
     next: u32,
     /// The position in its wheel slot vector.
     pub(super) pos: u32,
-    /// The wheel slot vector (bits 0..9), the timer stage (bits 9..17: a
-    /// warning index, `warnings.len()` for the expiry, [`SCHEDULED`] before
-    /// the start, [`FREE`] for a record on the free list) and the level
-    /// (bit 17: edit).
-    pub(super) bits: u32,
 }
 
 /// The stage of a free record.
@@ -41,25 +43,34 @@ pub(super) const SCHEDULED: u8 = u8::MAX - 1;
 /// checks do not see it until it is confirmed (INV-4); its timer is its
 /// expiry, so one never confirmed ends there.
 pub(super) const DUE: u8 = u8::MAX - 2;
-pub(super) const KIND_BITS: u32 = 17;
+/// Bits of `serial_timer` below the serial.
+const TIMER_BITS: u32 = 17;
 /// Serials stay below this (2^47: decades of shares at millions a second).
-pub(super) const MAX_SERIAL: u64 = 1 << (64 - KIND_BITS);
-pub(super) const BUCKET_MASK: u32 = 0x1ff;
-pub(super) const STAGE_SHIFT: u32 = 9;
-pub(super) const EDIT_BIT: u32 = 1 << 17;
+pub(super) const MAX_SERIAL: u64 = 1 << (64 - TIMER_BITS);
+const STAGE_MASK: u64 = 0xff;
+const BUCKET_SHIFT: u32 = 8;
+const BUCKET_MASK: u64 = 0x1ff;
+/// The context number of a direct share (no interned context).
+pub(super) const DIRECT: u32 = 0;
+/// Context numbers stay below this.
+pub(super) const CTX_LIMIT: u32 = 1 << 30;
+const EDIT_FLAG: u32 = 1 << 30;
 /// Set on a grant created or changed by a batch not yet written: checks see
-/// it as it was before the batch (see [`Group`]).
-pub(super) const PENDING_BIT: u32 = 1 << 18;
+/// it as it was before the batch (see `Group`).
+const PENDING_FLAG: u32 = 1 << 31;
 // The wheel's slot vectors fit in the bucket bits.
-const _: () = assert!(MAX_BUCKET as u32 <= BUCKET_MASK);
+const _: () = assert!(MAX_BUCKET as u64 <= BUCKET_MASK);
+// One context number per held grant at most, each below the limit.
+const _: () = assert!(MAX_GRANTS < CTX_LIMIT as usize);
 
 impl GrantRec {
-    pub(super) fn new(expires: u64, serial: u64, ctx: (u32, u128), level: Level) -> Self {
+    /// A record for a grant whose context has number `ctx` (see
+    /// `Contexts::intern`).
+    pub(super) fn new(expires: u64, serial: u64, ctx: u32, level: Level) -> Self {
         let mut rec = GrantRec {
             expires,
-            serial_kind: (serial << KIND_BITS) | u64::from(ctx.0),
-            ctx_hi: (ctx.1 >> 64) as u64,
-            ctx_lo: ctx.1 as u64,
+            serial_timer: serial << TIMER_BITS,
+            ctx_flags: ctx & (CTX_LIMIT - 1),
             loc: PackedLocator::from(Locator {
                 uuid_entity: false,
                 shard: 0,
@@ -67,7 +78,6 @@ impl GrantRec {
             }),
             next: NIL,
             pos: 0,
-            bits: 0,
         };
         rec.set_level(level);
         rec
@@ -83,21 +93,16 @@ impl GrantRec {
     }
 
     pub(super) fn serial(&self) -> u64 {
-        self.serial_kind >> KIND_BITS
+        self.serial_timer >> TIMER_BITS
     }
 
-    pub(super) fn ctx_kind(&self) -> u32 {
-        (self.serial_kind & ((1 << KIND_BITS) - 1)) as u32
-    }
-
-    pub(super) fn has_context(&self, ctx: (u32, u128)) -> bool {
-        self.ctx_kind() == ctx.0
-            && self.ctx_hi == (ctx.1 >> 64) as u64
-            && self.ctx_lo == ctx.1 as u64
+    /// The number of its context (see `Contexts`).
+    pub(super) fn ctx(&self) -> u32 {
+        self.ctx_flags & (CTX_LIMIT - 1)
     }
 
     pub(super) fn level(&self) -> Level {
-        if self.bits & EDIT_BIT != 0 {
+        if self.ctx_flags & EDIT_FLAG != 0 {
             Level::Edit
         } else {
             Level::Read
@@ -105,15 +110,35 @@ impl GrantRec {
     }
 
     pub(super) fn set_level(&mut self, level: Level) {
-        self.bits = (self.bits & !EDIT_BIT) | if level == Level::Edit { EDIT_BIT } else { 0 };
+        self.ctx_flags =
+            (self.ctx_flags & !EDIT_FLAG) | if level == Level::Edit { EDIT_FLAG } else { 0 };
+    }
+
+    /// Whether a batch not yet written created or changed it.
+    pub(super) fn pending(&self) -> bool {
+        self.ctx_flags & PENDING_FLAG != 0
+    }
+
+    pub(super) fn set_pending(&mut self, pending: bool) {
+        self.ctx_flags = (self.ctx_flags & !PENDING_FLAG) | if pending { PENDING_FLAG } else { 0 };
+    }
+
+    /// Its wheel slot vector (0: not filed).
+    pub(super) fn bucket(&self) -> u16 {
+        ((self.serial_timer >> BUCKET_SHIFT) & BUCKET_MASK) as u16
+    }
+
+    pub(super) fn set_bucket(&mut self, bucket: u16) {
+        self.serial_timer = (self.serial_timer & !(BUCKET_MASK << BUCKET_SHIFT))
+            | ((u64::from(bucket) & BUCKET_MASK) << BUCKET_SHIFT);
     }
 
     pub(super) fn stage(&self) -> u8 {
-        (self.bits >> STAGE_SHIFT) as u8
+        (self.serial_timer & STAGE_MASK) as u8
     }
 
     pub(super) fn set_stage(&mut self, stage: u8) {
-        self.bits = (self.bits & !(0xff << STAGE_SHIFT)) | (u32::from(stage) << STAGE_SHIFT);
+        self.serial_timer = (self.serial_timer & !STAGE_MASK) | u64::from(stage);
     }
 
     pub(super) fn used(&self) -> bool {
@@ -135,26 +160,26 @@ impl GrantRec {
         self.stage() >= DUE && self.stage() != FREE
     }
 
-    /// The grant as the API shows it, given its pair and its start.
-    pub(super) fn grant(&self, user: UserId, entity: EntityId, starts: Option<u64>) -> Grant {
+    /// The grant as the API shows it, given its pair, its context and its
+    /// start.
+    pub(super) fn grant(
+        &self,
+        user: UserId,
+        entity: EntityId,
+        context: Context,
+        starts: Option<u64>,
+    ) -> Grant {
         Grant {
             id: GrantId {
                 user,
                 entity,
-                context: self.context(),
+                context,
                 serial: self.serial(),
             },
             level: self.level(),
             expires_at: from_millis(self.expires),
             starts_at: starts.map(from_millis),
         }
-    }
-
-    pub(super) fn context(&self) -> Context {
-        Context::unpack(
-            self.ctx_kind(),
-            (u128::from(self.ctx_hi) << 64) | u128::from(self.ctx_lo),
-        )
     }
 }
 
@@ -212,7 +237,7 @@ impl Slab {
             self[g] = rec;
             g
         } else {
-            // INVARIANT: fewer than MAX_GRANTS (2^30) records exist, so
+            // INVARIANT: at most MAX_GRANTS (2^30 - 1) records exist, so
             // their numbers fit in 32 bits below NIL.
             let g = GrantIx(u32::try_from(self.recs.len()).unwrap_or(NIL));
             self.recs.push(rec);
@@ -295,22 +320,22 @@ mod tests {
     #[test]
     fn records_stay_small() {
         // Memory per grant is a headline figure: keep an eye on it.
-        assert_eq!(std::mem::size_of::<GrantRec>(), 48);
+        assert_eq!(std::mem::size_of::<GrantRec>(), 32);
     }
 
     #[test]
     fn record_fields_pack_and_unpack() {
-        let ctx = Context::Other {
-            kind: u16::MAX,
-            id: uuid::Uuid::from_u128(7),
-        };
-        let mut rec = GrantRec::new(99, MAX_SERIAL - 1, ctx.pack(), Level::Edit);
+        let ctx = CTX_LIMIT - 1;
+        let mut rec = GrantRec::new(99, MAX_SERIAL - 1, ctx, Level::Edit);
         assert_eq!(
-            (rec.serial(), rec.context(), rec.level()),
-            (MAX_SERIAL - 1, ctx, Level::Edit)
+            (rec.serial(), rec.ctx(), rec.level(), rec.pending()),
+            (MAX_SERIAL - 1, ctx, Level::Edit, false)
         );
         rec.set_stage(SCHEDULED - 1);
         rec.set_level(Level::Read);
+        rec.set_pending(true);
+        assert!(rec.pending());
+        assert_eq!((rec.ctx(), rec.level()), (ctx, Level::Read));
         let mut slab = Slab::default();
         let g = slab.alloc(rec);
         assert_eq!(g.raw(), 0);
@@ -340,10 +365,11 @@ mod tests {
         assert_eq!(links.deadline(0), Tick(10), "99 ms rounds up to tick 10");
         let rec = slab[g];
         assert_eq!(
-            (rec.stage(), rec.level(), rec.serial()),
-            (SCHEDULED - 1, Level::Read, MAX_SERIAL - 1)
+            (rec.stage(), rec.level(), rec.serial(), rec.ctx()),
+            (SCHEDULED - 1, Level::Read, MAX_SERIAL - 1, ctx)
         );
-        assert!(rec.used());
+        assert!(rec.used() && rec.pending());
+        assert_eq!(rec.bucket(), MAX_BUCKET);
     }
 
     #[test]
@@ -371,7 +397,7 @@ mod tests {
 
     #[test]
     fn the_slab_reuses_freed_records_and_walks_pairs() {
-        let rec = |serial| GrantRec::new(1, serial, (0, 0), Level::Read);
+        let rec = |serial| GrantRec::new(1, serial, DIRECT, Level::Read);
         let mut slab = Slab::default();
         let (a, b, c) = (slab.alloc(rec(1)), slab.alloc(rec(2)), slab.alloc(rec(3)));
         assert_eq!(slab.held(), 3);
@@ -386,6 +412,6 @@ mod tests {
         let d = slab.alloc(rec(4));
         assert_eq!(d, c, "a freed number is reused");
         assert_eq!(slab[d].serial(), 4);
-        assert_eq!(slab.bytes(), 3 * 48);
+        assert_eq!(slab.bytes(), 3 * 32);
     }
 }

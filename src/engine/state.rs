@@ -32,6 +32,9 @@
 //!   confirmed start is dropped, so a restart does not hold it again).
 //! - **INV-10 (due)**: `due` maps exactly the serials of the records at
 //!   stage [`DUE`] to them.
+//! - **INV-11 (contexts)**: each record in use names a direct share or a
+//!   context interned in `contexts`, whose count of references is the
+//!   number of records in use naming it; nothing else is interned.
 
 use crate::clock::{from_millis, to_millis};
 use crate::events::{Event, RevokeReason};
@@ -45,7 +48,8 @@ use crate::wheel::{Links, Place, Tick, Wheel};
 
 use super::commit::{Changes, Group};
 use super::config::{Config, Timing};
-use super::record::{GrantIx, GrantRec, Slab, BUCKET_MASK, DUE, PENDING_BIT, SCHEDULED};
+use super::contexts::Contexts;
+use super::record::{GrantIx, GrantRec, Slab, DUE, SCHEDULED};
 
 /// The starts of grants made to start later, by serial (see INV-9).
 pub(super) type Starts = hashbrown::HashMap<u64, u64, BySerial>;
@@ -112,14 +116,14 @@ impl Links for GrantLinks<'_> {
     fn place(&self, id: u32) -> Place {
         let rec = &self.grants[GrantIx::from_raw(id)];
         Place {
-            bucket: (rec.bits & BUCKET_MASK) as u16,
+            bucket: rec.bucket(),
             pos: rec.pos,
         }
     }
 
     fn set_place(&mut self, id: u32, place: Place) {
         let rec = &mut self.grants[GrantIx::from_raw(id)];
-        rec.bits = (rec.bits & !BUCKET_MASK) | u32::from(place.bucket);
+        rec.set_bucket(place.bucket);
         rec.pos = place.pos;
     }
 }
@@ -128,6 +132,8 @@ pub(super) struct State {
     pub(super) index: IndexWriter,
     pub(super) timing: Timing,
     pub(super) grants: Slab,
+    /// The contexts the records name (INV-11).
+    pub(super) contexts: Contexts,
     /// Starts of grants made to start later (INV-9): only they pay for
     /// one, so the record stays 48 bytes.
     pub(super) starts: Starts,
@@ -196,6 +202,7 @@ impl State {
             index,
             timing: cfg.timing.clone(),
             grants: Slab::default(),
+            contexts: Contexts::default(),
             starts: Starts::default(),
             due: hashbrown::HashMap::default(),
             wheel: Wheel::new(cfg.timing.tick_at(now)),
@@ -226,7 +233,12 @@ impl State {
     pub(super) fn grant(&self, g: GrantIx) -> Grant {
         let rec = &self.grants[g];
         let (user, entity) = self.index.pair_at(rec.loc.into());
-        rec.grant(user, entity, self.start_of(rec))
+        rec.grant(
+            user,
+            entity,
+            self.contexts.get(rec.ctx()),
+            self.start_of(rec),
+        )
     }
 
     /// A grant's start, if it was made to start later.
@@ -245,7 +257,7 @@ impl State {
                 // Not started, or not confirmed: checks do not see it.
                 continue;
             }
-            let (expires, level) = if rec.bits & PENDING_BIT == 0 {
+            let (expires, level) = if !rec.pending() {
                 (rec.expires, rec.level())
             } else {
                 // Not yet written: checks see what was there before.
@@ -273,9 +285,11 @@ impl State {
 
     /// The grant of a pair with this context (live or not).
     pub(super) fn find_context(&self, loc: Locator, ctx: (u32, u128)) -> Option<GrantIx> {
+        // A context no held grant names has no number (INV-11).
+        let n = self.contexts.find(ctx)?;
         self.grants
             .pair(self.head(loc))
-            .find(|g| self.grants[*g].has_context(ctx))
+            .find(|g| self.grants[*g].ctx() == n)
     }
 
     /// Find a held grant by id: live, or scheduled to start.
@@ -363,6 +377,8 @@ impl State {
             }
         }
         self.grants.free(g);
+        // INV-11.
+        self.contexts.release(rec.ctx());
     }
 
     /// Arm a grant's next timer: its start while that is ahead, else its
@@ -479,7 +495,7 @@ impl State {
             let rec = self.grants[g];
             let (user, entity) = self.index.pair_at(rec.loc.into());
             self.note_pair(&user, &entity);
-            if rec.bits & PENDING_BIT == 0 {
+            if !rec.pending() {
                 // A grant not yet started was not visible: shown as
                 // nothing (expiry 0) until the batch is written.
                 let shown = if rec.hidden() {
@@ -490,7 +506,7 @@ impl State {
                 if let Some(group) = &mut self.group {
                     group.shown.insert(rec.serial(), shown);
                 }
-                self.grants[g].bits |= PENDING_BIT;
+                self.grants[g].set_pending(true);
             }
         }
         self.wheel.cancel(
@@ -665,15 +681,12 @@ impl State {
             GrantFilter::User(user) => self.held_where(now, |u, _| u == user),
             GrantFilter::Entity(entity) => self.held_where(now, |_, e| e == entity),
             GrantFilter::Context(context) => {
-                let (kind, id) = context.pack();
+                let Some(n) = self.contexts.find(context.pack()) else {
+                    return Vec::new();
+                };
                 self.grants
                     .used()
-                    .filter(|(_, r)| {
-                        r.expires > now
-                            && r.ctx_kind() == kind
-                            && r.ctx_hi == (id >> 64) as u64
-                            && r.ctx_lo == id as u64
-                    })
+                    .filter(|(_, r)| r.expires > now && r.ctx() == n)
                     .map(|(g, _)| g)
                     .collect()
             }
@@ -734,11 +747,12 @@ impl State {
 
 #[cfg(any(test, feature = "testing"))]
 impl State {
-    /// Check INV-1 and INV-3 to INV-10 (INV-2 holds if these do: every
+    /// Check INV-1 and INV-3 to INV-11 (INV-2 holds if these do: every
     /// handle reached is checked to name a record in use).
     pub(super) fn check_invariants(&self) -> Result<(), String> {
         let mut due = 0usize;
         let mut reached = 0usize;
+        let mut named: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
         let mut serials = std::collections::HashSet::new();
         for (loc, user, entity) in self.index.pairs() {
             let head = self.head(loc);
@@ -753,16 +767,16 @@ impl State {
                 if Locator::from(rec.loc) != loc {
                     return Err(format!("INV-7: {} has a stale location", at()));
                 }
-                if !contexts.insert(rec.context()) {
+                if !contexts.insert(rec.ctx()) {
                     return Err(format!("INV-6: {} repeats a context", at()));
                 }
                 if !serials.insert(rec.serial()) || rec.serial() >= self.next_serial {
                     return Err(format!("INV-8: {} repeats a serial or is too new", at()));
                 }
-                if self.group.is_none() && rec.bits & PENDING_BIT != 0 {
+                if self.group.is_none() && rec.pending() {
                     return Err(format!("INV-5: {} is pending outside a batch", at()));
                 }
-                if rec.bits & BUCKET_MASK == 0 {
+                if rec.bucket() == 0 {
                     return Err(format!("INV-3: {} has no timer", at()));
                 }
                 if rec.hidden() && self.start_of(rec).is_none() {
@@ -776,6 +790,9 @@ impl State {
                 }
                 if rec.due() {
                     due += 1;
+                }
+                if rec.ctx() != super::record::DIRECT {
+                    *named.entry(rec.ctx()).or_default() += 1;
                 }
                 count += 1;
                 if count > self.grants.held() {
@@ -805,6 +822,17 @@ impl State {
                 "INV-3: {} timers for {} records",
                 self.wheel.len(),
                 self.grants.held()
+            ));
+        }
+        if named.len() != self.contexts.len()
+            || named
+                .iter()
+                .any(|(n, refs)| self.contexts.refs(*n) != *refs)
+        {
+            return Err(format!(
+                "INV-11: {} contexts named by records, {} interned, or counts differ",
+                named.len(),
+                self.contexts.len()
             ));
         }
         if due != self.due.len() {

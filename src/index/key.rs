@@ -67,7 +67,10 @@ pub(super) fn fold_mul(a: u64, b: u64) -> u64 {
 impl KeyHasher {
     fn from_seeds(seeds: [u64; 2]) -> Self {
         KeyHasher {
-            keys: std::array::from_fn(|i| seeds[i % 2] ^ PI[i]),
+            keys: std::array::from_fn(|i| {
+                let (seed, pi) = (seeds.get(i % 2), PI.get(i));
+                seed.zip(pi).map_or(0, |(s, p)| s ^ p)
+            }),
         }
     }
 

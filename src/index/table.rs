@@ -161,6 +161,20 @@ pub(super) fn groups_for(len: usize) -> usize {
         .max(MIN_GROUPS)
 }
 
+/// Groups for a shard reserved for about `len` entries (its share of a
+/// known total): room for `len`, and for four standard deviations of the
+/// unevenness of the shards' shares and one group more, at the most a table
+/// holds before it is rebuilt (7/8). A table reserved for a known count is
+/// filled once rather than grown, so it need not keep the build load's
+/// headroom for growth.
+pub(super) fn groups_reserved(len: usize) -> usize {
+    let room = len + 4 * len.isqrt() + GROUP;
+    (room * 8)
+        .div_ceil(MAX_LOAD_EIGHTHS)
+        .div_ceil(GROUP)
+        .max(MIN_GROUPS)
+}
+
 impl<const K: usize> Table<K> {
     pub(super) fn with_groups(groups: usize) -> Self {
         let groups = groups.max(MIN_GROUPS);

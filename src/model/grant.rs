@@ -122,7 +122,8 @@ pub struct Footprint {
     pub pairs: usize,
     /// Bytes of the index tables (all slots, used or not).
     pub index_bytes: usize,
-    /// Bytes of the grant records in use.
+    /// Bytes of the grant records (in use or free) and of the contexts
+    /// they name.
     pub grant_bytes: usize,
     /// Bytes of the timing wheel's slot vectors.
     pub wheel_bytes: usize,
