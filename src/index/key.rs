@@ -24,13 +24,15 @@ pub(crate) enum PairKey {
 impl PairKey {
     #[inline]
     pub(crate) fn new(user: &UserId, entity: &EntityId) -> Self {
-        let u = user.as_u128();
+        // The ids' bytes as they lie in memory (no byte swaps): keys are
+        // only compared and hashed, never ordered.
+        let u = user.0.to_u128_le();
         let (hi, lo) = ((u >> 64) as u64, u as u64);
         let kind = u64::from(entity.kind.code());
         match entity.id {
             EntityRef::Number(n) => PairKey::Num(Key([hi, lo, n, kind])),
             EntityRef::Uuid(e) => {
-                let e = e.as_u128();
+                let e = e.to_u128_le();
                 PairKey::Uuid(Key([hi, lo, (e >> 64) as u64, e as u64, kind]))
             }
         }
@@ -115,7 +117,9 @@ impl Decode for Key<4> {
     fn decode(&self) -> (UserId, EntityId) {
         let [hi, lo, id, kind] = self.0;
         (
-            UserId::from_u128((u128::from(hi) << 64) | u128::from(lo)),
+            UserId(uuid::Uuid::from_u128_le(
+                (u128::from(hi) << 64) | u128::from(lo),
+            )),
             EntityId::new(EntityKind::custom(kind as u16), EntityRef::Number(id)),
         )
     }
@@ -126,10 +130,12 @@ impl Decode for Key<5> {
         let [hi, lo, ehi, elo, kind] = self.0;
         let e = (u128::from(ehi) << 64) | u128::from(elo);
         (
-            UserId::from_u128((u128::from(hi) << 64) | u128::from(lo)),
+            UserId(uuid::Uuid::from_u128_le(
+                (u128::from(hi) << 64) | u128::from(lo),
+            )),
             EntityId::new(
                 EntityKind::custom(kind as u16),
-                EntityRef::Uuid(uuid::Uuid::from_u128(e)),
+                EntityRef::Uuid(uuid::Uuid::from_u128_le(e)),
             ),
         )
     }

@@ -257,7 +257,7 @@ impl IndexReader {
         });
         match fast {
             Ok(Some(s)) => s,
-            _ => self.lookup_slow(key, hash, pick),
+            _ => self.lookup_slow(*key, hash, pick),
         }
     }
 
@@ -267,14 +267,14 @@ impl IndexReader {
     #[inline(never)]
     fn lookup_slow<const K: usize>(
         &self,
-        key: &Key<K>,
+        key: Key<K>,
         hash: u64,
         pick: fn(&Directory) -> &PerShard<Arc<Table<K>>>,
     ) -> Summary {
         let shard = shard_of(hash);
         loop {
             let dir = self.published.lock().clone();
-            let found = pick(&dir)[shard].read(key, hash);
+            let found = pick(&dir)[shard].read(&key, hash);
             // Cache it for the next check (unless the thread is exiting or a
             // check up this thread's stack holds the cache).
             let _ = READER.try_with(|cell| {
