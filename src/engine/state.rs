@@ -135,7 +135,7 @@ pub(super) struct State {
     /// The contexts the records name (INV-11).
     pub(super) contexts: Contexts,
     /// Starts of grants made to start later (INV-9): only they pay for
-    /// one, so the record stays 48 bytes.
+    /// one, so the record stays 32 bytes.
     pub(super) starts: Starts,
     /// Grants whose start came and waits to be confirmed, by serial
     /// (INV-10).

@@ -54,7 +54,7 @@ use crate::sync::{AtomicU64, Mutex, Ordering};
 use crate::ids::{EntityId, UserId};
 
 use self::key::{Decode, Key, KeyHasher};
-use self::table::{groups_reserved, Entry, Read, Shard, Slot, Table};
+use self::table::{groups_for, Entry, Read, Shard, Slot, Table};
 
 /// Tables per key shape (two in the loom models, whose state grows with
 /// every atomic word).
@@ -462,7 +462,7 @@ impl IndexWriter {
     ) {
         let per_shard = additional.div_ceil(SHARDS);
         for shard in 0..SHARDS {
-            let want = groups_reserved(self.num[shard].len + per_shard);
+            let want = groups_for(self.num[shard].len + per_shard);
             if want > self.num[shard].table.groups() {
                 let mut report = |head: u32, slot: usize| {
                     moved(

@@ -134,7 +134,7 @@ fn reserve_rebuilds_once_and_keeps_entries() {
 }
 
 #[test]
-fn a_reserved_index_takes_its_count_without_a_rebuild_at_a_high_load() {
+fn a_reserved_index_takes_its_count_without_a_rebuild() {
     let (reader, mut writer) = new_index();
     let n = 200_000u64;
     writer.reserve_numeric(&reader, n as usize, &mut |_, _| {});
@@ -156,9 +156,5 @@ fn a_reserved_index_takes_its_count_without_a_rebuild_at_a_high_load() {
     assert_eq!(writer.table_bytes(), bytes);
     let slots = bytes / (std::mem::size_of::<Slot<4>>() + 1);
     let load = n as f64 / slots as f64;
-    assert!((0.81..=0.875).contains(&load), "load {load}");
-    // At 10M grants a shard's share is 156,250: the room for unevenness is
-    // 1% of it, so a reserved table is 86% full.
-    let slots = super::table::groups_reserved(156_250) * super::table::GROUP;
-    assert!(156_250.0 / slots as f64 > 0.86);
+    assert!((0.78..=0.80).contains(&load), "load {load}");
 }
