@@ -158,3 +158,38 @@ fn a_reserved_index_takes_its_count_without_a_rebuild() {
     let load = n as f64 / slots as f64;
     assert!((0.78..=0.80).contains(&load), "load {load}");
 }
+
+#[test]
+fn runs_of_ids_spread_evenly_over_shards_and_groups() {
+    // One user's many leads, many users' one lead (numbers in a row, as
+    // hosts often number them), and UUID leads: every shard gets its share
+    // and no home group of a shard is crowded.
+    let hasher = KeyHasher::random();
+    let n = 640_000u64;
+    let shapes: [&dyn Fn(u64) -> u64; 3] = [
+        &|i| hasher.hash(&Key([0x0203_f172, 0x8642_11e7, i, 1])),
+        &|i| hasher.hash(&Key([0, i, 869_196, 1])),
+        &|i| hasher.hash(&Key([7, 7, 0, i, 3])),
+    ];
+    for (s, hash) in shapes.iter().enumerate() {
+        let mut per_shard = [0u64; SHARDS];
+        let mut per_group = HashMap::<usize, u64>::new();
+        for i in 0..n {
+            let h = hash(i);
+            per_shard[shard_of(h)] += 1;
+            if shard_of(h) == 0 {
+                *per_group.entry(home(h, 4096)).or_default() += 1;
+            }
+        }
+        let mean = n / SHARDS as u64;
+        for (i, c) in per_shard.iter().enumerate() {
+            assert!(
+                (mean * 9 / 10..=mean * 11 / 10).contains(c),
+                "shape {s}: shard {i} has {c}, the mean is {mean}"
+            );
+        }
+        // About 10,000 keys over 4,096 groups: 2.4 a group on average.
+        let crowded = per_group.values().max().copied().unwrap_or(0);
+        assert!(crowded <= 16, "shape {s}: a group has {crowded} homes");
+    }
+}
