@@ -2,7 +2,9 @@
 //! grants (`GRANTWHEEL_CHECK_SIZES=10000,1000000` to choose):
 //! `hashbrown_baseline` keyed by the same (UUID, entity) pairs, and
 //! `packed_u64_baseline` keyed by one packed `u64` (user number, lead id),
-//! the tightest probe a map can do.
+//! the tightest probe a map can do. At 10k, `can_read_hit_system_clock`
+//! and `can_read_miss_system_clock` are the same checks on an engine
+//! reading the operating system's clock.
 //!
 //! `check/*/scheduled_*`: an engine holding the same live grants and as
 //! many more scheduled to start later, on other pairs: a hit on a live
@@ -72,6 +74,26 @@ fn bench(c: &mut Criterion) {
                 black_box(engine.can_edit(u, e))
             })
         });
+        if n == 10_000 {
+            // What the operating system's clock adds to a check, where the
+            // probe itself is cheapest (the other functions use a manual
+            // clock, whose read is one load).
+            let on_system = common::engine_on_system_clock(&keys);
+            g.bench_function("can_read_hit_system_clock", |b| {
+                b.iter(|| {
+                    let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
+                    i += 1;
+                    black_box(on_system.can_read(u, e))
+                })
+            });
+            g.bench_function("can_read_miss_system_clock", |b| {
+                b.iter(|| {
+                    let (u, e) = &absent[i & (absent.len() - 1)];
+                    i += 1;
+                    black_box(on_system.can_read(u, e))
+                })
+            });
+        }
         drop(engine);
         // The same live grants, and as many scheduled on other pairs.
         let (_, engine) = common::engine(&keys);

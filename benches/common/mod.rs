@@ -66,6 +66,24 @@ pub fn engine(keys: &[(UserId, EntityId, Level, i64)]) -> (ManualClock, Engine) 
     (clock, engine)
 }
 
+/// An engine on the operating system's clock holding every key's grant
+/// (expiring from now).
+pub fn engine_on_system_clock(keys: &[(UserId, EntityId, Level, i64)]) -> Engine {
+    let engine = Engine::builder().capacity(keys.len()).build().unwrap();
+    for (u, e, l, secs) in keys {
+        engine
+            .share(
+                *u,
+                *e,
+                Context::Direct,
+                *l,
+                Expiry::After(Duration::seconds(*secs)),
+            )
+            .unwrap();
+    }
+    engine
+}
+
 /// The bare map: the same keys to their expiry in milliseconds.
 pub type Baseline = hashbrown::HashMap<(UserId, EntityId), i64>;
 
