@@ -11,7 +11,7 @@ mod common;
 
 use chrono::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use grantwheel::{Context, Engine, Expiry, ManualClock, ShareSpec, Start};
+use grantwheel::{Engine, Expiry, ManualClock, ShareSpec, Start};
 
 const N: usize = 100_000;
 const EXPIRING: usize = 1_000_000;
@@ -30,17 +30,7 @@ fn bench(c: &mut Criterion) {
                     .unwrap()
             },
             |engine| {
-                for (u, e, l, secs) in &keys {
-                    engine
-                        .share(
-                            *u,
-                            *e,
-                            Context::Direct,
-                            *l,
-                            Expiry::After(Duration::seconds(*secs)),
-                        )
-                        .unwrap();
-                }
+                common::share_all(&engine, &keys);
                 engine
             },
             BatchSize::PerIteration,

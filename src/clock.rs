@@ -40,17 +40,21 @@ impl Clock for SystemClock {
 
     fn now_millis(&self) -> i64 {
         match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-            // Whole seconds and milliseconds apart: the same value as
-            // `as_millis`, without its 128-bit division (this runs on every
-            // check).
-            Ok(d) => i64::try_from(d.as_secs())
-                .ok()
-                .and_then(|s| s.checked_mul(1000))
-                .and_then(|ms| ms.checked_add(i64::from(d.subsec_millis())))
-                .unwrap_or(i64::MAX),
+            Ok(d) => millis_of(d),
             Err(_) => 0,
         }
     }
+}
+
+/// Whole milliseconds of `d`, saturating: the value of `as_millis`
+/// without its 128-bit division (the system clock is read on every check
+/// that finds access).
+fn millis_of(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs())
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .and_then(|ms| ms.checked_add(i64::from(d.subsec_millis())))
+        .unwrap_or(i64::MAX)
 }
 
 /// A clock that only moves when told to: for tests, simulations and
@@ -197,6 +201,25 @@ mod tests {
         assert_eq!(c2.now(), t + chrono::Duration::seconds(5));
         c.advance(chrono::Duration::seconds(-10));
         assert_eq!(c2.now_millis(), t.timestamp_millis() - 5000);
+    }
+
+    #[test]
+    fn system_clock_millis_are_exact_and_saturate() {
+        use std::time::Duration;
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(999_999),
+            Duration::from_nanos(1_000_000),
+            Duration::new(1_764_979_200, 999_999_999),
+            Duration::new(i64::MAX as u64 / 1000, 807_999_999),
+        ] {
+            assert_eq!(millis_of(d) as u128, d.as_millis(), "{d:?}");
+        }
+        assert_eq!(
+            millis_of(Duration::new(i64::MAX as u64 / 1000, 808_000_000)),
+            i64::MAX
+        );
+        assert_eq!(millis_of(Duration::MAX), i64::MAX);
     }
 
     #[test]

@@ -52,17 +52,7 @@ pub fn engine(keys: &[(UserId, EntityId, Level, i64)]) -> (ManualClock, Engine) 
         .capacity(keys.len())
         .build()
         .unwrap();
-    for (u, e, l, secs) in keys {
-        engine
-            .share(
-                *u,
-                *e,
-                Context::Direct,
-                *l,
-                Expiry::After(Duration::seconds(*secs)),
-            )
-            .unwrap();
-    }
+    share_all(&engine, keys);
     (clock, engine)
 }
 
@@ -70,6 +60,12 @@ pub fn engine(keys: &[(UserId, EntityId, Level, i64)]) -> (ManualClock, Engine) 
 /// (expiring from now).
 pub fn engine_on_system_clock(keys: &[(UserId, EntityId, Level, i64)]) -> Engine {
     let engine = Engine::builder().capacity(keys.len()).build().unwrap();
+    share_all(&engine, keys);
+    engine
+}
+
+/// Share every key's grant (direct, expiring its duration from now).
+pub fn share_all(engine: &Engine, keys: &[(UserId, EntityId, Level, i64)]) {
     for (u, e, l, secs) in keys {
         engine
             .share(
@@ -81,7 +77,6 @@ pub fn engine_on_system_clock(keys: &[(UserId, EntityId, Level, i64)]) -> Engine
             )
             .unwrap();
     }
-    engine
 }
 
 /// The bare map: the same keys to their expiry in milliseconds.

@@ -241,8 +241,7 @@ impl State {
                 }
                 // Its context is named afresh (the number it had was
                 // released with it, INV-11).
-                let ctx = self.contexts.intern(context.pack());
-                let fresh = GrantRec::new(rec.expires, rec.serial(), ctx, rec.level());
+                let fresh = self.record(rec.expires, rec.serial(), context.pack(), rec.level());
                 let placed = self.place(ch.reader, (&key, hash), fresh, start, now);
                 debug_assert!(placed.is_some(), "a restored grant is live");
             }

@@ -43,9 +43,15 @@ pub(super) struct Contexts {
     hasher: hashbrown::DefaultHashBuilder,
 }
 
+/// Where number `n` (from 1) lies in `entries` (out of range for
+/// [`DIRECT`]).
+fn at(n: u32) -> usize {
+    (n as usize).wrapping_sub(1)
+}
+
 impl Contexts {
     fn entry(&self, n: u32) -> Option<&Entry> {
-        self.entries.get((n as usize).wrapping_sub(1))
+        self.entries.get(at(n))
     }
 
     fn hash(&self, ctx: (u32, u128)) -> u64 {
@@ -58,35 +64,21 @@ impl Contexts {
         if ctx.0 == 0 {
             return Some(DIRECT);
         }
-        let entries = &self.entries;
         self.table
             .find(self.hash(ctx), |n| {
-                entries
-                    .get((*n as usize).wrapping_sub(1))
-                    .is_some_and(|e| e.is(ctx))
+                self.entry(*n).is_some_and(|e| e.is(ctx))
             })
             .copied()
     }
 
     /// Take a reference on `ctx` for a new record; returns its number.
     pub(super) fn intern(&mut self, ctx: (u32, u128)) -> u32 {
-        if ctx.0 == 0 {
-            // Context kind 0 is a direct share: its id is always 0.
-            return DIRECT;
-        }
-        let hash = self.hash(ctx);
-        let Contexts {
-            entries,
-            free,
-            table,
-            ..
-        } = self;
-        let at = |n: u32| (n as usize).wrapping_sub(1);
-        if let Some(n) = table.find(hash, |n| entries.get(at(*n)).is_some_and(|e| e.is(ctx))) {
-            if let Some(e) = entries.get_mut(at(*n)) {
+        if let Some(n) = self.find(ctx) {
+            if let Some(e) = self.entries.get_mut(at(n)) {
                 e.refs += 1;
             }
-            return *n;
+            // Direct (kind 0, id 0) has no entry: nothing to count.
+            return n;
         }
         let entry = Entry {
             hi: (ctx.1 >> 64) as u64,
@@ -94,25 +86,24 @@ impl Contexts {
             kind: ctx.0,
             refs: 1,
         };
-        let n = match free.pop() {
+        let n = match self.free.pop() {
             Some(n) => {
-                if let Some(e) = entries.get_mut(at(n)) {
+                if let Some(e) = self.entries.get_mut(at(n)) {
                     *e = entry;
                 }
                 n
             }
             None => {
-                entries.push(entry);
+                self.entries.push(entry);
                 // INVARIANT: at most MAX_GRANTS (< CTX_LIMIT) contexts are
                 // named at once (one per held grant), so numbers stay below
                 // CTX_LIMIT.
-                debug_assert!(entries.len() < CTX_LIMIT as usize);
-                entries.len() as u32
+                debug_assert!(self.entries.len() < CTX_LIMIT as usize);
+                self.entries.len() as u32
             }
         };
-        let hasher = &self.hasher;
-        let entries = &self.entries;
-        self.table.insert_unique(hash, n, |m| {
+        let (hasher, entries) = (&self.hasher, &self.entries);
+        self.table.insert_unique(self.hash(ctx), n, |m| {
             use std::hash::BuildHasher;
             entries
                 .get(at(*m))
@@ -123,17 +114,15 @@ impl Contexts {
 
     /// Drop a released record's reference on context number `n`.
     pub(super) fn release(&mut self, n: u32) {
-        let Some(e) = self.entry(n).copied() else {
+        let Some(e) = self.entries.get_mut(at(n)) else {
             return;
         };
-        let left = e.refs.saturating_sub(1);
-        if let Some(slot) = self.entries.get_mut((n as usize).wrapping_sub(1)) {
-            slot.refs = left;
-        }
-        if left > 0 {
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs > 0 {
             return;
         }
-        let hash = self.hash(e.packed());
+        let packed = e.packed();
+        let hash = self.hash(packed);
         if let Ok(found) = self.table.find_entry(hash, |m| *m == n) {
             found.remove();
         }

@@ -33,7 +33,7 @@ use crate::index::{IndexReader, PairKey};
 use crate::model::grant::Grant;
 use crate::store::{Change, FeedEntry, FeedRead, Follower, StoreError};
 
-use super::record::{GrantRec, MAX_GRANTS, MAX_SERIAL};
+use super::record::{MAX_GRANTS, MAX_SERIAL};
 use super::state::{RuleUpdate, State};
 use super::{Engine, Inner};
 
@@ -158,8 +158,7 @@ impl State {
             // (refused by the writer's own engine too): no access.
             return;
         }
-        let ctx = self.contexts.intern(ctx);
-        let rec = GrantRec::new(expires, grant.id.serial, ctx, grant.level);
+        let rec = self.record(expires, grant.id.serial, ctx, grant.level);
         self.place(reader, (&key, hash), rec, start, now);
     }
 

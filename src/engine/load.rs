@@ -12,7 +12,7 @@ use crate::model::history::RuleId;
 use crate::model::rule::Rule;
 use crate::store::{Change, EndCause, MemoryStore, Store};
 
-use super::record::{GrantRec, MAX_GRANTS, MAX_SERIAL};
+use super::record::{MAX_GRANTS, MAX_SERIAL};
 use super::state::State;
 use super::Engine;
 
@@ -140,8 +140,7 @@ impl State {
             return;
         }
         // A start that passed while the process was down starts it now.
-        let ctx = self.contexts.intern(ctx);
-        let rec = GrantRec::new(expires, grant.id.serial, ctx, grant.level);
+        let rec = self.record(expires, grant.id.serial, ctx, grant.level);
         self.place(
             reader,
             (&key, hash),

@@ -9,7 +9,7 @@ use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec, Start};
 use crate::store::{Change, EndCause, GrantFilter};
 
 use super::commit::Changes;
-use super::record::{GrantIx, GrantRec, MAX_GRANTS, MAX_SERIAL};
+use super::record::{GrantIx, MAX_GRANTS, MAX_SERIAL};
 use super::state::State;
 use super::Engine;
 
@@ -633,8 +633,7 @@ fn insert_new(
     }
     let serial = st.next_serial;
     st.next_serial += 1;
-    let ctx = st.contexts.intern(spec.context.pack());
-    let mut rec = GrantRec::new(expires, serial, ctx, spec.level);
+    let mut rec = st.record(expires, serial, spec.context.pack(), spec.level);
     if st.group.is_some() {
         // INV-5: hidden from checks until the batch is written.
         rec.set_pending(true);

@@ -241,6 +241,19 @@ impl State {
         )
     }
 
+    /// A new record for a grant with context `ctx`, taking a reference on
+    /// it (INV-11: released when the record is, in `detach`).
+    pub(super) fn record(
+        &mut self,
+        expires: u64,
+        serial: u64,
+        ctx: (u32, u128),
+        level: Level,
+    ) -> GrantRec {
+        let ctx = self.contexts.intern(ctx);
+        GrantRec::new(expires, serial, ctx, level)
+    }
+
     /// A grant's start, if it was made to start later.
     pub(super) fn start_of(&self, rec: &GrantRec) -> Option<u64> {
         if self.starts.is_empty() {

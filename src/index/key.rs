@@ -40,11 +40,10 @@ impl PairKey {
 }
 
 /// A keyed hash of the fixed-width keys: pairs of words are multiplied
-/// into 128 bits and folded, and the folds are combined (independent
-/// multiplies, no final mix: a fold's high half already depends on every
-/// bit of its pair, and the shard, the tag and the home group are taken
-/// from bits the high halves reach). The keys are random per engine, so
-/// hash flooding needs the keys.
+/// into 128 bits and folded (independent multiplies, one final mix). The
+/// final mix is needed: without it, runs of user numbers crowd some home
+/// groups for some keys (a test holds the spread). The keys are random per
+/// engine, so hash flooding needs the keys.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct KeyHasher {
     /// One key per key word (the last pairs with the sixth when a key has
@@ -107,7 +106,7 @@ impl KeyHasher {
             };
             h ^= fold_mul(a, b);
         }
-        h
+        fold_mul(h, 0x9e37_79b9_7f4a_7c15)
     }
 }
 
