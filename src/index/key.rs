@@ -2,20 +2,14 @@
 
 use crate::ids::{EntityId, EntityKind, EntityRef, UserId};
 
-/// An encoded key: the user's two words, then `S` words: the entity's
-/// kind, then its id's words (one for a number, two for a UUID). A slot
-/// stores the kind and the user's number in one word, then the id's words:
-/// `S` words in all.
+/// An encoded key: user words, entity words, kind (the last word).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Key<const S: usize> {
-    pub(super) user: [u64; 2],
-    pub(super) rest: [u64; S],
-}
+pub(crate) struct Key<const K: usize>(pub(super) [u64; K]);
 
-impl<const S: usize> std::hash::Hash for Key<S> {
+impl<const K: usize> std::hash::Hash for Key<K> {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        for w in self.user.iter().chain(&self.rest) {
-            state.write_u64(*w);
+        for w in self.0 {
+            state.write_u64(w);
         }
     }
 }
@@ -23,8 +17,8 @@ impl<const S: usize> std::hash::Hash for Key<S> {
 /// A pair's key in one of the two shapes.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum PairKey {
-    Num(Key<2>),
-    Uuid(Key<3>),
+    Num(Key<4>),
+    Uuid(Key<5>),
 }
 
 impl PairKey {
@@ -33,19 +27,13 @@ impl PairKey {
         // The ids' bytes as they lie in memory (no byte swaps): keys are
         // only compared and hashed, never ordered.
         let u = user.0.to_u128_le();
-        let user = [(u >> 64) as u64, u as u64];
+        let (hi, lo) = ((u >> 64) as u64, u as u64);
         let kind = u64::from(entity.kind.code());
         match entity.id {
-            EntityRef::Number(n) => PairKey::Num(Key {
-                user,
-                rest: [kind, n],
-            }),
+            EntityRef::Number(n) => PairKey::Num(Key([hi, lo, n, kind])),
             EntityRef::Uuid(e) => {
                 let e = e.to_u128_le();
-                PairKey::Uuid(Key {
-                    user,
-                    rest: [kind, (e >> 64) as u64, e as u64],
-                })
+                PairKey::Uuid(Key([hi, lo, (e >> 64) as u64, e as u64, kind]))
             }
         }
     }
@@ -106,12 +94,11 @@ impl KeyHasher {
     }
 
     #[inline(always)]
-    pub(super) fn hash<const S: usize>(&self, key: &Key<S>) -> u64 {
-        let ([u0, u1], [k0, k1, keys @ ..]) = (key.user, self.keys);
-        let mut h = fold_mul(u0 ^ k0, u1 ^ k1);
-        // The other words in pairs, each folded with its position's keys;
-        // an odd last word pairs with the next position's key alone.
-        for (ws, ks) in key.rest.chunks(2).zip(keys.chunks(2)) {
+    pub(super) fn hash<const K: usize>(&self, key: &Key<K>) -> u64 {
+        let mut h = 0;
+        // Key words in pairs, each folded with its position's keys; an odd
+        // last word pairs with the next position's key alone.
+        for (ws, ks) in key.0.chunks(2).zip(self.keys.chunks(2)) {
             let (a, b) = match (ws, ks) {
                 ([w0, w1], [k0, k1]) => (w0 ^ k0, w1 ^ k1),
                 ([w0], [k0, k1]) => (w0 ^ k0, *k1),
@@ -121,45 +108,33 @@ impl KeyHasher {
         }
         fold_mul(h, 0x9e37_79b9_7f4a_7c15)
     }
-
-    /// A user's hash, for the writer's dictionary of user numbers.
-    pub(super) fn user_hash(&self, user: [u64; 2]) -> u64 {
-        let ([u0, u1], [k0, k1, ..]) = (user, self.keys);
-        fold_mul(fold_mul(u0 ^ k0, u1 ^ k1), 0x9e37_79b9_7f4a_7c15)
-    }
 }
 
-impl<const S: usize> Key<S> {
-    /// The user's id.
-    pub(super) fn user_id(&self) -> UserId {
-        let [hi, lo] = self.user;
-        UserId(uuid::Uuid::from_u128_le(
-            (u128::from(hi) << 64) | u128::from(lo),
-        ))
-    }
-}
-
-/// Decode a key into its ids.
+/// Decode a stored key into its ids.
 pub(super) trait Decode {
     fn decode(&self) -> (UserId, EntityId);
 }
 
-impl Decode for Key<2> {
+impl Decode for Key<4> {
     fn decode(&self) -> (UserId, EntityId) {
-        let [kind, id] = self.rest;
+        let [hi, lo, id, kind] = self.0;
         (
-            self.user_id(),
+            UserId(uuid::Uuid::from_u128_le(
+                (u128::from(hi) << 64) | u128::from(lo),
+            )),
             EntityId::new(EntityKind::custom(kind as u16), EntityRef::Number(id)),
         )
     }
 }
 
-impl Decode for Key<3> {
+impl Decode for Key<5> {
     fn decode(&self) -> (UserId, EntityId) {
-        let [kind, ehi, elo] = self.rest;
+        let [hi, lo, ehi, elo, kind] = self.0;
         let e = (u128::from(ehi) << 64) | u128::from(elo);
         (
-            self.user_id(),
+            UserId(uuid::Uuid::from_u128_le(
+                (u128::from(hi) << 64) | u128::from(lo),
+            )),
             EntityId::new(
                 EntityKind::custom(kind as u16),
                 EntityRef::Uuid(uuid::Uuid::from_u128_le(e)),

@@ -33,15 +33,9 @@
 //!   alive, so no other directory can have its address). A retired table
 //!   sends its readers to the new directory. A thread's cache keeps the
 //!   tables it last saw alive until it checks again or exits.
-//! - **Slot words.** The entity's kind and the user's number in one word
-//!   (users are numbered by [`users`], so a user's 16-byte id is held once,
-//!   not once per pair), the entity id's words, then the read-until and
-//!   edit-until instants (milliseconds): 32 bytes for a numeric entity.
-//!   The hash is of the full key (user id, kind, entity id), which a reader
-//!   has; a slot whose entity matches is then checked against the user's id
-//!   through its number. The pair's head grant, which only the writer
-//!   needs, has its low 16 bits in the first word's spare bits and its
-//!   high bits beside the table, with the writer.
+//! - **Slot words.** `key[..K-1]` hold the key, `key[K-1]` holds the meta
+//!   word (entity kind and the writer's head grant), then the read-until
+//!   and edit-until instants (milliseconds).
 
 mod key;
 #[cfg(all(test, grantwheel_loom))]
@@ -49,7 +43,6 @@ mod loom_models;
 mod table;
 #[cfg(all(test, not(grantwheel_loom)))]
 mod tests;
-mod users;
 
 pub(crate) use key::PairKey;
 
@@ -62,7 +55,6 @@ use crate::ids::{EntityId, UserId};
 
 use self::key::{Decode, Key, KeyHasher};
 use self::table::{groups_for, Entry, Read, Shard, Slot, Table};
-use self::users::{Names, Users};
 
 /// Tables per key shape (two in the loom models, whose state grows with
 /// every atomic word).
@@ -158,8 +150,8 @@ impl<T> std::ops::IndexMut<usize> for PerShard<T> {
 
 /// The tables readers use, as one publication left them.
 struct Directory {
-    num: PerShard<Arc<Table<2>>>,
-    uuid: PerShard<Arc<Table<3>>>,
+    num: PerShard<Arc<Table<4>>>,
+    uuid: PerShard<Arc<Table<5>>>,
 }
 
 /// A thread's cached directory (of whichever index it checked last).
@@ -184,8 +176,6 @@ fn address(dir: &Arc<Directory>) -> u64 {
 /// The read side of the index: shared by all threads.
 pub(crate) struct IndexReader {
     hasher: KeyHasher,
-    /// User numbers' ids (the writer's dictionary shares them).
-    names: Arc<Names>,
     /// The address of the directory being published or last published.
     ///
     /// INVARIANT: it names a live directory: it is stored before that
@@ -200,9 +190,8 @@ pub(crate) struct IndexReader {
 /// The write side of the index: owned by the engine state.
 pub(crate) struct IndexWriter {
     hasher: KeyHasher,
-    users: Users,
-    num: PerShard<Shard<2>>,
-    uuid: PerShard<Shard<3>>,
+    num: PerShard<Shard<4>>,
+    uuid: PerShard<Shard<5>>,
 }
 
 /// Build the index: its shared read side and its write side.
@@ -210,14 +199,12 @@ pub(crate) fn new_index() -> (IndexReader, IndexWriter) {
     let hasher = KeyHasher::random();
     let writer = IndexWriter {
         hasher,
-        users: Users::new(hasher),
         num: PerShard::from_fn(|_| Shard::new()),
         uuid: PerShard::from_fn(|_| Shard::new()),
     };
     let dir = Arc::new(writer.directory());
     let reader = IndexReader {
         hasher,
-        names: writer.users.names.clone(),
         current: AtomicU64::new(address(&dir)),
         published: Mutex::new(dir),
     };
@@ -250,10 +237,10 @@ impl IndexReader {
     /// The lookup for one key shape, through this thread's cached
     /// directory.
     #[inline(always)]
-    fn lookup<const S: usize>(
+    fn lookup<const K: usize>(
         &self,
-        key: &Key<S>,
-        pick: fn(&Directory) -> &PerShard<Arc<Table<S>>>,
+        key: &Key<K>,
+        pick: fn(&Directory) -> &PerShard<Arc<Table<K>>>,
     ) -> Summary {
         let hash = self.hasher.hash(key);
         let shard = shard_of(hash);
@@ -263,7 +250,7 @@ impl IndexReader {
             if address(dir) != self.current.load(Ordering::Acquire) {
                 return None;
             }
-            match pick(dir)[shard].read(key, hash, &self.names) {
+            match pick(dir)[shard].read(key, hash) {
                 Read::Found(s) => Some(s),
                 Read::Retired => None,
             }
@@ -278,16 +265,16 @@ impl IndexReader {
     /// refresh the cache, then read.
     #[cold]
     #[inline(never)]
-    fn lookup_slow<const S: usize>(
+    fn lookup_slow<const K: usize>(
         &self,
-        key: Key<S>,
+        key: Key<K>,
         hash: u64,
-        pick: fn(&Directory) -> &PerShard<Arc<Table<S>>>,
+        pick: fn(&Directory) -> &PerShard<Arc<Table<K>>>,
     ) -> Summary {
         let shard = shard_of(hash);
         loop {
             let dir = self.published.lock().clone();
-            let found = pick(&dir)[shard].read(&key, hash, &self.names);
+            let found = pick(&dir)[shard].read(&key, hash);
             // Cache it for the next check (unless the thread is exiting or a
             // check up this thread's stack holds the cache).
             let _ = READER.try_with(|cell| {
@@ -302,7 +289,7 @@ impl IndexReader {
     }
 
     /// Publish the writer's current tables, then retire the replaced one.
-    fn publish<const S: usize>(&self, writer: &IndexWriter, retired: Option<Arc<Table<S>>>) {
+    fn publish<const K: usize>(&self, writer: &IndexWriter, retired: Option<Arc<Table<K>>>) {
         let Some(old) = retired else {
             return;
         };
@@ -331,10 +318,9 @@ impl IndexWriter {
     /// Where `key` is, if present.
     pub(crate) fn find(&self, key: &PairKey, hash: u64) -> Option<Locator> {
         let shard = shard_of(hash);
-        let names = &self.users.names;
         let slot = match key {
-            PairKey::Num(k) => self.num[shard].table.probe(k, hash, names),
-            PairKey::Uuid(k) => self.uuid[shard].table.probe(k, hash, names),
+            PairKey::Num(k) => self.num[shard].table.probe(k, hash),
+            PairKey::Uuid(k) => self.uuid[shard].table.probe(k, hash),
         }?;
         Some(Locator {
             uuid_entity: matches!(key, PairKey::Uuid(_)),
@@ -367,29 +353,24 @@ impl IndexWriter {
                 },
             )
         };
-        let names = self.users.names.clone();
         let slot = match key {
             PairKey::Num(k) => {
                 let e = Entry {
                     key: *k,
-                    user: self.users.intern(k.user),
                     head,
                     summary,
                 };
-                let (slot, old) =
-                    self.num[shard].insert(&self.hasher, &names, e, hash, &mut report);
+                let (slot, old) = self.num[shard].insert(&self.hasher, e, hash, &mut report);
                 reader.publish(self, old);
                 slot
             }
             PairKey::Uuid(k) => {
                 let e = Entry {
                     key: *k,
-                    user: self.users.intern(k.user),
                     head,
                     summary,
                 };
-                let (slot, old) =
-                    self.uuid[shard].insert(&self.hasher, &names, e, hash, &mut report);
+                let (slot, old) = self.uuid[shard].insert(&self.hasher, e, hash, &mut report);
                 reader.publish(self, old);
                 slot
             }
@@ -417,31 +398,23 @@ impl IndexWriter {
                 },
             )
         };
-        let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
-        let names = self.users.names.clone();
-        // The slot leaves before its user's number may be freed (see
-        // `users`).
-        let user = if loc.uuid_entity {
-            let user = self.uuid[shard].table.slot(slot).user();
-            let old = self.uuid[shard].remove(&self.hasher, &names, slot, &mut report);
+        let shard = usize::from(loc.shard);
+        if loc.uuid_entity {
+            let old = self.uuid[shard].remove(&self.hasher, loc.slot as usize, &mut report);
             reader.publish(self, old);
-            user
         } else {
-            let user = self.num[shard].table.slot(slot).user();
-            let old = self.num[shard].remove(&self.hasher, &names, slot, &mut report);
+            let old = self.num[shard].remove(&self.hasher, loc.slot as usize, &mut report);
             reader.publish(self, old);
-            user
-        };
-        self.users.release(user);
+        }
     }
 
     /// The head grant of the pair at `loc`.
     pub(crate) fn head(&self, loc: Locator) -> u32 {
         let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
         if loc.uuid_entity {
-            self.uuid[shard].head(slot)
+            self.uuid[shard].table.slot(slot).meta() as u32
         } else {
-            self.num[shard].head(slot)
+            self.num[shard].table.slot(slot).meta() as u32
         }
     }
 
@@ -449,21 +422,20 @@ impl IndexWriter {
     #[cfg(any(test, feature = "testing"))]
     pub(crate) fn summary_at(&self, loc: Locator) -> Summary {
         let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
-        let names = &self.users.names;
         if loc.uuid_entity {
-            self.uuid[shard].entry(names, slot).summary
+            self.uuid[shard].table.slot(slot).load().summary
         } else {
-            self.num[shard].entry(names, slot).summary
+            self.num[shard].table.slot(slot).load().summary
         }
     }
 
     /// Replace the head grant and summary of the pair at `loc`.
-    pub(crate) fn update(&mut self, loc: Locator, head: u32, summary: Summary) {
+    pub(crate) fn update(&self, loc: Locator, head: u32, summary: Summary) {
         let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
         if loc.uuid_entity {
-            self.uuid[shard].update(slot, head, summary);
+            update_in(&self.uuid[shard].table, slot, head, summary);
         } else {
-            self.num[shard].update(slot, head, summary);
+            update_in(&self.num[shard].table, slot, head, summary);
         }
     }
 
@@ -473,15 +445,11 @@ impl IndexWriter {
             + self.uuid.iter().map(|s| s.len).sum::<usize>()
     }
 
-    /// Bytes held by the current tables (slots, tags and heads) and the
-    /// users' numbers.
+    /// Bytes held by the current tables.
     pub(crate) fn table_bytes(&self) -> usize {
         let num: usize = self.num.iter().map(|s| s.table.cap()).sum();
         let uuid: usize = self.uuid.iter().map(|s| s.table.cap()).sum();
-        let beside = 1 + std::mem::size_of::<u16>();
-        num * (std::mem::size_of::<Slot<2>>() + beside)
-            + uuid * (std::mem::size_of::<Slot<3>>() + beside)
-            + self.users.bytes()
+        num * (std::mem::size_of::<Slot<4>>() + 1) + uuid * (std::mem::size_of::<Slot<5>>() + 1)
     }
 
     /// Make room for `additional` more numeric-entity pairs now, so that
@@ -506,8 +474,7 @@ impl IndexWriter {
                         },
                     )
                 };
-                let names = self.users.names.clone();
-                let old = self.num[shard].rebuild(&self.hasher, &names, want, None, &mut report);
+                let old = self.num[shard].rebuild(&self.hasher, want, None, &mut report);
                 self.num[shard].used = self.num[shard].len;
                 reader.publish(self, Some(old));
             }
@@ -519,37 +486,49 @@ impl IndexWriter {
     /// The ids of the pair at `loc`.
     pub(crate) fn pair_at(&self, loc: Locator) -> (UserId, EntityId) {
         let (shard, slot) = (usize::from(loc.shard), loc.slot as usize);
-        let names = &self.users.names;
         if loc.uuid_entity {
-            self.uuid[shard].entry(names, slot).key.decode()
+            self.uuid[shard].table.slot(slot).load().key.decode()
         } else {
-            self.num[shard].entry(names, slot).key.decode()
+            self.num[shard].table.slot(slot).load().key.decode()
         }
     }
 
     /// Every pair: where it is and its ids, in table order.
     pub(crate) fn pairs(&self) -> impl Iterator<Item = (Locator, UserId, EntityId)> + '_ {
-        fn walk<'a, const S: usize>(
-            shards: &'a PerShard<Shard<S>>,
-            names: &'a Names,
+        fn walk<'a, const K: usize>(
+            shards: &'a PerShard<Shard<K>>,
             uuid_entity: bool,
         ) -> impl Iterator<Item = (Locator, UserId, EntityId)> + 'a
         where
-            Key<S>: Decode,
+            Key<K>: Decode,
         {
             shards.iter().enumerate().flat_map(move |(shard, s)| {
-                s.table.full().map(move |slot| {
-                    let (u, e) = s.entry(names, slot).key.decode();
-                    let loc = Locator {
-                        uuid_entity,
-                        shard: shard as u8,
-                        slot: slot as u32,
-                    };
-                    (loc, u, e)
+                (0..s.table.cap()).filter_map(move |slot| {
+                    let sl = s.table.slot(slot);
+                    (s.table.tag(slot) & 0x80 == 0).then(|| {
+                        let (u, e) = sl.load().key.decode();
+                        let loc = Locator {
+                            uuid_entity,
+                            shard: shard as u8,
+                            slot: slot as u32,
+                        };
+                        (loc, u, e)
+                    })
                 })
             })
         }
-        let names = &self.users.names;
-        walk(&self.num, names, false).chain(walk(&self.uuid, names, true))
+        walk(&self.num, false).chain(walk(&self.uuid, true))
     }
+}
+
+fn update_in<const K: usize>(table: &Table<K>, slot: usize, head: u32, summary: Summary) {
+    let s = table.slot(slot);
+    let meta = s.meta();
+    table.begin_write();
+    if let Some(word) = s.key.last() {
+        word.store((meta & !0xffff_ffff) | u64::from(head), Ordering::Relaxed);
+    }
+    s.read.store(summary.read_until, Ordering::Relaxed);
+    s.edit.store(summary.edit_until, Ordering::Relaxed);
+    table.end_write();
 }

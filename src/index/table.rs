@@ -6,7 +6,6 @@ use std::sync::Arc;
 use crate::sync::{fence, spin_loop, AtomicBool, AtomicU64, Ordering};
 
 use super::key::{Key, KeyHasher};
-use super::users::Names;
 use super::Summary;
 
 /// Slots per group (one tag byte each, one tag word per group).
@@ -26,13 +25,6 @@ pub(super) const BUILD_LOAD_PERCENT: usize = 80;
 pub(super) const MIN_LOAD_PERCENT: usize = 20;
 
 pub(super) const KIND_SHIFT: u32 = 32;
-pub(super) const HEAD_SHIFT: u32 = 48;
-
-/// A head grant from its low bits (in a slot's first word) and its high
-/// bits (beside the table).
-fn join_head(first: u64, high: u16) -> u32 {
-    ((first >> HEAD_SHIFT) as u32) | (u32::from(high) << 16)
-}
 pub(super) const TAG_EMPTY: u8 = 0xff;
 pub(super) const TAG_DELETED: u8 = 0x80;
 pub(super) const LOW_BITS: u64 = 0x0101_0101_0101_0101;
@@ -67,19 +59,13 @@ pub(super) fn lowest(m: u64) -> usize {
     (m.trailing_zeros() / 8) as usize
 }
 
-/// A pair's slot: what readers load, and half the pair's head grant
-/// (which only the writer needs; the other half is beside the table, in
-/// [`Shard`]).
-pub(super) struct Slot<const S: usize> {
-    /// The low 16 bits of the head grant (bits 48 to 63), the entity's kind
-    /// (bits 32 to 47) and the user's number (the low 32 bits), then the
-    /// entity id's words.
-    pub(super) key: [AtomicU64; S],
+pub(super) struct Slot<const K: usize> {
+    pub(super) key: [AtomicU64; K],
     pub(super) read: AtomicU64,
     pub(super) edit: AtomicU64,
 }
 
-impl<const S: usize> Slot<S> {
+impl<const K: usize> Slot<K> {
     pub(super) fn empty() -> Self {
         Slot {
             key: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -88,51 +74,38 @@ impl<const S: usize> Slot<S> {
         }
     }
 
-    /// The first word: kind and user number.
-    pub(super) fn first(&self) -> u64 {
-        self.key.first().map_or(0, |w| w.load(Ordering::Relaxed))
+    /// The last key word: the kind (high bits) and the pair's head grant
+    /// (low 32 bits). A key has at least four words, so it is always there.
+    pub(super) fn meta(&self) -> u64 {
+        self.key.last().map_or(0, |m| m.load(Ordering::Relaxed))
     }
 
-    /// The number of the slot's user.
-    pub(super) fn user(&self) -> u32 {
-        self.first() as u32
-    }
-
-    /// Whether the slot holds `key`: the entity's words first, then (only
-    /// for a slot whose entity matches) the user's id through its number.
+    /// Whether the slot holds `key` (whose last word is the kind).
     #[inline(always)]
-    pub(super) fn holds(&self, key: &Key<S>, names: &Names) -> bool {
-        let (Some((first, words)), Some((kind, want))) =
-            (self.key.split_first(), key.rest.split_first())
+    pub(super) fn holds(&self, key: &Key<K>) -> bool {
+        let (Some((meta, words)), Some((kind, want))) = (self.key.split_last(), key.0.split_last())
         else {
             return false;
         };
-        let first = first.load(Ordering::Relaxed);
-        let mut same = (first >> KIND_SHIFT) & 0xffff == *kind;
+        let mut same = (meta.load(Ordering::Relaxed) >> KIND_SHIFT) & 0xffff == *kind;
         for (a, b) in words.iter().zip(want) {
             same &= a.load(Ordering::Relaxed) == *b;
         }
-        same && names.is(first as u32, key.user)
+        same
     }
 
-    /// The slot's content (the writer's view), with the head grant's high
-    /// bits from beside it.
-    pub(super) fn load(&self, names: &Names, head_high: u16) -> Entry<S> {
-        let mut rest = [0u64; S];
-        for (k, a) in rest.iter_mut().zip(&self.key) {
+    pub(super) fn load(&self) -> Entry<K> {
+        let meta = self.meta();
+        let mut key = [0u64; K];
+        for (k, a) in key.iter_mut().zip(&self.key) {
             *k = a.load(Ordering::Relaxed);
         }
-        let first = self.first();
-        if let Some(kind) = rest.first_mut() {
-            *kind = (first >> KIND_SHIFT) & 0xffff;
+        if let Some(kind) = key.last_mut() {
+            *kind = (meta >> KIND_SHIFT) & 0xffff;
         }
         Entry {
-            key: Key {
-                user: names.get(first as u32),
-                rest,
-            },
-            user: first as u32,
-            head: join_head(first, head_high),
+            key: Key(key),
+            head: meta as u32,
             summary: Summary {
                 read_until: self.read.load(Ordering::Relaxed),
                 edit_until: self.edit.load(Ordering::Relaxed),
@@ -140,19 +113,17 @@ impl<const S: usize> Slot<S> {
         }
     }
 
-    pub(super) fn store(&self, e: &Entry<S>) {
-        if let (Some((first, words)), Some((kind, rest))) =
-            (self.key.split_first(), e.key.rest.split_first())
+    pub(super) fn store(&self, e: &Entry<K>) {
+        if let (Some((meta, words)), Some((kind, key))) =
+            (self.key.split_last(), e.key.0.split_last())
         {
-            first.store(
-                (u64::from(e.head) << HEAD_SHIFT)
-                    | ((kind & 0xffff) << KIND_SHIFT)
-                    | u64::from(e.user),
-                Ordering::Relaxed,
-            );
-            for (a, k) in words.iter().zip(rest) {
+            for (a, k) in words.iter().zip(key) {
                 a.store(*k, Ordering::Relaxed);
             }
+            meta.store(
+                ((kind & 0xffff) << KIND_SHIFT) | u64::from(e.head),
+                Ordering::Relaxed,
+            );
         }
         self.read.store(e.summary.read_until, Ordering::Relaxed);
         self.edit.store(e.summary.edit_until, Ordering::Relaxed);
@@ -161,22 +132,20 @@ impl<const S: usize> Slot<S> {
 
 /// A slot's content as the writer handles it.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Entry<const S: usize> {
-    pub(super) key: Key<S>,
-    /// The user's number.
-    pub(super) user: u32,
+pub(super) struct Entry<const K: usize> {
+    pub(super) key: Key<K>,
     pub(super) head: u32,
     pub(super) summary: Summary,
 }
 
 /// One shard's table, shared by the writer and the readers.
-pub(crate) struct Table<const S: usize> {
+pub(crate) struct Table<const K: usize> {
     pub(super) seq: AtomicU64,
     pub(super) retired: AtomicBool,
     /// One tag word per group: dense, so probes of large tables find their
     /// tags in cache and miss memory once, on the slot.
     pub(super) tags: Box<[AtomicU64]>,
-    pub(super) slots: Box<[Slot<S>]>,
+    pub(super) slots: Box<[Slot<K>]>,
 }
 
 /// What a reader found: a summary, or a retired table.
@@ -196,7 +165,7 @@ pub(super) fn groups_for(len: usize) -> usize {
         .max(MIN_GROUPS)
 }
 
-impl<const S: usize> Table<S> {
+impl<const K: usize> Table<K> {
     pub(super) fn with_groups(groups: usize) -> Self {
         let groups = groups.max(MIN_GROUPS);
         Table {
@@ -219,7 +188,7 @@ impl<const S: usize> Table<S> {
         clippy::indexing_slicing,
         reason = "i < cap: callers pass a slot this table's probe found or its writer issued"
     )]
-    pub(super) fn slot(&self, i: usize) -> &Slot<S> {
+    pub(super) fn slot(&self, i: usize) -> &Slot<K> {
         &self.slots[i]
     }
 
@@ -269,7 +238,7 @@ impl<const S: usize> Table<S> {
     /// Probe for `key`, calling `found` with the slot's index. Bounded by
     /// the number of groups, so torn reads cannot loop forever.
     #[inline(always)]
-    pub(super) fn probe(&self, key: &Key<S>, hash: u64, names: &Names) -> Option<usize> {
+    pub(super) fn probe(&self, key: &Key<K>, hash: u64) -> Option<usize> {
         let groups = self.groups();
         let tag = tag_of(hash);
         let mut g = home(hash, groups);
@@ -280,7 +249,7 @@ impl<const S: usize> Table<S> {
             let mut m = match_tag(word, tag);
             while m != 0 {
                 let i = g * GROUP + lowest(m);
-                if self.slots.get(i).is_some_and(|s| s.holds(key, names)) {
+                if self.slots.get(i).is_some_and(|s| s.holds(key)) {
                     return Some(i);
                 }
                 m &= m - 1;
@@ -298,11 +267,11 @@ impl<const S: usize> Table<S> {
 
     /// The reader's lookup under the sequence lock.
     #[inline(always)]
-    pub(super) fn read(&self, key: &Key<S>, hash: u64, names: &Names) -> Read {
+    pub(super) fn read(&self, key: &Key<K>, hash: u64) -> Read {
         loop {
             let s1 = self.seq.load(Ordering::Acquire);
             if s1 & 1 == 0 {
-                let found = match self.probe(key, hash, names).and_then(|i| self.slots.get(i)) {
+                let found = match self.probe(key, hash).and_then(|i| self.slots.get(i)) {
                     Some(slot) => Summary {
                         read_until: slot.read.load(Ordering::Relaxed),
                         edit_until: slot.edit.load(Ordering::Relaxed),
@@ -346,69 +315,28 @@ impl<const S: usize> Table<S> {
         empty
     }
 
-    /// The full slots' indices.
-    pub(super) fn full(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.cap()).filter(|i| self.tag(*i) & 0x80 == 0)
+    pub(super) fn entries(&self) -> impl Iterator<Item = Entry<K>> + '_ {
+        (0..self.cap())
+            .filter(|i| self.tag(*i) & 0x80 == 0)
+            .map(|i| self.slot(i).load())
     }
 }
 
 /// The writer's handle on one shard.
-pub(super) struct Shard<const S: usize> {
-    pub(super) table: Arc<Table<S>>,
-    /// The high 16 bits of each slot's head grant (the writer's alone;
-    /// meaningless for a slot that is not full).
-    pub(super) heads: Box<[u16]>,
+pub(super) struct Shard<const K: usize> {
+    pub(super) table: Arc<Table<K>>,
     pub(super) len: usize,
     /// Slots used, by entries or deleted markers.
     pub(super) used: usize,
 }
 
-impl<const S: usize> Shard<S> {
+impl<const K: usize> Shard<K> {
     pub(super) fn new() -> Self {
-        let table = Table::with_groups(MIN_GROUPS);
         Shard {
-            heads: vec![0; table.cap()].into_boxed_slice(),
-            table: Arc::new(table),
+            table: Arc::new(Table::with_groups(MIN_GROUPS)),
             len: 0,
             used: 0,
         }
-    }
-
-    fn head_high(&self, slot: usize) -> u16 {
-        self.heads.get(slot).copied().unwrap_or(0)
-    }
-
-    fn set_head_high(&mut self, slot: usize, head: u32) {
-        if let Some(h) = self.heads.get_mut(slot) {
-            *h = (head >> 16) as u16;
-        }
-    }
-
-    /// The head grant of slot `slot`.
-    pub(super) fn head(&self, slot: usize) -> u32 {
-        join_head(self.table.slot(slot).first(), self.head_high(slot))
-    }
-
-    /// The entry in slot `slot`.
-    pub(super) fn entry(&self, names: &Names, slot: usize) -> Entry<S> {
-        self.table.slot(slot).load(names, self.head_high(slot))
-    }
-
-    /// Replace the head grant and summary of slot `slot`.
-    pub(super) fn update(&mut self, slot: usize, head: u32, summary: Summary) {
-        let (table, s) = (&self.table, self.table.slot(slot));
-        let first = s.first() & !(0xffff << HEAD_SHIFT);
-        table.begin_write();
-        if let Some(w) = s.key.first() {
-            w.store(
-                first | (u64::from(head & 0xffff) << HEAD_SHIFT),
-                Ordering::Relaxed,
-            );
-        }
-        s.read.store(summary.read_until, Ordering::Relaxed);
-        s.edit.store(summary.edit_until, Ordering::Relaxed);
-        table.end_write();
-        self.set_head_high(slot, head);
     }
 
     /// Add an absent entry; returns its slot and, when the table had to be
@@ -417,11 +345,10 @@ impl<const S: usize> Shard<S> {
     pub(super) fn insert(
         &mut self,
         hasher: &KeyHasher,
-        names: &Names,
-        entry: Entry<S>,
+        entry: Entry<K>,
         hash: u64,
         report: &mut dyn FnMut(u32, usize),
-    ) -> (usize, Option<Arc<Table<S>>>) {
+    ) -> (usize, Option<Arc<Table<K>>>) {
         let table = &self.table;
         let free = table
             .free_slot(hash)
@@ -435,7 +362,6 @@ impl<const S: usize> Shard<S> {
             table.slot(slot).store(&entry);
             table.set_tag(slot, tag_of(hash));
             table.end_write();
-            self.set_head_high(slot, entry.head);
             return (slot, None);
         }
         // Full: grow, or just sweep the deleted markers out.
@@ -444,11 +370,11 @@ impl<const S: usize> Shard<S> {
         } else {
             (table.groups() * 3 / 2 + 1).max(groups_for(self.len + 1))
         };
-        let old = self.rebuild(hasher, names, groups, Some(entry), report);
+        let old = self.rebuild(hasher, groups, Some(entry), report);
         self.len += 1;
         self.used = self.len;
         // INVARIANT: the entry was just placed in the new table.
-        let slot = self.table.probe(&entry.key, hash, names).unwrap_or(0);
+        let slot = self.table.probe(&entry.key, hash).unwrap_or(0);
         (slot, Some(old))
     }
 
@@ -456,10 +382,9 @@ impl<const S: usize> Shard<S> {
     pub(super) fn remove(
         &mut self,
         hasher: &KeyHasher,
-        names: &Names,
         slot: usize,
         report: &mut dyn FnMut(u32, usize),
-    ) -> Option<Arc<Table<S>>> {
+    ) -> Option<Arc<Table<K>>> {
         let table = &self.table;
         table.begin_write();
         let emptied = table.free(slot);
@@ -470,7 +395,7 @@ impl<const S: usize> Shard<S> {
         self.len -= 1;
         let (groups, cap) = (table.groups(), table.cap());
         if groups > MIN_GROUPS && self.len * 100 < cap * MIN_LOAD_PERCENT {
-            let old = self.rebuild(hasher, names, groups_for(self.len), None, report);
+            let old = self.rebuild(hasher, groups_for(self.len), None, report);
             self.used = self.len;
             return Some(old);
         }
@@ -482,28 +407,21 @@ impl<const S: usize> Shard<S> {
     pub(super) fn rebuild(
         &mut self,
         hasher: &KeyHasher,
-        names: &Names,
         groups: usize,
-        extra: Option<Entry<S>>,
+        extra: Option<Entry<K>>,
         report: &mut dyn FnMut(u32, usize),
-    ) -> Arc<Table<S>> {
+    ) -> Arc<Table<K>> {
         let table = Table::with_groups(groups);
-        let mut heads = vec![0; table.cap()].into_boxed_slice();
-        let old = self.table.full().map(|i| self.entry(names, i));
-        for e in old.chain(extra) {
+        for e in self.table.entries().chain(extra) {
             let hash = hasher.hash(&e.key);
             // INVARIANT: the new table is sized above its entries, so a
             // free slot exists.
             if let Some(slot) = table.free_slot(hash) {
                 table.slot(slot).store(&e);
                 table.set_tag(slot, tag_of(hash));
-                if let Some(h) = heads.get_mut(slot) {
-                    *h = (e.head >> 16) as u16;
-                }
                 report(e.head, slot);
             }
         }
-        self.heads = heads;
         std::mem::replace(&mut self.table, Arc::new(table))
     }
 }
