@@ -16,8 +16,8 @@ mod common;
 use std::hint::black_box;
 
 use chrono::Duration;
-use criterion::{criterion_group, criterion_main, Criterion};
-use grantwheel::{Clock, EntityId, ShareSpec, Start, UserId};
+use criterion::{criterion_group, criterion_main, Bencher, Criterion};
+use grantwheel::{Clock, EntityId, Level, ShareSpec, Start, UserId};
 
 fn bench(c: &mut Criterion) {
     for n in common::sizes("GRANTWHEEL_CHECK_SIZES", &[10_000, 1_000_000, 10_000_000]) {
@@ -54,25 +54,13 @@ fn bench(c: &mut Criterion) {
             })
         });
         g.bench_function("can_read_hit", |b| {
-            b.iter(|| {
-                let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
-                i += 1;
-                black_box(engine.can_read(u, e))
-            })
+            in_order(b, &keys, &order, &mut i, |u, e| engine.can_read(u, e))
         });
         g.bench_function("can_read_miss", |b| {
-            b.iter(|| {
-                let (u, e) = &absent[i & (absent.len() - 1)];
-                i += 1;
-                black_box(engine.can_read(u, e))
-            })
+            in_turn(b, &absent, &mut i, |u, e| engine.can_read(u, e))
         });
         g.bench_function("can_edit_hit", |b| {
-            b.iter(|| {
-                let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
-                i += 1;
-                black_box(engine.can_edit(u, e))
-            })
+            in_order(b, &keys, &order, &mut i, |u, e| engine.can_edit(u, e))
         });
         if n == 10_000 {
             // What the operating system's clock adds to a check, where the
@@ -80,18 +68,10 @@ fn bench(c: &mut Criterion) {
             // clock, whose read is one load).
             let on_system = common::engine_on_system_clock(&keys);
             g.bench_function("can_read_hit_system_clock", |b| {
-                b.iter(|| {
-                    let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
-                    i += 1;
-                    black_box(on_system.can_read(u, e))
-                })
+                in_order(b, &keys, &order, &mut i, |u, e| on_system.can_read(u, e))
             });
             g.bench_function("can_read_miss_system_clock", |b| {
-                b.iter(|| {
-                    let (u, e) = &absent[i & (absent.len() - 1)];
-                    i += 1;
-                    black_box(on_system.can_read(u, e))
-                })
+                in_turn(b, &absent, &mut i, |u, e| on_system.can_read(u, e))
             });
         }
         drop(engine);
@@ -104,21 +84,43 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
         }
         g.bench_function("scheduled_beside_hit", |b| {
-            b.iter(|| {
-                let (u, e, _, _) = &keys[order[i & (order.len() - 1)] as usize];
-                i += 1;
-                black_box(engine.can_read(u, e))
-            })
+            in_order(b, &keys, &order, &mut i, |u, e| engine.can_read(u, e))
         });
         g.bench_function("scheduled_pair_no", |b| {
-            b.iter(|| {
-                let (u, e, _, _) = &later[order[i & (order.len() - 1)] as usize];
-                i += 1;
-                black_box(engine.can_read(u, e))
-            })
+            in_order(b, &later, &order, &mut i, |u, e| engine.can_read(u, e))
         });
         g.finish();
     }
+}
+
+/// `check` on `keys` in the benchmark's random `order` (a power of two
+/// long), from the shared counter `i`.
+fn in_order(
+    b: &mut Bencher,
+    keys: &[(UserId, EntityId, Level, i64)],
+    order: &[u32],
+    i: &mut usize,
+    check: impl Fn(&UserId, &EntityId) -> bool,
+) {
+    b.iter(|| {
+        let (u, e, _, _) = &keys[order[*i & (order.len() - 1)] as usize];
+        *i += 1;
+        black_box(check(u, e))
+    })
+}
+
+/// `check` on pairs that hold no grant (a power of two of them), in turn.
+fn in_turn(
+    b: &mut Bencher,
+    pairs: &[(UserId, EntityId)],
+    i: &mut usize,
+    check: impl Fn(&UserId, &EntityId) -> bool,
+) {
+    b.iter(|| {
+        let (u, e) = &pairs[*i & (pairs.len() - 1)];
+        *i += 1;
+        black_box(check(u, e))
+    })
 }
 
 criterion_group! {
