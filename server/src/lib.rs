@@ -16,6 +16,7 @@ pub mod directory;
 pub mod error;
 pub mod keys;
 pub mod limiter;
+pub mod observe;
 pub mod page;
 mod serve;
 pub mod wire;

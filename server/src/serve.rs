@@ -6,11 +6,8 @@
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use grantwheel::requests::Sharing;
 use grantwheel::store::{SqliteStore, Store, Synchronous};
 use grantwheel::{Engine, Event};
@@ -108,39 +105,6 @@ impl std::fmt::Debug for Server {
             .field("addr", &self.listener.local_addr().ok())
             .finish_non_exhaustive()
     }
-}
-
-/// Log each call with a request id, its method, its route (never the
-/// query string: it carries `secretKey`), its code and its time, and count
-/// it in the metrics.
-async fn observe(req: Request, next: Next) -> Response {
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let start = Instant::now();
-    let mut resp = next.run(req).await;
-    let took = start.elapsed();
-    let status = resp.status().as_u16();
-    tracing::info!(
-        request_id = id,
-        method = %method,
-        path = %path,
-        status,
-        micros = took.as_micros() as u64,
-        "call"
-    );
-    metrics::counter!("grantwheel_http_requests_total", "route" => route.clone(), "status" => status.to_string()).increment(1);
-    metrics::histogram!("grantwheel_http_request_duration_seconds", "route" => route)
-        .record(took.as_secs_f64());
-    if let Ok(v) = axum::http::HeaderValue::from_str(&id.to_string()) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp
 }
 
 impl Server {
@@ -369,7 +333,7 @@ impl Server {
             ..
         } = self;
         let routes = router(app.clone())
-            .layer(axum::middleware::from_fn(observe))
+            .layer(axum::middleware::from_fn(crate::observe::observe))
             .layer(tower_http::catch_panic::CatchPanicLayer::new());
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {

@@ -3,49 +3,101 @@
 
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use grantwheel_server::keys::{KeyStore, NewKey};
 use serde_json::{json, Value};
 
-/// Start the binary on `db`; its address, read from its JSON log (stderr).
+/// A started binary: its process, its address, and every line it has
+/// logged so far (stderr, read by a thread of its own).
+struct Spawned {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Start the binary on `db` with a JSON log; its address, read from the log.
 fn spawn(db: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_grantwheel-server"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-json",
-            "--no-context-check",
-        ])
+    let s = spawn_with(db, true, &[]);
+    (s.child, s.addr)
+}
+
+/// Start the binary on `db`, its log in JSON or text at the level
+/// `RUST_LOG` gives (`trace` here: every level), with `extra` flags.
+fn spawn_with(db: &std::path::Path, json: bool, extra: &[&str]) -> Spawned {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_grantwheel-server"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-context-check"])
         .args(["--rate-limit", "0", "--no-first-key", "--db"])
         .arg(db)
+        .args(extra)
+        .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = child.stderr.take().unwrap();
+        .stderr(Stdio::piped());
+    if json {
+        cmd.arg("--log-json");
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(log).lines().map_while(Result::ok) {
-            if sent {
-                continue; // drain, so the child never blocks on a full pipe
+        // Read to the end, so the child never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("serving") {
+                let _ = tx.send(line.clone());
             }
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["fields"]["message"] == "serving" {
-                    let addr = v["fields"]["addr"].as_str().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
-                    sent = true;
-                }
-            }
+            lines.lock().unwrap().push(line);
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap();
-    (child, addr.parse().unwrap())
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    let addr = match serde_json::from_str::<Value>(&line) {
+        Ok(v) => v["fields"]["addr"].as_str().unwrap_or("").to_string(),
+        // Text: `... serving addr=127.0.0.1:port db=...`.
+        Err(_) => line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .unwrap_or("")
+            .to_string(),
+    };
+    Spawned {
+        child,
+        addr: addr.parse().unwrap(),
+        log,
+    }
+}
+
+/// Send `head` (a request line and headers, without the blank line) and
+/// `body` over a new connection that closes after the answer; the code.
+fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "{head}\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Stop the child with SIGTERM and wait for it.
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }
 
 fn agent() -> ureq::Agent {
@@ -144,4 +196,74 @@ fn sigterm_during_a_burst_of_shares_loses_no_acknowledged_share() {
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+}
+
+/// Every shape a caller may give a secret in, right or wrong (in the query
+/// string, in a mistyped path after `&`, `;` or `/`, percent-encoded, as a
+/// path of its own, in the key headers, in the page's login form), leaves no
+/// part of it in the log, text or JSON, at every level.
+#[test]
+fn no_secret_reaches_the_log_whatever_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("grantwheel.db");
+    let key = KeyStore::open(&db).unwrap().add("log").unwrap();
+    // A wrong secret the caller typed must not leak either.
+    let typo = format!("{}beef", &key.secret[..60]);
+    let body = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":"1","AccessType":1}]"#;
+    for json in [true, false] {
+        let mut server = spawn_with(&db, json, &[]);
+        let addr = server.addr;
+        let mut codes = Vec::new();
+        for secret in [&key.secret, &typo] {
+            let ak = &key.access_key;
+            let api = "/v2/EntityAccess.svc";
+            for path in [
+                format!("{api}/Share?accessKey={ak}&secretKey={secret}"),
+                format!("{api}/Share&accessKey={ak}&secretKey={secret}"),
+                format!("{api}/Share;accessKey={ak};secretKey={secret}"),
+                format!("{api}/Share/accessKey={ak}/secretKey={secret}"),
+                format!("{api}/Share/{ak}/{secret}"),
+                format!("{api}/Share%26accessKey%3D{ak}%26secretKey%3D{secret}"),
+                format!("/{secret}"),
+                format!("/history?accessKey={ak}&secretKey={secret}"),
+                format!("{api}/Status/Get?id=x&accessKey={ak}&secretKey={secret}"),
+            ] {
+                codes.push(raw(
+                    addr,
+                    &format!("POST {path} HTTP/1.1\r\nContent-Type: application/json"),
+                    body,
+                ));
+                codes.push(raw(addr, &format!("GET {path} HTTP/1.1"), b""));
+            }
+            codes.push(raw(
+                addr,
+                &format!("POST {api}/Share HTTP/1.1\r\nContent-Type: application/json\r\nx-LSQ-AccessKey: {ak}\r\nx-LSQ-SecretKey: {secret}"),
+                body,
+            ));
+            let form = format!("accessKey={ak}&secretKey={secret}");
+            codes.push(raw(
+                addr,
+                "POST /login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded",
+                form.as_bytes(),
+            ));
+        }
+        assert!(codes.contains(&200), "the right secret was used: {codes:?}");
+        assert!(codes.contains(&404) && codes.contains(&401), "{codes:?}");
+        stop(&mut server.child);
+        let log = server.log.lock().unwrap().join("\n");
+        assert!(
+            log.contains("\"call\"") || log.contains(" call "),
+            "calls are logged: {log}"
+        );
+        for secret in [&key.secret, &typo] {
+            for piece in secret.as_bytes().chunks(12) {
+                let piece = std::str::from_utf8(piece).unwrap();
+                assert!(
+                    !log.contains(piece),
+                    "a part of a secret ({piece}) is in the {} log:\n{log}",
+                    if json { "JSON" } else { "text" }
+                );
+            }
+        }
+    }
 }
