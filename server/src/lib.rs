@@ -13,6 +13,7 @@ pub mod app;
 pub mod config;
 pub mod db;
 pub mod directory;
+mod drain;
 pub mod error;
 pub mod keys;
 pub mod limiter;

@@ -333,6 +333,10 @@ impl Server {
             ..
         } = self;
         let routes = router(app.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                app.inner.max_body,
+                crate::drain::keep_usable,
+            ))
             .layer(axum::middleware::from_fn(crate::observe::observe))
             .layer(tower_http::catch_panic::CatchPanicLayer::new());
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();

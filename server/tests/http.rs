@@ -778,3 +778,103 @@ fn a_share_checked_again_at_its_start_ends_when_its_context_no_longer_holds() {
         "{record}"
     );
 }
+
+/// After every answer given before the body was read (401 for an unknown
+/// key and for a wrong secret, 400 for a wrong content type, 404, 405,
+/// 429), the connection stays usable: the next call on it, from a client
+/// that sends its headers first and its body 50 ms later, answers
+/// normally. A body declared over the limit gets 413 and `Connection:
+/// close`, so the client knows to open another.
+#[test]
+fn the_connection_stays_usable_after_an_early_error() {
+    let s = Running::start(|a| {
+        a.rate_limit = 3;
+        a.no_context_check = true;
+        a.max_body = 4096;
+    });
+    let ak = s.key.access_key.clone();
+    let api = "/v2/EntityAccess.svc";
+    let good = format!("{api}/Share?{}", s.creds());
+    let body = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":"7","AccessType":1}]"#;
+    let json = [("Content-Type", "application/json")];
+    let pause = Duration::from_millis(50);
+    let wrong_secret = format!("{api}/Share?accessKey={ak}&secretKey={}", "0".repeat(64));
+    let early: Vec<(String, Vec<(&str, &str)>, u16)> = vec![
+        (
+            format!("POST {api}/Share?accessKey=gwnobody&secretKey=x HTTP/1.1"),
+            json.to_vec(),
+            401,
+        ),
+        (format!("POST {wrong_secret} HTTP/1.1"), json.to_vec(), 401),
+        (
+            format!("POST {good} HTTP/1.1"),
+            vec![("Content-Type", "text/plain")],
+            400,
+        ),
+        (
+            format!("POST {api}/Shares?{} HTTP/1.1", s.creds()),
+            json.to_vec(),
+            404,
+        ),
+        (format!("PUT {good} HTTP/1.1"), json.to_vec(), 405),
+    ];
+    let mut conn = common::Conn::open(s.addr);
+    for (line, headers, code) in &early {
+        let a = conn.send(line, headers, body, pause).expect(line);
+        assert_eq!(a.code, *code, "{line}: {}", a.body);
+        assert_eq!(a.header("connection"), None, "{line}");
+        // The next call on the same connection.
+        let a = conn
+            .send(&format!("GET {api}/Check?{}&UserId=0203f172-8642-11e7-9bed-069b743e848f&Entity=5&EntityId=7 HTTP/1.1", s.creds()), &[], b"", pause)
+            .unwrap_or_else(|| panic!("the connection was dropped after {line}"));
+        assert_eq!(a.code, 200, "after {line}: {}", a.body);
+    }
+    // 429: shares spend the budget of 3 (the 400 above spent one), then
+    // one is refused early.
+    let codes: Vec<u16> = (0..3)
+        .map(|_| {
+            conn.send(&format!("POST {good} HTTP/1.1"), &json, body, pause)
+                .expect("share")
+                .code
+        })
+        .collect();
+    assert_eq!(codes, [200, 200, 429]);
+    let a = conn
+        .send(&format!("GET /health HTTP/1.1"), &[], b"", pause)
+        .expect("the connection was dropped after 429");
+    assert_eq!(a.code, 200);
+
+    // Declared over the limit: refused at once, and the connection ends.
+    let big = vec![b' '; 5000];
+    let check = format!("{api}/Check?{}", s.creds());
+    let a = conn
+        .send(
+            &format!("POST {check} HTTP/1.1"),
+            &json,
+            &big,
+            Duration::ZERO,
+        )
+        .expect("413");
+    assert_eq!((a.code, a.header("connection")), (413, Some("close")));
+
+    // A pooled client: its next call after each early error succeeds.
+    let pooled = agent();
+    for (line, _, _) in &early[..2] {
+        let url = format!(
+            "http://{}{}",
+            s.addr,
+            line.split_whitespace().nth(1).unwrap()
+        );
+        let resp = pooled
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        let resp = pooled
+            .get(&format!("http://{}/health", s.addr))
+            .call()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+}

@@ -173,3 +173,119 @@ pub fn get(url: &str) -> (u16, Value) {
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
 }
+
+/// One answer read off a raw connection.
+#[derive(Debug)]
+pub struct Answer {
+    pub code: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::String(self.body.clone()))
+    }
+}
+
+/// A kept-alive HTTP/1.1 connection written by hand: requests exactly as
+/// given, a body sent after a pause if asked, answers read by their
+/// `Content-Length`.
+pub struct Conn {
+    stream: std::net::TcpStream,
+    addr: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Conn {
+            stream,
+            addr,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Send `line` (`POST /path HTTP/1.1`) with `headers`, then `body`
+    /// after `pause`; the answer, or `None` when the connection ended
+    /// before one came.
+    pub fn send(
+        &mut self,
+        line: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        pause: Duration,
+    ) -> Option<Answer> {
+        use std::io::Write;
+        let mut head = format!("{line}\r\nHost: {}\r\n", self.addr);
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        self.stream.write_all(head.as_bytes()).ok()?;
+        if !body.is_empty() {
+            std::thread::sleep(pause);
+            self.stream.write_all(body).ok()?;
+        }
+        self.read_answer()
+    }
+
+    fn fill(&mut self) -> Option<()> {
+        use std::io::Read;
+        let mut chunk = [0u8; 8192];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Some(())
+            }
+        }
+    }
+
+    fn read_answer(&mut self) -> Option<Answer> {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            self.fill()?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+        self.buf.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while self.buf.len() < len {
+            self.fill()?;
+        }
+        let body = String::from_utf8_lossy(&self.buf[..len]).to_string();
+        self.buf.drain(..len);
+        Some(Answer {
+            code,
+            headers,
+            body,
+        })
+    }
+}
