@@ -118,6 +118,25 @@ impl BadEntityRef {
 /// The text forms of a GUID accepted as an entity id.
 const GUID_FORMS: &str = "32 hex digits or the hyphenated 8-4-4-4-12 form";
 
+/// The most characters of a caller's text an error message quotes.
+pub const QUOTED_CHARS: usize = 40;
+
+/// `text` as an error message quotes it: whole when short, else its first
+/// [`QUOTED_CHARS`] characters and `…`, so a message never grows with what
+/// a caller sent (a 900 KB id is answered in a line).
+///
+/// ```
+/// use grantwheel::ids::quoted;
+/// assert_eq!(quoted("869196"), "869196");
+/// assert_eq!(quoted(&"x".repeat(900_000)), format!("{}…", "x".repeat(40)));
+/// ```
+pub fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
+    }
+}
+
 /// The shape of an id is decided by what it looks like, never by what
 /// happens to parse first:
 ///
@@ -125,6 +144,9 @@ const GUID_FORMS: &str = "32 hex digits or the hyphenated 8-4-4-4-12 form";
 ///   characters), optionally in braces;
 /// - a **record number** is decimal digits without a leading zero (`0`
 ///   alone is zero) that fit in 64 bits.
+///
+/// Nothing is trimmed: ` 869196` is refused, saying so, since a caller
+/// that pads an id has a bug worth hearing about.
 ///
 /// The two never overlap: a number has at most 20 digits. A 32-digit
 /// decimal string is therefore a GUID, and `0869196` is refused rather than
@@ -139,6 +161,7 @@ const GUID_FORMS: &str = "32 hex digits or the hyphenated 8-4-4-4-12 form";
 ///     EntityRef::Uuid(Uuid::from_u128(0x869196)),
 /// );
 /// assert!("0869196".parse::<EntityRef>().is_err());
+/// assert!(" 869196".parse::<EntityRef>().unwrap_err().reason().contains("white space"));
 /// ```
 impl std::str::FromStr for EntityRef {
     type Err = BadEntityRef;
@@ -159,28 +182,34 @@ impl std::str::FromStr for EntityRef {
         {
             return match Uuid::try_parse_ascii(inner) {
                 Ok(u) => Ok(EntityRef::Uuid(u)),
-                Err(e) => bad(format!("`{s}` is not a GUID: {e}")),
+                Err(e) => bad(format!("`{}` is not a GUID: {e}", quoted(s))),
             };
         }
         if s.is_empty() {
             return bad("is empty".into());
         }
+        let q = quoted(s);
+        if s.trim() != s {
+            return bad(format!(
+                "`{q}` has white space around it: an id is written without any"
+            ));
+        }
         if b.iter().all(u8::is_ascii_digit) {
             if b.len() > 1 && b.first() == Some(&b'0') {
                 return bad(format!(
-                    "`{s}` has a leading zero: a record number is written without one, a GUID as {GUID_FORMS}"
+                    "`{q}` has a leading zero: a record number is written without one, a GUID as {GUID_FORMS}"
                 ));
             }
             return match s.parse::<u64>() {
                 Ok(n) => Ok(EntityRef::Number(n)),
                 Err(_) => bad(format!(
-                    "`{s}` is larger than the largest record number ({})",
+                    "`{q}` is larger than the largest record number ({})",
                     u64::MAX
                 )),
             };
         }
         bad(format!(
-            "`{s}` is neither a record number nor a GUID ({GUID_FORMS})"
+            "`{q}` is neither a record number nor a GUID ({GUID_FORMS})"
         ))
     }
 }
@@ -413,7 +442,9 @@ mod tests {
             ("12ab", "neither"),
             ("-5", "neither"),
             ("+5", "neither"),
-            (" 5", "neither"),
+            (" 5", "white space"),
+            ("5\n", "white space"),
+            (&"9".repeat(900), &format!("`{}…`", "9".repeat(40))),
             ("0203f172-8642-11e7-9bed-069b743e848", "neither"),
             ("0203f172864211e79bed069b743e848f0", "neither"),
             ("0203f172-864211e7-9bed-069b743e848f", "neither"),

@@ -92,7 +92,7 @@ fn behaviours(open: &Opener) {
     assert!(asked.grant.is_none());
     assert!(!sharing.engine().can_read(&user(2), &lead(2)));
     let status = sharing.status_response(&asked.request);
-    assert_eq!(status.message.stage.as_deref(), Some("AwaitingApproval"));
+    assert_eq!(status.stage.as_deref(), Some("AwaitingApproval"));
     let record = sharing.request(&asked.request).unwrap().unwrap();
     assert!(record.awaiting_approval());
     let approval = record.approval.clone().unwrap();
@@ -135,11 +135,7 @@ fn behaviours(open: &Opener) {
     assert_eq!(decision.at, t0() + Duration::hours(3));
     assert_eq!(decision.reason.as_deref(), Some("covering for Ana"));
     assert_eq!(record.expires_at, Some(t0() + Duration::hours(13)));
-    assert!(sharing
-        .status_response(&asked.request)
-        .message
-        .stage
-        .is_none());
+    assert!(sharing.status_response(&asked.request).stage.is_none());
     assert!(sharing.awaiting_approval(10).unwrap().is_empty());
     // Decided once.
     match sharing.approve(&asked.request, BOSS, None) {

@@ -1143,9 +1143,9 @@ fn an_unreadable_store_is_reported_and_revokes_still_work() {
     assert_eq!(
         sharing
             .api_status(&done.request.to_string())
-            .message
-            .response_text,
-        "Unavailable"
+            .state
+            .as_deref(),
+        Some("Unavailable")
     );
     let keyed = sharing.run(
         grantwheel::requests::Submission::direct(grantwheel::requests::Command::Share(

@@ -185,20 +185,23 @@ fn status_answers_in_the_status_api_shape() {
     let v = serde_json::to_value(sharing.status_response(&ok.request)).unwrap();
     assert_eq!(
         v,
-        json!({"Status": "Success", "Message": {"ResponseText": "Completed", "ShareStatus": 1, "ErrorMessage": null}})
+        json!({"Status": "Success", "Message": {"ResponseText": "Request processed successfully."},
+            "ShareStatus": 6, "ErrorMessage": null, "State": "Completed"})
     );
     let failed = sharing.share(
         ShareRequest::new(UserId::from_u128(1), EntityId::lead(2), Level::Read)
             .duration(Duration::days(100_000)),
     );
     let v = serde_json::to_value(sharing.status_response(&failed.request)).unwrap();
-    assert_eq!(v["Message"]["ShareStatus"], json!(2));
-    assert!(v["Message"]["ErrorMessage"]
-        .as_str()
-        .unwrap()
-        .contains("duration"));
+    assert_eq!(v["ShareStatus"], json!(7));
+    assert_eq!(v["State"], json!("Failed"));
+    assert!(v["ErrorMessage"].as_str().unwrap().contains("duration"));
     let v = serde_json::to_value(sharing.status_response(&RequestId::random())).unwrap();
     assert_eq!(v["Status"], json!("Error"));
+    assert_eq!(
+        (&v["ShareStatus"], &v["State"]),
+        (&json!(null), &json!("NotFound"))
+    );
 }
 
 #[test]
@@ -405,7 +408,7 @@ mod submit_and_policy {
             .engine()
             .can_edit(&UserId::from_u128(2), &EntityId::lead(1)));
         let v = serde_json::to_value(sharing.status_response(&ids[1])).unwrap();
-        assert_eq!(v["Message"]["ResponseText"], json!("Completed"));
+        assert_eq!(v["ShareStatus"], json!(6));
     }
 
     #[test]
@@ -790,8 +793,8 @@ fn the_status_api_takes_the_id_as_text() {
     let id = id_of(&answers[0]).to_string();
     let answer = sharing.api_status(&id);
     assert_eq!(answer.status, "Success");
-    assert_eq!(answer.message.response_text, "Completed");
-    assert_eq!(answer.message.share_status, 1);
+    assert_eq!(answer.state.as_deref(), Some("Completed"));
+    assert_eq!(answer.share_status, Some(6));
     for bad in [
         "98fe",
         "",
@@ -800,10 +803,9 @@ fn the_status_api_takes_the_id_as_text() {
     ] {
         let answer = sharing.api_status(bad);
         assert_eq!(answer.status, "Error", "{bad}");
-        assert_eq!(answer.message.response_text, "NotFound");
+        assert_eq!(answer.state.as_deref(), Some("NotFound"));
         assert!(
             answer
-                .message
                 .error_message
                 .as_deref()
                 .unwrap()
@@ -812,7 +814,7 @@ fn the_status_api_takes_the_id_as_text() {
         );
     }
     let unknown = sharing.api_status(&RequestId::random().to_string());
-    assert_eq!(unknown.message.response_text, "NotFound");
+    assert_eq!(unknown.state.as_deref(), Some("NotFound"));
 }
 
 /// The request layer's history does not depend on when it is built: one

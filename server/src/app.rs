@@ -11,7 +11,6 @@
 //! - No business rule lives here: decisions are the request layer's.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
@@ -20,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
-use grantwheel::requests::wire::ItemResponse;
+use grantwheel::requests::wire::{self, ItemResponse};
 use grantwheel::requests::{
     ApprovalError, Cursor, FailureKind, HistoryQuery, HistoryRecord, RequestId, RuleId, Sharing,
     SourceKind, StatusKind, StatusResponse,
@@ -30,6 +29,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::auth::{Authorized, Budget, CheckCaller, Verified};
 use crate::directory::Directory;
 use crate::error::ApiError;
 use crate::keys::Keys;
@@ -56,12 +56,13 @@ pub(crate) struct AppInner {
     pub(crate) sharing: Sharing,
     pub(crate) keys: Keys,
     pub(crate) limiter: Limiter,
+    /// Batch calls (a share or revoke of more than one item), limited apart.
+    pub(crate) batch_limiter: Limiter,
     pub(crate) limit_checks: bool,
     pub(crate) directory: Option<Arc<Directory>>,
     pub(crate) sessions: Sessions,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) max_body: usize,
-    pub(crate) window_secs: u64,
     /// The duration of a share that names none, in minutes (for the page).
     pub(crate) default_minutes: i64,
 }
@@ -91,14 +92,6 @@ pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'
         .map(|(_, v)| v.as_str())
 }
 
-/// Whether the call's rate limit applies.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Limited {
-    Yes,
-    /// Checks: limited only when the service was told to.
-    Check,
-}
-
 impl App {
     pub(crate) fn sharing(&self) -> &Sharing {
         &self.inner.sharing
@@ -113,25 +106,6 @@ impl App {
         tokio::task::spawn_blocking(move || f(&sharing))
             .await
             .map_err(|e| ApiError::internal(format!("the call failed: {e}")))
-    }
-
-    /// Verify the call's key; then count it against the key's limit.
-    fn authorize(&self, params: &[(String, String)], limited: Limited) -> Result<String, ApiError> {
-        let access = param(params, "accessKey").unwrap_or("");
-        let secret = param(params, "secretKey").unwrap_or("");
-        // Missing parts verify like wrong ones: the same work, the same answer.
-        if !self.inner.keys.verify(access, secret) {
-            metrics::counter!("grantwheel_unauthorized_total").increment(1);
-            return Err(ApiError::unauthorized());
-        }
-        if limited == Limited::Yes || self.inner.limit_checks {
-            if let Err(wait) = self.inner.limiter.admit(access, Instant::now()) {
-                metrics::counter!("grantwheel_rate_limited_total").increment(1);
-                let (max, _) = self.inner.limiter.limit();
-                return Err(ApiError::too_many(max, self.inner.window_secs, wait));
-            }
-        }
-        Ok(access.to_string())
     }
 
     /// The body of a JSON call: the content type must be
@@ -202,33 +176,58 @@ fn batch_error(e: grantwheel::requests::wire::BatchError) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
+/// Verify a share or revoke call, read its body and count it: a batch of
+/// more than one item spends the key's batch budget, any other call its
+/// calls' budget (a body that is not a batch spends a call).
+async fn batch_of(
+    app: &App,
+    access: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<grantwheel::requests::wire::Batch, ApiError> {
+    let bytes = match app.json_body(headers, body).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            app.admit(access, Budget::Calls)?;
+            return Err(e);
+        }
+    };
+    match app.sharing().parse_batch(&bytes) {
+        Ok(batch) => {
+            let budget = if batch.len() > 1 {
+                Budget::Batches
+            } else {
+                Budget::Calls
+            };
+            app.admit(access, budget)?;
+            Ok(batch)
+        }
+        Err(e) => {
+            app.admit(access, Budget::Calls)?;
+            Err(batch_error(e))
+        }
+    }
+}
+
 async fn share(
+    Verified(access): Verified,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
-    let bytes = app.json_body(&headers, body).await?;
-    let items = app
-        .blocking(move |s| s.api_share(&bytes))
-        .await?
-        .map_err(batch_error)?;
+    let batch = batch_of(&app, &access, &headers, body).await?;
+    let items = app.blocking(move |s| s.api_share_batch(&batch)).await?;
     Ok(batch_answer(items))
 }
 
 async fn revoke(
+    Verified(access): Verified,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
-    let bytes = app.json_body(&headers, body).await?;
-    let items = app
-        .blocking(move |s| s.api_revoke(&bytes))
-        .await?
-        .map_err(batch_error)?;
+    let batch = batch_of(&app, &access, &headers, body).await?;
+    let items = app.blocking(move |s| s.api_revoke_batch(&batch)).await?;
     Ok(batch_answer(items))
 }
 
@@ -239,9 +238,12 @@ fn query_error(e: QueryError) -> ApiError {
     }
 }
 
-async fn status(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+async fn status(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let p = params(&q);
-    app.authorize(&p, Limited::Yes)?;
     let Some(id) = param(&p, "id") else {
         return Err(ApiError::bad_request("`id`: is required"));
     };
@@ -277,15 +279,21 @@ fn limit_of(p: &[(String, String)]) -> Result<usize, ApiError> {
             .ok()
             .filter(|n| (1..=1000).contains(n))
             .ok_or_else(|| {
-                ApiError::bad_request(format!("`Limit`: `{l}` is not a number from 1 to 1000"))
+                ApiError::bad_request(format!(
+                    "`Limit`: `{}` is not a number from 1 to 1000",
+                    wire::quoted(l)
+                ))
             }),
     }
 }
 
 /// The shares waiting for an approver, soonest deadline first.
-async fn approvals(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+async fn approvals(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let p = params(&q);
-    app.authorize(&p, Limited::Yes)?;
     let limit = limit_of(&p)?;
     records_answer(&app, move |s| s.awaiting_approval(limit)).await
 }
@@ -323,12 +331,10 @@ fn approval_error(e: ApprovalError) -> ApiError {
 async fn decide(
     app: App,
     id: String,
-    q: Option<String>,
     headers: HeaderMap,
     body: Body,
     approved: bool,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
     let id = request_id(&id)?;
     let body: DecisionBody = read_json(&app, &headers, body).await?;
     let (decided, record, now) = app
@@ -353,23 +359,23 @@ async fn decide(
 }
 
 async fn approve(
+    Authorized(_): Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    decide(app, id, q, headers, body, true).await
+    decide(app, id, headers, body, true).await
 }
 
 async fn deny(
+    Authorized(_): Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    decide(app, id, q, headers, body, false).await
+    decide(app, id, headers, body, false).await
 }
 
 /// The `At` parameter: an RFC 3339 instant.
@@ -378,15 +384,21 @@ fn at_of(p: &[(String, String)]) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(raw.trim())
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| {
-            ApiError::bad_request(format!("`At`: `{raw}` is not an RFC 3339 instant: {e}"))
+            ApiError::bad_request(format!(
+                "`At`: `{}` is not an RFC 3339 instant: {e}",
+                wire::quoted(raw)
+            ))
         })
 }
 
 /// Who had access to a record at an instant: the share records whose grant
 /// was live then, each with its request and approval.
-async fn access_at(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+async fn access_at(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let p = params(&q);
-    app.authorize(&p, Limited::Yes)?;
     let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
     let at = at_of(&p)?;
     records_answer(&app, move |s| s.access_at(&entity, at)).await
@@ -394,14 +406,16 @@ async fn access_at(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Resp
 
 /// The grants a user held at an instant, each with its request and
 /// approval.
-async fn held_at(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+async fn held_at(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let p = params(&q);
-    app.authorize(&p, Limited::Yes)?;
     let raw = param(&p, "UserId").ok_or_else(|| ApiError::bad_request("`UserId`: is required"))?;
-    let user: grantwheel::UserId = raw
-        .trim()
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("`UserId`: `{raw}` is not a UUID")))?;
+    let user: grantwheel::UserId = raw.trim().parse().map_err(|_| {
+        ApiError::bad_request(format!("`UserId`: `{}` is not a UUID", wire::quoted(raw)))
+    })?;
     let at = at_of(&p)?;
     records_answer(&app, move |s| s.held_at(&user, at)).await
 }
@@ -413,9 +427,12 @@ fn check_one(sharing: &Sharing, item: &CheckItem) -> Result<CheckAnswer, String>
     ))
 }
 
-async fn check_get(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+async fn check_get(
+    CheckCaller(_): CheckCaller,
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let p = params(&q);
-    app.authorize(&p, Limited::Check)?;
     let user = param(&p, "UserId")
         .ok_or_else(|| ApiError::bad_request("`UserId`: is required"))?
         .parse()
@@ -452,16 +469,19 @@ enum CheckResult {
 }
 
 async fn check_batch(
+    CheckCaller(_): CheckCaller,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Check)?;
     let bytes = app.json_body(&headers, body).await?;
-    let items: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("the body must be a JSON array of checks: {e}"))
-    })?;
+    let items: Vec<Value> = wire::strict_json(&bytes)
+        .and_then(|v| {
+            serde_json::from_value(v).map_err(|e| wire::BatchError::NotJson(e.to_string()))
+        })
+        .map_err(|e| {
+            ApiError::bad_request(format!("the body must be a JSON array of checks: {e}"))
+        })?;
     if items.len() > MAX_CHECKS {
         return Err(ApiError::bad_request(format!(
             "the batch holds {} checks; at most {MAX_CHECKS} are allowed",
@@ -506,7 +526,7 @@ pub(crate) fn history_query(p: &[(String, String)]) -> Result<(EntityId, History
     if let Some(u) = present("UserId") {
         q = q.user(
             u.parse()
-                .map_err(|_| format!("`UserId`: `{u}` is not a UUID"))?,
+                .map_err(|_| format!("`UserId`: `{}` is not a UUID", wire::quoted(u)))?,
         );
     }
     if let Some(s) = present("Status") {
@@ -516,7 +536,8 @@ pub(crate) fn history_query(p: &[(String, String)]) -> Result<(EntityId, History
             "Failed" => StatusKind::Failed,
             other => {
                 return Err(format!(
-                    "`Status`: `{other}` is not `Processing`, `Completed` or `Failed`"
+                    "`Status`: `{}` is not `Processing`, `Completed` or `Failed`",
+                    wire::quoted(other)
                 ))
             }
         });
@@ -528,7 +549,8 @@ pub(crate) fn history_query(p: &[(String, String)]) -> Result<(EntityId, History
             "Direct" => SourceKind::Direct,
             other => {
                 return Err(format!(
-                    "`Source`: `{other}` is not `Api`, `Automation` or `Direct`"
+                    "`Source`: `{}` is not `Api`, `Automation` or `Direct`",
+                    wire::quoted(other)
                 ))
             }
         });
@@ -536,7 +558,7 @@ pub(crate) fn history_query(p: &[(String, String)]) -> Result<(EntityId, History
     if let Some(r) = present("RuleId") {
         let rule = r
             .parse::<u64>()
-            .map_err(|_| format!("`RuleId`: `{r}` is not a rule id"))?;
+            .map_err(|_| format!("`RuleId`: `{}` is not a rule id", wire::quoted(r)))?;
         q = q.source(grantwheel::requests::Source::Automation { rule: RuleId(rule) });
     }
     if let Some(l) = present("Limit") {
@@ -544,14 +566,18 @@ pub(crate) fn history_query(p: &[(String, String)]) -> Result<(EntityId, History
             l.parse::<usize>()
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| format!("`Limit`: `{l}` is not a number from 1 to 1000"))?,
+                .ok_or_else(|| {
+                    format!(
+                        "`Limit`: `{}` is not a number from 1 to 1000",
+                        wire::quoted(l)
+                    )
+                })?,
         );
     }
     if let Some(a) = present("After") {
-        q = q.after(Cursor::before(
-            a.parse::<u64>()
-                .map_err(|_| format!("`After`: `{a}` is not a cursor"))?,
-        ));
+        q = q.after(Cursor::before(a.parse::<u64>().map_err(|_| {
+            format!("`After`: `{}` is not a cursor", wire::quoted(a))
+        })?));
     }
     Ok((entity, q))
 }
@@ -564,9 +590,12 @@ struct HistoryAnswer {
     next: Option<u64>,
 }
 
-async fn history(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+async fn history(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let p = params(&q);
-    app.authorize(&p, Limited::Yes)?;
     let (entity, query) = history_query(&p).map_err(ApiError::bad_request)?;
     let (page, now) = app
         .blocking(move |s| (s.history(&entity, &query), s.engine().now()))
@@ -582,20 +611,23 @@ async fn history(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Respon
     }))
 }
 
-async fn access_now(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+async fn access_now(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
     let p = params(&q);
-    app.authorize(&p, Limited::Yes)?;
     let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
     let grants = app.blocking(move |s| live_grants(s, &entity)).await?;
     Ok(ok(&grants))
 }
 
 async fn access_scheduled(
+    Authorized(_): Authorized,
     State(app): State<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let p = params(&q);
-    app.authorize(&p, Limited::Yes)?;
     let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
     let grants = app.blocking(move |s| scheduled_grants(s, &entity)).await?;
     Ok(ok(&grants))
@@ -641,21 +673,27 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     body: Body,
 ) -> Result<T, ApiError> {
     let bytes = app.json_body(headers, body).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))
+    let value = wire::strict_json(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn rule_id(raw: &str) -> Result<RuleId, ApiError> {
-    raw.parse::<u64>()
-        .map(RuleId)
-        .map_err(|_| ApiError::bad_request(format!("`RuleId`: `{raw}` is not a rule id")))
+    raw.parse::<u64>().map(RuleId).map_err(|_| {
+        ApiError::bad_request(format!(
+            "`RuleId`: `{}` is not a rule id",
+            wire::quoted(raw)
+        ))
+    })
 }
 
 fn no_rule(id: RuleId) -> ApiError {
     ApiError::not_found("RuleNotFound", format!("no rule `{}`", id.0))
 }
 
-async fn rules_list(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
+async fn rules_list(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+) -> Result<Response, ApiError> {
     let rules: Vec<RuleView> = app
         .sharing()
         .rules()
@@ -666,12 +704,11 @@ async fn rules_list(State(app): State<App>, RawQuery(q): RawQuery) -> Result<Res
 }
 
 async fn rules_create(
+    Authorized(_): Authorized,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
     let rule: RuleBody = read_json(&app, &headers, body).await?;
     let rule = rule.to_rule().map_err(ApiError::bad_request)?;
     let id = app
@@ -687,22 +724,20 @@ fn rule_answer(app: &App, id: RuleId, code: StatusCode) -> Result<Response, ApiE
 }
 
 async fn rules_get(
+    Authorized(_): Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
     rule_answer(&app, rule_id(&id)?, StatusCode::OK)
 }
 
 async fn rules_update(
+    Authorized(_): Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
     let id = rule_id(&id)?;
     let rule: RuleBody = read_json(&app, &headers, body).await?;
     let rule = rule.to_rule().map_err(ApiError::bad_request)?;
@@ -717,11 +752,10 @@ async fn rules_update(
 }
 
 async fn rules_delete(
+    Authorized(_): Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
     let id = rule_id(&id)?;
     let removed = app
         .blocking(move |s| s.remove_rule(id))
@@ -734,11 +768,10 @@ async fn rules_delete(
 }
 
 async fn rules_publish(
+    Authorized(_): Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
     let id = rule_id(&id)?;
     if app.sharing().rule(id).is_none() {
         return Err(no_rule(id));
@@ -750,11 +783,10 @@ async fn rules_publish(
 }
 
 async fn rules_unpublish(
+    Authorized(_): Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
-    RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
     let id = rule_id(&id)?;
     let found = app
         .blocking(move |s| s.unpublish_rule(id))
@@ -776,12 +808,11 @@ struct EventAnswer {
 }
 
 async fn events(
+    Authorized(_): Authorized,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    app.authorize(&params(&q), Limited::Yes)?;
     let body: EventBody = read_json(&app, &headers, body).await?;
     let event = body.to_event().map_err(ApiError::bad_request)?;
     let directory = app.inner.directory.clone();

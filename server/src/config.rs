@@ -208,6 +208,17 @@ pub struct ServeArgs {
     #[arg(long, env = "GRANTWHEEL_RATE_WINDOW", default_value = "5s", value_parser = parse_duration)]
     pub rate_window: Duration,
 
+    /// Batch calls (a share or revoke of more than one item) admitted per
+    /// access key in each window, counted apart from other calls (0: no
+    /// limit).
+    #[arg(long, env = "GRANTWHEEL_BATCH_RATE_LIMIT", default_value_t = 5)]
+    pub batch_rate_limit: usize,
+
+    /// The most items one share or revoke call may hold (a larger batch is
+    /// refused whole with 400, before any item is carried out).
+    #[arg(long, env = "GRANTWHEEL_MAX_BATCH_ITEMS", default_value_t = 100)]
+    pub max_batch_items: usize,
+
     /// Count check calls against the rate limit too (by default checks,
     /// the host's hot path, are not limited).
     #[arg(long, env = "GRANTWHEEL_LIMIT_CHECKS")]

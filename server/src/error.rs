@@ -7,6 +7,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+/// The longest `ExceptionMessage`, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 400;
+
 /// An error answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
@@ -36,10 +39,17 @@ pub struct ErrorBody<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        // Messages quote the caller's text in part (`quoted`); this bounds
+        // any that a lower layer (a parser's) let through whole.
+        if let Some((end, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            message.truncate(end);
+            message.push('…');
+        }
         ApiError {
             status,
             kind,
-            message: message.into(),
+            message,
             retry_after: None,
         }
     }
@@ -102,12 +112,18 @@ impl ApiError {
         )
     }
 
-    /// 429, with the seed's message.
-    pub fn too_many(max: usize, window_secs: u64, retry_after: std::time::Duration) -> Self {
+    /// 429, with the seed's message (`what`: "API calls", or the batch
+    /// calls limited apart).
+    pub fn too_many(
+        what: &str,
+        max: usize,
+        window_secs: u64,
+        retry_after: std::time::Duration,
+    ) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "TooManyRequests",
-            format!("API calls exceeded the limit of {max} in {window_secs} second(s)"),
+            format!("{what} exceeded the limit of {max} in {window_secs} second(s)"),
         );
         // Whole seconds, rounded up: a client that waits that long is admitted.
         let ms = retry_after.as_millis();

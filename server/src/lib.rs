@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod directory;

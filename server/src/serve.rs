@@ -59,6 +59,7 @@ fn flag_of(field: &'static str) -> &'static str {
         "warn_before" => "--warn-before",
         "max_staleness" => "--max-staleness",
         "feed_poll" => "--feed-poll",
+        "max_batch_items" => "--max-batch-items",
         other => other,
     }
 }
@@ -165,12 +166,12 @@ impl Server {
                 sharing,
                 keys,
                 limiter: Limiter::new(args.rate_limit, args.rate_window),
+                batch_limiter: Limiter::new(args.batch_rate_limit, args.rate_window),
                 limit_checks: args.limit_checks,
                 directory,
                 sessions: Sessions::new(args.session),
                 metrics,
                 max_body: args.max_body,
-                window_secs: args.rate_window.as_secs().max(1),
                 default_minutes: i64::try_from(args.default_duration.as_secs() / 60)
                     .unwrap_or(i64::MAX),
             }),
@@ -264,8 +265,9 @@ impl Server {
             }
             _ => {}
         });
-        let mut builder =
-            Sharing::builder(engine).retention(chrono_of("--retention", args.retention)?);
+        let mut builder = Sharing::builder(engine)
+            .retention(chrono_of("--retention", args.retention)?)
+            .max_batch_items(args.max_batch_items);
         if let Some(rules) = args.approval_rules() {
             tracing::info!(?rules, "shares this policy picks wait for an approver");
             builder = builder.approvals(
@@ -287,9 +289,13 @@ impl Server {
             builder = builder.resolver(ContextCheck::Directory(d.clone()));
             directory = Some(d);
         }
-        let sharing = builder
-            .build()
-            .map_err(|e| StartError::Store(e.to_string()))?;
+        let sharing = builder.build().map_err(|e| match e {
+            grantwheel::BuildError::Invalid(a) => StartError::Setting {
+                field: flag_of(a.field()),
+                reason: a.reason().to_string(),
+            },
+            other => StartError::Store(other.to_string()),
+        })?;
         Ok((sharing, keys, keystore, directory, first_key))
     }
 

@@ -54,7 +54,6 @@ pub fn entity_from(code: i64, id: &Value) -> Result<EntityId, String> {
             .map(EntityRef::Number)
             .ok_or_else(|| format!("`EntityId`: `{n}` is not a record number"))?,
         Value::String(s) => s
-            .trim()
             .parse::<EntityRef>()
             .map_err(|e| format!("`EntityId`: {}", e.reason()))?,
         _ => return Err("`EntityId`: must be a string or a number".into()),

@@ -67,8 +67,12 @@ fn the_seed_share_then_status_then_check_then_revoke() {
 
     let (code, v) = get(&format!("{}&id={id}", s.api("/Status/Get")));
     assert_eq!(code, 200, "{v}");
-    assert_eq!(v["Message"]["ResponseText"], "Completed");
-    assert_eq!(v["Message"]["ShareStatus"], 1);
+    // The seed's shape exactly, with the extension `State`.
+    assert_eq!(
+        v,
+        json!({"Status": "Success", "Message": {"ResponseText": "Request processed successfully."},
+            "ShareStatus": 6, "ErrorMessage": null, "State": "Completed"})
+    );
 
     let check = format!(
         "{}&UserId=0203f172-8642-11e7-9bed-069b743e848f&Entity=1&EntityId=869196",
@@ -369,11 +373,7 @@ fn a_published_rule_shares_on_an_event_and_a_restart_keeps_everything() {
         "{v}"
     );
     let (code, v) = get(&format!("{}&id={request}", s.api("/Status/Get")));
-    assert_eq!(
-        (code, &v["Message"]["ResponseText"]),
-        (200, &json!("Completed")),
-        "{v}"
-    );
+    assert_eq!((code, &v["ShareStatus"]), (200, &json!(6)), "{v}");
     let (_, v) = get(&s.api(&format!("/Rules/{id}")));
     assert_eq!(v["State"], "Published", "{v}");
     let (_, v) = get(&format!(
@@ -531,7 +531,7 @@ fn a_share_that_starts_later_is_listed_apart_and_checks_say_no_until_then() {
     );
     let id = v[0]["Message"]["Id"].as_str().unwrap().to_string();
     let (_, status) = get(&format!("{}&id={id}", s.api("/Status/Get")));
-    assert_eq!(status["Message"]["ResponseText"], "Completed");
+    assert_eq!(status["ShareStatus"], 6);
 
     let check = format!("{}&UserId={user}&Entity=5&EntityId=42", s.api("/Check"));
     let (code, v) = get(&check);
@@ -595,12 +595,16 @@ fn a_held_share_waits_for_an_approver_and_the_audit_names_them() {
     // Read access is not held; edit access is.
     let read = share(1, "78");
     let (_, st) = get(&format!("{}&id={read}", s.api("/Status/Get")));
-    assert_eq!(st["Message"]["ResponseText"], "Completed", "{st}");
-    assert!(st["Message"].get("Stage").is_none(), "{st}");
+    assert_eq!(st["ShareStatus"], 6, "{st}");
+    assert!(st.get("Stage").is_none(), "{st}");
     let id = share(2, "77");
     let (_, st) = get(&format!("{}&id={id}", s.api("/Status/Get")));
-    assert_eq!(st["Message"]["ResponseText"], "Processing", "{st}");
-    assert_eq!(st["Message"]["Stage"], "AwaitingApproval", "{st}");
+    assert_eq!(
+        (&st["ShareStatus"], &st["State"]),
+        (&json!(1), &json!("Processing")),
+        "{st}"
+    );
+    assert_eq!(st["Stage"], "AwaitingApproval", "{st}");
     let check = format!("{}&UserId={user}&Entity=5&EntityId=77", s.api("/Check"));
     assert_eq!(get(&check).1["Read"], json!(false));
 
@@ -799,7 +803,8 @@ fn the_connection_stays_usable_after_an_early_error() {
     let json = [("Content-Type", "application/json")];
     let pause = Duration::from_millis(50);
     let wrong_secret = format!("{api}/Share?accessKey={ak}&secretKey={}", "0".repeat(64));
-    let early: Vec<(String, Vec<(&str, &str)>, u16)> = vec![
+    type Early<'a> = (String, Vec<(&'a str, &'a str)>, u16);
+    let early: Vec<Early> = vec![
         (
             format!("POST {api}/Share?accessKey=gwnobody&secretKey=x HTTP/1.1"),
             json.to_vec(),
@@ -840,7 +845,7 @@ fn the_connection_stays_usable_after_an_early_error() {
         .collect();
     assert_eq!(codes, [200, 200, 429]);
     let a = conn
-        .send(&format!("GET /health HTTP/1.1"), &[], b"", pause)
+        .send("GET /health HTTP/1.1", &[], b"", pause)
         .expect("the connection was dropped after 429");
     assert_eq!(a.code, 200);
 
@@ -877,4 +882,163 @@ fn the_connection_stays_usable_after_an_early_error() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
     }
+}
+
+/// Bodies that were once accepted and should not be: a key given twice
+/// (the first and the last value disagree), a batch over the item cap, a
+/// padded id. Each gets 400 naming the field, and nothing is stored. A
+/// byte-order mark before the JSON is skipped. An error quotes at most a
+/// short prefix of what was sent.
+#[test]
+fn ambiguous_or_oversized_bodies_are_refused_naming_the_field() {
+    let s = Running::start(|a| {
+        a.no_context_check = true;
+        a.max_batch_items = 3;
+        a.rate_limit = 0;
+    });
+    let share = s.api("/Share");
+    let item = |id: &str| {
+        format!(
+            r#"{{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":"{id}","AccessType":1}}"#
+        )
+    };
+    let history = |id: &str| {
+        let (code, v) = get(&format!("{}&Entity=5&EntityId={id}", s.api("/History")));
+        assert_eq!(code, 200);
+        v["Records"].as_array().unwrap().len()
+    };
+
+    // The same field twice: edit first, read last.
+    let twice = r#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":"11","AccessType":2,"DurationInMinutes":30,"AccessType":1}]"#;
+    let (code, v) = post(&share, "application/json", twice.as_bytes());
+    assert_eq!(code, 400, "{v}");
+    assert_error_shape(&v, "InvalidInput");
+    assert_eq!(
+        v["ExceptionMessage"],
+        "`AccessType` appears twice in item 0: a field may be given once"
+    );
+    assert_eq!(history("11"), 0);
+    // In the other endpoints' bodies too.
+    let rule = r#"{"Name":"a","Name":"b","Trigger":"EntityCreated","Entity":5,"ShareWith":"ActivityOwner","AccessType":1}"#;
+    let (code, v) = post(&s.api("/Rules"), "application/json", rule.as_bytes());
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .contains("`Name` appears twice"),
+        "{v}"
+    );
+    let checks = r#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityId":"1","EntityId":"2"}]"#;
+    let (code, v) = post(&s.api("/Check"), "application/json", checks.as_bytes());
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .contains("`EntityId` appears twice in item 0"),
+        "{v}"
+    );
+
+    // Over the item cap: refused whole, none carried out.
+    let four = format!(
+        "[{},{},{},{}]",
+        item("21"),
+        item("22"),
+        item("23"),
+        item("24")
+    );
+    let (code, v) = post(&share, "application/json", four.as_bytes());
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(
+        v["ExceptionMessage"],
+        "the batch holds 4 items; at most 3 are allowed"
+    );
+    assert_eq!(history("21") + history("24"), 0);
+    let (code, v) = post(&s.api("/Revoke"), "application/json", four.as_bytes());
+    assert_eq!(code, 400, "{v}");
+    let three = format!("[{},{},{}]", item("21"), item("22"), item("23"));
+    let (code, v) = post(&share, "application/json", three.as_bytes());
+    assert_eq!((code, v.as_array().map(Vec::len)), (200, Some(3)), "{v}");
+
+    // A padded record id is refused, naming it.
+    let (code, v) = post(
+        &share,
+        "application/json",
+        format!("[{}]", item(" 869196")).as_bytes(),
+    );
+    assert_eq!(code, 400, "{v}");
+    let m = v["ExceptionMessage"].as_str().unwrap();
+    assert!(m.contains("`EntityId`") && m.contains("white space"), "{v}");
+    assert_eq!(history("869196"), 0);
+    let (code, v) = get(&format!(
+        "{}&UserId=0203f172-8642-11e7-9bed-069b743e848f&Entity=5&EntityId=%20869196",
+        s.api("/Check")
+    ));
+    assert_eq!(code, 400, "{v}");
+
+    // A byte-order mark is skipped.
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice(format!("[{}]", item("31")).as_bytes());
+    let (code, v) = post(&share, "application/json", &bom);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(history("31"), 1);
+
+    // A 900,000-byte UserId is answered in a line.
+    let huge = "7".repeat(900_000);
+    let body = format!(
+        r#"[{{"UserId":"{huge}","Entity":5,"EntityType":3,"EntityId":"1","AccessType":1}}]"#
+    );
+    let resp = agent()
+        .post(&share)
+        .header("Content-Type", "application/json")
+        .send(body.as_bytes())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let text = resp.into_body().read_to_string().unwrap();
+    assert!(text.len() < 500, "{} bytes", text.len());
+    assert!(text.contains("`UserId`"), "{text}");
+    for query in [
+        format!("&Entity=5&EntityId=1&UserId={huge}"),
+        format!("&Entity=5&EntityId=1&Status={huge}"),
+        format!("&Entity=5&EntityId={huge}"),
+    ] {
+        let url = format!("{}{}", s.api("/History"), &query[..query.len().min(60_000)]);
+        let (code, v) = get(&url);
+        assert_eq!(code, 400, "{v}");
+        assert!(v.to_string().len() < 600, "{} bytes", v.to_string().len());
+    }
+}
+
+/// Batch calls (a share or revoke of more than one item) spend a budget
+/// of their own; single calls spend the seed's.
+#[test]
+fn batch_calls_are_limited_apart_from_single_calls() {
+    let s = Running::start(|a| {
+        a.no_context_check = true;
+        a.rate_limit = 3;
+        a.batch_rate_limit = 2;
+    });
+    let share = s.api("/Share");
+    let item = |n: u32| {
+        format!(
+            r#"{{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":"{n}","AccessType":1}}"#
+        )
+    };
+    let batch = format!("[{},{}]", item(1), item(2));
+    let codes: Vec<u16> = (0..3)
+        .map(|_| post(&share, "application/json", batch.as_bytes()).0)
+        .collect();
+    assert_eq!(codes, [200, 200, 429]);
+    let (_, v) = post(&share, "application/json", batch.as_bytes());
+    assert_eq!(
+        v["ExceptionMessage"],
+        "Batch calls (of more than one item) exceeded the limit of 2 in 5 second(s)"
+    );
+    // The single calls' budget is whole.
+    let one = format!("[{}]", item(3));
+    let codes: Vec<u16> = (0..4)
+        .map(|_| post(&share, "application/json", one.as_bytes()).0)
+        .collect();
+    assert_eq!(codes, [200, 200, 200, 429]);
 }

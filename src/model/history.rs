@@ -187,16 +187,6 @@ pub enum FailureKind {
 }
 
 impl RequestStatus {
-    /// The numeric share status of the status API: 0 processing, 1
-    /// completed, 2 failed.
-    pub fn code(&self) -> u8 {
-        match self {
-            RequestStatus::Processing => 0,
-            RequestStatus::Completed => 1,
-            RequestStatus::Failed { .. } => 2,
-        }
-    }
-
     /// The status's kind, without its details.
     pub fn kind(&self) -> StatusKind {
         match self {

@@ -42,7 +42,32 @@ impl Sharing {
     /// assert!(matches!(responses[0], ItemResponse::Success { .. }));
     /// ```
     pub fn api_share(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
-        self.share_batch(body, "the request was not carried out", |subs| {
+        Ok(self.api_share_batch(&self.parse_batch(body)?))
+    }
+
+    /// Parse a share or revoke body, holding at most
+    /// [`max_batch_items`](Self::max_batch_items) items: a host that limits
+    /// calls by their size counts the items first, then hands the batch to
+    /// [`api_share_batch`](Self::api_share_batch) or
+    /// [`api_revoke_batch`](Self::api_revoke_batch).
+    ///
+    /// # Errors
+    ///
+    /// [`wire::BatchError`]: not JSON, a key given twice, not an array, or
+    /// too many items.
+    pub fn parse_batch(&self, body: &[u8]) -> Result<wire::Batch, wire::BatchError> {
+        wire::Batch::parse(body, self.max_batch_items())
+    }
+
+    /// The most items a share or revoke batch may hold
+    /// ([`SharingConfig::max_batch_items`]).
+    pub fn max_batch_items(&self) -> usize {
+        self.inner.config.max_batch_items
+    }
+
+    /// [`api_share`](Self::api_share) of a batch already parsed.
+    pub fn api_share_batch(&self, batch: &wire::Batch) -> Vec<wire::ItemResponse> {
+        self.share_batch(batch, "the request was not carried out", |subs| {
             self.run_shares(subs)
         })
     }
@@ -52,18 +77,18 @@ impl Sharing {
     /// error, valid ones with the outcome `carry` gave them.
     pub(super) fn share_batch(
         &self,
-        body: &[u8],
+        batch: &wire::Batch,
         missing: &str,
         carry: impl FnOnce(Vec<Submission>) -> Vec<Outcome>,
-    ) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
-        let items = wire::decode_shares_within(body, &self.limits())?;
+    ) -> Vec<wire::ItemResponse> {
+        let items = batch.shares(&self.limits());
         let subs: Vec<Submission> = items
             .iter()
             .filter_map(|i| i.as_ref().ok())
             .map(|item| Submission::api(Command::Share((*item).into())))
             .collect();
         let mut answers = carry(subs).into_iter();
-        Ok(items
+        items
             .into_iter()
             .enumerate()
             .map(|(index, item)| match item {
@@ -73,7 +98,7 @@ impl Sharing {
                     |outcome| respond(outcome, index, &item.context),
                 ),
             })
-            .collect())
+            .collect()
     }
 
     /// The engine's limits, as the wire decoder checks them.
@@ -84,12 +109,19 @@ impl Sharing {
                 OverMax::Reject => Some(engine.max_duration()),
                 OverMax::Clamp => None,
             },
+            max_items: self.max_batch_items(),
         }
     }
 
     /// Carry out a revoke batch in the API's JSON, item by item.
     pub fn api_revoke(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
-        Ok(wire::decode_revokes(body)?
+        Ok(self.api_revoke_batch(&self.parse_batch(body)?))
+    }
+
+    /// [`api_revoke`](Self::api_revoke) of a batch already parsed.
+    pub fn api_revoke_batch(&self, batch: &wire::Batch) -> Vec<wire::ItemResponse> {
+        batch
+            .revokes()
             .into_iter()
             .enumerate()
             .map(|(index, item)| match item {
@@ -100,7 +132,7 @@ impl Sharing {
                     &item.context,
                 ),
             })
-            .collect())
+            .collect()
     }
 
     /// Queue a share batch in the API's JSON: valid items get a request id
@@ -109,16 +141,19 @@ impl Sharing {
         &self,
         body: &[u8],
     ) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
-        self.share_batch(body, "the request was not queued", |subs| {
-            self.submit(subs)
-                .into_iter()
-                .map(|request| Outcome {
-                    request,
-                    status: RequestStatus::Processing,
-                    grant: None,
-                })
-                .collect()
-        })
+        let batch = self.parse_batch(body)?;
+        Ok(
+            self.share_batch(&batch, "the request was not queued", |subs| {
+                self.submit(subs)
+                    .into_iter()
+                    .map(|request| Outcome {
+                        request,
+                        status: RequestStatus::Processing,
+                        grant: None,
+                    })
+                    .collect()
+            }),
+        )
     }
 }
 
@@ -150,9 +185,9 @@ impl Sharing {
     /// let sharing = Sharing::new(Engine::new());
     /// let done = sharing.share(ShareRequest::new(UserId::from_u128(1), EntityId::lead(1), Level::Read));
     /// let answer = sharing.api_status(&done.request.to_string());
-    /// assert_eq!(answer.message.response_text, "Completed");
+    /// assert_eq!(answer.share_status, Some(6));
     /// let bad = sharing.api_status("98fe");
-    /// assert_eq!((bad.status.as_str(), bad.message.response_text.as_str()), ("Error", "NotFound"));
+    /// assert_eq!((bad.status.as_str(), bad.state.as_deref()), ("Error", Some("NotFound")));
     /// ```
     pub fn api_status(&self, id: &str) -> StatusResponse {
         match id.trim().parse::<RequestId>() {
@@ -182,16 +217,48 @@ fn respond(outcome: Outcome, index: usize, context: &Context) -> wire::ItemRespo
     }
 }
 
-/// The status API's answer.
+/// The status API's answer, in the shape of the seed's service:
+/// `{"Status":"Success","Message":{"ResponseText":"Request processed
+/// successfully."},"ShareStatus":6,"ErrorMessage":null}`.
+///
+/// `ShareStatus` is [`SHARE_STATUS_COMPLETED`] (6, the published code)
+/// once the request is carried out; this service also answers
+/// [`SHARE_STATUS_PROCESSING`] (1) and [`SHARE_STATUS_FAILED`] (7), codes
+/// of its own (the seed publishes none for them). `State` names the
+/// status in words and `Stage` says where a waiting request stands:
+/// both are extensions of the seed's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusResponse {
     /// `Success` when the request is known, `Error` otherwise.
     #[serde(rename = "Status")]
     pub status: String,
-    /// The request's status.
+    /// The request's status, for people.
     #[serde(rename = "Message")]
     pub message: StatusMessage,
+    /// The request's status as a code (see the type's documentation);
+    /// `null` when the request is not known.
+    #[serde(rename = "ShareStatus")]
+    pub share_status: Option<u8>,
+    /// Why it failed (or why there is no status); `null` otherwise.
+    #[serde(rename = "ErrorMessage")]
+    pub error_message: Option<String>,
+    /// `Processing`, `Completed` or `Failed` (`NotFound` for unknown ids,
+    /// `Unavailable` when the store cannot be read): an extension.
+    #[serde(rename = "State", default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Where a `Processing` request stands, when it waits for someone:
+    /// `AwaitingApproval` (an extension; absent otherwise).
+    #[serde(rename = "Stage", default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
 }
+
+/// `ShareStatus` of a request waiting to be carried out (queued, held for
+/// an approver, or scheduled to be confirmed): this service's code.
+pub const SHARE_STATUS_PROCESSING: u8 = 1;
+/// `ShareStatus` of a request carried out: the seed's published code.
+pub const SHARE_STATUS_COMPLETED: u8 = 6;
+/// `ShareStatus` of a request that failed: this service's code.
+pub const SHARE_STATUS_FAILED: u8 = 7;
 
 impl StatusResponse {
     /// The answer for a request's record: its status, and the stage
@@ -200,7 +267,7 @@ impl StatusResponse {
         let awaiting = record.awaiting_approval();
         let mut answer = Self::found(record.status);
         if awaiting {
-            answer.message.stage = Some("AwaitingApproval".into());
+            answer.stage = Some("AwaitingApproval".into());
         }
         answer
     }
@@ -210,67 +277,71 @@ impl StatusResponse {
     /// ```
     /// use grantwheel::requests::{RequestStatus, StatusResponse};
     /// let r = StatusResponse::found(RequestStatus::Completed);
-    /// assert_eq!((r.status.as_str(), r.message.share_status), ("Success", 1));
+    /// assert_eq!(
+    ///     serde_json::to_value(&r).unwrap(),
+    ///     serde_json::json!({
+    ///         "Status": "Success",
+    ///         "Message": {"ResponseText": "Request processed successfully."},
+    ///         "ShareStatus": 6,
+    ///         "ErrorMessage": null,
+    ///         "State": "Completed"
+    ///     })
+    /// );
     /// ```
     pub fn found(status: RequestStatus) -> Self {
+        let (code, text) = match status {
+            RequestStatus::Processing => (SHARE_STATUS_PROCESSING, "Request is being processed."),
+            RequestStatus::Completed => (SHARE_STATUS_COMPLETED, "Request processed successfully."),
+            RequestStatus::Failed { .. } => {
+                (SHARE_STATUS_FAILED, "Request could not be processed.")
+            }
+        };
         StatusResponse {
             status: "Success".into(),
             message: StatusMessage {
-                response_text: status.name().into(),
-                share_status: status.code(),
-                error_message: match status {
-                    RequestStatus::Failed { reason, .. } => Some(reason),
-                    _ => None,
-                },
-                stage: None,
+                response_text: text.into(),
             },
+            share_status: Some(code),
+            state: Some(status.name().into()),
+            error_message: match status {
+                RequestStatus::Failed { reason, .. } => Some(reason),
+                _ => None,
+            },
+            stage: None,
+        }
+    }
+
+    /// An answer without a status: `Error`, with `state` and `why`.
+    fn error(state: &str, text: &str, why: String) -> Self {
+        StatusResponse {
+            status: "Error".into(),
+            message: StatusMessage {
+                response_text: text.into(),
+            },
+            share_status: None,
+            error_message: Some(why),
+            state: Some(state.into()),
+            stage: None,
         }
     }
 
     /// The answer when the status cannot be read now (the store failed):
     /// a service answers it with a server error, not "not found".
     pub(super) fn unavailable(why: String) -> Self {
-        StatusResponse {
-            status: "Error".into(),
-            message: StatusMessage {
-                response_text: "Unavailable".into(),
-                share_status: 2,
-                error_message: Some(why),
-                stage: None,
-            },
-        }
+        Self::error("Unavailable", "The status cannot be read now.", why)
     }
 
     /// The answer for a request that cannot be found.
     pub(super) fn not_found(why: String) -> Self {
-        StatusResponse {
-            status: "Error".into(),
-            message: StatusMessage {
-                response_text: "NotFound".into(),
-                share_status: 2,
-                error_message: Some(why),
-                stage: None,
-            },
-        }
+        Self::error("NotFound", "Request not found.", why)
     }
 }
 
 /// The `Message` of the status API's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusMessage {
-    /// `Processing`, `Completed` or `Failed` (`NotFound` for unknown ids,
-    /// `Unavailable` when the store cannot be read).
+    /// The status in a sentence: `Request processed successfully.` once
+    /// carried out.
     #[serde(rename = "ResponseText")]
     pub response_text: String,
-    /// 0 processing, 1 completed, 2 failed.
-    #[serde(rename = "ShareStatus")]
-    pub share_status: u8,
-    /// Why it failed.
-    #[serde(rename = "ErrorMessage")]
-    pub error_message: Option<String>,
-    /// Where a `Processing` request stands, when it waits for someone:
-    /// `AwaitingApproval` (an extension of the seed's answer; absent
-    /// otherwise).
-    #[serde(rename = "Stage", default, skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
 }

@@ -51,7 +51,10 @@ mod request;
 mod starts;
 pub mod wire;
 
-pub use api::{StatusMessage, StatusResponse};
+pub use api::{
+    StatusMessage, StatusResponse, SHARE_STATUS_COMPLETED, SHARE_STATUS_FAILED,
+    SHARE_STATUS_PROCESSING,
+};
 pub use approval::{ApprovalError, ApprovalPolicy, ApprovalRules, MAX_REASON_BYTES};
 pub use execute::{ContextResolver, GrantorPolicy};
 pub use history::{Cursor, HistoryPage, HistoryQuery};
@@ -128,6 +131,14 @@ impl SharingBuilder {
         self
     }
 
+    /// The most items one share or revoke batch of the API may hold
+    /// (default [`wire::MAX_BATCH_ITEMS`]); a larger batch is refused
+    /// whole, before any item is carried out.
+    pub fn max_batch_items(mut self, max: usize) -> Self {
+        self.config.max_batch_items = max;
+        self
+    }
+
     /// Refuse to publish rules that name users unknown to `users` (default:
     /// users are not checked).
     pub fn users(mut self, users: impl automation::UserDirectory) -> Self {
@@ -152,6 +163,13 @@ impl SharingBuilder {
     /// assert_eq!(Sharing::builder(engine.clone()).build().unwrap_err().field(), Some("engine"));
     /// ```
     pub fn build(self) -> Result<Sharing, BuildError> {
+        if self.config.max_batch_items == 0 {
+            return Err(InvalidArgument::new(
+                "max_batch_items",
+                "must be at least 1: a batch of one item is the seed's call",
+            )
+            .into());
+        }
         if self.config.approval_timeout <= chrono::Duration::zero() {
             return Err(InvalidArgument::new(
                 "approval_timeout",
@@ -183,6 +201,9 @@ pub struct SharingConfig {
     /// How long a share may wait for an approver before it fails (default
     /// 7 days; see [`SharingBuilder::approvals`]).
     pub approval_timeout: chrono::Duration,
+    /// The most items one share or revoke batch of the API may hold
+    /// (default [`wire::MAX_BATCH_ITEMS`]).
+    pub max_batch_items: usize,
 }
 
 impl Default for SharingConfig {
@@ -190,6 +211,7 @@ impl Default for SharingConfig {
         SharingConfig {
             retention: chrono::Duration::days(90),
             approval_timeout: chrono::Duration::days(7),
+            max_batch_items: wire::MAX_BATCH_ITEMS,
         }
     }
 }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+pub use crate::ids::quoted;
 use crate::ids::{Context, EntityId, EntityKind, EntityRef, Level, UserId};
 
 /// Code of `Entity` for a lead.
@@ -100,6 +101,14 @@ pub enum BatchError {
     /// The body is JSON but not an array of items.
     #[error("the body must be a JSON array of items, not {0}")]
     NotArray(&'static str),
+    /// An object names a key twice.
+    #[error("`{field}` appears twice in {at}: a field may be given once")]
+    Duplicate {
+        /// Where: `item 0`, `item 2, Fields`, `the body`.
+        at: String,
+        /// The key, as given (quoted at most in part).
+        field: String,
+    },
     /// The batch holds more items than allowed.
     #[error("the batch holds {count} items; at most {max} are allowed")]
     TooLarge {
@@ -121,16 +130,222 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-fn items(body: &[u8]) -> Result<Vec<Value>, BatchError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| BatchError::NotJson(e.to_string()))?;
-    match value {
-        Value::Array(items) if items.len() > MAX_BATCH_ITEMS => Err(BatchError::TooLarge {
-            count: items.len(),
-            max: MAX_BATCH_ITEMS,
-        }),
-        Value::Array(items) => Ok(items),
-        other => Err(BatchError::NotArray(kind_of(&other))),
+/// A UTF-8 byte-order mark, which some clients put before JSON: RFC 8259
+/// lets a parser ignore it, and this one does.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Parse a JSON body strictly: a leading byte-order mark is skipped, and an
+/// object that names a key twice is refused, naming the key and where it
+/// is (`serde_json` would keep the last value, while a proxy or a log that
+/// reads the first would see another request).
+///
+/// ```
+/// use grantwheel::requests::wire::{strict_json, BatchError};
+/// let twice = br#"[{"AccessType": 2, "DurationInMinutes": 30, "AccessType": 1}]"#;
+/// assert_eq!(
+///     strict_json(twice).unwrap_err().to_string(),
+///     "`AccessType` appears twice in item 0: a field may be given once"
+/// );
+/// assert!(strict_json(b"\xEF\xBB\xBF[]").is_ok());
+/// ```
+///
+/// # Errors
+///
+/// [`BatchError::NotJson`] or [`BatchError::Duplicate`].
+pub fn strict_json(body: &[u8]) -> Result<Value, BatchError> {
+    let body = body.strip_prefix(BOM).unwrap_or(body);
+    let found = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = strict::Strict {
+        path: &mut Vec::new(),
+        found: &found,
+    };
+    let parsed = serde::de::DeserializeSeed::deserialize(seed, &mut de).and_then(|v| {
+        de.end()?;
+        Ok(v)
+    });
+    match (parsed, found.into_inner()) {
+        (Ok(v), _) => Ok(v),
+        (Err(_), Some((at, field))) => Err(BatchError::Duplicate { at, field }),
+        (Err(e), None) => Err(BatchError::NotJson(quoted(&e.to_string()).into_owned())),
+    }
+}
+
+/// The strict parser: `serde_json::Value`, built by hand so that a key
+/// given twice is seen (and where).
+mod strict {
+    use std::cell::RefCell;
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    /// Where in the document a value is: array positions and object keys.
+    pub(super) enum Step {
+        Index(usize),
+        Key(String),
+    }
+
+    /// The place of a duplicate key, in words: `item 3`, `item 0, Fields`,
+    /// `the body`.
+    fn place(path: &[Step]) -> String {
+        let mut parts = Vec::new();
+        for (i, step) in path.iter().enumerate() {
+            match step {
+                Step::Index(n) if i == 0 => parts.push(format!("item {n}")),
+                Step::Index(n) => parts.push(format!("[{n}]")),
+                Step::Key(k) => parts.push(crate::ids::quoted(k).into_owned()),
+            }
+        }
+        if parts.is_empty() {
+            "the body".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    pub(super) struct Strict<'a> {
+        pub(super) path: &'a mut Vec<Step>,
+        /// The first duplicate met: where, and the key.
+        pub(super) found: &'a RefCell<Option<(String, String)>>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Strict<'_> {
+        type Value = Value;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Strict<'_> {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut out = Vec::new();
+            loop {
+                self.path.push(Step::Index(out.len()));
+                let next = seq.next_element_seed(Strict {
+                    path: self.path,
+                    found: self.found,
+                });
+                self.path.pop();
+                match next? {
+                    Some(v) => out.push(v),
+                    None => return Ok(Value::Array(out)),
+                }
+            }
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    *self.found.borrow_mut() =
+                        Some((place(self.path), crate::ids::quoted(&key).into_owned()));
+                    return Err(de::Error::custom("a key appears twice"));
+                }
+                self.path.push(Step::Key(key.clone()));
+                let value = map.next_value_seed(Strict {
+                    path: self.path,
+                    found: self.found,
+                });
+                self.path.pop();
+                out.insert(key, value?);
+            }
+            Ok(Value::Object(out))
+        }
+    }
+}
+
+/// A share or revoke body, parsed but not yet decoded: its items, so that a
+/// host can count them (and limit calls by it) before anything is done.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    items: Vec<Value>,
+}
+
+impl Batch {
+    /// Parse a body that must be a JSON array of at most `max_items` items
+    /// (strictly: see [`strict_json`]).
+    ///
+    /// ```
+    /// use grantwheel::requests::wire::{Batch, BatchError};
+    /// assert_eq!(Batch::parse(b"[{}, {}]", 10).unwrap().len(), 2);
+    /// assert_eq!(
+    ///     Batch::parse(b"[{}, {}, {}]", 2).unwrap_err(),
+    ///     BatchError::TooLarge { count: 3, max: 2 }
+    /// );
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`BatchError`]: not JSON, a key given twice, not an array, or too many
+    /// items.
+    pub fn parse(body: &[u8], max_items: usize) -> Result<Batch, BatchError> {
+        match strict_json(body)? {
+            Value::Array(items) if items.len() > max_items => Err(BatchError::TooLarge {
+                count: items.len(),
+                max: max_items,
+            }),
+            Value::Array(items) => Ok(Batch { items }),
+            other => Err(BatchError::NotArray(kind_of(&other))),
+        }
+    }
+
+    /// How many items it holds.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Decode its items as shares: one result per item, in order.
+    pub fn shares(&self, limits: &Limits) -> Vec<Result<ShareItem, ItemError>> {
+        self.items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| share_item(i, v, limits))
+            .collect()
+    }
+
+    /// Decode its items as revokes: one result per item, in order.
+    pub fn revokes(&self) -> Vec<Result<RevokeItem, ItemError>> {
+        self.items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| revoke_item(i, v))
+            .collect()
     }
 }
 
@@ -173,9 +388,8 @@ impl<'a> Fields<'a> {
     fn uuid(&self, field: &str, v: &Value) -> Result<Uuid, ItemError> {
         match v {
             Value::String(s) if s.trim().is_empty() => Err(self.err(field, "is empty")),
-            Value::String(s) => {
-                Uuid::parse_str(s).map_err(|_| self.err(field, format!("`{s}` is not a UUID")))
-            }
+            Value::String(s) => Uuid::parse_str(s)
+                .map_err(|_| self.err(field, format!("`{}` is not a UUID", quoted(s)))),
             other => Err(self.err(
                 field,
                 format!("must be a UUID string, not {}", kind_of(other)),
@@ -227,7 +441,6 @@ impl<'a> Fields<'a> {
                 .map(EntityRef::Number)
                 .ok_or_else(|| self.err(field, format!("`{n}` is not a record number")))?,
             Value::String(s) => {
-                let s = s.trim();
                 if s.is_empty() {
                     return Err(self.err(field, "is empty"));
                 }
@@ -365,12 +578,15 @@ fn item_start(f: &Fields<'_>) -> Result<(Option<DateTime<Utc>>, Option<i64>), It
     let at = match f.get("StartsAt") {
         None => None,
         Some(Value::String(s)) => Some(
-            DateTime::parse_from_rfc3339(s.trim())
+            DateTime::parse_from_rfc3339(s)
                 .map(|t| t.with_timezone(&Utc))
                 .map_err(|e| {
                     f.err(
                         "StartsAt",
-                        format!("`{s}` is not an RFC 3339 instant (2026-12-07T09:00:00Z): {e}"),
+                        format!(
+                            "`{}` is not an RFC 3339 instant (2026-12-07T09:00:00Z): {e}",
+                            quoted(s)
+                        ),
                     )
                 })?,
         ),
@@ -437,7 +653,7 @@ pub fn decode_shares(body: &[u8]) -> Result<Vec<Result<ShareItem, ItemError>>, B
 ///
 /// ```
 /// use grantwheel::requests::wire::{decode_shares_within, Limits};
-/// let limits = Limits { max_duration: Some(chrono::Duration::days(1)) };
+/// let limits = Limits { max_duration: Some(chrono::Duration::days(1)), ..Limits::default() };
 /// let body = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,
 ///   "EntityId":"1","AccessType":1,"DurationInMinutes":1441}]"#;
 /// let err = decode_shares_within(body, &limits).unwrap()[0].clone().unwrap_err();
@@ -446,11 +662,22 @@ pub fn decode_shares(body: &[u8]) -> Result<Vec<Result<ShareItem, ItemError>>, B
 ///     "item 0: `DurationInMinutes`: `1441` minutes is more than the maximum of 1440 minutes"
 /// );
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// The longest duration the engine accepts; `None` when it accepts any
     /// (up to the wire's own [`MAX_DURATION_MINUTES`]) or clamps longer ones.
     pub max_duration: Option<chrono::Duration>,
+    /// The most items one batch may hold (default [`MAX_BATCH_ITEMS`]).
+    pub max_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_duration: None,
+            max_items: MAX_BATCH_ITEMS,
+        }
+    }
 }
 
 /// [`decode_shares`], refusing items beyond the engine's `limits`.
@@ -458,20 +685,12 @@ pub fn decode_shares_within(
     body: &[u8],
     limits: &Limits,
 ) -> Result<Vec<Result<ShareItem, ItemError>>, BatchError> {
-    Ok(items(body)?
-        .iter()
-        .enumerate()
-        .map(|(i, v)| share_item(i, v, limits))
-        .collect())
+    Ok(Batch::parse(body, limits.max_items)?.shares(limits))
 }
 
 /// Decode a revoke batch: one result per item, in order.
 pub fn decode_revokes(body: &[u8]) -> Result<Vec<Result<RevokeItem, ItemError>>, BatchError> {
-    Ok(items(body)?
-        .iter()
-        .enumerate()
-        .map(|(i, v)| revoke_item(i, v))
-        .collect())
+    Ok(Batch::parse(body, MAX_BATCH_ITEMS)?.revokes())
 }
 
 fn entity_fields(
@@ -857,5 +1076,114 @@ mod tests {
             Err(BatchError::NotArray("an object"))
         ));
         assert_eq!(decode_shares(b"[]").unwrap().len(), 0);
+    }
+
+    /// A key given twice is refused, naming it and where, at any depth; a
+    /// body is otherwise what `serde_json` reads (the same value).
+    #[test]
+    fn a_key_given_twice_is_refused_where_it_is() {
+        let twice = seed_with(|m| {
+            m.insert("Z".into(), json!(0));
+        });
+        let text = String::from_utf8(twice)
+            .unwrap()
+            .replace("\"Z\":0", "\"AccessType\":1");
+        assert_eq!(
+            decode_shares(text.as_bytes()).unwrap_err(),
+            BatchError::Duplicate {
+                at: "item 0".into(),
+                field: "AccessType".into()
+            }
+        );
+        assert_eq!(
+            strict_json(br#"{"a":1,"a":2}"#).unwrap_err().to_string(),
+            "`a` appears twice in the body: a field may be given once"
+        );
+        assert_eq!(
+            strict_json(br#"[{}, {"Fields": {"k": [1, {"x": 1, "x": 2}]}}]"#)
+                .unwrap_err()
+                .to_string(),
+            "`x` appears twice in item 1, Fields, k, [1]: a field may be given once"
+        );
+        let nested =
+            br#"[{"a": [1, 2.5, null, true, "s", {"b": {}}], "c": -3, "d": 18446744073709551615}]"#;
+        assert_eq!(
+            strict_json(nested).unwrap(),
+            serde_json::from_slice::<Value>(nested).unwrap()
+        );
+    }
+
+    /// A leading byte-order mark is skipped (RFC 8259 lets a parser ignore
+    /// it); anything else before the JSON is refused.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let mut body = BOM.to_vec();
+        body.extend_from_slice(SEED_SHARE.as_bytes());
+        assert!(decode_shares(&body).unwrap()[0].is_ok());
+        let twice: Vec<u8> = [BOM, BOM, b"[]"].concat();
+        assert!(matches!(decode_shares(&twice), Err(BatchError::NotJson(_))));
+    }
+
+    /// An id with white space around it is refused, not trimmed.
+    #[test]
+    fn ids_are_not_trimmed() {
+        for padded in [
+            " 869196",
+            "869196 ",
+            "\t869196",
+            " f2dbf1d5-bbab-418b-bddc-4c92ecdef214",
+        ] {
+            let body = seed_with(|m| {
+                m.insert("EntityId".into(), json!(padded));
+            });
+            let e = share_error(&body);
+            assert_eq!(e.field, "EntityId");
+            assert!(e.reason.contains("white space"), "{e}");
+        }
+    }
+
+    /// An error quotes at most a short prefix of what the caller sent.
+    #[test]
+    fn errors_quote_a_short_prefix() {
+        let huge = "x".repeat(900_000);
+        for field in ["UserId", "EntityId", "ContextEntityId", "StartsAt"] {
+            let body = seed_with(|m| {
+                m.insert(field.into(), json!(huge));
+            });
+            let e = share_error(&body);
+            assert_eq!(e.field, field);
+            assert!(
+                e.to_string().len() < 300,
+                "{field}: {} bytes",
+                e.to_string().len()
+            );
+        }
+        let mut key = String::from("[{\"");
+        key.push_str(&huge);
+        key.push_str("\":1,\"");
+        key.push_str(&huge);
+        key.push_str("\":2}]");
+        assert!(decode_shares(key.as_bytes()).unwrap_err().to_string().len() < 300);
+        let broken = format!("[\"{huge}");
+        assert!(
+            decode_shares(broken.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .len()
+                < 300
+        );
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_is_refused_whole() {
+        let limits = Limits {
+            max_items: 2,
+            ..Limits::default()
+        };
+        assert_eq!(
+            decode_shares_within(b"[{},{},{}]", &limits).unwrap_err(),
+            BatchError::TooLarge { count: 3, max: 2 }
+        );
+        assert_eq!(decode_shares_within(b"[{},{}]", &limits).unwrap().len(), 2);
     }
 }
