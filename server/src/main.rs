@@ -149,17 +149,20 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         if let Some(key) = server.first_key() {
             // Printed once, to the terminal, never to the log.
             let base = format!("http://{addr}/v2/EntityAccess.svc");
-            let q = format!("accessKey={}&secretKey={}", key.access_key, key.secret);
+            let keys = format!(
+                "-H 'x-LSQ-AccessKey: {}' -H 'x-LSQ-SecretKey: {}'",
+                key.access_key, key.secret
+            );
             println!("A first API key was made (its secret is not kept: store it now):");
             println!("  accessKey: {}", key.access_key);
             println!("  secretKey: {}", key.secret);
             println!();
             println!("Tell grantwheel about an activity and its owner (a lead is shared only with it):");
-            println!("  curl -s -X POST '{base}/Events?{q}' -H 'Content-Type: application/json' -d '{{\"Id\":\"evt-1\",\"Trigger\":\"ActivityPosted\",\"Entity\":1,\"EntityId\":\"869196\",\"Activity\":{{\"Id\":\"f2dbf1d5-bbab-418b-bddc-4c92ecdef214\",\"Owner\":\"0203f172-8642-11e7-9bed-069b743e848f\"}}}}'");
+            println!("  curl -s -X POST '{base}/Events' {keys} -H 'Content-Type: application/json' -d '{{\"Id\":\"evt-1\",\"Trigger\":\"ActivityPosted\",\"Entity\":1,\"EntityId\":\"869196\",\"Activity\":{{\"Id\":\"f2dbf1d5-bbab-418b-bddc-4c92ecdef214\",\"Owner\":\"0203f172-8642-11e7-9bed-069b743e848f\"}}}}'");
             println!("Share the lead (the seed's example):");
-            println!("  curl -s -X POST '{base}/Share?{q}' -H 'Content-Type: application/json' -d '[{{\"UserId\":\"0203f172-8642-11e7-9bed-069b743e848f\",\"Entity\":1,\"EntityType\":3,\"EntityId\":\"869196\",\"ContextEntity\":1,\"ContextEntityId\":\"f2dbf1d5-bbab-418b-bddc-4c92ecdef214\",\"AccessType\":2,\"DurationInMinutes\":30}}]'");
-            println!("Its status (put the Id from the answer):");
-            println!("  curl -s '{base}/Status/Get?{q}&id=<Id>'");
+            println!("  curl -s -X POST '{base}/Share' {keys} -H 'Content-Type: application/json' -d '[{{\"UserId\":\"0203f172-8642-11e7-9bed-069b743e848f\",\"Entity\":1,\"EntityType\":3,\"EntityId\":\"869196\",\"ContextEntity\":1,\"ContextEntityId\":\"f2dbf1d5-bbab-418b-bddc-4c92ecdef214\",\"AccessType\":2,\"DurationInMinutes\":30}}]'");
+            println!("Its status (put the Id from the answer; ShareStatus 6 means processed):");
+            println!("  curl -s '{base}/Status/Get?id=<Id>' {keys}");
             println!("The share history page: http://{addr}/history?Entity=1&EntityId=869196");
             println!();
         }

@@ -1042,3 +1042,112 @@ fn batch_calls_are_limited_apart_from_single_calls() {
         .collect();
     assert_eq!(codes, [200, 200, 200, 429]);
 }
+
+/// The key in the `x-LSQ-AccessKey` and `x-LSQ-SecretKey` headers works on
+/// every endpoint, as in the query string; a wrong or missing key gets the
+/// same 401 either way, and a header wins over the parameter.
+#[test]
+fn keys_in_headers_work_on_every_endpoint_with_identical_401s() {
+    let s = Running::start(|a| {
+        a.rate_limit = 0;
+        a.no_context_check = true;
+    });
+    let base = format!("http://{}/v2/EntityAccess.svc", s.addr);
+    let user = "0203f172-8642-11e7-9bed-069b743e848f";
+    let item = format!(
+        r#"[{{"UserId":"{user}","Entity":5,"EntityType":3,"EntityId":"5","AccessType":1}}]"#
+    );
+    let rule = r#"{"Name":"r","Trigger":"EntityCreated","Entity":5,"ShareWith":"ActivityOwner","AccessType":1}"#;
+    let event = r#"{"Id":"e1","Trigger":"EntityCreated","Entity":5,"EntityId":"5"}"#;
+    let decision = format!(r#"{{"ApproverId":"{user}"}}"#);
+    let rid = "98fe2984209c413c9b6b06a1b68111ff";
+    let calls: Vec<(&str, String, Option<&str>)> = vec![
+        ("POST", "/Share".into(), Some(&item)),
+        ("POST", "/Revoke".into(), Some(&item)),
+        ("GET", format!("/Status/Get?id={rid}"), None),
+        (
+            "GET",
+            format!("/Check?UserId={user}&Entity=5&EntityId=5"),
+            None,
+        ),
+        ("POST", "/Check".into(), Some(r#"[]"#)),
+        ("GET", "/History?Entity=5&EntityId=5".into(), None),
+        ("GET", "/Access?Entity=5&EntityId=5".into(), None),
+        ("GET", "/Access/Scheduled?Entity=5&EntityId=5".into(), None),
+        (
+            "GET",
+            "/Access/At?Entity=5&EntityId=5&At=2026-01-01T00:00:00Z".into(),
+            None,
+        ),
+        (
+            "GET",
+            format!("/Access/Held?UserId={user}&At=2026-01-01T00:00:00Z"),
+            None,
+        ),
+        ("GET", "/Approvals".into(), None),
+        ("POST", format!("/Approvals/{rid}/Approve"), Some(&decision)),
+        ("POST", format!("/Approvals/{rid}/Deny"), Some(&decision)),
+        ("GET", "/Rules".into(), None),
+        ("POST", "/Rules".into(), Some(rule)),
+        ("GET", "/Rules/1".into(), None),
+        ("PUT", "/Rules/1".into(), Some(rule)),
+        ("POST", "/Rules/1/Publish".into(), None),
+        ("POST", "/Rules/1/Unpublish".into(), None),
+        ("DELETE", "/Rules/1".into(), None),
+        ("POST", "/Events".into(), Some(event)),
+    ];
+    let wrong = "0".repeat(64);
+    let call =
+        |method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)], query: &str| {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = if query.is_empty() {
+                format!("{base}{path}")
+            } else {
+                format!("{base}{path}{sep}{query}")
+            };
+            let mut req = axum::http::Request::builder().method(method).uri(&url);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            if body.is_some() {
+                req = req.header("Content-Type", "application/json");
+            }
+            let req = req.body(body.unwrap_or("").as_bytes().to_vec()).unwrap();
+            let mut resp = agent().run(req).unwrap();
+            let code = resp.status().as_u16();
+            (code, resp.body_mut().read_to_string().unwrap())
+        };
+    let ak = s.key.access_key.as_str();
+    let good = [
+        ("x-LSQ-AccessKey", ak),
+        ("x-LSQ-SecretKey", s.key.secret.as_str()),
+    ];
+    let bad = [("X-LSQ-ACCESSKEY", ak), ("x-lsq-secretkey", wrong.as_str())];
+    let mut first_401 = None;
+    for (method, path, body) in &calls {
+        let (code, text) = call(method, path, *body, &good, "");
+        assert_ne!(code, 401, "{method} {path} with header keys: {text}");
+        // A right header over a wrong parameter.
+        let (code, _) = call(method, path, *body, &good, &format!("secretKey={wrong}"));
+        assert_ne!(code, 401, "{method} {path}: the header wins");
+        let refusals = [
+            call(method, path, *body, &bad, ""),
+            call(
+                method,
+                path,
+                *body,
+                &[],
+                &format!("accessKey={ak}&secretKey={wrong}"),
+            ),
+            call(method, path, *body, &[], ""),
+            call(method, path, *body, &[("x-LSQ-AccessKey", ak)], ""),
+            // A wrong header over a right parameter.
+            call(method, path, *body, &bad, &s.creds()),
+        ];
+        for (code, text) in refusals {
+            assert_eq!(code, 401, "{method} {path}: {text}");
+            let first = first_401.get_or_insert_with(|| text.clone());
+            assert_eq!(&text, first, "{method} {path}: the same 401");
+        }
+    }
+}
