@@ -1151,3 +1151,44 @@ fn keys_in_headers_work_on_every_endpoint_with_identical_401s() {
         }
     }
 }
+
+/// A revoke ends the grant its context gave, whatever `AccessType` it
+/// names: a read revoke (1, also when `AccessType` is left out) of an edit
+/// grant ends reading and editing alike, since reading is part of editing.
+/// The history keeps the access the revoke named.
+#[test]
+fn a_read_revoke_of_an_edit_grant_ends_it() {
+    let s = Running::start(|a| a.no_context_check = true);
+    let user = "0203f172-8642-11e7-9bed-069b743e848f";
+    let check = |id: &str| {
+        let (_, v) = get(&format!(
+            "{}&UserId={user}&Entity=5&EntityId={id}",
+            s.api("/Check")
+        ));
+        (v["Read"].clone(), v["Edit"].clone())
+    };
+    for (id, access) in [("61", Some(1)), ("62", None)] {
+        let share = format!(
+            r#"[{{"UserId":"{user}","Entity":5,"EntityType":3,"EntityId":"{id}","AccessType":2}}]"#
+        );
+        let (code, v) = post(&s.api("/Share"), "application/json", share.as_bytes());
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(check(id), (json!(true), json!(true)));
+        let mut item = json!({"UserId": user, "Entity": 5, "EntityType": 3, "EntityId": id});
+        if let Some(a) = access {
+            item["AccessType"] = json!(a);
+        }
+        let body = serde_json::to_vec(&json!([item])).unwrap();
+        let (code, v) = post(&s.api("/Revoke"), "application/json", &body);
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(check(id), (json!(false), json!(false)), "EntityId {id}");
+        let (_, h) = get(&format!("{}&Entity=5&EntityId={id}", s.api("/History")));
+        let revoke = &h["Records"][0];
+        assert_eq!(
+            (&revoke["Kind"], &revoke["AccessType"]),
+            (&json!("Revoke"), &json!(1)),
+            "{h}"
+        );
+        assert_eq!(h["Records"][1]["EndedBy"], "Revoked", "{h}");
+    }
+}

@@ -18,6 +18,11 @@
 //! | `StartsAt` | optional (at once) | not allowed | an RFC 3339 instant; one in the past means at once |
 //! | `StartsInMinutes` | optional (at once) | not allowed | 0 or more; not with `StartsAt` |
 //!
+//! A revoke ends the grant its context gave, whatever `AccessType` it
+//! names: a read revoke (1, the default) of an edit grant ends reading and
+//! editing alike, since reading is part of editing; the history keeps the
+//! access named.
+//!
 //! `StartsAt` and `StartsInMinutes` extend the seed's share item: a share
 //! that starts later is held as a scheduled grant, and no check says yes
 //! before its start. Bodies without them keep their meaning.
