@@ -61,6 +61,9 @@ pub(crate) struct AppInner {
     pub(crate) limit_checks: bool,
     pub(crate) directory: Option<Arc<Directory>>,
     pub(crate) sessions: Sessions,
+    /// Whether the page's session cookie is marked `Secure` (HTTPS here or
+    /// at a proxy in front).
+    pub(crate) secure_cookies: bool,
     pub(crate) metrics: PrometheusHandle,
     pub(crate) max_body: usize,
     /// The duration of a share that names none, in minutes (for the page).

@@ -304,6 +304,22 @@ pub struct ServeArgs {
     #[arg(long, env = "GRANTWHEEL_LOG_JSON")]
     pub log_json: bool,
 
+    /// Serve HTTPS with the certificate chain in this PEM file (with
+    /// `--tls-key`).
+    #[arg(long, env = "GRANTWHEEL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert`, a PEM file.
+    #[arg(long, env = "GRANTWHEEL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve plain HTTP on an address that is not loopback because a proxy
+    /// in front terminates TLS (without it, and without `--tls-cert`, such
+    /// an address is refused). The page's session cookie is still marked
+    /// `Secure`.
+    #[arg(long, env = "GRANTWHEEL_BEHIND_TLS_PROXY", conflicts_with = "tls_cert")]
+    pub behind_tls_proxy: bool,
+
     /// Do not create and print a key on a first start with none.
     #[arg(long, env = "GRANTWHEEL_NO_FIRST_KEY")]
     pub no_first_key: bool,

@@ -21,6 +21,7 @@ pub mod limiter;
 pub mod observe;
 pub mod page;
 mod serve;
+pub mod tls;
 pub mod wire;
 
 pub use serve::{Server, StartError};

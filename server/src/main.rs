@@ -148,7 +148,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         let addr = server.local_addr().map_err(|e| e.to_string())?;
         if let Some(key) = server.first_key() {
             // Printed once, to the terminal, never to the log.
-            let base = format!("http://{addr}/v2/EntityAccess.svc");
+            let scheme = if server.is_tls() { "https" } else { "http" };
+            let base = format!("{scheme}://{addr}/v2/EntityAccess.svc");
             let keys = format!(
                 "-H 'x-LSQ-AccessKey: {}' -H 'x-LSQ-SecretKey: {}'",
                 key.access_key, key.secret
@@ -163,10 +164,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             println!("  curl -s -X POST '{base}/Share' {keys} -H 'Content-Type: application/json' -d '[{{\"UserId\":\"0203f172-8642-11e7-9bed-069b743e848f\",\"Entity\":1,\"EntityType\":3,\"EntityId\":\"869196\",\"ContextEntity\":1,\"ContextEntityId\":\"f2dbf1d5-bbab-418b-bddc-4c92ecdef214\",\"AccessType\":2,\"DurationInMinutes\":30}}]'");
             println!("Its status (put the Id from the answer; ShareStatus 6 means processed):");
             println!("  curl -s '{base}/Status/Get?id=<Id>' {keys}");
-            println!("The share history page: http://{addr}/history?Entity=1&EntityId=869196");
+            println!("The share history page: {scheme}://{addr}/history?Entity=1&EntityId=869196");
             println!();
         }
-        tracing::info!(%addr, db = %db.display(), store, "serving");
+        let tls = server.is_tls();
+        tracing::info!(%addr, db = %db.display(), store, tls, "serving");
         server.run(stop_signal()).await.map_err(|e| e.to_string())
     })
 }

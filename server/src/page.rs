@@ -211,7 +211,12 @@ async fn login(State(app): State<App>, Form(form): Form<LoginForm>) -> Response 
             login_form(&next, Some("No session could be made; try again.")),
         );
     };
-    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
+    let secure = if app.inner.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/{secure}");
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, next)]).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -226,7 +231,11 @@ async fn logout(State(app): State<App>, headers: HeaderMap) -> Response {
     let mut resp = (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response();
     resp.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("gw_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        HeaderValue::from_static(if app.inner.secure_cookies {
+            "gw_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0; Secure"
+        } else {
+            "gw_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
+        }),
     );
     resp
 }

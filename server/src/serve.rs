@@ -91,6 +91,8 @@ fn recorder() -> PrometheusHandle {
 /// A running service's parts, before it serves.
 pub struct Server {
     listener: tokio::net::TcpListener,
+    /// Present when the service serves HTTPS itself.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     app: App,
     worker: grantwheel::requests::Worker,
     driver: grantwheel::Driver,
@@ -139,6 +141,16 @@ impl Server {
         store: Option<Box<dyn Store>>,
     ) -> Result<Server, StartError> {
         let metrics = recorder();
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        if tls.is_none() {
+            crate::tls::check_plain(args.listen, args.behind_tls_proxy)?;
+            if args.behind_tls_proxy {
+                tracing::warn!(listen = %args.listen, "plain HTTP: a proxy in front terminates TLS (--behind-tls-proxy)");
+            }
+        }
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
         let setup = args.clone();
         let built = tokio::task::spawn_blocking(move || Server::open(&setup, store))
@@ -170,6 +182,7 @@ impl Server {
                 limit_checks: args.limit_checks,
                 directory,
                 sessions: Sessions::new(args.session),
+                secure_cookies: tls.is_some() || args.behind_tls_proxy,
                 metrics,
                 max_body: args.max_body,
                 default_minutes: i64::try_from(args.default_duration.as_secs() / 60)
@@ -178,6 +191,7 @@ impl Server {
         };
         Ok(Server {
             listener,
+            tls,
             app,
             worker,
             driver,
@@ -308,6 +322,11 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Whether it serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The key made on a first start with no keys (shown once).
     pub fn first_key(&self) -> Option<&NewKey> {
         self.first_key.as_ref()
@@ -331,6 +350,7 @@ impl Server {
     ) -> Result<(), StartError> {
         let Server {
             listener,
+            tls,
             app,
             worker,
             driver,
@@ -351,10 +371,24 @@ impl Server {
             tracing::info!("shutting down: no new connections; finishing calls in flight");
             let _ = stopping_tx.send(());
         };
-        let serving = axum::serve(listener, routes).with_graceful_shutdown(signal);
         let bounded = async {
             let _ = stopping_rx.await;
             tokio::time::sleep(grace).await;
+        };
+        let serving = async move {
+            match tls {
+                Some(acceptor) => {
+                    let listener = crate::tls::TlsListener::new(listener, acceptor)?;
+                    axum::serve(listener, routes)
+                        .with_graceful_shutdown(signal)
+                        .await
+                }
+                None => {
+                    axum::serve(listener, routes)
+                        .with_graceful_shutdown(signal)
+                        .await
+                }
+            }
         };
         tokio::select! {
             served = serving => served?,

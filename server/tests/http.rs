@@ -1192,3 +1192,120 @@ fn a_read_revoke_of_an_edit_grant_ends_it() {
         assert_eq!(h["Records"][1]["EndedBy"], "Revoked", "{h}");
     }
 }
+
+/// Write `request` on `io` (which closes after the answer) and read the
+/// whole answer.
+async fn exchange<S>(mut io: S, request: &[u8]) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = io.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).to_string()
+}
+
+/// HTTPS over a real TLS socket with a certificate the test makes: the
+/// seed's share with the header keys, the page's session cookie marked
+/// `Secure`; plain HTTP on the same port gets no answer.
+#[test]
+fn https_with_a_certificate_the_test_makes() {
+    use std::sync::Arc;
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let s = Running::start(|a| {
+        a.tls_cert = Some(cert.clone());
+        a.tls_key = Some(key.clone());
+        a.no_context_check = true;
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (share, login) = rt.block_on(async {
+        let connect = || async {
+            let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        };
+        let body = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":"9","AccessType":1}]"#;
+        let head = format!(
+            "POST /v2/EntityAccess.svc/Share HTTP/1.1\r\nHost: localhost\r\nx-LSQ-AccessKey: {}\r\nx-LSQ-SecretKey: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            s.key.access_key,
+            s.key.secret,
+            body.len()
+        );
+        let share = exchange(connect().await, &[head.as_bytes(), body].concat()).await;
+        let form = format!("accessKey={}&secretKey={}", s.key.access_key, s.key.secret);
+        let head = format!(
+            "POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        );
+        let login = exchange(connect().await, head.as_bytes()).await;
+        (share, login)
+    });
+    assert!(share.starts_with("HTTP/1.1 200"), "{share}");
+    assert!(share.contains(r#""Status":"Success""#), "{share}");
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = login
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    // Plain HTTP on the TLS port: no HTTP answer.
+    let plain = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            exchange(
+                tcp,
+                b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            ),
+        )
+        .await
+        .unwrap()
+    });
+    assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+}
+
+/// Plain HTTP is refused on any address but loopback, unless a proxy in
+/// front terminates TLS; then the session cookie is still `Secure`.
+#[test]
+fn plain_http_is_refused_off_loopback_unless_behind_a_tls_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("grantwheel.db");
+    let args = grantwheel_server::config::ServeArgs::new(db, "0.0.0.0:0".parse().unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    match rt.block_on(grantwheel_server::Server::bind(args)) {
+        Err(grantwheel_server::StartError::Setting { field, reason }) => {
+            assert_eq!(field, "--listen");
+            assert!(reason.contains("--behind-tls-proxy"), "{reason}");
+        }
+        other => panic!("a plain start on 0.0.0.0 was not refused: {other:?}"),
+    }
+    drop(rt);
+    let s = Running::start(|a| {
+        a.listen = "0.0.0.0:0".parse().unwrap();
+        a.behind_tls_proxy = true;
+    });
+    let port = s.addr.port();
+    let resp = agent()
+        .post(&format!("http://127.0.0.1:{port}/login"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!("accessKey={}&secretKey={}", s.key.access_key, s.key.secret).as_bytes())
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+}
