@@ -43,6 +43,10 @@ use crate::wire::{
 /// The path prefix of the seed's API.
 pub const API: &str = "/v2/EntityAccess.svc";
 
+/// How long `/ready` waits for the store: a probe's client gives up after a
+/// few seconds, and a store that slow is not ready anyway.
+pub const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The most items a check batch may hold.
 pub const MAX_CHECKS: usize = 10_000;
 
@@ -179,15 +183,37 @@ fn batch_error(e: grantwheel::requests::wire::BatchError) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
-/// Verify a share or revoke call, read its body and count it: a batch of
-/// more than one item spends the key's batch budget, any other call its
-/// calls' budget (a body that is not a batch spends a call).
+/// The call's `Idempotency-Key` header, checked: a retry with the same key
+/// and body is answered with the first call's requests.
+fn call_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v.to_str().map_err(|_| {
+        ApiError::bad_request("`Idempotency-Key`: must be visible ASCII characters")
+    })?;
+    wire::check_key(key)
+        .map_err(|why| ApiError::bad_request(format!("`Idempotency-Key`: {why}")))?;
+    Ok(Some(key.to_string()))
+}
+
+/// Read a share or revoke call's body and its `Idempotency-Key`, and count
+/// the call: a batch of more than one item spends the key's batch budget,
+/// any other call its calls' budget (a body that is not a batch spends a
+/// call).
 async fn batch_of(
     app: &App,
     access: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<grantwheel::requests::wire::Batch, ApiError> {
+) -> Result<(wire::Batch, Option<String>), ApiError> {
+    let key = match call_key(headers) {
+        Ok(key) => key,
+        Err(e) => {
+            app.admit(access, Budget::Calls)?;
+            return Err(e);
+        }
+    };
     let bytes = match app.json_body(headers, body).await {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -203,7 +229,7 @@ async fn batch_of(
                 Budget::Calls
             };
             app.admit(access, budget)?;
-            Ok(batch)
+            Ok((batch, key))
         }
         Err(e) => {
             app.admit(access, Budget::Calls)?;
@@ -218,8 +244,10 @@ async fn share(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let batch = batch_of(&app, &access, &headers, body).await?;
-    let items = app.blocking(move |s| s.api_share_batch(&batch)).await?;
+    let (batch, key) = batch_of(&app, &access, &headers, body).await?;
+    let items = app
+        .blocking(move |s| s.api_share_batch(&batch, key.as_deref()))
+        .await?;
     Ok(batch_answer(items))
 }
 
@@ -229,8 +257,10 @@ async fn revoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let batch = batch_of(&app, &access, &headers, body).await?;
-    let items = app.blocking(move |s| s.api_revoke_batch(&batch)).await?;
+    let (batch, key) = batch_of(&app, &access, &headers, body).await?;
+    let items = app
+        .blocking(move |s| s.api_revoke_batch(&batch, key.as_deref()))
+        .await?;
     Ok(batch_answer(items))
 }
 
@@ -860,6 +890,8 @@ struct FeedBody {
     skew_ms: Option<i64>,
     problem: Option<String>,
     resyncs: u64,
+    head: Option<u64>,
+    lag: Option<u64>,
 }
 
 fn feed_body(app: &App) -> Option<FeedBody> {
@@ -870,6 +902,8 @@ fn feed_body(app: &App) -> Option<FeedBody> {
         skew_ms: f.skew_ms,
         problem: f.problem,
         resyncs: f.resyncs,
+        head: f.head,
+        lag: f.head.map(|h| h.saturating_sub(f.position)),
     })
 }
 
@@ -896,9 +930,18 @@ async fn ready(State(app): State<App>) -> Response {
     }
     // A read of the store through the request layer: not ready while the
     // store cannot answer.
-    let probe = app
-        .blocking(|s| s.status(&RequestId::random()).map(|_| ()))
-        .await;
+    let probe = tokio::time::timeout(
+        READY_WITHIN,
+        app.blocking(|s| s.status(&RequestId::random()).map(|_| ())),
+    )
+    .await;
+    let Ok(probe) = probe else {
+        return ApiError::unavailable(format!(
+            "not ready: the store did not answer within {} ms",
+            READY_WITHIN.as_millis()
+        ))
+        .into_response();
+    };
     match probe {
         Ok(Ok(())) => match feed {
             Some(feed) => ok(&serde_json::json!({"Status": "Ready", "Feed": feed})),
@@ -921,6 +964,17 @@ async fn metrics_route(State(app): State<App>) -> Response {
             metrics::gauge!("grantwheel_clock_skew_ms").set(ms as f64);
         }
         metrics::gauge!("grantwheel_feed_resyncs").set(f.resyncs as f64);
+        if let Some(head) = f.head {
+            metrics::gauge!("grantwheel_feed_head").set(head as f64);
+            metrics::gauge!("grantwheel_feed_lag_changes")
+                .set(head.saturating_sub(f.position) as f64);
+        }
+        if let Some(at) = f.caught_up_at {
+            // Alert on this before it reaches --max-staleness, when checks
+            // start to say no.
+            let age = (engine.now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!("grantwheel_feed_catch_up_age_seconds").set(age);
+        }
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

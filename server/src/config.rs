@@ -208,6 +208,11 @@ pub struct ServeArgs {
     #[arg(long, env = "GRANTWHEEL_RATE_WINDOW", default_value = "5s", value_parser = parse_duration)]
     pub rate_window: Duration,
 
+    /// Every call is answered within this: past it, 503 `Unavailable` (the
+    /// work it started may still finish; a share's status tells).
+    #[arg(long, env = "GRANTWHEEL_CALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub call_timeout: Duration,
+
     /// Batch calls (a share or revoke of more than one item) admitted per
     /// access key in each window, counted apart from other calls (0: no
     /// limit).

@@ -21,7 +21,9 @@ pub mod limiter;
 pub mod observe;
 pub mod page;
 mod serve;
+pub mod starting;
 pub mod tls;
+pub mod watch;
 pub mod wire;
 
 pub use serve::{Server, StartError};

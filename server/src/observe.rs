@@ -55,6 +55,29 @@ pub fn redacted_path(path: &str) -> String {
     out
 }
 
+/// The middleware that answers every call within its deadline (its
+/// state): past it, 503 `Unavailable`. A call waiting on a store that does
+/// not answer (a frozen link) is answered, and the caller can ask the
+/// status of what it sent.
+pub async fn deadline(
+    axum::extract::State(within): axum::extract::State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(within, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            metrics::counter!("grantwheel_call_timeouts_total").increment(1);
+            axum::response::IntoResponse::into_response(crate::error::ApiError::unavailable(
+                format!(
+                    "the call did not finish within {} ms: the store may be unreachable; a share or revoke may still have been carried out (its status tells)",
+                    within.as_millis()
+                ),
+            ))
+        }
+    }
+}
+
 /// The middleware: log the call once it is answered and count it in the
 /// metrics; the answer carries its id in `x-request-id`.
 pub async fn observe(req: Request, next: Next) -> Response {

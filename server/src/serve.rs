@@ -50,6 +50,37 @@ fn chrono_of(field: &'static str, d: Duration) -> Result<chrono::Duration, Start
     })
 }
 
+/// Connect to PostgreSQL, trying again with a growing pause while the
+/// server cannot be reached (an instance started before its database
+/// waits for it, saying so, instead of exiting); a refusal that waiting
+/// cannot mend (a newer schema) ends the start.
+fn connect_postgres(url: &str) -> Result<grantwheel::store::PostgresStore, StartError> {
+    let mut failures = 0u32;
+    loop {
+        match grantwheel::store::PostgresStore::connect(url) {
+            Ok(store) => {
+                if failures > 0 {
+                    tracing::info!(tries = failures + 1, "connected to PostgreSQL");
+                }
+                return Ok(store);
+            }
+            Err(grantwheel::store::StoreError::Io(why)) => {
+                failures += 1;
+                let pause = crate::starting::pause_after(failures);
+                // The error is the server's or the socket's, never the URL.
+                tracing::warn!(
+                    error = %why,
+                    tries = failures,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "PostgreSQL is not reachable; not ready until it is, trying again"
+                );
+                std::thread::sleep(pause);
+            }
+            Err(other) => return Err(StartError::Store(other.to_string())),
+        }
+    }
+}
+
 /// The flag that sets an engine setting.
 fn flag_of(field: &'static str) -> &'static str {
     match field {
@@ -98,6 +129,7 @@ pub struct Server {
     driver: grantwheel::Driver,
     reload_stop: mpsc::Sender<()>,
     grace: Duration,
+    call_timeout: Duration,
     /// The key made on this first start, to show once.
     first_key: Option<NewKey>,
 }
@@ -152,10 +184,22 @@ impl Server {
             }
         }
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        // Until the store is open the address answers too (health says
+        // "starting", the rest 503), on a second handle of the socket.
+        let std_listener = listener.into_std()?;
+        let second = tokio::net::TcpListener::from_std(std_listener.try_clone()?)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel::<()>();
+        let starting = tokio::spawn(crate::starting::serve(second, tls.clone(), async move {
+            let _ = opened_rx.await;
+        }));
         let setup = args.clone();
-        let built = tokio::task::spawn_blocking(move || Server::open(&setup, store))
-            .await
-            .map_err(|e| StartError::Store(e.to_string()))??;
+        let built = tokio::task::spawn_blocking(move || Server::open(&setup, store)).await;
+        let _ = opened_tx.send(());
+        if let Ok(Err(e)) = starting.await {
+            tracing::warn!(error = %e, "the starting answers ended with an error");
+        }
+        let built = built.map_err(|e| StartError::Store(e.to_string()))??;
         let (sharing, keys, keystore, directory, first_key) = built;
         let (reload_stop, stop_rx) = mpsc::channel::<()>();
         let reload_keys = keys.clone();
@@ -197,6 +241,7 @@ impl Server {
             driver,
             reload_stop,
             grace: args.shutdown_grace,
+            call_timeout: args.call_timeout,
             first_key,
         })
     }
@@ -233,10 +278,7 @@ impl Server {
             (Some(store), _) => store,
             // On the blocking pool (as all of `open` is): the synchronous
             // client runs a runtime of its own.
-            (None, Some(url)) => Box::new(
-                grantwheel::store::PostgresStore::connect(url)
-                    .map_err(|e| StartError::Store(e.to_string()))?,
-            ),
+            (None, Some(url)) => Box::new(connect_postgres(url)?),
             (None, None) => Box::new(
                 SqliteStore::open_with(&args.db, sync)
                     .map_err(|e| StartError::Store(e.to_string()))?,
@@ -356,15 +398,34 @@ impl Server {
             driver,
             reload_stop,
             grace,
+            call_timeout,
             ..
         } = self;
         let routes = router(app.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                call_timeout,
+                crate::observe::deadline,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 app.inner.max_body,
                 crate::drain::keep_usable,
             ))
             .layer(axum::middleware::from_fn(crate::observe::observe))
             .layer(tower_http::catch_panic::CatchPanicLayer::new());
+        // Over a shared store: each change of the feed's state, logged once.
+        let watching = app.sharing().engine().feed_status().map(|_| {
+            let engine = app.sharing().engine().clone();
+            tokio::spawn(async move {
+                let mut watch = crate::watch::FeedWatch::default();
+                let mut every = tokio::time::interval(crate::watch::EVERY);
+                loop {
+                    every.tick().await;
+                    if let Some(status) = engine.feed_status() {
+                        crate::watch::log(watch.look(&status));
+                    }
+                }
+            })
+        });
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
             shutdown.await;
@@ -393,6 +454,9 @@ impl Server {
         tokio::select! {
             served = serving => served?,
             () = bounded => tracing::warn!(grace_ms = grace.as_millis() as u64, "calls still in flight at the end of the grace period were abandoned"),
+        }
+        if let Some(w) = watching {
+            w.abort();
         }
         let _ = reload_stop.send(());
         tokio::task::spawn_blocking(move || {

@@ -1309,3 +1309,92 @@ fn plain_http_is_refused_off_loopback_unless_behind_a_tls_proxy() {
     let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap();
     assert!(cookie.ends_with("; Secure"), "{cookie}");
 }
+
+/// A call whose answer was lost can be sent again: with the same
+/// `Idempotency-Key` header (or per item, `IdempotencyKey`) it is answered
+/// with its first requests, across a restart, and nothing is done twice.
+/// The same key with another body is another call.
+#[test]
+fn a_retry_with_its_idempotency_key_gets_the_first_answer() {
+    let s = Running::start(|a| {
+        a.no_context_check = true;
+        a.rate_limit = 0;
+    });
+    let user = "0203f172-8642-11e7-9bed-069b743e848f";
+    let item = |id: &str| {
+        json!({"UserId": user, "Entity": 5, "EntityType": 3, "EntityId": id, "AccessType": 2,
+            "DurationInMinutes": 30})
+    };
+    let send = |s: &Running, path: &str, key: Option<&str>, body: &Value| {
+        let mut req = agent()
+            .post(&s.api(path))
+            .header("Content-Type", "application/json");
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let mut resp = req
+            .send(serde_json::to_vec(body).unwrap().as_slice())
+            .unwrap();
+        let code = resp.status().as_u16();
+        let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+        (code, v)
+    };
+    let records = |s: &Running, id: &str| {
+        let (_, v) = get(&format!("{}&Entity=5&EntityId={id}", s.api("/History")));
+        v["Records"].as_array().unwrap().len()
+    };
+    let batch = json!([item("71"), item("72")]);
+    let first = send(&s, "/Share", Some("crm-call-1"), &batch);
+    assert_eq!(first.0, 200, "{first:?}");
+    let again = send(&s, "/Share", Some("crm-call-1"), &batch);
+    assert_eq!(first, again);
+    // Per item, without a header.
+    let mut keyed = item("73");
+    keyed["IdempotencyKey"] = json!("item-73");
+    let one = send(&s, "/Share", None, &json!([keyed.clone()]));
+    assert_eq!(one.0, 200, "{one:?}");
+    // A revoke too.
+    let revoke = json!([{"UserId": user, "Entity": 5, "EntityType": 3, "EntityId": "72"}]);
+    let revoked = send(&s, "/Revoke", Some("crm-call-2"), &revoke);
+    assert_eq!(revoked.0, 200, "{revoked:?}");
+
+    // After a restart (the keys live in the store with the records).
+    let s = s.restart_with(|a| {
+        a.no_context_check = true;
+        a.rate_limit = 0;
+    });
+    assert_eq!(send(&s, "/Share", Some("crm-call-1"), &batch), first);
+    assert_eq!(send(&s, "/Share", None, &json!([keyed])), one);
+    assert_eq!(send(&s, "/Revoke", Some("crm-call-2"), &revoke), revoked);
+    // One share each, one revoke.
+    assert_eq!(
+        (records(&s, "71"), records(&s, "72"), records(&s, "73")),
+        (1, 2, 1)
+    );
+    // The same key with another body is another call.
+    let other = send(&s, "/Share", Some("crm-call-1"), &json!([item("74")]));
+    assert_eq!(other.0, 200, "{other:?}");
+    assert_ne!(other.1["Message"]["Id"], first.1[0]["Message"]["Id"]);
+    assert_eq!(records(&s, "74"), 1);
+    // A key that cannot travel in a log line is refused, naming it.
+    let bad = send(&s, "/Share", Some(&"k".repeat(201)), &batch);
+    assert_eq!(bad.0, 400);
+    assert!(
+        bad.1["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("`Idempotency-Key`"),
+        "{bad:?}"
+    );
+    let mut spaced = item("75");
+    spaced["IdempotencyKey"] = json!("a b");
+    let bad = send(&s, "/Share", None, &json!([spaced]));
+    assert_eq!(bad.0, 400);
+    assert!(
+        bad.1["ExceptionMessage"]
+            .as_str()
+            .unwrap()
+            .contains("`IdempotencyKey`"),
+        "{bad:?}"
+    );
+}

@@ -10,6 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+#[path = "../../tests/support/pg.rs"]
+mod pg;
+
 use grantwheel_server::keys::{KeyStore, NewKey};
 use serde_json::{json, Value};
 
@@ -30,8 +34,14 @@ fn spawn(db: &std::path::Path) -> (Child, SocketAddr) {
 /// Start the binary on `db`, its log in JSON or text at the level
 /// `RUST_LOG` gives (`trace` here: every level), with `extra` flags.
 fn spawn_with(db: &std::path::Path, json: bool, extra: &[&str]) -> Spawned {
+    spawn_on(db, json, "127.0.0.1:0", extra, true)
+}
+
+/// [`spawn_with`] on `listen`; waits for the "serving" line only if `wait`
+/// (else the address is `listen`).
+fn spawn_on(db: &std::path::Path, json: bool, listen: &str, extra: &[&str], wait: bool) -> Spawned {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_grantwheel-server"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--no-context-check"])
+    cmd.args(["serve", "--listen", listen, "--no-context-check"])
         .args(["--rate-limit", "0", "--no-first-key", "--db"])
         .arg(db)
         .args(extra)
@@ -55,6 +65,13 @@ fn spawn_with(db: &std::path::Path, json: bool, extra: &[&str]) -> Spawned {
             lines.lock().unwrap().push(line);
         }
     });
+    if !wait {
+        return Spawned {
+            child,
+            addr: listen.parse().unwrap(),
+            log,
+        };
+    }
     let line = rx.recv_timeout(Duration::from_secs(60)).unwrap();
     let addr = match serde_json::from_str::<Value>(&line) {
         Ok(v) => v["fields"]["addr"].as_str().unwrap_or("").to_string(),
@@ -265,5 +282,181 @@ fn no_secret_reaches_the_log_whatever_the_url() {
                 );
             }
         }
+    }
+}
+
+/// Lines of `log` (JSON) whose message contains `text`.
+fn lines_with(log: &Arc<Mutex<Vec<String>>>, text: &str) -> usize {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(text))
+        .count()
+}
+
+/// Poll `f` until it holds or `within` passes.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// GET `path` with a client that gives up after `within`: the code, or 0
+/// when no answer came in time; and how long it took.
+fn timed_get(addr: SocketAddr, path: &str, within: Duration) -> (u16, Duration) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(within))
+        .build()
+        .new_agent();
+    let t = Instant::now();
+    let code = agent
+        .get(&format!("http://{addr}{path}"))
+        .call()
+        .map_or(0, |r| r.status().as_u16());
+    (code, t.elapsed())
+}
+
+/// Over PostgreSQL through a proxy that can freeze the link (no packets,
+/// nothing closed) or refuse it: every call answers within its bound (503
+/// past `--call-timeout`, `/ready` within 2 s); each change of the feed's
+/// state is logged once (stale, fresh again); an instance started while
+/// the database is down keeps trying, answers `/health` as starting and
+/// `/ready` with 503 meanwhile, and serves once it is up; the server's
+/// notices ("already exists, skipping") stay out of the log.
+#[test]
+fn a_frozen_or_absent_database_is_answered_within_bounds_and_logged_once() {
+    let test = "a_frozen_or_absent_database_is_answered_within_bounds_and_logged_once";
+    let Some(server) = pg::url(test) else {
+        return;
+    };
+    let url = pg::fresh_database(&server);
+    let target: SocketAddr = url
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = common::proxy::Proxy::start(target);
+    let via = proxy.url(&url, target);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("grantwheel.db");
+    let key = KeyStore::open(&db).unwrap().add("pg").unwrap();
+    let creds = format!("accessKey={}&secretKey={}", key.access_key, key.secret);
+    let flags = [
+        "--postgres",
+        &via,
+        "--call-timeout",
+        "2s",
+        "--max-staleness",
+        "1s",
+    ];
+
+    // Down at start: it waits, saying so, and answers meanwhile.
+    proxy.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut s = spawn_on(&db, true, &listen, &flags, false);
+    assert!(
+        eventually(Duration::from_secs(20), || lines_with(
+            &s.log,
+            "PostgreSQL is not reachable"
+        ) >= 2),
+        "no retry logged"
+    );
+    let (code, _) = timed_get(s.addr, "/ready", Duration::from_secs(3));
+    assert_eq!(code, 503, "not ready while the database is down");
+    let (code, _) = timed_get(s.addr, "/health", Duration::from_secs(3));
+    assert_eq!(code, 200);
+    assert_eq!(lines_with(&s.log, "secretKey"), 0);
+    proxy
+        .down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(30), || lines_with(
+            &s.log,
+            "\"serving\""
+        ) == 1),
+        "it never served once the database was up"
+    );
+    assert!(lines_with(&s.log, "connected to PostgreSQL") == 1);
+    assert!(eventually(Duration::from_secs(5), || timed_get(
+        s.addr,
+        "/ready",
+        Duration::from_secs(3)
+    )
+    .0 == 200));
+
+    // A share, then the link freezes.
+    let body = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":"3","AccessType":1}]"#;
+    let mut resp = agent()
+        .post(&format!(
+            "http://{}/v2/EntityAccess.svc/Share?{creds}",
+            s.addr
+        ))
+        .header("Content-Type", "application/json")
+        .send(&body[..])
+        .unwrap();
+    let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let id = v["Message"]["Id"].as_str().unwrap().to_string();
+    let status = format!("/v2/EntityAccess.svc/Status/Get?{creds}&id={id}");
+    assert_eq!(timed_get(s.addr, &status, Duration::from_secs(5)).0, 200);
+    proxy
+        .frozen
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // The status's store read hangs on the frozen link: 503 at the deadline.
+    let (code, took) = timed_get(s.addr, &status, Duration::from_secs(8));
+    assert_eq!(code, 503, "answered within the call's deadline");
+    assert!(took < Duration::from_secs(4), "{took:?}");
+    let (code, took) = timed_get(s.addr, "/ready", Duration::from_secs(3));
+    assert_eq!(code, 503);
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        eventually(Duration::from_secs(10), || lines_with(
+            &s.log,
+            "stale at feed position"
+        ) == 1),
+        "the stale instance was not logged"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        lines_with(&s.log, "stale at feed position"),
+        1,
+        "logged once"
+    );
+    proxy
+        .frozen
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        eventually(Duration::from_secs(60), || lines_with(
+            &s.log,
+            "fresh again"
+        ) == 1),
+        "fresh again was not logged"
+    );
+    assert!(eventually(Duration::from_secs(30), || timed_get(
+        s.addr,
+        &status,
+        Duration::from_secs(5)
+    )
+    .0 == 200));
+    stop(&mut s.child);
+    // Started again on the same database (its tables exist): no notice.
+    let mut again = spawn_with(&db, true, &flags);
+    stop(&mut again.child);
+    for log in [&s.log, &again.log] {
+        let log = log.lock().unwrap().join("\n");
+        assert!(!log.contains("already exists"), "{log}");
+        assert!(!log.contains(&key.secret));
     }
 }

@@ -61,7 +61,7 @@ impl Default for FollowSettings {
 }
 
 /// Where an engine over a shared store stands with the feed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FeedStatus {
     /// The last feed entry this engine has applied.
@@ -78,6 +78,12 @@ pub struct FeedStatus {
     /// Snapshots taken to resync (the feed had been trimmed past this
     /// engine's position).
     pub resyncs: u64,
+    /// The feed's newest position when this engine last looked (`None`
+    /// before it has): `head - position` is how many changes it is behind.
+    pub head: Option<u64>,
+    /// The clock skew worth a warning, and the skew past which checks say
+    /// no (`EngineBuilder::clock_skew`), in ms.
+    pub skew_limits_ms: (u64, u64),
     /// Whether this engine raises expiry and expiring-soon events: always
     /// with [`ExpiryEvents::Everywhere`](crate::ExpiryEvents::Everywhere);
     /// with `Leased`, while it holds the lease.
@@ -94,6 +100,7 @@ pub(super) struct FeedHealth {
     pub(super) skew_bad: bool,
     pub(super) problem: Option<String>,
     pub(super) resyncs: u64,
+    pub(super) head: Option<u64>,
     /// With leased expiry events: whether this engine holds the lease.
     pub(super) leased: bool,
 }
@@ -262,6 +269,11 @@ impl Engine {
             skew_ms: health.skew_ms,
             problem,
             resyncs: health.resyncs,
+            head: health.head.map(|h| h.max(position)),
+            skew_limits_ms: (
+                follow.settings.skew_warn.as_millis() as u64,
+                follow.settings.skew_fail.as_millis() as u64,
+            ),
             expiry_events: !follow.settings.leased_events || health.leased,
         })
     }
@@ -273,6 +285,12 @@ impl Engine {
         let started = self.now_ms();
         let began = Instant::now();
         let mut applied = 0;
+        // Read before the entries, so the head is never ahead of what the
+        // catch-up then applies (a lag of 0 once caught up).
+        if let (Some(follow), Some(head)) = (&self.inner.follow, follower.head()?) {
+            let mut health = follow.health.lock();
+            health.head = Some(health.head.map_or(head, |h| h.max(head)));
+        }
         loop {
             let after = self.inner.state.lock().feed;
             match follower.read(after, PAGE)? {

@@ -42,7 +42,7 @@ impl Sharing {
     /// assert!(matches!(responses[0], ItemResponse::Success { .. }));
     /// ```
     pub fn api_share(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
-        Ok(self.api_share_batch(&self.parse_batch(body)?))
+        Ok(self.api_share_batch(&self.parse_batch(body)?, None))
     }
 
     /// Parse a share or revoke body, holding at most
@@ -65,9 +65,16 @@ impl Sharing {
         self.inner.config.max_batch_items
     }
 
-    /// [`api_share`](Self::api_share) of a batch already parsed.
-    pub fn api_share_batch(&self, batch: &wire::Batch) -> Vec<wire::ItemResponse> {
-        self.share_batch(batch, "the request was not carried out", |subs| {
+    /// [`api_share`](Self::api_share) of a batch already parsed, under the
+    /// call's idempotency key `call_key` if it has one (see
+    /// [`wire::Batch::key`]): a retry of a call whose answer was lost is
+    /// answered with its items' first requests.
+    pub fn api_share_batch(
+        &self,
+        batch: &wire::Batch,
+        call_key: Option<&str>,
+    ) -> Vec<wire::ItemResponse> {
+        self.share_batch(batch, call_key, "the request was not carried out", |subs| {
             self.run_shares(subs)
         })
     }
@@ -78,14 +85,21 @@ impl Sharing {
     pub(super) fn share_batch(
         &self,
         batch: &wire::Batch,
+        call_key: Option<&str>,
         missing: &str,
         carry: impl FnOnce(Vec<Submission>) -> Vec<Outcome>,
     ) -> Vec<wire::ItemResponse> {
         let items = batch.shares(&self.limits());
         let subs: Vec<Submission> = items
             .iter()
-            .filter_map(|i| i.as_ref().ok())
-            .map(|item| Submission::api(Command::Share((*item).into())))
+            .enumerate()
+            .filter_map(|(index, i)| Some((index, i.as_ref().ok()?)))
+            .map(|(index, item)| {
+                keyed(
+                    Submission::api(Command::Share((*item).into())),
+                    batch.key(index, "share", call_key),
+                )
+            })
             .collect();
         let mut answers = carry(subs).into_iter();
         items
@@ -115,11 +129,16 @@ impl Sharing {
 
     /// Carry out a revoke batch in the API's JSON, item by item.
     pub fn api_revoke(&self, body: &[u8]) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
-        Ok(self.api_revoke_batch(&self.parse_batch(body)?))
+        Ok(self.api_revoke_batch(&self.parse_batch(body)?, None))
     }
 
-    /// [`api_revoke`](Self::api_revoke) of a batch already parsed.
-    pub fn api_revoke_batch(&self, batch: &wire::Batch) -> Vec<wire::ItemResponse> {
+    /// [`api_revoke`](Self::api_revoke) of a batch already parsed, under
+    /// the call's idempotency key `call_key` if it has one.
+    pub fn api_revoke_batch(
+        &self,
+        batch: &wire::Batch,
+        call_key: Option<&str>,
+    ) -> Vec<wire::ItemResponse> {
         batch
             .revokes()
             .into_iter()
@@ -127,7 +146,10 @@ impl Sharing {
             .map(|(index, item)| match item {
                 Err(e) => wire::ItemResponse::error("InvalidInput", e),
                 Ok(item) => respond(
-                    self.run(Submission::api(Command::Revoke(item.into()))),
+                    self.run(keyed(
+                        Submission::api(Command::Revoke(item.into())),
+                        batch.key(index, "revoke", call_key),
+                    )),
                     index,
                     &item.context,
                 ),
@@ -143,7 +165,7 @@ impl Sharing {
     ) -> Result<Vec<wire::ItemResponse>, wire::BatchError> {
         let batch = self.parse_batch(body)?;
         Ok(
-            self.share_batch(&batch, "the request was not queued", |subs| {
+            self.share_batch(&batch, None, "the request was not queued", |subs| {
                 self.submit(subs)
                     .into_iter()
                     .map(|request| Outcome {
@@ -194,6 +216,14 @@ impl Sharing {
             Ok(id) => self.status_response(&id),
             Err(e) => StatusResponse::not_found(e.to_string()),
         }
+    }
+}
+
+/// `sub` with `key`, if there is one.
+fn keyed(sub: Submission, key: Option<String>) -> Submission {
+    match key {
+        Some(key) => sub.key(key),
+        None => sub,
     }
 }
 

@@ -17,6 +17,7 @@
 //! | `DurationInMinutes` | optional (the engine's default) | not allowed | 1 or more, counted from the start |
 //! | `StartsAt` | optional (at once) | not allowed | an RFC 3339 instant; one in the past means at once |
 //! | `StartsInMinutes` | optional (at once) | not allowed | 0 or more; not with `StartsAt` |
+//! | `IdempotencyKey` | optional | optional | 1 to 200 visible ASCII characters: an item sent again with its key is answered with its first request, not carried out twice |
 //!
 //! A revoke ends the grant its context gave, whatever `AccessType` it
 //! names: a read revoke (1, the default) of an edit grant ends reading and
@@ -290,6 +291,14 @@ mod strict {
     }
 }
 
+/// FNV-1a, 64 bits: a digest of an item's content for its made-up key (a
+/// collision needs the same call key and place, and two bodies).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// A share or revoke body, parsed but not yet decoded: its items, so that a
 /// host can count them (and limit calls by it) before anything is done.
 #[derive(Clone, Debug, PartialEq)]
@@ -333,6 +342,34 @@ impl Batch {
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// The idempotency key of item `index` under a call's key `call`: the
+    /// item's own `IdempotencyKey` if it names one, else one made of the
+    /// call's key, the kind, the item's place and a digest of its content
+    /// (so a retry of the same body finds its items' first requests, and
+    /// another body under the same call key is another call).
+    ///
+    /// ```
+    /// use grantwheel::requests::wire::Batch;
+    /// let b = Batch::parse(br#"[{"IdempotencyKey":"k1"}, {"AccessType":1}]"#, 10).unwrap();
+    /// assert_eq!(b.key(0, "share", None).as_deref(), Some("k1"));
+    /// assert_eq!(b.key(1, "share", None), None);
+    /// let made = b.key(1, "share", Some("call-9")).unwrap();
+    /// assert!(made.starts_with("call-9/share/1/"));
+    /// assert_eq!(Batch::parse(br#"[{}, {"AccessType":1}]"#, 10).unwrap().key(1, "share", Some("call-9")), Some(made));
+    /// ```
+    pub fn key(&self, index: usize, kind: &str, call: Option<&str>) -> Option<String> {
+        let item = self.items.get(index)?;
+        if let Some(Value::String(own)) = item.get("IdempotencyKey") {
+            return Some(own.clone());
+        }
+        call.map(|call| {
+            format!(
+                "{call}/{kind}/{index}/{:016x}",
+                fnv1a(item.to_string().as_bytes())
+            )
+        })
     }
 
     /// Decode its items as shares: one result per item, in order.
@@ -498,6 +535,7 @@ const SHARE_FIELDS: &[&str] = &[
     "DurationInMinutes",
     "StartsAt",
     "StartsInMinutes",
+    "IdempotencyKey",
 ];
 
 /// The share fields without a duration or a start.
@@ -509,7 +547,46 @@ const REVOKE_FIELDS: &[&str] = &[
     "ContextEntity",
     "ContextEntityId",
     "AccessType",
+    "IdempotencyKey",
 ];
+
+/// The longest `IdempotencyKey`, in bytes.
+pub const MAX_KEY_BYTES: usize = 200;
+
+/// An idempotency key as the API takes it: 1 to [`MAX_KEY_BYTES`] bytes of
+/// visible ASCII, so that it can travel in a header and a log line alike.
+///
+/// ```
+/// use grantwheel::requests::wire::check_key;
+/// assert!(check_key("crm-7f3a/share-12").is_ok());
+/// assert!(check_key("").is_err());
+/// assert!(check_key("a b").is_err());
+/// ```
+///
+/// # Errors
+///
+/// Why not, in words.
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(format!("must be 1 to {MAX_KEY_BYTES} bytes"));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII characters (no spaces)".into());
+    }
+    Ok(())
+}
+
+/// The item's `IdempotencyKey`, checked.
+fn item_key(f: &Fields<'_>) -> Result<(), ItemError> {
+    match f.get("IdempotencyKey") {
+        None => Ok(()),
+        Some(Value::String(k)) => check_key(k).map_err(|why| f.err("IdempotencyKey", why)),
+        Some(other) => Err(f.err(
+            "IdempotencyKey",
+            format!("must be a string, not {}", kind_of(other)),
+        )),
+    }
+}
 
 /// The fields of item `index`, which must be an object holding only `known`
 /// fields, and the (user, entity, context) it names.
@@ -527,6 +604,7 @@ fn item_target<'a>(
     };
     let f = Fields { index, map };
     f.only(known)?;
+    item_key(&f)?;
     let user = UserId(f.uuid("UserId", f.required("UserId")?)?);
     let entity = f.entity()?;
     let context = f.context(&entity)?;

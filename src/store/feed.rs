@@ -82,6 +82,12 @@ pub trait Follower: Send {
     /// At most `limit` entries after `after`, in order.
     fn read(&mut self, after: u64, limit: usize) -> Result<FeedRead, StoreError>;
 
+    /// The feed's newest position (for how far behind a follower is);
+    /// `None` when the store does not say.
+    fn head(&mut self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// The whole state at one position, read consistently: `each` gets
     /// every live grant; returns the position and the rules.
     fn snapshot(

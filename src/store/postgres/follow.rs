@@ -143,6 +143,17 @@ impl Follower for PostgresFollower {
         self.on(|c| read_feed(c, after, limit))
     }
 
+    fn head(&mut self) -> Result<Option<u64>, StoreError> {
+        self.on(|c| {
+            let head: i64 = c
+                .query_one("SELECT seq FROM grantwheel_feed_head", &[])
+                .map_err(pg)?
+                .try_get(0)
+                .map_err(pg)?;
+            Ok(Some(u64::try_from(head).unwrap_or(0)))
+        })
+    }
+
     fn snapshot(
         &mut self,
         each: &mut dyn FnMut(Grant),

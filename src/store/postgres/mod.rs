@@ -339,16 +339,48 @@ impl PostgresStore {
     }
 }
 
+/// How long a statement may run on the server before it is cancelled
+/// (unless the URL's `options` set `statement_timeout` themselves).
+pub const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long data sent may go unacknowledged before the connection is
+/// dropped: a link that froze (no packets, nothing closed) fails the call
+/// within this instead of hanging until the kernel gives up (minutes).
+pub const UNACKNOWLEDGED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connect with the settings every connection of the store uses: a
-/// bounded connect, and keepalives so a dead server is noticed.
+/// bounded connect; keepalives so a dead server is noticed on an idle
+/// connection, and a bound on unacknowledged data so it is noticed on a
+/// busy one; a statement timeout; and the server's notices kept out of
+/// the host's log unless they warn.
 pub(super) fn connect(url: &str) -> Result<Client, StoreError> {
+    use std::time::Duration;
     let mut config: postgres::Config = url.parse().map_err(pg)?;
     if config.get_connect_timeout().is_none() {
-        config.connect_timeout(std::time::Duration::from_secs(5));
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(UNACKNOWLEDGED_FOR);
+    }
+    let options = config.get_options().unwrap_or("").to_string();
+    if !options.contains("statement_timeout") {
+        let ms = STATEMENT_TIMEOUT.as_millis();
+        config.options(format!("{options} -c statement_timeout={ms}").trim_start());
     }
     config
         .keepalives(true)
-        .keepalives_idle(std::time::Duration::from_secs(10));
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        // "relation ... already exists, skipping" at every start is news to
+        // nobody: only warnings reach the log.
+        .notice_callback(|notice| {
+            if matches!(
+                notice.parsed_severity(),
+                Some(postgres::error::Severity::Warning) | None
+            ) {
+                log::warn!("postgresql: {}", notice.message());
+            }
+        });
     config.connect(NoTls).map_err(pg)
 }
 
