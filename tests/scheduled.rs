@@ -689,3 +689,96 @@ fn a_confirmation_the_store_fails_leaves_the_start_held() {
     engine.check_invariants().unwrap();
     assert!(engine.can_read(&u, &e));
 }
+
+/// Checks, listings and the audit tell one story at the tick's edges: a
+/// share asked to start at t0+1.5 s (tick 1 s) goes live at the tick at
+/// t0+2 s. Just before it (t0+1.9 s, after `advance`) checks say no, it is
+/// listed as scheduled, not live, and nobody held it at t0+1.7 s or at
+/// t0+1.999 s; from t0+2 s checks say yes, it is listed live, and the
+/// audit has it held from t0+2 s. A start on a tick begins on it. The end
+/// is the one asked for.
+fn one_story(sharing: &grantwheel::requests::Sharing, clock: &ManualClock) {
+    use grantwheel::requests::ShareRequest;
+    let engine = sharing.engine();
+    let ms = Duration::milliseconds;
+    let (u, e) = pair(40);
+    let out = sharing.share(
+        ShareRequest::new(u, e, Level::Read)
+            .start(Start::At(t0() + ms(1500)))
+            .duration(Duration::minutes(10)),
+    );
+    let g = out.grant.unwrap();
+    assert_eq!(g.expires_at, t0() + ms(1500) + Duration::minutes(10));
+    assert_eq!(engine.live_from(t0() + ms(1500)), t0() + ms(2000));
+    let held = |at| {
+        (
+            sharing.access_at(&e, at).unwrap().len(),
+            sharing.held_at(&u, at).unwrap().len(),
+        )
+    };
+    for before in [1000, 1500, 1900] {
+        clock.set(t0() + ms(before));
+        engine.advance();
+        assert!(!engine.can_read(&u, &e), "{before} ms");
+        assert!(
+            engine.grants_for(&u, &e).is_empty(),
+            "{before} ms: not live"
+        );
+        assert!(engine.grants_on(&e).is_empty() && engine.grants_of(&u).is_empty());
+        assert_eq!(engine.scheduled_of(&u).len(), 1, "{before} ms: scheduled");
+        assert_eq!(engine.scheduled_on(&e).len(), 1);
+        for at in [1500, 1700, 1900] {
+            assert_eq!(held(t0() + ms(at)), (0, 0), "{at} ms seen at {before} ms");
+        }
+    }
+    clock.set(t0() + ms(2000));
+    engine.advance();
+    assert!(engine.can_read(&u, &e));
+    assert_eq!(engine.grants_for(&u, &e).len(), 1);
+    assert_eq!(engine.grants_on(&e).len(), 1);
+    assert!(engine.scheduled_of(&u).is_empty() && engine.scheduled_on(&e).is_empty());
+    assert_eq!(held(t0() + ms(1999)), (0, 0));
+    assert_eq!(held(t0() + ms(2000)), (1, 1));
+    assert_eq!(
+        held(t0() + ms(1500) + Duration::minutes(10) - ms(1)),
+        (1, 1)
+    );
+    assert_eq!(held(t0() + ms(1500) + Duration::minutes(10)), (0, 0));
+
+    // A start on a tick begins on it.
+    let (u2, e2) = pair(41);
+    sharing.share(ShareRequest::new(u2, e2, Level::Read).start(Start::At(t0() + ms(3000))));
+    clock.set(t0() + ms(2999));
+    engine.advance();
+    assert!(!engine.can_read(&u2, &e2) && engine.grants_for(&u2, &e2).is_empty());
+    clock.set(t0() + ms(3000));
+    engine.advance();
+    assert!(engine.can_read(&u2, &e2) && engine.grants_for(&u2, &e2).len() == 1);
+    assert_eq!(sharing.access_at(&e2, t0() + ms(3000)).unwrap().len(), 1);
+    assert!(sharing.access_at(&e2, t0() + ms(2999)).unwrap().is_empty());
+}
+
+#[test]
+fn checks_listings_and_the_audit_agree_at_the_ticks_edges_in_memory() {
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .tick(Duration::seconds(1))
+        .build()
+        .unwrap();
+    one_story(&grantwheel::requests::Sharing::new(engine), &clock);
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn checks_listings_and_the_audit_agree_at_the_ticks_edges_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(t0());
+    let engine = Engine::builder()
+        .clock(clock.clone())
+        .tick(Duration::seconds(1))
+        .store(SqliteStore::open(dir.path().join("edges.db")).unwrap())
+        .build()
+        .unwrap();
+    one_story(&grantwheel::requests::Sharing::new(engine), &clock);
+}

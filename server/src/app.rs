@@ -666,14 +666,22 @@ async fn access_scheduled(
     Ok(ok(&grants))
 }
 
+/// A grant as listed, its start being the instant access begins (the
+/// tick at or after the start asked for, when checks begin to say yes).
+fn begun(engine: &grantwheel::Engine, g: &grantwheel::Grant) -> GrantView {
+    let mut view = GrantView::of(g);
+    view.starts = view.starts.map(|s| engine.live_from(s));
+    view
+}
+
 /// Who will see `entity` later: its grants yet to start, soonest start
 /// first.
 pub(crate) fn scheduled_grants(sharing: &Sharing, entity: &EntityId) -> Vec<GrantView> {
-    let mut grants: Vec<GrantView> = sharing
-        .engine()
+    let engine = sharing.engine();
+    let mut grants: Vec<GrantView> = engine
         .scheduled_on(entity)
         .iter()
-        .map(GrantView::of)
+        .map(|g| begun(engine, g))
         .collect();
     grants.sort_by(|a, b| a.starts.cmp(&b.starts).then(a.user.cmp(&b.user)));
     grants
@@ -687,7 +695,7 @@ pub(crate) fn live_grants(sharing: &Sharing, entity: &EntityId) -> Vec<GrantView
         .grants_on(entity)
         .iter()
         .filter(|g| g.expires_at > now)
-        .map(GrantView::of)
+        .map(|g| begun(sharing.engine(), g))
         .collect();
     grants.sort_by(|a, b| b.ends.cmp(&a.ends).then(a.user.cmp(&b.user)));
     grants

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 
-use crate::clock::{from_millis, to_millis_i64, ClockSource};
+use crate::clock::{from_millis, to_millis, to_millis_i64, ClockSource};
 use crate::events::{Event, Hub, SubscriptionId};
 use crate::ids::{EntityId, Level, UserId};
 use crate::index::IndexReader;
@@ -290,6 +290,38 @@ impl Engine {
     pub fn advance(&self) -> usize {
         let reader = &self.inner.reader;
         self.locked(|st, ch, now| st.advance(reader, ch, now))
+    }
+
+    /// The instant a grant scheduled to start at `start` goes live: the
+    /// first tick at or after it, when the [`advance`](Self::advance) that
+    /// the driver makes at that tick (it wakes for it) starts the grant.
+    /// Checks say yes from then; the listings and the audit report the same
+    /// instant, and the grant still ends when it was asked to. A start
+    /// waits for the tick so that checks never compare it: it costs the
+    /// check path nothing, and with the default tick of a second access
+    /// begins at most a second after it was asked for.
+    ///
+    /// ```
+    /// use chrono::{Duration, TimeZone, Utc};
+    /// use grantwheel::{Engine, EntityId, Level, ManualClock, ShareSpec, Start, UserId};
+    /// let t0 = Utc.with_ymd_and_hms(2026, 12, 7, 9, 0, 0).unwrap();
+    /// let clock = ManualClock::new(t0);
+    /// let engine = Engine::builder().clock(clock.clone()).build().unwrap();
+    /// let at = t0 + Duration::milliseconds(1500);
+    /// assert_eq!(engine.live_from(at), t0 + Duration::seconds(2));
+    /// assert_eq!(engine.live_from(t0 + Duration::seconds(3)), t0 + Duration::seconds(3));
+    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
+    /// engine.share_spec(ShareSpec::new(u, e, Level::Read).start(Start::At(at))).unwrap();
+    /// clock.advance(Duration::milliseconds(1900));
+    /// engine.advance();
+    /// assert!(!engine.can_read(&u, &e) && engine.grants_for(&u, &e).is_empty());
+    /// clock.advance(Duration::milliseconds(100));
+    /// engine.advance();
+    /// assert!(engine.can_read(&u, &e) && engine.grants_for(&u, &e).len() == 1);
+    /// ```
+    pub fn live_from(&self, start: DateTime<Utc>) -> DateTime<Utc> {
+        let timing = &self.inner.cfg.timing;
+        from_millis(timing.start_ms(timing.tick_of(to_millis(start))))
     }
 
     /// When [`advance`](Self::advance) next has work to do: never later than

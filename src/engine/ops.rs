@@ -419,7 +419,9 @@ impl Engine {
                 Some(ids) => ids.iter().filter_map(|id| st.find_id(id, now)).collect(),
                 None => st.held_scan(&filter, now),
             };
-            gs.retain(|g| st.waiting_start(*g, now).is_some() == scheduled);
+            // What checks see: a grant whose start passed is still
+            // scheduled until the tick that starts it.
+            gs.retain(|g| st.grants[*g].hidden() == scheduled);
             st.sorted_by_expiry(gs)
         })
     }
@@ -429,17 +431,20 @@ impl Engine {
         self.with_state(|st, _, now| f(st, now))
     }
 
-    /// The live grants of (user, entity), by expiry.
+    /// The live grants of (user, entity), by expiry: those checks see (a
+    /// scheduled grant from the tick that starts it, see
+    /// [`live_from`](Self::live_from)).
     pub fn grants_for(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
         self.read_state(|st, now| {
             let mut gs = st.held_in_pair(user, entity, now);
-            gs.retain(|g| st.waiting_start(*g, now).is_none());
+            gs.retain(|g| !st.grants[*g].hidden());
             st.sorted_by_expiry(gs)
         })
     }
 
     /// The grants of `user` that have yet to start, by expiry (as
-    /// [`grants_of`](Self::grants_of) lists the live ones).
+    /// [`grants_of`](Self::grants_of) lists the live ones): until the tick
+    /// that starts them, when checks begin to see them.
     pub fn scheduled_of(&self, user: &UserId) -> Vec<Grant> {
         self.listing(GrantFilter::User(*user), true)
     }

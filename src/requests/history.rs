@@ -199,6 +199,19 @@ impl SharingInner {
 
     /// The records among `records` whose grant was live at `at`, read as
     /// of now (an end or a timeout not yet written counts).
+    /// `r` with the instant its access really began as its start: a share
+    /// made to start later goes live at the tick at or after its start
+    /// ([`Engine::live_from`](crate::Engine::live_from)), and the audit
+    /// says what checks said.
+    fn as_begun(&self, mut r: HistoryRecord) -> HistoryRecord {
+        if let (Some(start), Some(done)) = (r.starts_at, r.completed_at) {
+            if start > done {
+                r.starts_at = Some(self.engine.live_from(start));
+            }
+        }
+        r
+    }
+
     pub(super) fn live_at(
         &self,
         records: Vec<HistoryRecord>,
@@ -207,7 +220,7 @@ impl SharingInner {
         let now = self.engine.now();
         records
             .into_iter()
-            .map(|r| as_of(r, now))
+            .map(|r| self.as_begun(as_of(r, now)))
             .filter(|r| r.gave_access_at(at))
             .collect()
     }
