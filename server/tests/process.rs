@@ -397,6 +397,27 @@ fn a_frozen_or_absent_database_is_answered_within_bounds_and_logged_once() {
     )
     .0 == 200));
 
+    // How far behind it is, for an alert before checks fail closed.
+    let mut resp = agent()
+        .get(&format!("http://{}/metrics", s.addr))
+        .call()
+        .unwrap();
+    let metrics = resp.body_mut().read_to_string().unwrap();
+    for name in [
+        "grantwheel_feed_head ",
+        "grantwheel_feed_lag_changes 0",
+        "grantwheel_feed_catch_up_age_seconds ",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    let mut resp = agent()
+        .get(&format!("http://{}/health", s.addr))
+        .call()
+        .unwrap();
+    let health: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(health["Feed"]["Lag"], 0, "{health}");
+    assert!(health["Feed"]["Head"].is_u64(), "{health}");
+
     // A share, then the link freezes.
     let body = br#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":5,"EntityType":3,"EntityId":"3","AccessType":1}]"#;
     let mut resp = agent()
