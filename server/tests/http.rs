@@ -546,21 +546,30 @@ fn a_share_that_starts_later_is_listed_apart_and_checks_say_no_until_then() {
     let starts: chrono::DateTime<chrono::Utc> =
         later[0]["Starts"].as_str().unwrap().parse().unwrap();
     let ends: chrono::DateTime<chrono::Utc> = later[0]["Ends"].as_str().unwrap().parse().unwrap();
-    assert_eq!(
-        ends - starts,
-        chrono::Duration::minutes(60),
-        "counted from the start"
+    // Counted from the start asked for; listed from the tick that starts
+    // it (at most one tick, 1 s, later), when checks begin to say yes.
+    let length = ends - starts;
+    assert!(
+        length <= chrono::Duration::minutes(60)
+            && length > chrono::Duration::minutes(60) - chrono::Duration::seconds(1),
+        "counted from the start: {length}"
     );
+    assert_eq!(starts.timestamp_subsec_millis(), 0, "on a tick: {starts}");
     let ahead = starts - chrono::Utc::now();
     assert!(
-        ahead > chrono::Duration::minutes(119) && ahead <= chrono::Duration::minutes(120),
+        ahead > chrono::Duration::minutes(119)
+            && ahead <= chrono::Duration::minutes(120) + chrono::Duration::seconds(1),
         "{ahead}"
     );
+    // The history keeps the start asked for.
     let (_, history) = get(&format!("{}&Entity=5&EntityId=42", s.api("/History")));
-    assert_eq!(
-        history["Records"][0]["Starts"], later[0]["Starts"],
-        "{history}"
-    );
+    let asked: chrono::DateTime<chrono::Utc> = history["Records"][0]["Starts"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ends - asked, chrono::Duration::minutes(60), "{history}");
+    assert!(asked <= starts && starts - asked < chrono::Duration::seconds(1));
 }
 
 #[test]
