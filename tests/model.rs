@@ -847,7 +847,7 @@ fn run(
         let mut want: Vec<Grant> = m
             .grants
             .iter()
-            .filter(|(k, g)| m.live(k).is_some() && !g.shown == scheduled)
+            .filter(|(k, g)| m.live(k).is_some() && g.shown != scheduled)
             .map(|(k, g)| m.grant(*k, g))
             .collect();
         want.sort_by_key(|g| (g.expires_at, g.id.serial));

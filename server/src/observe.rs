@@ -23,7 +23,7 @@ const MAX_SEGMENT: usize = 40;
 /// A loggable form of a path no route matched: each segment kept only when
 /// it is a short word (ASCII letters and dots, with at most two digits, as
 /// in `v2` or `EntityAccess.svc`), else replaced by `…`; at most
-/// [`MAX_SEGMENTS`] segments. A key, a secret or an id the caller put in
+/// six segments. A key, a secret or an id the caller put in
 /// the path is never a short word, so it never survives.
 ///
 /// ```

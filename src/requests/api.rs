@@ -60,7 +60,7 @@ impl Sharing {
     }
 
     /// The most items a share or revoke batch may hold
-    /// ([`SharingConfig::max_batch_items`]).
+    /// ([`SharingConfig::max_batch_items`](super::SharingConfig::max_batch_items)).
     pub fn max_batch_items(&self) -> usize {
         self.inner.config.max_batch_items
     }
