@@ -15,9 +15,9 @@ use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName};
 
-use crate::app::{param, App};
+use crate::app::App;
 use crate::error::ApiError;
 
 /// The header of the access key.
@@ -25,23 +25,34 @@ pub const ACCESS_HEADER: &str = "x-lsq-accesskey";
 /// The header of the secret.
 pub const SECRET_HEADER: &str = "x-lsq-secretkey";
 
-/// The key's parts as the call gives them: a header over a parameter.
+/// The key's parts as the call gives them: a header over a parameter. The
+/// query is read pair by pair without keeping the others: this runs on
+/// every check.
 fn credentials(headers: &HeaderMap, query: Option<&str>) -> (String, String) {
-    let params: Vec<(String, String)> = query
-        .and_then(|q| serde_urlencoded::from_str(q).ok())
-        .unwrap_or_default();
-    let part = |header: &str, name: &str| {
+    // Names made once: a lookup by text would parse the name every call.
+    static ACCESS: HeaderName = HeaderName::from_static(ACCESS_HEADER);
+    static SECRET: HeaderName = HeaderName::from_static(SECRET_HEADER);
+    let header = |name: &HeaderName| {
         headers
-            .get(header)
+            .get(name)
             .and_then(|v| v.to_str().ok())
-            .or_else(|| param(&params, name))
-            .unwrap_or("")
-            .to_string()
+            .map(str::to_string)
     };
-    (
-        part(ACCESS_HEADER, "accessKey"),
-        part(SECRET_HEADER, "secretKey"),
-    )
+    let (mut access, mut secret) = (header(&ACCESS), header(&SECRET));
+    if access.is_none() || secret.is_none() {
+        // The first value of each parameter, as `param` takes it.
+        let (mut from_query_access, mut from_query_secret) = (None, None);
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "accessKey" if from_query_access.is_none() => from_query_access = Some(v),
+                "secretKey" if from_query_secret.is_none() => from_query_secret = Some(v),
+                _ => {}
+            }
+        }
+        access = access.or(from_query_access.map(|v| v.into_owned()));
+        secret = secret.or(from_query_secret.map(|v| v.into_owned()));
+    }
+    (access.unwrap_or_default(), secret.unwrap_or_default())
 }
 
 /// Which budget a call spends.

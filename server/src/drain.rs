@@ -17,9 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue};
-use axum::middleware::Next;
 use axum::response::Response;
 use parking_lot::Mutex;
 
@@ -81,18 +80,23 @@ async fn drain(shared: &Shared, limit: usize) -> bool {
     }
 }
 
-/// The middleware; its state is the body limit.
-pub async fn keep_usable(State(limit): State<usize>, req: Request, next: Next) -> Response {
+/// Answer `req` with `answer`, then read what is left of its body (at most
+/// `limit` bytes, within [`DRAIN_WITHIN`]), or say `Connection: close`.
+pub(crate) async fn keep_usable<F, Fut>(limit: usize, req: Request, answer: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let (parts, body) = req.into_parts();
     if body.is_end_stream() {
-        return next.run(Request::from_parts(parts, body)).await;
+        return answer(Request::from_parts(parts, body)).await;
     }
     let shared = Arc::new(Shared {
         body: Mutex::new(body),
         ended: AtomicBool::new(false),
     });
     let req = Request::from_parts(parts, Body::new(Tracked(shared.clone())));
-    let mut resp = next.run(req).await;
+    let mut resp = answer(req).await;
     if shared.ended.load(Ordering::Acquire) || shared.body.lock().is_end_stream() {
         return resp;
     }

@@ -15,6 +15,9 @@ use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 
+/// The route of a single check.
+const CHECK_ROUTE: &str = "/v2/EntityAccess.svc/Check";
+
 /// The most segments of an unmatched path that are logged.
 const MAX_SEGMENTS: usize = 6;
 /// The longest segment kept; longer ones are cut whole.
@@ -55,15 +58,29 @@ pub fn redacted_path(path: &str) -> String {
     out
 }
 
-/// The middleware that answers every call within its deadline (its
-/// state): past it, 503 `Unavailable`. A call waiting on a store that does
-/// not answer (a frozen link) is answered, and the caller can ask the
-/// status of what it sent.
-pub async fn deadline(
-    axum::extract::State(within): axum::extract::State<std::time::Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// What every call is held to: the body limit (for reading what an early
+/// answer left unread) and the deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct CallLimits {
+    /// The largest body taken.
+    pub max_body: usize,
+    /// Every call is answered within this (503 past it).
+    pub deadline: std::time::Duration,
+}
+
+/// Answer `req` within `within`: past it, 503 `Unavailable`. A call waiting
+/// on a store that does not answer (a frozen link) is answered, and the
+/// caller can ask the status of what it sent. A check reads the index
+/// inline and never waits on the store: no timer on the hot path.
+async fn within_deadline(within: std::time::Duration, req: Request, next: Next) -> Response {
+    if req.method() == axum::http::Method::GET
+        && req
+            .extensions()
+            .get::<MatchedPath>()
+            .is_some_and(|m| m.as_str() == CHECK_ROUTE)
+    {
+        return next.run(req).await;
+    }
     match tokio::time::timeout(within, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => {
@@ -78,9 +95,15 @@ pub async fn deadline(
     }
 }
 
-/// The middleware: log the call once it is answered and count it in the
-/// metrics; the answer carries its id in `x-request-id`.
-pub async fn observe(req: Request, next: Next) -> Response {
+/// The one middleware every call goes through (one layer, not three: this
+/// is on the check path): answered within its deadline, its connection
+/// kept usable after an early answer ([`crate::drain`]), then logged and
+/// counted in the metrics; the answer carries its id in `x-request-id`.
+pub async fn call(
+    axum::extract::State(limits): axum::extract::State<CallLimits>,
+    req: Request,
+    next: Next,
+) -> Response {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let (route, matched) = match req.extensions().get::<MatchedPath>() {
@@ -89,7 +112,10 @@ pub async fn observe(req: Request, next: Next) -> Response {
     };
     let method = req.method().clone();
     let start = Instant::now();
-    let mut resp = next.run(req).await;
+    let mut resp = crate::drain::keep_usable(limits.max_body, req, |req| {
+        within_deadline(limits.deadline, req, next)
+    })
+    .await;
     let took = start.elapsed();
     let status = resp.status().as_u16();
     tracing::info!(

@@ -403,14 +403,12 @@ impl Server {
         } = self;
         let routes = router(app.clone())
             .layer(axum::middleware::from_fn_with_state(
-                call_timeout,
-                crate::observe::deadline,
+                crate::observe::CallLimits {
+                    max_body: app.inner.max_body,
+                    deadline: call_timeout,
+                },
+                crate::observe::call,
             ))
-            .layer(axum::middleware::from_fn_with_state(
-                app.inner.max_body,
-                crate::drain::keep_usable,
-            ))
-            .layer(axum::middleware::from_fn(crate::observe::observe))
             .layer(tower_http::catch_panic::CatchPanicLayer::new());
         // Over a shared store: each change of the feed's state, logged once.
         let watching = app.sharing().engine().feed_status().map(|_| {
