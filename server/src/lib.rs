@@ -20,6 +20,7 @@ pub mod keys;
 pub mod limiter;
 pub mod observe;
 pub mod page;
+pub mod routes;
 mod serve;
 pub mod starting;
 pub mod tls;

@@ -97,8 +97,9 @@ async fn within_deadline(within: std::time::Duration, req: Request, next: Next) 
 
 /// The one middleware every call goes through (one layer, not three: this
 /// is on the check path): answered within its deadline, its connection
-/// kept usable after an early answer ([`crate::drain`]), then logged and
-/// counted in the metrics; the answer carries its id in `x-request-id`.
+/// kept usable after an early answer (the rest of its body read and
+/// dropped, within bounds), then logged and counted in the metrics; the
+/// answer carries its id in `x-request-id`.
 pub async fn call(
     axum::extract::State(limits): axum::extract::State<CallLimits>,
     req: Request,

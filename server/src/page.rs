@@ -18,7 +18,9 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::app::{history_query, live_grants, param, params, scheduled_grants, App};
+use crate::app::{param, params, App};
+use crate::routes::access::{live_grants, scheduled_grants};
+use crate::routes::history::history_query;
 use crate::wire::{GrantView, RecordView};
 
 const COOKIE: &str = "gw_session";

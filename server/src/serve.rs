@@ -13,12 +13,13 @@ use grantwheel::store::{SqliteStore, Store, Synchronous};
 use grantwheel::{Engine, Event};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::app::{router, App, AppInner};
+use crate::app::{App, AppInner};
 use crate::config::{ServeArgs, Sync};
 use crate::directory::{ContextCheck, Directory, Remote};
 use crate::keys::{KeyStore, Keys, NewKey, KEY_RELOAD};
 use crate::limiter::Limiter;
 use crate::page::Sessions;
+use crate::routes::router;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]

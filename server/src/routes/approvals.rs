@@ -1,0 +1,90 @@
+//! Shares waiting for an approver, and the decisions on them.
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use grantwheel::requests::ApprovalError;
+
+use crate::app::{limit_of, ok, params, query_error, read_json, records_answer, request_id, App};
+use crate::auth::Authorized;
+use crate::error::ApiError;
+use crate::wire::{DecisionBody, RecordView};
+
+/// The shares waiting for an approver, soonest deadline first.
+pub(crate) async fn approvals(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = params(&q);
+    let limit = limit_of(&p)?;
+    records_answer(&app, move |s| s.awaiting_approval(limit)).await
+}
+
+pub(crate) fn approval_error(e: ApprovalError) -> ApiError {
+    match e {
+        ApprovalError::NotFound(id) => {
+            ApiError::not_found("RequestNotFound", format!("`id`: no request `{id}`"))
+        }
+        ApprovalError::OwnShare { .. } => ApiError::forbidden("OwnShare", e.to_string()),
+        ApprovalError::NotAwaiting { .. } => {
+            ApiError::conflict("NotAwaitingApproval", e.to_string())
+        }
+        ApprovalError::TimedOut { .. } => ApiError::conflict("ApprovalTimedOut", e.to_string()),
+        ApprovalError::Store(_) => ApiError::unavailable(e.to_string()),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+/// Approve (`approved`) or deny a share waiting for an approver; answers
+/// the request's record after the decision.
+pub(crate) async fn decide(
+    app: App,
+    id: String,
+    headers: HeaderMap,
+    body: Body,
+    approved: bool,
+) -> Result<Response, ApiError> {
+    let id = request_id(&id)?;
+    let body: DecisionBody = read_json(&app, &headers, body).await?;
+    let (decided, record, now) = app
+        .blocking(move |s| {
+            let reason = body.reason.as_deref();
+            let decided = if approved {
+                s.approve(&id, body.approver, reason)
+            } else {
+                s.deny(&id, body.approver, reason)
+            };
+            (decided, s.request(&id), s.engine().now())
+        })
+        .await?;
+    decided.map_err(approval_error)?;
+    match record.map_err(query_error)? {
+        Some(r) => Ok(ok(&RecordView::of(&r, now))),
+        None => Err(ApiError::not_found(
+            "RequestNotFound",
+            format!("`id`: no request `{id}`"),
+        )),
+    }
+}
+
+pub(crate) async fn approve(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    decide(app, id, headers, body, true).await
+}
+
+pub(crate) async fn deny(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    decide(app, id, headers, body, false).await
+}

@@ -1,0 +1,142 @@
+//! Automation rules: drafts, published rules, their changes.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use grantwheel::requests::wire;
+use grantwheel::requests::RuleId;
+use grantwheel::RuleError;
+
+use crate::app::{json_with, ok, read_json, App};
+use crate::auth::Authorized;
+use crate::error::ApiError;
+use crate::wire::{RuleBody, RuleView};
+
+pub(crate) fn rule_error(e: RuleError) -> ApiError {
+    match e {
+        RuleError::Store(e) => ApiError::unavailable(format!("the rule could not be written: {e}")),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+pub(crate) fn rule_id(raw: &str) -> Result<RuleId, ApiError> {
+    raw.parse::<u64>().map(RuleId).map_err(|_| {
+        ApiError::bad_request(format!(
+            "`RuleId`: `{}` is not a rule id",
+            wire::quoted(raw)
+        ))
+    })
+}
+
+pub(crate) fn no_rule(id: RuleId) -> ApiError {
+    ApiError::not_found("RuleNotFound", format!("no rule `{}`", id.0))
+}
+
+pub(crate) async fn rules_list(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+) -> Result<Response, ApiError> {
+    let rules: Vec<RuleView> = app
+        .sharing()
+        .rules()
+        .iter()
+        .map(|(id, r)| RuleView::of(*id, r))
+        .collect();
+    Ok(ok(&rules))
+}
+
+pub(crate) async fn rules_create(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let rule: RuleBody = read_json(&app, &headers, body).await?;
+    let rule = rule.to_rule().map_err(ApiError::bad_request)?;
+    let id = app
+        .blocking(move |s| s.add_rule(rule))
+        .await?
+        .map_err(rule_error)?;
+    rule_answer(&app, id, StatusCode::CREATED)
+}
+
+pub(crate) fn rule_answer(app: &App, id: RuleId, code: StatusCode) -> Result<Response, ApiError> {
+    let rule = app.sharing().rule(id).ok_or_else(|| no_rule(id))?;
+    Ok(json_with(code, &RuleView::of(id, &rule)))
+}
+
+pub(crate) async fn rules_get(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    rule_answer(&app, rule_id(&id)?, StatusCode::OK)
+}
+
+pub(crate) async fn rules_update(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = rule_id(&id)?;
+    let rule: RuleBody = read_json(&app, &headers, body).await?;
+    let rule = rule.to_rule().map_err(ApiError::bad_request)?;
+    let found = app
+        .blocking(move |s| s.update_rule(id, rule))
+        .await?
+        .map_err(rule_error)?;
+    if !found {
+        return Err(no_rule(id));
+    }
+    rule_answer(&app, id, StatusCode::OK)
+}
+
+pub(crate) async fn rules_delete(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = rule_id(&id)?;
+    let removed = app
+        .blocking(move |s| s.remove_rule(id))
+        .await?
+        .map_err(rule_error)?;
+    match removed {
+        Some(rule) => Ok(ok(&RuleView::of(id, &rule))),
+        None => Err(no_rule(id)),
+    }
+}
+
+pub(crate) async fn rules_publish(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = rule_id(&id)?;
+    if app.sharing().rule(id).is_none() {
+        return Err(no_rule(id));
+    }
+    app.blocking(move |s| s.publish_rule(id))
+        .await?
+        .map_err(rule_error)?;
+    rule_answer(&app, id, StatusCode::OK)
+}
+
+pub(crate) async fn rules_unpublish(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = rule_id(&id)?;
+    let found = app
+        .blocking(move |s| s.unpublish_rule(id))
+        .await?
+        .map_err(rule_error)?;
+    if !found {
+        return Err(no_rule(id));
+    }
+    rule_answer(&app, id, StatusCode::OK)
+}

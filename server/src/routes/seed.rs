@@ -1,0 +1,152 @@
+//! The seed's calls: Share, Revoke and Status/Get.
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use grantwheel::requests::wire::{self, ItemResponse};
+use grantwheel::requests::{FailureKind, StatusResponse};
+
+use crate::app::{json_with, ok, param, params, query_error, request_id, App};
+use crate::auth::{Authorized, Budget, Verified};
+use crate::error::ApiError;
+
+/// The answer to a batch of share or revoke items. A one-item batch (the
+/// seed's example) is answered with that item's object and the code of its
+/// outcome; a batch of several with an array of objects in item order and
+/// 200, each object saying how its item went.
+pub(crate) fn batch_answer(items: Vec<ItemResponse>) -> Response {
+    if items.len() != 1 {
+        return ok(&items);
+    }
+    let status = match &items[..] {
+        [item] => item_status(item),
+        _ => StatusCode::OK,
+    };
+    match items.into_iter().next() {
+        Some(item) => json_with(status, &item),
+        None => ok(&Vec::<ItemResponse>::new()),
+    }
+}
+
+/// The code of one item's outcome.
+pub(crate) fn item_status(item: &ItemResponse) -> StatusCode {
+    match item {
+        ItemResponse::Success { .. } => StatusCode::OK,
+        ItemResponse::Error { .. } => match item.failure() {
+            Some(FailureKind::Store | FailureKind::Interrupted | FailureKind::Unknown) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Some(FailureKind::Capacity) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        },
+    }
+}
+
+pub(crate) fn batch_error(e: grantwheel::requests::wire::BatchError) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+/// The call's `Idempotency-Key` header, checked: a retry with the same key
+/// and body is answered with the first call's requests.
+pub(crate) fn call_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v.to_str().map_err(|_| {
+        ApiError::bad_request("`Idempotency-Key`: must be visible ASCII characters")
+    })?;
+    wire::check_key(key)
+        .map_err(|why| ApiError::bad_request(format!("`Idempotency-Key`: {why}")))?;
+    Ok(Some(key.to_string()))
+}
+
+/// Read a share or revoke call's body and its `Idempotency-Key`, and count
+/// the call: a batch of more than one item spends the key's batch budget,
+/// any other call its calls' budget (a body that is not a batch spends a
+/// call).
+pub(crate) async fn batch_of(
+    app: &App,
+    access: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(wire::Batch, Option<String>), ApiError> {
+    let key = match call_key(headers) {
+        Ok(key) => key,
+        Err(e) => {
+            app.admit(access, Budget::Calls)?;
+            return Err(e);
+        }
+    };
+    let bytes = match app.json_body(headers, body).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            app.admit(access, Budget::Calls)?;
+            return Err(e);
+        }
+    };
+    match app.sharing().parse_batch(&bytes) {
+        Ok(batch) => {
+            let budget = if batch.len() > 1 {
+                Budget::Batches
+            } else {
+                Budget::Calls
+            };
+            app.admit(access, budget)?;
+            Ok((batch, key))
+        }
+        Err(e) => {
+            app.admit(access, Budget::Calls)?;
+            Err(batch_error(e))
+        }
+    }
+}
+
+pub(crate) async fn share(
+    Verified(access): Verified,
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (batch, key) = batch_of(&app, &access, &headers, body).await?;
+    let items = app
+        .blocking(move |s| s.api_share_batch(&batch, key.as_deref()))
+        .await?;
+    Ok(batch_answer(items))
+}
+
+pub(crate) async fn revoke(
+    Verified(access): Verified,
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (batch, key) = batch_of(&app, &access, &headers, body).await?;
+    let items = app
+        .blocking(move |s| s.api_revoke_batch(&batch, key.as_deref()))
+        .await?;
+    Ok(batch_answer(items))
+}
+
+pub(crate) async fn status(
+    Authorized(_): Authorized,
+    State(app): State<App>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = params(&q);
+    let Some(id) = param(&p, "id") else {
+        return Err(ApiError::bad_request("`id`: is required"));
+    };
+    let id = request_id(id)?;
+    let found = app
+        .blocking(move |s| s.request(&id))
+        .await?
+        .map_err(query_error)?;
+    let Some(record) = found else {
+        return Err(ApiError::not_found(
+            "RequestNotFound",
+            format!("`id`: no request `{id}`"),
+        ));
+    };
+    Ok(ok(&StatusResponse::of_record(record)))
+}
