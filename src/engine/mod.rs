@@ -42,6 +42,8 @@ mod decide;
 mod driver;
 mod follow;
 mod load;
+#[cfg(all(test, grantwheel_loom))]
+mod loom_models;
 mod ops;
 mod record;
 mod state;

@@ -14,15 +14,13 @@
 //!   reader uses it (from its thread's cached directory) never hides a
 //!   pair that is present in both, and a revoke that returned before a
 //!   check is seen by it, whichever table the check started on;
-//! - the pending bit through the group commit: no check on another thread
-//!   says yes to a share before its batch is written, or ever to a share
-//!   whose batch failed.
+//!
+//! The group commit's model is the engine's (`engine::loom_models`).
 //!
 //! Each was run against a broken variant and failed: the reader taking the
 //! sequence once (the torn-slot, key-reuse and growth models), a rebuilt
 //! table published without naming it in `current` and retiring the old one (growth and
-//! shrinking), the pending bit cleared before the batch is written (both
-//! commit models).
+//! shrinking),
 
 use std::sync::Arc;
 
@@ -180,7 +178,7 @@ fn a_table_shrunk_under_a_reader_hides_nothing_and_a_revoke_that_returned_is_see
         for (i, p) in pairs.iter().enumerate() {
             insert(&mut writer, &reader, p, i as u32, live(i as u64), &mut at);
         }
-        let mut remove = |writer: &mut IndexWriter, i: usize, at: &mut Vec<Option<Locator>>| {
+        let remove = |writer: &mut IndexWriter, i: usize, at: &mut Vec<Option<Locator>>| {
             if let Some(loc) = at[i] {
                 writer.remove(&reader, loc, &mut |h, loc| {
                     if let Some(slot) = at.get_mut(h as usize) {
@@ -205,101 +203,4 @@ fn a_table_shrunk_under_a_reader_hides_nothing_and_a_revoke_that_returned_is_see
         revoked.store(true, Ordering::Release);
         check.join().unwrap();
     });
-}
-
-/// A store that says when a batch with a share is written, or refuses it.
-struct Watched {
-    inner: crate::store::MemoryStore,
-    written: Arc<AtomicBool>,
-    refuse: bool,
-}
-
-impl crate::store::Store for Watched {
-    fn meta(&mut self) -> Result<crate::store::Meta, crate::store::StoreError> {
-        self.inner.meta()
-    }
-
-    fn grants(
-        &mut self,
-        each: &mut dyn FnMut(crate::Grant),
-    ) -> Result<(), crate::store::StoreError> {
-        self.inner.grants(each)
-    }
-
-    fn rules(
-        &mut self,
-    ) -> Result<
-        Vec<(crate::model::history::RuleId, crate::model::rule::Rule)>,
-        crate::store::StoreError,
-    > {
-        self.inner.rules()
-    }
-
-    fn apply(&mut self, batch: &crate::store::Batch<'_>) -> Result<(), crate::store::StoreError> {
-        let shares = batch
-            .changes
-            .iter()
-            .any(|c| matches!(c, crate::store::Change::Put(_)));
-        if shares && self.refuse {
-            return Err(crate::store::StoreError::Io("refused".into()));
-        }
-        self.inner.apply(batch)?;
-        if shares {
-            self.written.store(true, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    fn reader(
-        &self,
-    ) -> Result<std::sync::Arc<dyn crate::store::StoreReader>, crate::store::StoreError> {
-        self.inner.reader()
-    }
-}
-
-/// A share on one thread, a check on another, over a store that writes
-/// (`refuse`: fails) the share's batch.
-fn share_beside_a_check(refuse: bool) {
-    loom::model(move || {
-        let written = Arc::new(AtomicBool::new(false));
-        let store = Watched {
-            inner: crate::store::MemoryStore::new(),
-            written: written.clone(),
-            refuse,
-        };
-        let Ok(engine) = crate::Engine::builder().store(store).build() else {
-            panic!("the engine builds");
-        };
-        let (u, e) = pair(0);
-        let (checker, seen_written) = (engine.clone(), written.clone());
-        let check = thread::spawn(move || {
-            let yes = checker.can_read(&u, &e);
-            // A yes is only ever given for a share whose batch is written.
-            assert!(
-                !yes || seen_written.load(Ordering::Acquire),
-                "seen before written"
-            );
-            assert!(!(yes && refuse), "seen although its batch failed");
-        });
-        let shared = engine.share(
-            u,
-            e,
-            crate::Context::Direct,
-            crate::Level::Read,
-            crate::Expiry::Default,
-        );
-        assert_eq!(shared.is_ok(), !refuse);
-        check.join().unwrap();
-        assert_eq!(engine.can_read(&u, &e), !refuse);
-    });
-}
-
-#[test]
-fn no_check_sees_a_share_before_its_batch_is_written() {
-    share_beside_a_check(false);
-}
-
-#[test]
-fn no_check_sees_a_share_whose_batch_failed() {
-    share_beside_a_check(true);
 }

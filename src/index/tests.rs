@@ -10,7 +10,7 @@ fn key(i: u64, uuid_entity: bool) -> (UserId, EntityId) {
     let user = UserId::from_u128(u128::from(i % 97) << 64 | u128::from(i * 7));
     let entity = if uuid_entity {
         EntityId::new(
-            crate::EntityKind::custom(9),
+            crate::ids::EntityKind::custom(9),
             EntityRef::Uuid(Uuid::from_u128(u128::from(i))),
         )
     } else {
