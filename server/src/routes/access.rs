@@ -20,7 +20,7 @@ use crate::wire::{entity_from, CheckAnswer, CheckItem, GrantView};
 /// Who had access to a record at an instant: the share records whose grant
 /// was live then, each with its request and approval.
 pub(crate) async fn access_at(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -33,7 +33,7 @@ pub(crate) async fn access_at(
 /// The grants a user held at an instant, each with its request and
 /// approval.
 pub(crate) async fn held_at(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -54,7 +54,7 @@ pub(crate) fn check_one(sharing: &Sharing, item: &CheckItem) -> Result<CheckAnsw
 }
 
 pub(crate) async fn check_get(
-    CheckCaller(_): CheckCaller,
+    _: CheckCaller,
     State(app): State<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -95,7 +95,7 @@ pub(crate) enum CheckResult {
 }
 
 pub(crate) async fn check_batch(
-    CheckCaller(_): CheckCaller,
+    _: CheckCaller,
     State(app): State<App>,
     headers: HeaderMap,
     body: Body,
@@ -135,7 +135,7 @@ pub(crate) async fn check_batch(
 }
 
 pub(crate) async fn access_now(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -146,7 +146,7 @@ pub(crate) async fn access_now(
 }
 
 pub(crate) async fn access_scheduled(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {

@@ -13,7 +13,7 @@ use crate::wire::{DecisionBody, RecordView};
 
 /// The shares waiting for an approver, soonest deadline first.
 pub(crate) async fn approvals(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -70,7 +70,7 @@ pub(crate) async fn decide(
 }
 
 pub(crate) async fn approve(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -80,7 +80,7 @@ pub(crate) async fn approve(
 }
 
 pub(crate) async fn deny(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
     headers: HeaderMap,

@@ -21,7 +21,7 @@ pub(crate) struct EventAnswer {
 }
 
 pub(crate) async fn events(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     headers: HeaderMap,
     body: Body,

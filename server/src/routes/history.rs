@@ -96,7 +96,7 @@ pub(crate) struct HistoryAnswer {
 }
 
 pub(crate) async fn history(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {

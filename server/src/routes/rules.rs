@@ -34,7 +34,7 @@ pub(crate) fn no_rule(id: RuleId) -> ApiError {
 }
 
 pub(crate) async fn rules_list(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
 ) -> Result<Response, ApiError> {
     let rules: Vec<RuleView> = app
@@ -47,7 +47,7 @@ pub(crate) async fn rules_list(
 }
 
 pub(crate) async fn rules_create(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     headers: HeaderMap,
     body: Body,
@@ -67,7 +67,7 @@ pub(crate) fn rule_answer(app: &App, id: RuleId, code: StatusCode) -> Result<Res
 }
 
 pub(crate) async fn rules_get(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -75,7 +75,7 @@ pub(crate) async fn rules_get(
 }
 
 pub(crate) async fn rules_update(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -95,7 +95,7 @@ pub(crate) async fn rules_update(
 }
 
 pub(crate) async fn rules_delete(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -111,7 +111,7 @@ pub(crate) async fn rules_delete(
 }
 
 pub(crate) async fn rules_publish(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -126,7 +126,7 @@ pub(crate) async fn rules_publish(
 }
 
 pub(crate) async fn rules_unpublish(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {

@@ -5,7 +5,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use grantwheel::requests::wire::{self, ItemResponse};
-use grantwheel::requests::{FailureKind, StatusResponse};
+use grantwheel::requests::{FailureKind, Sharing, StatusResponse};
 
 use crate::app::{json_with, ok, param, params, query_error, request_id, App};
 use crate::auth::{Authorized, Budget, Verified};
@@ -71,35 +71,35 @@ pub(crate) async fn batch_of(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(wire::Batch, Option<String>), ApiError> {
-    let key = match call_key(headers) {
-        Ok(key) => key,
-        Err(e) => {
-            app.admit(access, Budget::Calls)?;
-            return Err(e);
-        }
-    };
-    let bytes = match app.json_body(headers, body).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
-            app.admit(access, Budget::Calls)?;
-            return Err(e);
-        }
-    };
-    match app.sharing().parse_batch(&bytes) {
-        Ok(batch) => {
-            let budget = if batch.len() > 1 {
-                Budget::Batches
-            } else {
-                Budget::Calls
-            };
-            app.admit(access, budget)?;
-            Ok((batch, key))
-        }
-        Err(e) => {
-            app.admit(access, Budget::Calls)?;
-            Err(batch_error(e))
-        }
+    let read = async {
+        let key = call_key(headers)?;
+        let bytes = app.json_body(headers, body).await?;
+        let batch = app.sharing().parse_batch(&bytes).map_err(batch_error)?;
+        Ok::<_, ApiError>((batch, key))
     }
+    .await;
+    // Counted whatever came of it: a bad call spends the calls' budget.
+    let budget = match &read {
+        Ok((batch, _)) if batch.len() > 1 => Budget::Batches,
+        _ => Budget::Calls,
+    };
+    app.admit(access, budget)?;
+    read
+}
+
+/// Carry out a share or revoke call with `carry` on the blocking pool.
+async fn carry(
+    app: App,
+    access: &str,
+    headers: &HeaderMap,
+    body: Body,
+    carry: fn(&Sharing, &wire::Batch, Option<&str>) -> Vec<ItemResponse>,
+) -> Result<Response, ApiError> {
+    let (batch, key) = batch_of(&app, access, headers, body).await?;
+    let items = app
+        .blocking(move |s| carry(s, &batch, key.as_deref()))
+        .await?;
+    Ok(batch_answer(items))
 }
 
 pub(crate) async fn share(
@@ -108,11 +108,7 @@ pub(crate) async fn share(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (batch, key) = batch_of(&app, &access, &headers, body).await?;
-    let items = app
-        .blocking(move |s| s.api_share_batch(&batch, key.as_deref()))
-        .await?;
-    Ok(batch_answer(items))
+    carry(app, &access, &headers, body, Sharing::api_share_batch).await
 }
 
 pub(crate) async fn revoke(
@@ -121,15 +117,11 @@ pub(crate) async fn revoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (batch, key) = batch_of(&app, &access, &headers, body).await?;
-    let items = app
-        .blocking(move |s| s.api_revoke_batch(&batch, key.as_deref()))
-        .await?;
-    Ok(batch_answer(items))
+    carry(app, &access, &headers, body, Sharing::api_revoke_batch).await
 }
 
 pub(crate) async fn status(
-    Authorized(_): Authorized,
+    _: Authorized,
     State(app): State<App>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {

@@ -697,4 +697,46 @@ mod tests {
         );
         assert_eq!(decode_shares_within(b"[{},{}]", &limits).unwrap().len(), 2);
     }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Against the model, `serde_json`: any document without a key
+        /// given twice reads as the same value, with or without a
+        /// byte-order mark; anything `serde_json` refuses is refused.
+        #[test]
+        fn strict_reads_what_serde_json_reads(v in json_value(), bom in proptest::bool::ANY) {
+            let mut text = if bom { BOM.to_vec() } else { Vec::new() };
+            text.extend_from_slice(serde_json::to_string(&v).unwrap().as_bytes());
+            let plain = serde_json::to_vec(&v).unwrap();
+            let model: Value = serde_json::from_slice(&plain).unwrap();
+            proptest::prop_assert_eq!(strict_json(&text).unwrap(), model);
+        }
+
+        #[test]
+        fn strict_refuses_what_serde_json_refuses(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            if serde_json::from_slice::<Value>(&bytes).is_err() && !bytes.starts_with(BOM) {
+                proptest::prop_assert!(strict_json(&bytes).is_err());
+            }
+        }
+    }
 }
