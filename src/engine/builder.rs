@@ -14,8 +14,9 @@ use crate::model::grant::{ExpiryEvents, OverMax, RepeatShare};
 use crate::store::{Meta, Store};
 
 use super::commit::Queue;
+use super::config::FollowSettings;
 use super::config::{Config, Timing};
-use super::follow::{self, Follow, FollowSettings};
+use super::follow::{self, Follow};
 use super::record::DUE;
 use super::state::State;
 use super::{Engine, Inner};

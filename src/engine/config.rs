@@ -1,13 +1,15 @@
 //! The settings an engine runs with, and how a share's expiry is resolved
 //! from them.
 
+use std::time::Duration;
+
 use crate::clock::{from_millis, max_millis, to_millis, words};
 use crate::error::InvalidArgument;
 use crate::model::grant::{Expiry, OverMax, RepeatShare, Start};
 use crate::wheel::Tick;
 
 pub(super) struct Config {
-    pub(super) follow: super::follow::FollowSettings,
+    pub(super) follow: FollowSettings,
     pub(super) default_ms: u64,
     pub(super) max_ms: u64,
     pub(super) over_max: OverMax,
@@ -180,4 +182,27 @@ impl Config {
 /// Milliseconds as a duration, for messages.
 fn ms_duration(ms: u64) -> chrono::Duration {
     chrono::Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// How an engine over a shared store follows the feed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FollowSettings {
+    pub(super) poll: Duration,
+    pub(super) max_staleness: Duration,
+    pub(super) skew_warn: Duration,
+    pub(super) skew_fail: Duration,
+    /// Expiry events only while this engine holds the store's lease.
+    pub(super) leased_events: bool,
+}
+
+impl Default for FollowSettings {
+    fn default() -> Self {
+        FollowSettings {
+            poll: Duration::from_millis(250),
+            max_staleness: Duration::from_secs(5),
+            skew_warn: Duration::from_millis(250),
+            skew_fail: Duration::from_secs(2),
+            leased_events: false,
+        }
+    }
 }

@@ -16,8 +16,9 @@ use crate::ids::{Context, EntityId, UserId};
 use crate::model::grant::{Access, Grant, ShareSpec};
 use crate::store::{Change, StoreError};
 
-use super::commit::Changes;
-use super::ops::{revoke_context_op, share_op};
+use super::batch::Changes;
+use super::revoke::revoke_context_op;
+use super::share::share_op;
 use super::state::State;
 use super::Engine;
 

@@ -33,32 +33,10 @@ use crate::index::{IndexReader, PairKey};
 use crate::model::grant::Grant;
 use crate::store::{Change, FeedEntry, FeedRead, Follower, StoreError};
 
+use super::config::FollowSettings;
 use super::record::{MAX_GRANTS, MAX_SERIAL};
 use super::state::{RuleUpdate, State};
 use super::{Engine, Inner};
-
-/// How an engine over a shared store follows the feed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct FollowSettings {
-    pub(super) poll: Duration,
-    pub(super) max_staleness: Duration,
-    pub(super) skew_warn: Duration,
-    pub(super) skew_fail: Duration,
-    /// Expiry events only while this engine holds the store's lease.
-    pub(super) leased_events: bool,
-}
-
-impl Default for FollowSettings {
-    fn default() -> Self {
-        FollowSettings {
-            poll: Duration::from_millis(250),
-            max_staleness: Duration::from_secs(5),
-            skew_warn: Duration::from_millis(250),
-            skew_fail: Duration::from_secs(2),
-            leased_events: false,
-        }
-    }
-}
 
 /// Where an engine over a shared store stands with the feed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -34,6 +34,7 @@ use self::commit::Queue;
 use self::config::Config;
 use self::state::State;
 
+mod batch;
 mod builder;
 mod commit;
 mod config;
@@ -41,12 +42,17 @@ mod contexts;
 mod decide;
 mod driver;
 mod follow;
+#[cfg(any(test, feature = "testing"))]
+mod invariants;
+mod listing;
 mod load;
 #[cfg(all(test, grantwheel_loom))]
 mod loom_models;
-mod ops;
 mod record;
+mod revoke;
+mod share;
 mod state;
+mod timers;
 
 pub use builder::EngineBuilder;
 pub(crate) use decide::Decide;

@@ -309,11 +309,52 @@ impl Iterator for Pair<'_> {
     }
 }
 
+/// The starts of grants made to start later, by serial (see INV-9).
+pub(super) type Starts = hashbrown::HashMap<u64, u64, BySerial>;
+
+/// Hashes a serial to itself in its low bits and to a mix of it in the top
+/// seven (the table's tags). Serials are the engine's own, dense and
+/// increasing, so grants shared together sit in neighbouring buckets:
+/// the wheel, which looks starts up in about the order they were shared
+/// when it re-files or fires them in bulk, walks the table instead of
+/// missing the cache on every lookup. Nothing outside chooses a serial.
+#[derive(Clone, Copy, Default)]
+pub(super) struct BySerial;
+
+impl std::hash::BuildHasher for BySerial {
+    type Hasher = SerialHasher;
+    fn build_hasher(&self) -> SerialHasher {
+        SerialHasher(0)
+    }
+}
+
+/// See [`BySerial`].
+#[derive(Default)]
+pub(super) struct SerialHasher(u64);
+
+impl std::hash::Hasher for SerialHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed; any other shape still hashes fully.
+        for b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        const TAG: u64 = 0x7f << 57;
+        self.0 = (n & !TAG) | (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) & TAG);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::config::Timing;
-    use crate::engine::state::GrantLinks;
+    use crate::engine::timers::GrantLinks;
     use crate::index::Locator;
     use crate::wheel::{Links, Place, Tick};
 
@@ -346,7 +387,7 @@ mod tests {
                 warnings: Box::new([]),
                 confirm_starts: false,
             },
-            starts: &super::super::state::Starts::default(),
+            starts: &super::super::record::Starts::default(),
         };
         links.set_place(
             0,

@@ -1,5 +1,6 @@
 //! The state behind the lock: grant records, the index writer and the
-//! wheel, and the operations that keep them in step.
+//! wheel, and the pair operations that keep them in step (the timers'
+//! side is `timers.rs`, the invariants' check `invariants.rs`).
 //!
 //! # Invariants
 //!
@@ -36,7 +37,7 @@
 //!   context interned in `contexts`, whose count of references is the
 //!   number of records in use naming it; nothing else is interned.
 
-use crate::clock::{from_millis, to_millis};
+use crate::clock::to_millis;
 use crate::events::{Event, RevokeReason};
 use crate::ids::{EntityId, GrantId, Level, UserId};
 use crate::index::{IndexReader, IndexWriter, Locator, PackedLocator, PairKey, Summary};
@@ -44,89 +45,12 @@ use crate::model::grant::Grant;
 use crate::model::history::RuleId;
 use crate::model::rule::Rule;
 use crate::store::{Change, EndCause, GrantFilter, Meta, Store};
-use crate::wheel::{Links, Place, Tick, Wheel};
+use crate::wheel::Wheel;
 
-use super::commit::{Changes, Group};
+use super::batch::{Changes, Group};
 use super::config::{Config, Timing};
 use super::contexts::Contexts;
-use super::record::{GrantIx, GrantRec, Slab, DUE, SCHEDULED};
-
-/// The starts of grants made to start later, by serial (see INV-9).
-pub(super) type Starts = hashbrown::HashMap<u64, u64, BySerial>;
-
-/// Hashes a serial to itself in its low bits and to a mix of it in the top
-/// seven (the table's tags). Serials are the engine's own, dense and
-/// increasing, so grants shared together sit in neighbouring buckets:
-/// the wheel, which looks starts up in about the order they were shared
-/// when it re-files or fires them in bulk, walks the table instead of
-/// missing the cache on every lookup. Nothing outside chooses a serial.
-#[derive(Clone, Copy, Default)]
-pub(super) struct BySerial;
-
-impl std::hash::BuildHasher for BySerial {
-    type Hasher = SerialHasher;
-    fn build_hasher(&self) -> SerialHasher {
-        SerialHasher(0)
-    }
-}
-
-/// See [`BySerial`].
-#[derive(Default)]
-pub(super) struct SerialHasher(u64);
-
-impl std::hash::Hasher for SerialHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed; any other shape still hashes fully.
-        for b in bytes {
-            self.write_u64(self.0.rotate_left(8) ^ u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        const TAG: u64 = 0x7f << 57;
-        self.0 = (n & !TAG) | (n.wrapping_mul(0x9e37_79b9_7f4a_7c15) & TAG);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// The grant records as the wheel sees them: a grant's timer is due at the
-/// tick of its current stage.
-pub(super) struct GrantLinks<'a> {
-    pub(super) grants: &'a mut Slab,
-    pub(super) timing: &'a Timing,
-    pub(super) starts: &'a Starts,
-}
-
-impl Links for GrantLinks<'_> {
-    fn deadline(&self, id: u32) -> Tick {
-        let rec = &self.grants[GrantIx::from_raw(id)];
-        let at = if rec.scheduled() {
-            // INV-9; a missing start (never) fires at once.
-            self.starts.get(&rec.serial()).copied().unwrap_or(0)
-        } else {
-            self.timing.timer_at(rec.expires, rec.stage())
-        };
-        // Rounded up: a timer never fires before its instant.
-        self.timing.tick_of(at)
-    }
-
-    fn place(&self, id: u32) -> Place {
-        let rec = &self.grants[GrantIx::from_raw(id)];
-        Place {
-            bucket: rec.bucket(),
-            pos: rec.pos,
-        }
-    }
-
-    fn set_place(&mut self, id: u32, place: Place) {
-        let rec = &mut self.grants[GrantIx::from_raw(id)];
-        rec.set_bucket(place.bucket);
-        rec.pos = place.pos;
-    }
-}
+use super::record::{BySerial, GrantIx, GrantRec, Slab, Starts};
 
 pub(super) struct State {
     pub(super) index: IndexWriter,
@@ -349,14 +273,7 @@ impl State {
     pub(super) fn detach(&mut self, reader: &IndexReader, g: GrantIx) {
         let rec = self.grants[g];
         let loc: Locator = rec.loc.into();
-        self.wheel.cancel(
-            &mut GrantLinks {
-                grants: &mut self.grants,
-                timing: &self.timing,
-                starts: &self.starts,
-            },
-            g.raw(),
-        );
+        self.cancel_timer(g);
         if !self.starts.is_empty() {
             // INV-9 (a batch undone puts it back from its saved copy).
             self.starts.remove(&rec.serial());
@@ -392,255 +309,6 @@ impl State {
         self.grants.free(g);
         // INV-11.
         self.contexts.release(rec.ctx());
-    }
-
-    /// Arm a grant's next timer: its start while that is ahead, else its
-    /// next warning or its expiry. Returns `false` if it is due already.
-    pub(super) fn arm(&mut self, g: GrantIx, now: u64) -> bool {
-        let stage = match self.start_of(&self.grants[g]) {
-            Some(start) if start > now => SCHEDULED,
-            // INV-9: a start still held and passed.
-            Some(_) => self.started_stage(g, now),
-            None => self.timing.next_timer(self.grants[g].expires, now).0,
-        };
-        self.arm_at(g, stage)
-    }
-
-    /// The stage of a grant whose start passed: held until confirmed
-    /// where starts are confirmed, else its next warning or its expiry.
-    fn started_stage(&self, g: GrantIx, now: u64) -> u8 {
-        if self.timing.confirm_starts {
-            DUE
-        } else {
-            self.timing.next_timer(self.grants[g].expires, now).0
-        }
-    }
-
-    /// Put `g` at `stage` and schedule that stage's timer. Returns `false`
-    /// if it is due already.
-    fn arm_at(&mut self, g: GrantIx, stage: u8) -> bool {
-        self.set_stage(g, stage);
-        self.wheel.schedule(
-            &mut GrantLinks {
-                grants: &mut self.grants,
-                timing: &self.timing,
-                starts: &self.starts,
-            },
-            g.raw(),
-        )
-    }
-
-    /// Set a record's stage, keeping `due` in step (INV-10).
-    fn set_stage(&mut self, g: GrantIx, stage: u8) {
-        let serial = self.grants[g].serial();
-        if stage == DUE {
-            self.due.insert(serial, g);
-        } else if self.grants[g].due() {
-            self.due.remove(&serial);
-        }
-        self.grants[g].set_stage(stage);
-    }
-
-    /// Confirm a due grant's start: it goes live (checks see it once its
-    /// batch is written), and its start is dropped, so a restart does not
-    /// hold it again (INV-9). Returns `false` if it is due no more.
-    pub(super) fn confirm(&mut self, g: GrantIx, now: u64) -> bool {
-        let rec = self.grants[g];
-        if !rec.due() {
-            return false;
-        }
-        // Saved first, so a failed batch puts the start back.
-        let (user, entity) = self.index.pair_at(rec.loc.into());
-        self.note_pair(&user, &entity);
-        self.starts.remove(&rec.serial());
-        self.change(g, rec.expires, rec.level(), now)
-    }
-
-    /// Arm the next timer of a grant whose start has passed (its warning
-    /// or expiry): [`arm`](Self::arm) without the start's lookup. Returns
-    /// `false` if it is due already.
-    fn arm_started(&mut self, g: GrantIx, now: u64) -> bool {
-        let stage = self.started_stage(g, now);
-        self.arm_at(g, stage)
-    }
-
-    /// Put a new record into its pair and the wheel, starting at `start`
-    /// if that is given (checks see it only from then: its stage is set
-    /// before the pair's summary is published). Returns `None`, holding
-    /// nothing, if its expiry is due already.
-    pub(super) fn place(
-        &mut self,
-        reader: &IndexReader,
-        (key, hash): (&PairKey, u64),
-        mut rec: GrantRec,
-        start: Option<u64>,
-        now: u64,
-    ) -> Option<GrantIx> {
-        if let Some(start) = start {
-            self.starts.insert(rec.serial(), start);
-            if start > now {
-                rec.set_stage(SCHEDULED);
-            } else if self.timing.confirm_starts {
-                // Its start passed (while the engine was down, or before a
-                // batch was undone): held until confirmed.
-                rec.set_stage(DUE);
-            }
-        }
-        let g = self.grants.alloc(rec);
-        let found = self.index.find(key, hash);
-        self.attach(reader, key, hash, found, g);
-        if self.arm(g, now) {
-            Some(g)
-        } else {
-            self.detach(reader, g);
-            None
-        }
-    }
-
-    /// Set a held grant's expiry and level, re-arming its timer and
-    /// refreshing its pair. Returns `true` if that started a grant whose
-    /// start had passed but whose start timer had not fired yet (it was
-    /// waiting for the wheel's next tick): the caller raises
-    /// [`Event::Started`].
-    pub(super) fn change(&mut self, g: GrantIx, expires: u64, level: Level, now: u64) -> bool {
-        let was_hidden = self.grants[g].hidden();
-        if self.group.is_some() {
-            let rec = self.grants[g];
-            let (user, entity) = self.index.pair_at(rec.loc.into());
-            self.note_pair(&user, &entity);
-            if !rec.pending() {
-                // A grant not yet started was not visible: shown as
-                // nothing (expiry 0) until the batch is written.
-                let shown = if rec.hidden() {
-                    (0, Level::Read)
-                } else {
-                    (rec.expires, rec.level())
-                };
-                if let Some(group) = &mut self.group {
-                    group.shown.insert(rec.serial(), shown);
-                }
-                self.grants[g].set_pending(true);
-            }
-        }
-        self.wheel.cancel(
-            &mut GrantLinks {
-                grants: &mut self.grants,
-                timing: &self.timing,
-                starts: &self.starts,
-            },
-            g.raw(),
-        );
-        let rec = &mut self.grants[g];
-        rec.expires = expires;
-        rec.set_level(level);
-        let loc: Locator = rec.loc.into();
-        let armed = self.arm(g, now);
-        debug_assert!(armed, "a live grant's timer is ahead of now");
-        let head = self.head(loc);
-        let summary = self.summary_of(head);
-        self.index.update(loc, head.raw(), summary);
-        was_hidden && !self.grants[g].hidden()
-    }
-
-    /// The start of `g` if it is still ahead of `now`, or if it passed and
-    /// waits to be confirmed (a grant whose start has passed otherwise
-    /// counts as started, even if checks wait for the wheel's tick to see
-    /// it).
-    pub(super) fn waiting_start(&self, g: GrantIx, now: u64) -> Option<u64> {
-        let rec = &self.grants[g];
-        if rec.scheduled() {
-            self.start_of(rec).filter(|start| *start > now)
-        } else if rec.due() {
-            // Its start passed; it waits to be confirmed.
-            self.start_of(rec)
-        } else {
-            None
-        }
-    }
-
-    /// Reclaim what is due at `now`, raising warnings and expiries.
-    pub(super) fn advance(
-        &mut self,
-        reader: &IndexReader,
-        ch: &mut Changes<'_>,
-        now: u64,
-    ) -> usize {
-        let cfg = ch.cfg;
-        let mut fired = std::mem::take(&mut self.fired);
-        self.wheel.advance(
-            &mut GrantLinks {
-                grants: &mut self.grants,
-                timing: &self.timing,
-                starts: &self.starts,
-            },
-            cfg.timing.tick_at(now),
-            &mut fired,
-        );
-        if fired.len() > 4096 {
-            // Visit the records in memory order: a mass expiry is bound by
-            // cache misses, and the events are sorted by time below anyway.
-            fired.sort_unstable();
-        }
-        let mut expired = 0;
-        let mut timed: Vec<(u64, u64, Event)> = Vec::new();
-        for g in fired.iter().copied().map(GrantIx::from_raw) {
-            let rec = self.grants[g];
-            // Its start timer fired, so its start has passed: armed for its
-            // expiry without looking the start up again.
-            if rec.scheduled() && rec.expires > now && self.arm_started(g, now) {
-                if self.grants[g].due() {
-                    // Held until confirmed: nothing to publish yet.
-                    continue;
-                }
-                // Its start came: checks see it from here on.
-                let loc: Locator = rec.loc.into();
-                let head = self.head(loc);
-                let summary = self.summary_of(head);
-                self.index.update(loc, head.raw(), summary);
-                if ch.want {
-                    let grant = self.grant(g);
-                    let at = grant.starts_at.map_or(now, to_millis);
-                    timed.push((at, rec.serial(), Event::Started(grant)));
-                }
-                continue;
-            }
-            // A grant whose start and end both passed while the wheel
-            // lagged expires without ever being seen.
-            let warning = cfg.timing.warnings.get(usize::from(rec.stage()));
-            if let Some(offset) = warning {
-                if rec.expires > now && ch.want {
-                    let at = rec.expires.saturating_sub(*offset);
-                    let grant = self.grant(g);
-                    timed.push((
-                        at,
-                        rec.serial(),
-                        Event::ExpiringSoon {
-                            grant,
-                            warned_at: from_millis(at),
-                        },
-                    ));
-                }
-                if self.arm(g, now) {
-                    continue;
-                }
-            }
-            if ch.want || ch.durable {
-                let grant = self.grant(g);
-                ch.end(&grant, rec.expires, EndCause::Expired);
-                if ch.want {
-                    timed.push((rec.expires, rec.serial(), Event::Expired(grant)));
-                }
-            }
-            self.detach(reader, g);
-            expired += 1;
-        }
-        fired.clear();
-        self.fired = fired;
-        if !timed.is_empty() {
-            timed.sort_by_key(|(at, serial, _)| (*at, *serial));
-            ch.events.extend(timed.into_iter().map(|(_, _, e)| e));
-        }
-        expired
     }
 
     /// Revoke the given grants (all held), in serial order.
@@ -729,132 +397,12 @@ impl State {
         out
     }
 
-    /// Set a held grant's start (a start at or before `now` starts it),
-    /// expiry and level, as [`change`](Self::change) does (and returning
-    /// what it returns).
-    pub(super) fn change_window(
-        &mut self,
-        g: GrantIx,
-        start: Option<u64>,
-        expires: u64,
-        level: Level,
-        now: u64,
-    ) -> bool {
-        let serial = self.grants[g].serial();
-        if let Some(start) = start {
-            // The timer is re-armed from the new start by `change`, which
-            // cancels the old one first.
-            self.starts.insert(serial, start);
-        }
-        self.change(g, expires, level, now)
-    }
-
     pub(super) fn sorted_by_expiry(&self, mut gs: Vec<GrantIx>) -> Vec<Grant> {
         gs.sort_by_key(|g| {
             let r = &self.grants[*g];
             (r.expires, r.serial())
         });
         gs.into_iter().map(|g| self.grant(g)).collect()
-    }
-}
-
-#[cfg(any(test, feature = "testing"))]
-impl State {
-    /// Check INV-1 and INV-3 to INV-11 (INV-2 holds if these do: every
-    /// handle reached is checked to name a record in use).
-    pub(super) fn check_invariants(&self) -> Result<(), String> {
-        let mut due = 0usize;
-        let mut reached = 0usize;
-        let mut named: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
-        let mut serials = std::collections::HashSet::new();
-        for (loc, user, entity) in self.index.pairs() {
-            let head = self.head(loc);
-            let mut contexts = std::collections::HashSet::new();
-            let mut count = 0usize;
-            for g in self.grants.pair(head) {
-                let rec = &self.grants[g];
-                let at = || format!("pair ({user}, {entity}), grant {}", rec.serial());
-                if !rec.used() {
-                    return Err(format!("INV-2: {} is a free record", at()));
-                }
-                if Locator::from(rec.loc) != loc {
-                    return Err(format!("INV-7: {} has a stale location", at()));
-                }
-                if !contexts.insert(rec.ctx()) {
-                    return Err(format!("INV-6: {} repeats a context", at()));
-                }
-                if !serials.insert(rec.serial()) || rec.serial() >= self.next_serial {
-                    return Err(format!("INV-8: {} repeats a serial or is too new", at()));
-                }
-                if self.group.is_none() && rec.pending() {
-                    return Err(format!("INV-5: {} is pending outside a batch", at()));
-                }
-                if rec.bucket() == 0 {
-                    return Err(format!("INV-3: {} has no timer", at()));
-                }
-                if rec.hidden() && self.start_of(rec).is_none() {
-                    return Err(format!("INV-9: {} waits for no start", at()));
-                }
-                if rec.due() != (self.due.get(&rec.serial()) == Some(&g)) {
-                    return Err(format!(
-                        "INV-10: {} is due but not listed, or listed but not due",
-                        at()
-                    ));
-                }
-                if rec.due() {
-                    due += 1;
-                }
-                if rec.ctx() != super::record::DIRECT {
-                    *named.entry(rec.ctx()).or_default() += 1;
-                }
-                count += 1;
-                if count > self.grants.held() {
-                    return Err(format!("INV-1: the list of ({user}, {entity}) loops"));
-                }
-            }
-            if count == 0 {
-                return Err(format!("INV-1: ({user}, {entity}) has no grants"));
-            }
-            let stored = self.index.summary_at(loc);
-            if stored != self.summary_of(head) {
-                return Err(format!(
-                    "INV-4: ({user}, {entity}) shows {stored:?}, its grants {:?}",
-                    self.summary_of(head)
-                ));
-            }
-            reached += count;
-        }
-        if reached != self.grants.held() {
-            return Err(format!(
-                "INV-1: {} records in use, {reached} in pair lists",
-                self.grants.held()
-            ));
-        }
-        if self.wheel.len() != self.grants.held() {
-            return Err(format!(
-                "INV-3: {} timers for {} records",
-                self.wheel.len(),
-                self.grants.held()
-            ));
-        }
-        if named.len() != self.contexts.len()
-            || named
-                .iter()
-                .any(|(n, refs)| self.contexts.refs(*n) != *refs)
-        {
-            return Err(format!(
-                "INV-11: {} contexts named by records, {} interned, or counts differ",
-                named.len(),
-                self.contexts.len()
-            ));
-        }
-        if due != self.due.len() {
-            return Err(format!(
-                "INV-10: {} listed as due, {due} due",
-                self.due.len()
-            ));
-        }
-        Ok(())
     }
 }
 

@@ -1,14 +1,16 @@
-//! What changes grants: shares, expiry changes, revokes, and listings.
+//! What makes and changes grants: shares one by one or many in one
+//! batch, expiry and start changes, confirmed starts, and the repeat-share
+//! rule that decides what a share of a pair already held does.
 
-use crate::clock::{from_millis, to_millis, words};
-use crate::error::{ChangeError, InvalidArgument, NotDurable, RevokeError, ShareError};
+use crate::clock::{from_millis, words};
+use crate::error::{ChangeError, InvalidArgument, ShareError};
 use crate::events::{Event, RevokeReason};
 use crate::ids::{Context, EntityId, GrantId, Level, UserId};
 use crate::index::PairKey;
 use crate::model::grant::{Expiry, Grant, RepeatShare, ShareSpec, Start};
-use crate::store::{Change, EndCause, GrantFilter};
+use crate::store::{Change, EndCause};
 
-use super::commit::Changes;
+use super::batch::Changes;
 use super::record::{GrantIx, MAX_GRANTS, MAX_SERIAL};
 use super::state::State;
 use super::Engine;
@@ -263,30 +265,6 @@ impl Engine {
         })
     }
 
-    /// Revoke one held grant (live, or scheduled to start) by id. Returns it as it was.
-    ///
-    /// Every check says no from the moment the revoke is decided. With a
-    /// store, if the revoke cannot be written the call returns
-    /// [`RevokeError::NotDurable`]: the grant stays revoked, and the revoke is
-    /// written with the next batch that succeeds.
-    ///
-    /// ```
-    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, RevokeError, UserId};
-    /// let engine = Engine::new();
-    /// let (u, e) = (UserId::from_u128(1), EntityId::lead(1));
-    /// let g = engine.share(u, e, Context::Direct, Level::Read, Expiry::Default).unwrap();
-    /// engine.revoke(&g.id).unwrap();
-    /// assert!(!engine.can_read(&u, &e));
-    /// assert!(matches!(engine.revoke(&g.id), Err(RevokeError::NotLive(_))));
-    /// ```
-    pub fn revoke(&self, id: &GrantId) -> Result<Grant, RevokeError> {
-        let id = *id;
-        self.run(move |st, ch, now| {
-            let g = st.find_id(&id, now).ok_or(RevokeError::NotLive(id))?;
-            Ok(st.revoke_all(ch, now, vec![g]).remove(0))
-        })
-    }
-
     /// Confirm the start of a grant held at its start
     /// ([`EngineBuilder::confirm_starts`](crate::EngineBuilder::confirm_starts)):
     /// it goes live now, until its expiry (which still counts from its
@@ -340,164 +318,6 @@ impl Engine {
             due.sort_by_key(|g| (g.starts_at, g.id.serial));
             due
         })
-    }
-
-    /// Revoke the held grant (live or scheduled) of (user, entity) through `context`, if any.
-    /// Grants through other contexts stay. Store failures as for
-    /// [`revoke`](Self::revoke).
-    pub fn revoke_context(
-        &self,
-        user: &UserId,
-        entity: &EntityId,
-        context: &Context,
-    ) -> Result<Option<Grant>, NotDurable> {
-        let (user, entity, context) = (*user, *entity, *context);
-        self.run(move |st, ch, now| {
-            Ok::<_, NotDurable>(revoke_context_op(st, ch, now, &user, &entity, &context))
-        })
-    }
-
-    /// Revoke every held grant (live or scheduled) of (user, entity), whatever the context.
-    pub fn revoke_pair(&self, user: &UserId, entity: &EntityId) -> Result<Vec<Grant>, NotDurable> {
-        let (user, entity) = (*user, *entity);
-        self.run(move |st, ch, now| {
-            let gs = st.held_in_pair(&user, &entity, now);
-            Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
-        })
-    }
-
-    /// Revoke every held grant (live or scheduled) of `user`. With a store, the grants are
-    /// found through the store's index of users (cost proportional to
-    /// them); without one (or if the store cannot be read) by scanning the
-    /// index, O(pairs). See [`grants_of`](Self::grants_of) for what is
-    /// found.
-    pub fn revoke_user(&self, user: &UserId) -> Result<Vec<Grant>, NotDurable> {
-        self.revoke_listed(GrantFilter::User(*user))
-    }
-
-    /// Revoke every held grant (live or scheduled) on `entity`: through the store's index of
-    /// entities, or by scanning as [`revoke_user`](Self::revoke_user).
-    pub fn revoke_entity(&self, entity: &EntityId) -> Result<Vec<Grant>, NotDurable> {
-        self.revoke_listed(GrantFilter::Entity(*entity))
-    }
-
-    /// Revoke every held grant (live or scheduled) given through `context` (for example all
-    /// that one activity shared): through the store's index of contexts,
-    /// or by scanning the grants, O(grants).
-    pub fn revoke_from_context(&self, context: &Context) -> Result<Vec<Grant>, NotDurable> {
-        self.revoke_listed(GrantFilter::Context(*context))
-    }
-
-    /// Revoke what `filter` lists: the store's answer, each grant checked
-    /// live in memory under the lock; else what a scan finds.
-    fn revoke_listed(&self, filter: GrantFilter) -> Result<Vec<Grant>, NotDurable> {
-        let listed = self.store_listing(filter);
-        self.run(move |st, ch, now| {
-            let gs = match listed {
-                Some(ids) => ids.iter().filter_map(|id| st.find_id(id, now)).collect(),
-                None => st.held_scan(&filter, now),
-            };
-            Ok::<_, NotDurable>(st.revoke_all(ch, now, gs))
-        })
-    }
-
-    /// The ids of the grants the store lists for `filter`, if the engine
-    /// has a store that answers.
-    fn store_listing(&self, filter: GrantFilter) -> Option<Vec<GrantId>> {
-        let reader = self.inner.store_reader.as_ref()?;
-        let grants = reader.live_grants(filter, self.now()).ok()?;
-        Some(grants.into_iter().map(|g| g.id).collect())
-    }
-
-    /// The grants `filter` selects, live or (with `scheduled`) yet to
-    /// start: listed by the store (and each checked in memory), else found
-    /// by a scan.
-    fn listing(&self, filter: GrantFilter, scheduled: bool) -> Vec<Grant> {
-        let listed = self.store_listing(filter);
-        self.read_state(|st, now| {
-            let mut gs: Vec<GrantIx> = match listed {
-                Some(ids) => ids.iter().filter_map(|id| st.find_id(id, now)).collect(),
-                None => st.held_scan(&filter, now),
-            };
-            // What checks see: a grant whose start passed is still
-            // scheduled until the tick that starts it.
-            gs.retain(|g| st.grants[*g].hidden() == scheduled);
-            st.sorted_by_expiry(gs)
-        })
-    }
-
-    /// Read the state under the lock (after reclaiming what is due).
-    pub(super) fn read_state<T>(&self, f: impl FnOnce(&State, u64) -> T) -> T {
-        self.with_state(|st, _, now| f(st, now))
-    }
-
-    /// The live grants of (user, entity), by expiry: those checks see (a
-    /// scheduled grant from the tick that starts it, see
-    /// [`live_from`](Self::live_from)).
-    pub fn grants_for(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
-        self.read_state(|st, now| {
-            let mut gs = st.held_in_pair(user, entity, now);
-            gs.retain(|g| !st.grants[*g].hidden());
-            st.sorted_by_expiry(gs)
-        })
-    }
-
-    /// The grants of `user` that have yet to start, by expiry (as
-    /// [`grants_of`](Self::grants_of) lists the live ones): until the tick
-    /// that starts them, when checks begin to see them.
-    pub fn scheduled_of(&self, user: &UserId) -> Vec<Grant> {
-        self.listing(GrantFilter::User(*user), true)
-    }
-
-    /// The grants on `entity` that have yet to start, by expiry.
-    pub fn scheduled_on(&self, entity: &EntityId) -> Vec<Grant> {
-        self.listing(GrantFilter::Entity(*entity), true)
-    }
-
-    /// The live grants on `entity`, by expiry.
-    ///
-    /// # What a listing sees
-    ///
-    /// With a store, the grants come from the store's index (cost
-    /// proportional to the result, not to every grant): grants whose batch
-    /// was written (committed state), each checked under the engine's lock
-    /// to be live in memory, so a grant revoked or past its expiry is never
-    /// listed even before its end is written. A share still being written
-    /// is not listed until its call returns. Without a store (or if the
-    /// store cannot be read), the engine scans its index: O(pairs).
-    ///
-    /// A listing trusts the store's indexes: damage on disk can hide a
-    /// grant from it (never show one that was not given); after a disk
-    /// fault, check the file (`SqliteStore::integrity_check`).
-    pub fn grants_on(&self, entity: &EntityId) -> Vec<Grant> {
-        self.listing(GrantFilter::Entity(*entity), false)
-    }
-
-    /// The live grants of `user`, by expiry; see
-    /// [`grants_on`](Self::grants_on) for what a listing sees and costs.
-    pub fn grants_of(&self, user: &UserId) -> Vec<Grant> {
-        self.listing(GrantFilter::User(*user), false)
-    }
-
-    /// The live grants that expire within `window` from now, by expiry;
-    /// see [`grants_on`](Self::grants_on) for what a listing sees (without
-    /// a store this scans the grants: O(grants)).
-    ///
-    /// ```
-    /// use grantwheel::{Context, Engine, EntityId, Expiry, Level, UserId};
-    /// use chrono::Duration;
-    /// let engine = Engine::new();
-    /// let u = UserId::from_u128(1);
-    /// engine.share(u, EntityId::lead(1), Context::Direct, Level::Read, Expiry::After(Duration::days(3))).unwrap();
-    /// engine.share(u, EntityId::lead(2), Context::Direct, Level::Read, Expiry::After(Duration::hours(2))).unwrap();
-    /// let soon = engine.expiring_within(Duration::days(1));
-    /// assert_eq!(soon.len(), 1);
-    /// assert_eq!(soon[0].id.entity, EntityId::lead(2));
-    /// ```
-    pub fn expiring_within(&self, window: chrono::Duration) -> Vec<Grant> {
-        let window_ms = u64::try_from(window.num_milliseconds()).unwrap_or(0);
-        let until = from_millis(to_millis(self.now()).saturating_add(window_ms));
-        self.listing(GrantFilter::ExpiringBy(until), false)
     }
 }
 
@@ -659,23 +479,4 @@ fn insert_new(
     ch.write(|| Change::Put(grant));
     ch.push(|| Event::Granted(grant));
     Ok(grant)
-}
-
-/// A share, then the caller's writes for the same batch, made from its
-/// result (written by durable engines only).
-pub(super) fn revoke_context_op(
-    st: &mut State,
-    ch: &mut Changes<'_>,
-    now: u64,
-    user: &UserId,
-    entity: &EntityId,
-    context: &Context,
-) -> Option<Grant> {
-    let key = PairKey::new(user, entity);
-    let loc = st.index.find(&key, st.index.hash(&key))?;
-    let g = st.find_context(loc, context.pack())?;
-    if st.grants[g].expires <= now {
-        return None;
-    }
-    st.revoke_all(ch, now, vec![g]).pop()
 }
