@@ -5,6 +5,8 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use grantwheel::requests::ApprovalError;
+use grantwheel::{QueryError, RuleError};
 use serde::Serialize;
 
 /// The longest `ExceptionMessage`, in characters.
@@ -156,5 +158,42 @@ impl IntoResponse for ApiError {
             }
         }
         resp
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::Store(e) => ApiError::unavailable(format!("the store cannot be read: {e}")),
+            other => ApiError::bad_request(other.to_string()),
+        }
+    }
+}
+
+impl From<RuleError> for ApiError {
+    fn from(e: RuleError) -> Self {
+        match e {
+            RuleError::Store(e) => {
+                ApiError::unavailable(format!("the rule could not be written: {e}"))
+            }
+            other => ApiError::bad_request(other.to_string()),
+        }
+    }
+}
+
+impl From<ApprovalError> for ApiError {
+    fn from(e: ApprovalError) -> Self {
+        match e {
+            ApprovalError::NotFound(id) => {
+                ApiError::not_found("RequestNotFound", format!("`id`: no request `{id}`"))
+            }
+            ApprovalError::OwnShare { .. } => ApiError::forbidden("OwnShare", e.to_string()),
+            ApprovalError::NotAwaiting { .. } => {
+                ApiError::conflict("NotAwaitingApproval", e.to_string())
+            }
+            ApprovalError::TimedOut { .. } => ApiError::conflict("ApprovalTimedOut", e.to_string()),
+            ApprovalError::Store(_) => ApiError::unavailable(e.to_string()),
+            other => ApiError::bad_request(other.to_string()),
+        }
     }
 }

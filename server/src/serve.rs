@@ -18,8 +18,8 @@ use crate::config::{ServeArgs, Sync};
 use crate::directory::{ContextCheck, Directory, Remote};
 use crate::keys::{KeyStore, Keys, NewKey, KEY_RELOAD};
 use crate::limiter::Limiter;
-use crate::page::Sessions;
 use crate::routes::router;
+use crate::sessions::Sessions;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]

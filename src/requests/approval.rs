@@ -28,7 +28,7 @@ use crate::model::history::{
 use crate::store::{Change, StoreError};
 
 use super::execute::{decide_share, Decided};
-use super::history::{finished, Backend};
+use super::history::{finished, timed_out, Backend};
 use super::request::{Failure, Outcome, ShareRequest};
 use super::Sharing;
 use crate::error::QueryError;
@@ -189,15 +189,6 @@ fn still_awaiting(backend: &Backend, id: &RequestId) -> bool {
         .ok()
         .flatten()
         .is_some_and(|r| r.awaiting_approval())
-}
-
-/// The record of a request whose approval timed out at its deadline.
-pub(super) fn timed_out(record: HistoryRecord, deadline: DateTime<Utc>) -> HistoryRecord {
-    let failure = Failure::new(
-        FailureKind::ApprovalTimedOut,
-        format!("no approver acted on this share by {deadline}"),
-    );
-    finished(record, Err(failure), deadline)
 }
 
 impl Sharing {

@@ -114,7 +114,7 @@ pub(super) fn as_of(mut r: HistoryRecord, now: DateTime<Utc>) -> HistoryRecord {
         .map(|a| a.deadline)
         .filter(|d| *d <= now)
     {
-        return super::approval::timed_out(r, deadline);
+        return timed_out(r, deadline);
     }
     if r.kind == RequestKind::Share
         && r.status == RequestStatus::Completed
@@ -509,4 +509,13 @@ pub(super) fn ended_by(grant: &Grant, request: RequestId) -> Change {
         serial: grant.id.serial,
         request,
     }
+}
+
+/// The record of a request whose approval timed out at its deadline.
+pub(super) fn timed_out(record: HistoryRecord, deadline: DateTime<Utc>) -> HistoryRecord {
+    let failure = Failure::new(
+        FailureKind::ApprovalTimedOut,
+        format!("no approver acted on this share by {deadline}"),
+    );
+    finished(record, Err(failure), deadline)
 }

@@ -2,7 +2,7 @@
 //! access now or later, and the audit at an instant.
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use grantwheel::requests::wire;
@@ -12,9 +12,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::history::history_query;
-use crate::app::{at_of, ok, param, params, records_answer, App, MAX_CHECKS};
+use crate::app::{ok, records_answer, App, MAX_CHECKS};
 use crate::auth::{Authorized, CheckCaller};
 use crate::error::ApiError;
+use crate::extract::{at_of, param, Params};
 use crate::wire::{entity_from, CheckAnswer, CheckItem, GrantView};
 
 /// Who had access to a record at an instant: the share records whose grant
@@ -22,9 +23,8 @@ use crate::wire::{entity_from, CheckAnswer, CheckItem, GrantView};
 pub(crate) async fn access_at(
     _: Authorized,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
+    Params(p): Params,
 ) -> Result<Response, ApiError> {
-    let p = params(&q);
     let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
     let at = at_of(&p)?;
     records_answer(&app, move |s| s.access_at(&entity, at)).await
@@ -35,9 +35,8 @@ pub(crate) async fn access_at(
 pub(crate) async fn held_at(
     _: Authorized,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
+    Params(p): Params,
 ) -> Result<Response, ApiError> {
-    let p = params(&q);
     let raw = param(&p, "UserId").ok_or_else(|| ApiError::bad_request("`UserId`: is required"))?;
     let user: grantwheel::UserId = raw.trim().parse().map_err(|_| {
         ApiError::bad_request(format!("`UserId`: `{}` is not a UUID", wire::quoted(raw)))
@@ -56,9 +55,8 @@ pub(crate) fn check_one(sharing: &Sharing, item: &CheckItem) -> Result<CheckAnsw
 pub(crate) async fn check_get(
     _: CheckCaller,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
+    Params(p): Params,
 ) -> Result<Response, ApiError> {
-    let p = params(&q);
     let user = param(&p, "UserId")
         .ok_or_else(|| ApiError::bad_request("`UserId`: is required"))?
         .parse()
@@ -137,9 +135,8 @@ pub(crate) async fn check_batch(
 pub(crate) async fn access_now(
     _: Authorized,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
+    Params(p): Params,
 ) -> Result<Response, ApiError> {
-    let p = params(&q);
     let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
     let grants = app.blocking(move |s| live_grants(s, &entity)).await?;
     Ok(ok(&grants))
@@ -148,9 +145,8 @@ pub(crate) async fn access_now(
 pub(crate) async fn access_scheduled(
     _: Authorized,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
+    Params(p): Params,
 ) -> Result<Response, ApiError> {
-    let p = params(&q);
     let (entity, _) = history_query(&p).map_err(ApiError::bad_request)?;
     let grants = app.blocking(move |s| scheduled_grants(s, &entity)).await?;
     Ok(ok(&grants))

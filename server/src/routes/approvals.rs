@@ -1,40 +1,24 @@
 //! Shares waiting for an approver, and the decisions on them.
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use grantwheel::requests::ApprovalError;
 
-use crate::app::{limit_of, ok, params, query_error, read_json, records_answer, request_id, App};
+use crate::app::{ok, records_answer, App};
 use crate::auth::Authorized;
 use crate::error::ApiError;
+use crate::extract::{limit_of, read_json, request_id, Params};
 use crate::wire::{DecisionBody, RecordView};
 
 /// The shares waiting for an approver, soonest deadline first.
 pub(crate) async fn approvals(
     _: Authorized,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
+    Params(p): Params,
 ) -> Result<Response, ApiError> {
-    let p = params(&q);
     let limit = limit_of(&p)?;
     records_answer(&app, move |s| s.awaiting_approval(limit)).await
-}
-
-pub(crate) fn approval_error(e: ApprovalError) -> ApiError {
-    match e {
-        ApprovalError::NotFound(id) => {
-            ApiError::not_found("RequestNotFound", format!("`id`: no request `{id}`"))
-        }
-        ApprovalError::OwnShare { .. } => ApiError::forbidden("OwnShare", e.to_string()),
-        ApprovalError::NotAwaiting { .. } => {
-            ApiError::conflict("NotAwaitingApproval", e.to_string())
-        }
-        ApprovalError::TimedOut { .. } => ApiError::conflict("ApprovalTimedOut", e.to_string()),
-        ApprovalError::Store(_) => ApiError::unavailable(e.to_string()),
-        other => ApiError::bad_request(other.to_string()),
-    }
 }
 
 /// Approve (`approved`) or deny a share waiting for an approver; answers
@@ -59,8 +43,8 @@ pub(crate) async fn decide(
             (decided, s.request(&id), s.engine().now())
         })
         .await?;
-    decided.map_err(approval_error)?;
-    match record.map_err(query_error)? {
+    decided?;
+    match record? {
         Some(r) => Ok(ok(&RecordView::of(&r, now))),
         None => Err(ApiError::not_found(
             "RequestNotFound",

@@ -6,9 +6,10 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Serialize;
 
-use crate::app::{ok, read_json, App};
+use crate::app::{ok, App};
 use crate::auth::Authorized;
 use crate::error::ApiError;
+use crate::extract::read_json;
 use crate::wire::EventBody;
 
 #[derive(Serialize)]

@@ -1,6 +1,6 @@
 //! The share history as JSON, and its filters (shared with the page).
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::response::Response;
 use grantwheel::requests::wire;
 use grantwheel::requests::{Cursor, HistoryQuery, RuleId, SourceKind, StatusKind};
@@ -8,9 +8,10 @@ use grantwheel::EntityId;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::app::{ok, param, params, query_error, App};
+use crate::app::{ok, App};
 use crate::auth::Authorized;
 use crate::error::ApiError;
+use crate::extract::{param, Params};
 use crate::wire::{entity_from, RecordView};
 
 /// The history filters of the query string, shared by the JSON endpoint
@@ -98,14 +99,13 @@ pub(crate) struct HistoryAnswer {
 pub(crate) async fn history(
     _: Authorized,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
+    Params(p): Params,
 ) -> Result<Response, ApiError> {
-    let p = params(&q);
     let (entity, query) = history_query(&p).map_err(ApiError::bad_request)?;
     let (page, now) = app
         .blocking(move |s| (s.history(&entity, &query), s.engine().now()))
         .await?;
-    let page = page.map_err(query_error)?;
+    let page = page?;
     Ok(ok(&HistoryAnswer {
         records: page
             .records

@@ -9,6 +9,7 @@ pub(crate) mod approvals;
 pub(crate) mod events;
 pub(crate) mod history;
 pub(crate) mod ops;
+pub(crate) mod page;
 pub(crate) mod rules;
 pub(crate) mod seed;
 
@@ -45,7 +46,7 @@ pub fn router(app: App) -> Router {
         .route("/Events", post(events::events));
     Router::new()
         .nest(API, api)
-        .merge(crate::page::routes())
+        .merge(page::routes())
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics_route))

@@ -6,19 +6,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use grantwheel::requests::wire;
 use grantwheel::requests::RuleId;
-use grantwheel::RuleError;
 
-use crate::app::{json_with, ok, read_json, App};
+use crate::app::{json_with, ok, App};
 use crate::auth::Authorized;
 use crate::error::ApiError;
+use crate::extract::read_json;
 use crate::wire::{RuleBody, RuleView};
-
-pub(crate) fn rule_error(e: RuleError) -> ApiError {
-    match e {
-        RuleError::Store(e) => ApiError::unavailable(format!("the rule could not be written: {e}")),
-        other => ApiError::bad_request(other.to_string()),
-    }
-}
 
 pub(crate) fn rule_id(raw: &str) -> Result<RuleId, ApiError> {
     raw.parse::<u64>().map(RuleId).map_err(|_| {
@@ -54,10 +47,7 @@ pub(crate) async fn rules_create(
 ) -> Result<Response, ApiError> {
     let rule: RuleBody = read_json(&app, &headers, body).await?;
     let rule = rule.to_rule().map_err(ApiError::bad_request)?;
-    let id = app
-        .blocking(move |s| s.add_rule(rule))
-        .await?
-        .map_err(rule_error)?;
+    let id = app.blocking(move |s| s.add_rule(rule)).await??;
     rule_answer(&app, id, StatusCode::CREATED)
 }
 
@@ -84,10 +74,7 @@ pub(crate) async fn rules_update(
     let id = rule_id(&id)?;
     let rule: RuleBody = read_json(&app, &headers, body).await?;
     let rule = rule.to_rule().map_err(ApiError::bad_request)?;
-    let found = app
-        .blocking(move |s| s.update_rule(id, rule))
-        .await?
-        .map_err(rule_error)?;
+    let found = app.blocking(move |s| s.update_rule(id, rule)).await??;
     if !found {
         return Err(no_rule(id));
     }
@@ -100,10 +87,7 @@ pub(crate) async fn rules_delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = rule_id(&id)?;
-    let removed = app
-        .blocking(move |s| s.remove_rule(id))
-        .await?
-        .map_err(rule_error)?;
+    let removed = app.blocking(move |s| s.remove_rule(id)).await??;
     match removed {
         Some(rule) => Ok(ok(&RuleView::of(id, &rule))),
         None => Err(no_rule(id)),
@@ -119,9 +103,7 @@ pub(crate) async fn rules_publish(
     if app.sharing().rule(id).is_none() {
         return Err(no_rule(id));
     }
-    app.blocking(move |s| s.publish_rule(id))
-        .await?
-        .map_err(rule_error)?;
+    app.blocking(move |s| s.publish_rule(id)).await??;
     rule_answer(&app, id, StatusCode::OK)
 }
 
@@ -131,10 +113,7 @@ pub(crate) async fn rules_unpublish(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = rule_id(&id)?;
-    let found = app
-        .blocking(move |s| s.unpublish_rule(id))
-        .await?
-        .map_err(rule_error)?;
+    let found = app.blocking(move |s| s.unpublish_rule(id)).await??;
     if !found {
         return Err(no_rule(id));
     }

@@ -1,15 +1,16 @@
 //! The seed's calls: Share, Revoke and Status/Get.
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use grantwheel::requests::wire::{self, ItemResponse};
 use grantwheel::requests::{FailureKind, Sharing, StatusResponse};
 
-use crate::app::{json_with, ok, param, params, query_error, request_id, App};
+use crate::app::{json_with, ok, App};
 use crate::auth::{Authorized, Budget, Verified};
 use crate::error::ApiError;
+use crate::extract::{param, request_id, Params};
 
 /// The answer to a batch of share or revoke items. A one-item batch (the
 /// seed's example) is answered with that item's object and the code of its
@@ -123,17 +124,13 @@ pub(crate) async fn revoke(
 pub(crate) async fn status(
     _: Authorized,
     State(app): State<App>,
-    RawQuery(q): RawQuery,
+    Params(p): Params,
 ) -> Result<Response, ApiError> {
-    let p = params(&q);
     let Some(id) = param(&p, "id") else {
         return Err(ApiError::bad_request("`id`: is required"));
     };
     let id = request_id(id)?;
-    let found = app
-        .blocking(move |s| s.request(&id))
-        .await?
-        .map_err(query_error)?;
+    let found = app.blocking(move |s| s.request(&id)).await??;
     let Some(record) = found else {
         return Err(ApiError::not_found(
             "RequestNotFound",

@@ -4,6 +4,7 @@ mod codec;
 mod history;
 mod reader;
 mod schema;
+mod write;
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -11,9 +12,10 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
-use self::codec::{decode_grant, write_change, write_meta};
+use self::codec::decode_grant;
 use self::reader::SqliteReader;
 use self::schema::{MIGRATIONS, SCHEMA_VERSION};
+use self::write::{write_change, write_meta};
 use super::{Batch, Meta, Store, StoreError, StoreReader, Unwritable};
 use crate::clock::{from_millis, max_millis};
 use crate::model::grant::Grant;

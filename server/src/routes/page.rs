@@ -5,88 +5,21 @@
 //! Everything shown is escaped by the template (maud), so a hostile name
 //! or id renders as text.
 
-use std::time::{Duration, Instant};
-
 use axum::extract::{Form, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
-use hashbrown::HashMap;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::app::{param, params, App};
+use crate::app::App;
+use crate::extract::{param, params};
 use crate::routes::access::{live_grants, scheduled_grants};
 use crate::routes::history::history_query;
+use crate::sessions::{session_id, COOKIE};
 use crate::wire::{GrantView, RecordView};
-
-const COOKIE: &str = "gw_session";
-
-/// Page sessions: a random 128-bit id in a cookie, mapped to the key that
-/// logged in and the session's end. Kept in memory: a restart logs every
-/// page out.
-#[derive(Debug)]
-pub struct Sessions {
-    ttl: Duration,
-    live: Mutex<HashMap<String, (String, Instant)>>,
-}
-
-/// The most sessions kept; the oldest go first beyond it.
-const MAX_SESSIONS: usize = 10_000;
-
-impl Sessions {
-    /// Sessions lasting `ttl`.
-    pub fn new(ttl: Duration) -> Self {
-        Sessions {
-            ttl,
-            live: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn open(&self, access_key: &str) -> Option<String> {
-        let mut id = [0u8; 16];
-        getrandom::fill(&mut id).ok()?;
-        let id = hex::encode(id);
-        let now = Instant::now();
-        let mut live = self.live.lock();
-        live.retain(|_, (_, end)| *end > now);
-        if live.len() >= MAX_SESSIONS {
-            if let Some(oldest) = live
-                .iter()
-                .min_by_key(|(_, (_, e))| *e)
-                .map(|(k, _)| k.clone())
-            {
-                live.remove(&oldest);
-            }
-        }
-        live.insert(id.clone(), (access_key.to_string(), now + self.ttl));
-        Some(id)
-    }
-
-    fn key_of(&self, id: &str) -> Option<String> {
-        let live = self.live.lock();
-        let (key, end) = live.get(id)?;
-        (*end > Instant::now()).then(|| key.clone())
-    }
-
-    fn close(&self, id: &str) {
-        self.live.lock().remove(id);
-    }
-}
-
-fn session_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
-}
 
 /// The access key of the page's session, if it is live and its key is.
 fn logged_in(app: &App, headers: &HeaderMap) -> Option<String> {
