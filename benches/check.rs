@@ -11,6 +11,14 @@
 //! pair beside them, and a check of a pair whose only grant is yet to
 //! start (no). Scheduled grants should add nothing to either.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 mod common;
 
 use std::hint::black_box;

@@ -10,6 +10,14 @@
 //!   `GRANTWHEEL_BENCH_10M=1`): open the file and build the engine, live
 //!   grants indexed and scheduled.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 mod common;
 
 use chrono::Duration;

@@ -7,6 +7,14 @@
 //! case). Each run then builds the two bare maps of the check benchmark over
 //! the same keys and prints their bytes per entry, measured the same way.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 mod common;
 
 use std::process::Command;

@@ -24,6 +24,14 @@
 //!   and its request layer, and resident memory after, against the live
 //!   grants' own footprint.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 use std::path::Path;
 use std::time::{Duration as StdDuration, Instant};
 

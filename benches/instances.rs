@@ -13,6 +13,14 @@
 //! Each figure is a ratio-free absolute: the server runs on the same
 //! machine (loopback), so they are a floor of what a network adds to.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 use std::time::{Duration as StdDuration, Instant};
 
 use chrono::Duration;

@@ -7,6 +7,14 @@
 //!   (they go live: the same wheel work as an expiry, plus re-arming each
 //!   for its end and publishing its pair).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 mod common;
 
 use chrono::Duration;

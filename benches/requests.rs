@@ -2,6 +2,14 @@
 //! items, decoded and carried out), and history queries on an entity with
 //! 100k records.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 use std::hint::black_box;
 
 use chrono::Duration;

@@ -1,6 +1,14 @@
 //! Aggregate checks per second with 1 and 2 threads, grantwheel and the two
 //! bare-map baselines of the check benchmark, at 10k and 1M grants (`GRANTWHEEL_SCALING_SIZES`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 mod common;
 
 use std::hint::black_box;

@@ -9,6 +9,8 @@ use grantwheel::requests::{HistoryQuery, ShareRequest, Sharing};
 use grantwheel::store::SqliteStore;
 use grantwheel::{Context, Engine, EntityId, Level, UserId};
 
+/// Open the store at `path`, share once more, and say what it holds;
+/// returns the number of live grants.
 pub fn run(path: &std::path::Path) -> Result<usize, Box<dyn std::error::Error>> {
     // Opening loads what the file holds: live grants are indexed again,
     // grants that expired meanwhile are dropped and recorded as expired.
@@ -54,6 +56,7 @@ pub fn run(path: &std::path::Path) -> Result<usize, Box<dyn std::error::Error>> 
     Ok(engine.len())
 }
 
+/// Run against the path given, or `grantwheel-quickstart.db` here.
 pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)

@@ -7,6 +7,7 @@ use grantwheel::{Context, Engine, EntityId, Event, Expiry, Level, ManualClock, U
 
 use std::sync::Arc;
 
+/// Run the example, printing each line.
 pub fn main() -> Result<(), Box<dyn std::error::Error>> {
     run(Arc::new(|line: &str| println!("{line}")))
 }

@@ -214,7 +214,6 @@ macro_rules! field_of {
             pub fn field(&self) -> Option<&'static str> {
                 match self {
                     Self::Invalid(a) => Some(a.field()),
-                    #[allow(unreachable_patterns, reason = "some families have only this variant")]
                     _ => None,
                 }
             }

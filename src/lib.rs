@@ -4,20 +4,7 @@
     doc = "Time-limited access grants: a constant-time grant index and a hierarchical timing wheel for expiry. Built without the `sqlite` feature: the README's examples need it."
 )]
 #![forbid(unsafe_code)]
-#![deny(missing_docs)]
-// Panic-freedom and bounds discipline are checked by the compiler, not by
-// care: each remaining exception is an `#[expect(..., reason = "...")]` at
-// its site.
-#![deny(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable,
-    clippy::todo,
-    clippy::unimplemented,
-    clippy::allow_attributes_without_reason
-)]
+// The other lints are the workspace's (`Cargo.toml`).
 
 pub mod clock;
 mod engine;

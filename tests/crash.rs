@@ -28,6 +28,14 @@
 //!
 //! The soak: `GRANTWHEEL_CRASH_CYCLES=100000 GRANTWHEEL_CRASH_LANES=4 cargo
 //! test --release --test crash kill_nine -- --nocapture`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 #![cfg(feature = "sqlite")]
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,6 +3,14 @@
 //! The allocator counts violations (warn mode, in debug and release alike),
 //! so an allocation fails the assertion below instead of aborting the run.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 use assert_no_alloc::{assert_no_alloc, violation_count, AllocDisabler};
 use chrono::{Duration, Utc};
 use grantwheel::{

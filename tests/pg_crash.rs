@@ -9,6 +9,14 @@
 //!
 //! 20 cycles by default; `GRANTWHEEL_PG_CRASH_CYCLES` for more. Needs a
 //! server: `GRANTWHEEL_PG_URL` (see `support/pg.rs`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 #![cfg(feature = "postgres")]
 
 use std::collections::BTreeMap;

@@ -1,7 +1,7 @@
 //! Workload shared by the benchmarks: random UUID users on numeric entity
 //! ids, an engine holding them, and the bare-map baseline over the same keys.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of it")]
 
 use chrono::{Duration, TimeZone, Utc};
 use grantwheel::{Context, Engine, EntityId, Expiry, Level, ManualClock, UserId};

@@ -41,6 +41,14 @@ pub struct App {
     pub(crate) inner: Arc<AppInner>,
 }
 
+// By hand: the state holds keys and sessions, which have no place in a
+// debug print.
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
 pub(crate) struct AppInner {
     pub(crate) sharing: Sharing,
     pub(crate) keys: Keys,

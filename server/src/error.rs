@@ -26,7 +26,7 @@ pub struct ApiError {
 }
 
 /// The body of every error answer.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct ErrorBody<'a> {
     /// Always `Error`.
     #[serde(rename = "Status")]

@@ -247,7 +247,7 @@ impl Server {
         })
     }
 
-    #[allow(
+    #[expect(
         clippy::type_complexity,
         reason = "the parts of a start, taken apart at once"
     )]

@@ -89,6 +89,14 @@ pub struct TlsListener {
     accepting: tokio::task::JoinHandle<()>,
 }
 
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TlsListener {
     /// Serve TLS with `acceptor` on `tcp`.
     ///

@@ -8,6 +8,14 @@
 //! Without them the test is skipped with a printed reason, unless
 //! `GRANTWHEEL_BROWSER_REQUIRED` is set, as the gate sets it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 mod common;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};

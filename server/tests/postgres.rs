@@ -7,6 +7,14 @@
 //!
 //! Needs a server: `GRANTWHEEL_PG_URL` (see `tests/support/pg.rs`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 mod common;
 
 #[path = "../../tests/support/pg.rs"]

@@ -1,6 +1,14 @@
 //! The binary as a process: SIGTERM during a burst of shares loses no
 //! acknowledged share.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -6,7 +6,7 @@
 //! breaks a promise: a panic inside grantwheel, a grant nobody asked for,
 //! an answer that differs from the model.
 
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of it")]
 
 use std::sync::OnceLock;
 

@@ -2,7 +2,7 @@
 //! a plain HTTP client.
 
 // Each test file uses its own part of this module.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses a part of it")]
 
 pub mod proxy;
 

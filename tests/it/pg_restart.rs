@@ -12,12 +12,9 @@ use std::time::{Duration as StdDuration, Instant};
 use grantwheel::store::PostgresStore;
 use grantwheel::{Context, Engine, EntityId, Expiry, Grant, Level, RevokeError, ShareError};
 
-#[path = "support/common.rs"]
-mod common;
-#[path = "support/pg.rs"]
-mod pg;
+use crate::pg;
 
-use common::user;
+use crate::common::user;
 
 fn engine(url: &str) -> Engine {
     Engine::builder()

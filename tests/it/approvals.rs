@@ -6,8 +6,7 @@
 //! PostgreSQL.
 
 #[cfg(feature = "postgres")]
-#[path = "support/pg.rs"]
-mod pg;
+use crate::pg;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use grantwheel::requests::{

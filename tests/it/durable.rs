@@ -19,13 +19,10 @@ use grantwheel::{
 };
 use uuid::Uuid;
 
-#[path = "support/common.rs"]
-mod common;
 #[cfg(feature = "postgres")]
-#[path = "support/pg.rs"]
-mod pg;
+use crate::pg;
 
-use common::{by_serial, start, user};
+use crate::common::{by_serial, start, user};
 
 /// Opens engines over one store kind, again and again.
 trait Reopen {
@@ -87,7 +84,10 @@ impl Reopen for Postgres {
 /// The memory store, a SQLite file, and a PostgreSQL database when a
 /// server is named (see `support/pg.rs`).
 fn stores() -> Vec<Box<dyn Reopen>> {
-    #[allow(unused_mut, reason = "without the postgres feature")]
+    #[cfg_attr(
+        not(feature = "postgres"),
+        expect(unused_mut, reason = "only the postgres feature adds to it")
+    )]
     let mut all: Vec<Box<dyn Reopen>> = vec![
         Box::new(Memory(MemoryStore::new())),
         Box::new(Sqlite::new()),

@@ -3,15 +3,7 @@
 //! and PostgreSQL databases reconnected for restarts (feature `postgres`,
 //! with a server named by `GRANTWHEEL_PG_URL`).
 
-#[path = "support/common.rs"]
-mod common;
-#[path = "support/conformance.rs"]
-mod conformance;
-#[cfg(feature = "postgres")]
-#[path = "support/pg.rs"]
-mod pg;
-
-use conformance::{run_all, Harness};
+use crate::conformance::{run_all, Harness};
 use grantwheel::store::MemoryStore;
 
 struct Memory;

@@ -4,8 +4,7 @@
 //! targets (`tests/support/fuzz_checks.rs`).
 #![cfg(feature = "sqlite")]
 
-#[path = "support/fuzz_checks.rs"]
-mod checks;
+use crate::checks;
 
 use std::path::Path;
 

@@ -1,12 +1,11 @@
 //! The examples the README points to run as tests, so they cannot rot.
 
-#[allow(dead_code)]
-#[path = "../examples/quickstart.rs"]
+#[path = "../../examples/quickstart.rs"]
 mod quickstart;
 
 #[cfg(feature = "sqlite")]
-#[allow(dead_code)]
-#[path = "../examples/persistent.rs"]
+#[expect(dead_code, reason = "the example's main is not called here")]
+#[path = "../../examples/persistent.rs"]
 mod persistent;
 
 #[test]

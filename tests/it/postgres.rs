@@ -12,12 +12,9 @@ use grantwheel::{Context, EntityId, Grant, GrantId, Level};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls};
 
-#[path = "support/common.rs"]
-mod common;
-#[path = "support/pg.rs"]
-mod pg;
+use crate::pg;
 
-use common::{by_serial, user};
+use crate::common::{by_serial, user};
 
 fn grant(serial: u64) -> Grant {
     Grant {
@@ -274,6 +271,26 @@ fn connections_ended_by_the_server_while_idle_are_opened_again_by_the_next_call(
         )
         .unwrap();
     assert!(ended.len() >= 2, "the writer and the reader were connected");
+    // Ended means gone: the signal is only sent by then, and a call made
+    // while the backend still lives would be lost mid-way instead.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&name],
+            )
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backends did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // Neither call fails: nothing had been sent on the lost connections,
     // so each is opened again and the call goes ahead.
     batch(&mut store, 2, &[Change::Put(grant(2))]).unwrap();

@@ -37,10 +37,7 @@ const DEFAULT_MS: u64 = 7 * 86_400_000;
 const MAX_MS: u64 = 30 * 86_400_000;
 const YEAR_MS: i64 = 365 * 86_400_000;
 
-#[path = "support/common.rs"]
-mod common;
-
-use common::{context, entity, user};
+use crate::common::{context, entity, user};
 
 fn ms(t: u64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(t as i64).unwrap()

@@ -25,10 +25,9 @@ use grantwheel::{
 };
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
-#[path = "support/common.rs"]
-mod common;
+use crate::common;
 
-use common::{context, entity, start, user, AccessModel, Key};
+use crate::common::{context, entity, start, user, AccessModel, Key};
 
 const USERS: usize = 3;
 const ENTITIES: usize = 2;

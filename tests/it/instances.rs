@@ -16,12 +16,10 @@ use grantwheel::{
 };
 use postgres::{Client, NoTls};
 
-#[path = "support/common.rs"]
-mod common;
-#[path = "support/pg.rs"]
-mod pg;
+use crate::common;
+use crate::pg;
 
-use common::user;
+use crate::common::user;
 
 /// An engine over the database at `url`, on the system clock.
 fn engine(url: &str) -> Engine {
