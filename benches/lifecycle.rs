@@ -50,7 +50,7 @@ fn bench(c: &mut Criterion) {
                 let (_, engine) = common::engine(&keys);
                 let ids: Vec<_> = keys
                     .iter()
-                    .flat_map(|(u, e, _, _)| engine.grants_for(u, e))
+                    .flat_map(|(u, e, _, _)| engine.pair_grants(u, e))
                     .map(|g| g.id)
                     .collect();
                 (engine, ids)

@@ -40,7 +40,7 @@ pub enum Event {
     Started(Grant),
     /// A grant's expiry, level or start changed (extended, shortened,
     /// raised by a repeated share, or a scheduled grant moved).
-    Extended {
+    ExpiryChanged {
         /// The grant as it is now.
         grant: Grant,
         /// Its expiry before the change.
@@ -69,7 +69,7 @@ impl Event {
     pub fn grant(&self) -> &Grant {
         match self {
             Event::Granted(g) | Event::Started(g) | Event::Expired(g) => g,
-            Event::Extended { grant, .. }
+            Event::ExpiryChanged { grant, .. }
             | Event::Revoked { grant, .. }
             | Event::ExpiringSoon { grant, .. } => grant,
         }

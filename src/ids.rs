@@ -126,7 +126,7 @@ pub const QUOTED_CHARS: usize = 40;
 /// a caller sent (a 900 KB id is answered in a line).
 ///
 /// ```
-/// use grantwheel::ids::quoted;
+/// use grantwheel::requests::wire::quoted;
 /// assert_eq!(quoted("869196"), "869196");
 /// assert_eq!(quoted(&"x".repeat(900_000)), format!("{}…", "x".repeat(40)));
 /// ```

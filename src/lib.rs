@@ -61,11 +61,11 @@
 #![forbid(unsafe_code)]
 // The other lints are the workspace's (`Cargo.toml`).
 
-pub mod clock;
+mod clock;
 mod engine;
-pub mod error;
-pub mod events;
-pub mod ids;
+mod error;
+mod events;
+mod ids;
 mod index;
 mod model;
 pub mod requests;

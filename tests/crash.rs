@@ -144,7 +144,7 @@ fn crash_child() {
                 // This thread's users' grants, as the engine has them.
                 let mut mine: Vec<Grant> = users
                     .iter()
-                    .flat_map(|u| [engine.grants_of(u), engine.scheduled_of(u)].concat())
+                    .flat_map(|u| [engine.user_grants(u), engine.scheduled_of(u)].concat())
                     .collect();
                 // This thread's shares held for an approver:
                 // (request, user, record).
@@ -479,7 +479,7 @@ fn verify(path: &std::path::Path, m: &mut Model, cycle: usize) -> usize {
             waiting.insert(g.id.serial);
             held.insert(g.id.serial, g);
         }
-        for g in engine.grants_of(&user(u)) {
+        for g in engine.user_grants(&user(u)) {
             waiting.remove(&g.id.serial);
             held.insert(g.id.serial, g);
         }

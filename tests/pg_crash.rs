@@ -165,7 +165,7 @@ fn violations(e: &Engine, known: &BTreeMap<u64, Known>, kills: u64, name: &str) 
     let mut bad = Vec::new();
     for (entity, k) in known {
         let (u, lead) = (user(k.user), EntityId::lead(*entity));
-        let held = e.grants_for(&u, &lead);
+        let held = e.pair_grants(&u, &lead);
         let live = k.expires > now + 50;
         if k.revoked {
             if !held.is_empty() || e.can_read(&u, &lead) {
@@ -192,7 +192,7 @@ fn violations(e: &Engine, known: &BTreeMap<u64, Known>, kills: u64, name: &str) 
     // it was killed.
     let mut unknown = 0;
     for i in 0..USERS {
-        for g in e.grants_of(&user(i)) {
+        for g in e.user_grants(&user(i)) {
             let n = lead_number(&g.id.entity);
             if !known.contains_key(&n) {
                 unknown += 1;

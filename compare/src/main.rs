@@ -67,8 +67,12 @@ fn workload(n: usize) -> (Vec<Grant>, Vec<Check>) {
         .collect();
     let checks = (0..ROUND_CHECKS)
         .map(|i| {
-            if rng.random_bool(0.9) {
-                let g = grants[rng.random_range(0..n)];
+            let present = if rng.random_bool(0.9) {
+                grants.get(rng.random_range(0..n)).copied()
+            } else {
+                None
+            };
+            if let Some(g) = present {
                 Check {
                     user: g.user,
                     entity: g.entity,
@@ -381,7 +385,7 @@ fn time_checks(checker: &dyn Checker, checks: &[Check], threads: usize) -> f64 {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Inserts and expirations per second (and, for DelayQueue, resident bytes
@@ -538,8 +542,8 @@ fn main() {
                 })
                 .unwrap_or_else(|| format!("RESULT {engine} {n} failed"));
             let cols: Vec<&str> = line.split_whitespace().skip(1).collect();
-            let row = if cols.len() >= 8 {
-                cols[..8].join(" | ")
+            let row = if let Some(first) = cols.get(..8) {
+                first.join(" | ")
             } else {
                 let why = if cols.get(2) == Some(&"skipped") {
                     "skipped: setup over 60 s"

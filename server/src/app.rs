@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::keys::Keys;
 use crate::limiter::Limiter;
 use crate::sessions::Sessions;
-use crate::wire::RecordView;
+use crate::views::RecordView;
 
 /// The path prefix of the seed's API.
 pub const API: &str = "/v2/EntityAccess.svc";

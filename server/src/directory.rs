@@ -193,13 +193,16 @@ impl Remote {
     }
 
     fn ask(&self, user: &UserId, entity: &EntityId, context: &Context) -> Result<(), String> {
-        let code = crate::wire::entity_code(entity.kind);
+        let code = grantwheel::requests::wire::entity_code(entity.kind);
         let mut req = self
             .agent
             .get(&self.url)
             .query("UserId", user.to_string())
             .query("Entity", code.to_string())
-            .query("EntityId", crate::wire::entity_ref_text(entity));
+            .query(
+                "EntityId",
+                grantwheel::requests::wire::entity_id_text(entity),
+            );
         match context {
             Context::Activity(a) => {
                 req = req

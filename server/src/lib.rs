@@ -25,8 +25,8 @@ mod serve;
 pub mod sessions;
 pub mod starting;
 pub mod tls;
+pub mod views;
 pub mod watch;
-pub mod wire;
 
 pub use serve::{Server, StartError};
 

@@ -53,7 +53,7 @@ impl Engine {
                     let _ = engine.flush();
                 }
                 let wait = engine
-                    .next_expiry()
+                    .next_wakeup()
                     .map(|t| (t - engine.now()).to_std().unwrap_or_default())
                     .unwrap_or(max_sleep)
                     .clamp(std::time::Duration::from_millis(1), max_sleep);

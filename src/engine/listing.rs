@@ -44,7 +44,7 @@ impl Engine {
     /// The live grants of (user, entity), by expiry: those checks see (a
     /// scheduled grant from the tick that starts it, see
     /// [`live_from`](Self::live_from)).
-    pub fn grants_for(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
+    pub fn pair_grants(&self, user: &UserId, entity: &EntityId) -> Vec<Grant> {
         self.read_state(|st, now| {
             let mut gs = st.held_in_pair(user, entity, now);
             gs.retain(|g| !st.grants[*g].hidden());
@@ -53,7 +53,7 @@ impl Engine {
     }
 
     /// The grants of `user` that have yet to start, by expiry (as
-    /// [`grants_of`](Self::grants_of) lists the live ones): until the tick
+    /// [`user_grants`](Self::user_grants) lists the live ones): until the tick
     /// that starts them, when checks begin to see them.
     pub fn scheduled_of(&self, user: &UserId) -> Vec<Grant> {
         self.listing(GrantFilter::User(*user), true)
@@ -79,18 +79,18 @@ impl Engine {
     /// A listing trusts the store's indexes: damage on disk can hide a
     /// grant from it (never show one that was not given); after a disk
     /// fault, check the file (`SqliteStore::integrity_check`).
-    pub fn grants_on(&self, entity: &EntityId) -> Vec<Grant> {
+    pub fn entity_grants(&self, entity: &EntityId) -> Vec<Grant> {
         self.listing(GrantFilter::Entity(*entity), false)
     }
 
     /// The live grants of `user`, by expiry; see
-    /// [`grants_on`](Self::grants_on) for what a listing sees and costs.
-    pub fn grants_of(&self, user: &UserId) -> Vec<Grant> {
+    /// [`entity_grants`](Self::entity_grants) for what a listing sees and costs.
+    pub fn user_grants(&self, user: &UserId) -> Vec<Grant> {
         self.listing(GrantFilter::User(*user), false)
     }
 
     /// The live grants that expire within `window` from now, by expiry;
-    /// see [`grants_on`](Self::grants_on) for what a listing sees (without
+    /// see [`entity_grants`](Self::entity_grants) for what a listing sees (without
     /// a store this scans the grants: O(grants)).
     ///
     /// ```

@@ -39,7 +39,6 @@ mod builder;
 mod commit;
 mod config;
 mod contexts;
-mod decide;
 mod driver;
 mod follow;
 #[cfg(any(test, feature = "testing"))]
@@ -53,13 +52,14 @@ mod revoke;
 mod share;
 mod state;
 mod timers;
+mod transact;
 
 pub use builder::EngineBuilder;
-pub(crate) use decide::Decide;
 pub use driver::Driver;
 pub use follow::FeedStatus;
 pub(crate) use load::Restored;
 pub(crate) use state::RuleUpdate;
+pub(crate) use transact::Transaction;
 
 pub use crate::model::grant::{
     Access, Expiry, ExpiryEvents, Footprint, Grant, OverMax, RepeatShare, ShareSpec, Start,
@@ -322,10 +322,10 @@ impl Engine {
     /// engine.share_spec(ShareSpec::new(u, e, Level::Read).start(Start::At(at))).unwrap();
     /// clock.advance(Duration::milliseconds(1900));
     /// engine.advance();
-    /// assert!(!engine.can_read(&u, &e) && engine.grants_for(&u, &e).is_empty());
+    /// assert!(!engine.can_read(&u, &e) && engine.pair_grants(&u, &e).is_empty());
     /// clock.advance(Duration::milliseconds(100));
     /// engine.advance();
-    /// assert!(engine.can_read(&u, &e) && engine.grants_for(&u, &e).len() == 1);
+    /// assert!(engine.can_read(&u, &e) && engine.pair_grants(&u, &e).len() == 1);
     /// ```
     pub fn live_from(&self, start: DateTime<Utc>) -> DateTime<Utc> {
         let timing = &self.inner.cfg.timing;
@@ -335,7 +335,7 @@ impl Engine {
     /// When [`advance`](Self::advance) next has work to do: never later than
     /// the next start, expiry or warning (exact within 64 ticks, earlier for
     /// farther ones). `None` when no grant is held.
-    pub fn next_expiry(&self) -> Option<DateTime<Utc>> {
+    pub fn next_wakeup(&self) -> Option<DateTime<Utc>> {
         let st = self.inner.state.lock();
         st.wheel
             .next_wakeup()

@@ -39,7 +39,7 @@ impl Engine {
     /// Revoke the held grant (live or scheduled) of (user, entity) through `context`, if any.
     /// Grants through other contexts stay. Store failures as for
     /// [`revoke`](Self::revoke).
-    pub fn revoke_context(
+    pub fn revoke_via(
         &self,
         user: &UserId,
         entity: &EntityId,
@@ -63,7 +63,7 @@ impl Engine {
     /// Revoke every held grant (live or scheduled) of `user`. With a store, the grants are
     /// found through the store's index of users (cost proportional to
     /// them); without one (or if the store cannot be read) by scanning the
-    /// index, O(pairs). See [`grants_of`](Self::grants_of) for what is
+    /// index, O(pairs). See [`user_grants`](Self::user_grants) for what is
     /// found.
     pub fn revoke_user(&self, user: &UserId) -> Result<Vec<Grant>, NotDurable> {
         self.revoke_listed(GrantFilter::User(*user))
@@ -78,7 +78,7 @@ impl Engine {
     /// Revoke every held grant (live or scheduled) given through `context` (for example all
     /// that one activity shared): through the store's index of contexts,
     /// or by scanning the grants, O(grants).
-    pub fn revoke_from_context(&self, context: &Context) -> Result<Vec<Grant>, NotDurable> {
+    pub fn revoke_all_via(&self, context: &Context) -> Result<Vec<Grant>, NotDurable> {
         self.revoke_listed(GrantFilter::Context(*context))
     }
 

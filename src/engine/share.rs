@@ -93,7 +93,7 @@ impl Engine {
     /// clock.set(monday);
     /// engine.advance();
     /// assert!(engine.can_read(&u, &e), "from its start");
-    /// assert_eq!(engine.grants_of(&u)[0].expires_at, monday + Duration::days(5));
+    /// assert_eq!(engine.user_grants(&u)[0].expires_at, monday + Duration::days(5));
     /// ```
     pub fn share_spec(&self, spec: ShareSpec) -> Result<Grant, ShareError> {
         self.run(move |st, ch, now| share_op(st, ch, now, &spec))
@@ -200,7 +200,7 @@ impl Engine {
             let started = st.change_window(g, Some(begins), expires, rec.level(), now);
             let grant = st.grant(g);
             ch.write(|| Change::Put(grant));
-            ch.push(|| Event::Extended {
+            ch.push(|| Event::ExpiryChanged {
                 grant,
                 previous_expiry: from_millis(rec.expires),
             });
@@ -333,7 +333,7 @@ pub(super) fn change_expiry(
         let started = st.change(g, expires, rec.level(), now);
         let grant = st.grant(g);
         ch.write(|| Change::Put(grant));
-        ch.push(|| Event::Extended {
+        ch.push(|| Event::ExpiryChanged {
             grant,
             previous_expiry: from_millis(rec.expires),
         });
@@ -419,7 +419,7 @@ fn repeat(
                 let started = st.change_window(g, earlier, exp, lvl, now);
                 let grant = st.grant(g);
                 ch.write(|| Change::Put(grant));
-                ch.push(|| Event::Extended {
+                ch.push(|| Event::ExpiryChanged {
                     grant,
                     previous_expiry: from_millis(rec.expires),
                 });

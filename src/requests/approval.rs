@@ -215,7 +215,7 @@ impl Sharing {
         record.approval = Some(approval);
         let backend = self.inner.backend.clone();
         let held = record.clone();
-        let (_, batch) = self.inner.engine.decide(move |d| {
+        let (_, batch) = self.inner.engine.transact(move |d| {
             d.write(backend.in_batch(vec![Change::Record(Box::new(held))]));
         });
         match batch {
@@ -340,7 +340,7 @@ impl Sharing {
             a.decision = Some(decision);
         }
         let stored = decided_record.clone();
-        let (decided, batch) = self.inner.engine.decide(move |d| {
+        let (decided, batch) = self.inner.engine.transact(move |d| {
             if !still_awaiting(&backend, &id) {
                 return Decided::Seen(id);
             }
@@ -418,7 +418,7 @@ impl Sharing {
         };
         let backend = self.inner.backend.clone();
         let id = record.request;
-        let (_, batch) = self.inner.engine.decide(move |d| {
+        let (_, batch) = self.inner.engine.transact(move |d| {
             if still_awaiting(&backend, &id) {
                 let done = timed_out(record, deadline);
                 d.write(backend.in_batch(vec![Change::Record(Box::new(done))]));
@@ -516,7 +516,7 @@ impl Sharing {
         let id = record.request;
         let stored = record.clone();
         let words = failure.clone();
-        let (decided, batch) = self.inner.engine.decide(move |d| {
+        let (decided, batch) = self.inner.engine.transact(move |d| {
             if !still_awaiting(&backend, &id) {
                 return Decided::Seen(id);
             }

@@ -160,7 +160,7 @@ impl Sharing {
         rule.state = RuleState::Draft;
         let engine = &self.inner.engine;
         let kept = rule.clone();
-        let (id, written) = engine.decide(move |d| {
+        let (id, written) = engine.transact(move |d| {
             let id = RuleId(d.next_rule_id());
             d.write(vec![Change::Rule {
                 id,
@@ -344,7 +344,7 @@ impl Sharing {
             .filter(|(g, _)| {
                 self.inner
                     .engine
-                    .grants_for(&g.user, &g.entity)
+                    .pair_grants(&g.user, &g.entity)
                     .iter()
                     .any(|live| live.id == *g && live.expires_at > now)
             })

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::engine::{Decide, Expiry, Grant, ShareSpec};
+use crate::engine::{Expiry, Grant, ShareSpec, Transaction};
 use crate::error::NotDurable;
 use crate::ids::{Context, EntityId, Level, UserId};
 use crate::model::grant::Start;
@@ -247,7 +247,7 @@ impl Sharing {
             .into_iter()
             .map(|(record, plan)| (self.key_to_recheck(&record), record, plan))
             .collect();
-        let (decided, batch) = self.inner.engine.decide(move |d| {
+        let (decided, batch) = self.inner.engine.transact(move |d| {
             items
                 .into_iter()
                 .map(|(recheck, record, plan)| decide_share(d, &backend, recheck, record, plan))
@@ -325,14 +325,14 @@ impl Sharing {
         let backend = self.inner.backend.clone();
         let recheck = self.key_to_recheck(&record);
         let (req2, pending) = (*req, record.clone());
-        let (decided, batch) = self.inner.engine.decide(move |d| {
+        let (decided, batch) = self.inner.engine.transact(move |d| {
             if let Some(first) =
                 recheck.and_then(|key| seen_before(&backend, &key, pending.request))
             {
                 return Decided::Seen(first);
             }
             let request = pending.request;
-            let grant = d.revoke_context(&req2.user, &req2.entity, &req2.context);
+            let grant = d.revoke_via(&req2.user, &req2.entity, &req2.context);
             let result = grant.ok_or(none_reason);
             let mut changes = vec![Change::Record(Box::new(finished(
                 pending,
@@ -438,7 +438,7 @@ fn seen_before(backend: &Backend, key: &str, ours: RequestId) -> Option<RequestI
 /// Decide one share under the engine's lock and put its record in the
 /// batch.
 pub(super) fn decide_share(
-    d: &mut Decide<'_, '_>,
+    d: &mut Transaction<'_, '_>,
     backend: &Backend,
     recheck: Option<String>,
     record: HistoryRecord,
@@ -491,7 +491,7 @@ fn share_start(record: &HistoryRecord, req: &ShareRequest) -> Start {
 /// A grantor who is not privileged may give no more than it holds now:
 /// no higher level and no later expiry.
 fn check_delegation(
-    d: &Decide<'_, '_>,
+    d: &Transaction<'_, '_>,
     grantor: &UserId,
     req: &ShareRequest,
 ) -> Result<(), String> {

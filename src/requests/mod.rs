@@ -51,10 +51,6 @@ mod request;
 mod starts;
 pub mod wire;
 
-pub use api::{
-    StatusMessage, StatusResponse, SHARE_STATUS_COMPLETED, SHARE_STATUS_FAILED,
-    SHARE_STATUS_PROCESSING,
-};
 pub use approval::{ApprovalError, ApprovalPolicy, ApprovalRules, MAX_REASON_BYTES};
 pub use execute::{ContextResolver, GrantorPolicy};
 pub use history::{Cursor, HistoryPage, HistoryQuery};
@@ -80,7 +76,7 @@ pub use crate::model::history::{
 #[must_use = "a builder does nothing until `build()` is called"]
 pub struct SharingBuilder {
     engine: Engine,
-    config: SharingConfig,
+    config: Settings,
     resolver: Option<Box<dyn ContextResolver>>,
     grantor_policy: Option<Box<dyn GrantorPolicy>>,
     users: Option<Box<dyn automation::UserDirectory>>,
@@ -96,12 +92,6 @@ impl fmt::Debug for SharingBuilder {
 }
 
 impl SharingBuilder {
-    /// The settings (default: [`SharingConfig::default`]).
-    pub fn config(mut self, config: SharingConfig) -> Self {
-        self.config = config;
-        self
-    }
-
     /// How long records of ended grants, failed requests and revokes are
     /// kept before [`Sharing::prune`] removes them (default 90 days).
     pub fn retention(mut self, retention: chrono::Duration) -> Self {
@@ -192,23 +182,23 @@ impl SharingBuilder {
     }
 }
 
-/// Settings of the request layer.
+/// Settings of the request layer, each set by its builder method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SharingConfig {
+struct Settings {
     /// How long records of ended grants, failed requests and revokes are
     /// kept before [`Sharing::prune`] removes them (default 90 days).
-    pub retention: chrono::Duration,
+    retention: chrono::Duration,
     /// How long a share may wait for an approver before it fails (default
     /// 7 days; see [`SharingBuilder::approvals`]).
-    pub approval_timeout: chrono::Duration,
+    approval_timeout: chrono::Duration,
     /// The most items one share or revoke batch of the API may hold
     /// (default [`wire::MAX_BATCH_ITEMS`]).
-    pub max_batch_items: usize,
+    max_batch_items: usize,
 }
 
-impl Default for SharingConfig {
+impl Default for Settings {
     fn default() -> Self {
-        SharingConfig {
+        Settings {
             retention: chrono::Duration::days(90),
             approval_timeout: chrono::Duration::days(7),
             max_batch_items: wire::MAX_BATCH_ITEMS,
@@ -218,7 +208,7 @@ impl Default for SharingConfig {
 
 struct SharingInner {
     engine: Engine,
-    config: SharingConfig,
+    config: Settings,
     resolver: Option<Box<dyn ContextResolver>>,
     grantor_policy: Option<Box<dyn GrantorPolicy>>,
     users: Option<Box<dyn automation::UserDirectory>>,
@@ -312,7 +302,7 @@ impl Sharing {
     pub fn builder(engine: Engine) -> SharingBuilder {
         SharingBuilder {
             engine,
-            config: SharingConfig::default(),
+            config: Settings::default(),
             resolver: None,
             grantor_policy: None,
             users: None,

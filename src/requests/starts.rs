@@ -154,7 +154,7 @@ impl Sharing {
     /// reason in the same batch. Returns whether it was still held.
     fn refuse(&self, grant: Grant, record: Option<HistoryRecord>, reason: String) -> bool {
         let backend = self.inner.backend.clone();
-        let (ended, _batch) = self.inner.engine.decide(move |d| {
+        let (ended, _batch) = self.inner.engine.transact(move |d| {
             d.revoke_id(&grant.id)?;
             if let Some(mut r) = record {
                 r.revoked = Some((d.now(), EndedBy::Engine));

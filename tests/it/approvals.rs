@@ -550,7 +550,7 @@ fn revalidation(open: &Opener) {
     assert!(!sharing.engine().can_read(&user(25), &lead(5)));
     assert_eq!(sharing.check_starts().unwrap(), 1);
     assert!(sharing.engine().can_read(&user(25), &lead(5)));
-    let live = sharing.engine().grants_for(&user(25), &lead(5));
+    let live = sharing.engine().pair_grants(&user(25), &lead(5));
     assert_eq!(live[0].expires_at, tuesday + Duration::hours(8));
     let record = sharing.request(&ok.request).unwrap().unwrap();
     assert!(record.end_reason.is_none() && record.revoked.is_none());

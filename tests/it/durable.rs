@@ -142,8 +142,8 @@ fn grants_survive_a_restart_and_expired_ones_do_not() {
         assert!(engine.can_edit(&a, &lead));
         assert!(engine.can_read(&b, &deal));
         assert!(!engine.can_read(&c, &lead), "a revoke never comes back");
-        assert_eq!(engine.grants_for(&b, &deal), vec![extended]);
-        assert_eq!(engine.grants_for(&a, &lead), vec![long]);
+        assert_eq!(engine.pair_grants(&b, &deal), vec![extended]);
+        assert_eq!(engine.pair_grants(&a, &lead), vec![long]);
         // Serials are never reused: old ids stay dead.
         let fresh = engine
             .share(c, lead, Context::Direct, Level::Read, Expiry::Default)
@@ -159,7 +159,7 @@ fn grants_survive_a_restart_and_expired_ones_do_not() {
         clock.advance(Duration::hours(2));
         let engine = store.open(&clock);
         assert!(!engine.can_read(&b, &deal));
-        assert!(engine.grants_for(&b, &deal).is_empty());
+        assert!(engine.pair_grants(&b, &deal).is_empty());
         assert_eq!(engine.len(), 2);
     }
 }
@@ -1085,8 +1085,8 @@ fn listings_from_the_store_never_show_a_revoked_grant() {
         }
     }
     let of_a: Vec<Grant> = shared.iter().filter(|g| g.id.user == a).copied().collect();
-    assert_eq!(engine.grants_of(&a), of_a, "by expiry");
-    assert_eq!(engine.grants_on(&EntityId::lead(2)).len(), 2);
+    assert_eq!(engine.user_grants(&a), of_a, "by expiry");
+    assert_eq!(engine.entity_grants(&EntityId::lead(2)).len(), 2);
     assert_eq!(engine.expiring_within(Duration::minutes(90)).len(), 2);
     // The revoke cannot be written: the store still holds the grant.
     faults.set(Fault::Once(faults.ops() + 1));
@@ -1095,15 +1095,15 @@ fn listings_from_the_store_never_show_a_revoked_grant() {
         Err(RevokeError::NotDurable(_))
     ));
     assert!(memory.stored_grants().iter().any(|g| g.id == of_a[0].id));
-    assert_eq!(engine.grants_of(&a), of_a[1..].to_vec());
+    assert_eq!(engine.user_grants(&a), of_a[1..].to_vec());
     assert_eq!(engine.expiring_within(Duration::minutes(90)).len(), 1);
     // Past their expiry, grants are not listed (before any reclaim).
     clock.advance(Duration::minutes(150));
-    assert_eq!(engine.grants_of(&a), of_a[2..].to_vec());
+    assert_eq!(engine.user_grants(&a), of_a[2..].to_vec());
     // The revokes by user go through the same listing.
     let revoked = engine.revoke_user(&b).unwrap();
     assert_eq!(revoked.len(), 2);
-    assert!(engine.grants_of(&b).is_empty());
+    assert!(engine.user_grants(&b).is_empty());
     // No access after a revoke found through the store's listing.
     for e in 0..4 {
         assert!(!engine.can_read(&b, &EntityId::lead(e)));
@@ -1165,7 +1165,7 @@ fn an_unreadable_store_is_reported_and_revokes_still_work() {
         "not carried out unchecked"
     );
     // Listings and revokes fall back to memory.
-    assert_eq!(engine.grants_of(&user(1)).len(), 1);
+    assert_eq!(engine.user_grants(&user(1)).len(), 1);
     assert_eq!(engine.revoke_entity(&lead).unwrap().len(), 1);
     assert!(!engine.can_read(&user(1), &lead));
     faults.fail_reads(false);

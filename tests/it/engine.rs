@@ -48,14 +48,14 @@ fn a_lead_shared_through_two_activities_survives_revoking_one() {
         .share(user, lead, a2, Level::Read, Expiry::Default)
         .unwrap();
     assert!(engine.can_edit(&user, &lead));
-    let gone = engine.revoke_context(&user, &lead, &a1).unwrap().unwrap();
+    let gone = engine.revoke_via(&user, &lead, &a1).unwrap().unwrap();
     assert_eq!(gone.level, Level::Edit);
     assert!(
         engine.can_read(&user, &lead),
         "the other activity's grant stays"
     );
     assert!(!engine.can_edit(&user, &lead));
-    assert_eq!(engine.grants_for(&user, &lead).len(), 1);
+    assert_eq!(engine.pair_grants(&user, &lead).len(), 1);
 }
 
 #[test]
@@ -155,7 +155,7 @@ fn a_jump_of_years_reclaims_everything_in_one_advance() {
 #[test]
 fn next_expiry_is_never_after_the_next_expiry() {
     let (clock, engine) = manual();
-    assert_eq!(engine.next_expiry(), None);
+    assert_eq!(engine.next_wakeup(), None);
     let u = UserId::from_u128(1);
     let far = engine
         .share(
@@ -176,17 +176,17 @@ fn next_expiry_is_never_after_the_next_expiry() {
         )
         .unwrap();
     assert_eq!(
-        engine.next_expiry(),
+        engine.next_wakeup(),
         Some(near.expires_at),
         "exact within 64 ticks"
     );
     engine.revoke(&near.id).unwrap();
-    let wake = engine.next_expiry().unwrap();
+    let wake = engine.next_wakeup().unwrap();
     assert!(wake <= far.expires_at && wake > t0());
     // Sleeping until each wake-up and advancing reaches the expiry.
     let mut rounds = 0;
     while !engine.is_empty() {
-        clock.set(engine.next_expiry().unwrap());
+        clock.set(engine.next_wakeup().unwrap());
         engine.advance();
         rounds += 1;
         assert!(rounds < 20, "wake-ups make progress");
@@ -424,7 +424,7 @@ fn bad_durations_are_refused_without_changing_anything() {
             Expiry::After(Duration::hours(1)),
         )
         .unwrap();
-    let before = engine.grants_for(&u, &e);
+    let before = engine.pair_grants(&u, &e);
     for (expiry, field) in [
         (Expiry::After(Duration::zero()), "duration"),
         (Expiry::After(Duration::minutes(-5)), "duration"),
@@ -443,7 +443,7 @@ fn bad_durations_are_refused_without_changing_anything() {
         assert!(msg.starts_with("invalid `"), "{msg}");
         assert!(!msg.ends_with('.'), "{msg}");
     }
-    assert_eq!(engine.grants_for(&u, &e), before);
+    assert_eq!(engine.pair_grants(&u, &e), before);
     assert!(!engine.can_edit(&u, &e));
 }
 
@@ -558,17 +558,21 @@ fn listings_and_bulk_revokes() {
         )
         .unwrap();
 
-    let on_deal: Vec<UserId> = engine.grants_on(&deal).iter().map(|g| g.id.user).collect();
+    let on_deal: Vec<UserId> = engine
+        .entity_grants(&deal)
+        .iter()
+        .map(|g| g.id.user)
+        .collect();
     assert_eq!(on_deal, vec![bob, alice], "by expiry");
     let of_alice: Vec<EntityId> = engine
-        .grants_of(&alice)
+        .user_grants(&alice)
         .iter()
         .map(|g| g.id.entity)
         .collect();
     assert_eq!(of_alice, vec![lead, deal]);
     assert_eq!(engine.expiring_within(Duration::days(2)).len(), 2);
 
-    let by_activity = engine.revoke_from_context(&act).unwrap();
+    let by_activity = engine.revoke_all_via(&act).unwrap();
     assert_eq!(by_activity.len(), 2);
     assert!(!engine.can_read(&alice, &deal));
     assert!(engine.can_read(&bob, &deal));

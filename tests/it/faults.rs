@@ -171,7 +171,7 @@ fn run_scheduled(
                 }
             }
             Op::RevokeContext(k) => {
-                match engine.revoke_context(&user(k.0), &entity(k.1), &context(k.2)) {
+                match engine.revoke_via(&user(k.0), &entity(k.1), &context(k.2)) {
                     Ok(gone) => {
                         m.ok();
                         m.end(&gone.into_iter().collect::<Vec<_>>());
@@ -239,7 +239,7 @@ fn reopened(store: impl Store + 'static, clock: &ManualClock) -> BTreeMap<Key, G
     let mut out = BTreeMap::new();
     for u in 0..USERS {
         for e in 0..ENTITIES {
-            for g in engine.grants_for(&user(u), &entity(e)) {
+            for g in engine.pair_grants(&user(u), &entity(e)) {
                 out.insert(key_of(&g.id), g);
             }
         }

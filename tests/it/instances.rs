@@ -57,7 +57,7 @@ fn held(e: &Engine, users: std::ops::Range<usize>, leads: &[u64]) -> Vec<Grant> 
         .flat_map(|u| {
             leads
                 .iter()
-                .flat_map(move |l| e.grants_for(&user(u), &EntityId::lead(*l)))
+                .flat_map(move |l| e.pair_grants(&user(u), &EntityId::lead(*l)))
         })
         .collect();
     gs.sort_by_key(|g| g.id.serial);
@@ -114,11 +114,11 @@ fn a_share_and_a_revoke_on_one_engine_reach_the_other() {
         .unwrap();
     assert!(a.can_edit(&u, &lead), "read-your-writes on the writer");
     eventually("B sees A's share", || b.can_edit(&u, &lead));
-    assert_eq!(b.grants_of(&u), vec![g]);
+    assert_eq!(b.user_grants(&u), vec![g]);
     a.revoke(&g.id).unwrap();
     assert!(!a.can_read(&u, &lead));
     eventually("B sees A's revoke", || !b.can_read(&u, &lead));
-    assert!(b.grants_of(&u).is_empty());
+    assert!(b.user_grants(&u).is_empty());
 
     // B extends a grant A made; A sees the new expiry.
     let g = a
@@ -133,7 +133,7 @@ fn a_share_and_a_revoke_on_one_engine_reach_the_other() {
     eventually("B sees the second share", || b.can_read(&u, &lead));
     let longer = b.extend(&g.id, Duration::hours(5)).unwrap();
     eventually("A sees B's extension", || {
-        a.grants_of(&u).first().map(|g| g.expires_at) == Some(longer.expires_at)
+        a.user_grants(&u).first().map(|g| g.expires_at) == Some(longer.expires_at)
     });
     let status = b.feed_status().unwrap();
     assert!(status.fresh, "{status:?}");
@@ -171,7 +171,7 @@ fn a_scheduled_grant_reaches_the_other_engine_and_starts_on_each_never_early() {
     eventually("B holds A's scheduled grant", || {
         b.scheduled_of(&u) == vec![g]
     });
-    assert!(!b.can_read(&u, &lead) && b.grants_of(&u).is_empty());
+    assert!(!b.can_read(&u, &lead) && b.user_grants(&u).is_empty());
     // B moves it to start shortly; A follows the move.
     let moved = b
         .set_start(&g.id, Start::After(Duration::milliseconds(500)))
@@ -197,7 +197,7 @@ fn a_scheduled_grant_reaches_the_other_engine_and_starts_on_each_never_early() {
             yes
         });
     }
-    assert_eq!(a.grants_of(&u), vec![moved]);
+    assert_eq!(a.user_grants(&u), vec![moved]);
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn a_start_held_on_both_engines_goes_live_on_each_once_one_confirms_it() {
     for e in [&a, &b] {
         eventually("the confirmation is followed", || e.can_read(&u, &lead));
         assert!(e.due_starts().is_empty());
-        assert_eq!(e.grants_of(&u), vec![live]);
+        assert_eq!(e.user_grants(&u), vec![live]);
     }
     assert!(matches!(
         a.confirm_start(&g.id),
@@ -711,7 +711,7 @@ mod model {
                             u,
                             en
                         );
-                        prop_assert_eq!(e.grants_for(&uu, &ee), want.clone(), "step {}", step);
+                        prop_assert_eq!(e.pair_grants(&uu, &ee), want.clone(), "step {}", step);
                     }
                 }
             }
@@ -771,11 +771,11 @@ fn one_idempotency_key_on_two_instances_at_once_is_carried_out_once() {
         }
         let ea = a.engine().clone();
         eventually("A holds the one grant", || {
-            ea.grants_for(&user(3), &EntityId::lead(round)).len() == 1
+            ea.pair_grants(&user(3), &EntityId::lead(round)).len() == 1
         });
         let eb = b.engine().clone();
         eventually("B holds the one grant", || {
-            eb.grants_for(&user(3), &EntityId::lead(round)).len() == 1
+            eb.pair_grants(&user(3), &EntityId::lead(round)).len() == 1
         });
     }
     // One record per key in the shared history.

@@ -1,6 +1,7 @@
 //! The library's integration tests, in one binary (one link instead of
-//! sixteen). The crash tests and the allocation test are binaries of their
-//! own: they kill child processes or replace the global allocator.
+//! fifteen). The crash tests, the server restart and the allocation test
+//! are binaries of their own: they kill child processes, restart the
+//! PostgreSQL server the others use, or replace the global allocator.
 
 #![allow(
     clippy::unwrap_used,
@@ -36,7 +37,6 @@ mod examples;
 mod faults;
 mod instances;
 mod model;
-mod pg_restart;
 mod postgres;
 mod requests;
 mod scheduled;

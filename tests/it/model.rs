@@ -293,7 +293,7 @@ impl Model {
         let started = self.settle(k);
         let g = self.grants[&k];
         let grant = self.grant(k, &g);
-        self.events.push(Event::Extended {
+        self.events.push(Event::ExpiryChanged {
             grant,
             previous_expiry: ms(old.expires),
         });
@@ -341,7 +341,7 @@ impl Model {
                             }
                             let started = self.settle(k);
                             let g = self.grants[&k];
-                            self.events.push(Event::Extended {
+                            self.events.push(Event::ExpiryChanged {
                                 grant: self.grant(k, &g),
                                 previous_expiry: ms(old.expires),
                             });
@@ -385,7 +385,7 @@ impl Model {
             self.grants.get_mut(&k).unwrap().expires = expires;
             let started = self.settle(k);
             let g = self.grants[&k];
-            self.events.push(Event::Extended {
+            self.events.push(Event::ExpiryChanged {
                 grant: self.grant(k, &g),
                 previous_expiry: ms(old.expires),
             });
@@ -712,7 +712,7 @@ fn run(
             }
             Op::RevokeContext(u, e, c) => {
                 let got = engine
-                    .revoke_context(&user(u), &entity(e), &context(c))
+                    .revoke_via(&user(u), &entity(e), &context(c))
                     .unwrap();
                 prop_assert_eq!(
                     got.into_iter().collect::<Vec<_>>(),
@@ -740,7 +740,7 @@ fn run(
                 prop_assert_eq!(got, m.revoke_keys(keys));
             }
             Op::RevokeFromContext(c) => {
-                let got = engine.revoke_from_context(&context(c)).unwrap();
+                let got = engine.revoke_all_via(&context(c)).unwrap();
                 let keys = m.grants.keys().filter(|k| k.2 == c).copied().collect();
                 prop_assert_eq!(got, m.revoke_keys(keys));
             }
@@ -853,7 +853,7 @@ fn run(
             got.extend(if scheduled {
                 engine.scheduled_of(&user(u))
             } else {
-                engine.grants_of(&user(u))
+                engine.user_grants(&user(u))
             });
         }
         got.sort_by_key(|g| (g.expires_at, g.id.serial));

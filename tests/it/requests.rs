@@ -349,10 +349,10 @@ proptest! {
         let lead = EntityId::lead(869196);
         let opportunity = EntityId::opportunity(869196);
         let user: UserId = USER.parse().unwrap();
-        let held = sharing.engine().grants_for(&user, &lead).len()
-            + sharing.engine().grants_for(&user, &opportunity).len()
-            + sharing.engine().grants_for(&user, &EntityId::lead(12)).len()
-            + sharing.engine().grants_for(&user, &EntityId::opportunity(12)).len();
+        let held = sharing.engine().pair_grants(&user, &lead).len()
+            + sharing.engine().pair_grants(&user, &opportunity).len()
+            + sharing.engine().pair_grants(&user, &EntityId::lead(12)).len()
+            + sharing.engine().pair_grants(&user, &EntityId::opportunity(12)).len();
         // Repeated shares of one key replace each other: at most one grant per key.
         prop_assert!(held <= granted);
         prop_assert_eq!(sharing.engine().len(), held);
@@ -367,9 +367,7 @@ proptest! {
 
 mod submit_and_policy {
     use super::*;
-    use grantwheel::requests::{
-        Command, ContextResolver, GrantorPolicy, SharingConfig, Submission,
-    };
+    use grantwheel::requests::{Command, ContextResolver, GrantorPolicy, Submission};
 
     fn share(u: u128, e: u64, level: Level) -> Command {
         Command::Share(ShareRequest::new(
@@ -492,7 +490,6 @@ mod submit_and_policy {
             .build()
             .unwrap();
         let sharing = Sharing::builder(engine)
-            .config(SharingConfig::default())
             .resolver(OwnerCheck)
             .build()
             .unwrap();
@@ -639,7 +636,7 @@ fn history_and_engine_agree_after_concurrent_requests() {
         live.extend(
             sharing
                 .engine()
-                .grants_of(&UserId::from_u128(u))
+                .user_grants(&UserId::from_u128(u))
                 .into_iter()
                 .map(|g| g.id),
         );

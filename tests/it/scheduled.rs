@@ -76,7 +76,7 @@ fn access_begins_at_the_first_tick_at_or_after_the_start_never_before() {
     engine.advance();
     assert!(engine.can_edit(&u, &e));
     assert_eq!(taken(&seen), vec![Event::Started(g)]);
-    assert_eq!(engine.grants_of(&u), vec![g], "it keeps its start");
+    assert_eq!(engine.user_grants(&u), vec![g], "it keeps its start");
     assert!(engine.scheduled_of(&u).is_empty());
 }
 
@@ -98,10 +98,10 @@ fn scheduled_grants_are_listed_apart_and_can_be_moved_extended_and_revoked() {
         ))
         .unwrap();
     let start = t0() + Duration::days(7);
-    assert_eq!(engine.grants_of(&u), vec![now_grant]);
+    assert_eq!(engine.user_grants(&u), vec![now_grant]);
     assert_eq!(engine.scheduled_of(&u), vec![g]);
     assert_eq!(engine.scheduled_on(&e), vec![g]);
-    assert!(engine.grants_on(&e).is_empty() && engine.grants_for(&u, &e).is_empty());
+    assert!(engine.entity_grants(&e).is_empty() && engine.pair_grants(&u, &e).is_empty());
     assert!(engine
         .expiring_within(Duration::days(30))
         .iter()
@@ -169,7 +169,7 @@ fn set_start_now_starts_at_once_and_a_started_grant_cannot_be_moved() {
     assert_eq!(
         taken(&seen),
         vec![
-            Event::Extended {
+            Event::ExpiryChanged {
                 grant: now,
                 previous_expiry: g.expires_at
             },
@@ -358,9 +358,9 @@ fn restart_keeps_them(build: impl Fn(&ManualClock) -> Engine) {
     assert!(!engine.can_read(&u10, &e10));
     assert_eq!(engine.scheduled_of(&u10), vec![ahead]);
     assert!(engine.can_edit(&u11, &e11), "its start passed while down");
-    assert_eq!(engine.grants_of(&u11), vec![passed]);
+    assert_eq!(engine.user_grants(&u11), vec![passed]);
     assert!(!engine.can_read(&u12, &e12));
-    assert!(engine.grants_of(&u12).is_empty() && engine.scheduled_of(&u12).is_empty());
+    assert!(engine.user_grants(&u12).is_empty() && engine.scheduled_of(&u12).is_empty());
     assert_eq!(engine.len(), 2);
     // The one ahead still starts on time.
     clock.set(t0() + Duration::hours(48));
@@ -546,7 +546,7 @@ fn confirmed_starts(build: impl Fn(&ManualClock) -> Engine) {
         vec![a],
         "listed with the scheduled"
     );
-    assert!(engine.grants_of(&ua).is_empty());
+    assert!(engine.user_grants(&ua).is_empty());
     // Extending a held grant keeps it held.
     let a = engine.extend(&a.id, Duration::hours(1)).unwrap();
     assert!(!engine.can_read(&ua, &ea));
@@ -721,10 +721,10 @@ fn one_story(sharing: &grantwheel::requests::Sharing, clock: &ManualClock) {
         engine.advance();
         assert!(!engine.can_read(&u, &e), "{before} ms");
         assert!(
-            engine.grants_for(&u, &e).is_empty(),
+            engine.pair_grants(&u, &e).is_empty(),
             "{before} ms: not live"
         );
-        assert!(engine.grants_on(&e).is_empty() && engine.grants_of(&u).is_empty());
+        assert!(engine.entity_grants(&e).is_empty() && engine.user_grants(&u).is_empty());
         assert_eq!(engine.scheduled_of(&u).len(), 1, "{before} ms: scheduled");
         assert_eq!(engine.scheduled_on(&e).len(), 1);
         for at in [1500, 1700, 1900] {
@@ -734,8 +734,8 @@ fn one_story(sharing: &grantwheel::requests::Sharing, clock: &ManualClock) {
     clock.set(t0() + ms(2000));
     engine.advance();
     assert!(engine.can_read(&u, &e));
-    assert_eq!(engine.grants_for(&u, &e).len(), 1);
-    assert_eq!(engine.grants_on(&e).len(), 1);
+    assert_eq!(engine.pair_grants(&u, &e).len(), 1);
+    assert_eq!(engine.entity_grants(&e).len(), 1);
     assert!(engine.scheduled_of(&u).is_empty() && engine.scheduled_on(&e).is_empty());
     assert_eq!(held(t0() + ms(1999)), (0, 0));
     assert_eq!(held(t0() + ms(2000)), (1, 1));
@@ -750,10 +750,10 @@ fn one_story(sharing: &grantwheel::requests::Sharing, clock: &ManualClock) {
     sharing.share(ShareRequest::new(u2, e2, Level::Read).start(Start::At(t0() + ms(3000))));
     clock.set(t0() + ms(2999));
     engine.advance();
-    assert!(!engine.can_read(&u2, &e2) && engine.grants_for(&u2, &e2).is_empty());
+    assert!(!engine.can_read(&u2, &e2) && engine.pair_grants(&u2, &e2).is_empty());
     clock.set(t0() + ms(3000));
     engine.advance();
-    assert!(engine.can_read(&u2, &e2) && engine.grants_for(&u2, &e2).len() == 1);
+    assert!(engine.can_read(&u2, &e2) && engine.pair_grants(&u2, &e2).len() == 1);
     assert_eq!(sharing.access_at(&e2, t0() + ms(3000)).unwrap().len(), 1);
     assert!(sharing.access_at(&e2, t0() + ms(2999)).unwrap().is_empty());
 }

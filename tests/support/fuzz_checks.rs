@@ -142,7 +142,7 @@ pub fn rules(data: &[u8]) {
     }
     sharing.process(usize::MAX);
     assert!(sharing.engine().len() <= requests);
-    for g in sharing.engine().grants_on(&EntityId::new(
+    for g in sharing.engine().entity_grants(&EntityId::new(
         rule.entity_kind,
         grantwheel::EntityRef::Number(7),
     )) {
@@ -253,7 +253,7 @@ pub fn ops(data: &[u8]) {
             Op::RevokeContext(a, b, c) => {
                 let k = key(a, b, c);
                 let got = engine
-                    .revoke_context(&user(k.0), &entity(k.1), &context(k.2))
+                    .revoke_via(&user(k.0), &entity(k.1), &context(k.2))
                     .unwrap();
                 assert_eq!(got, model.live(&k, at(now)));
                 model.grants.remove(&k);
@@ -367,7 +367,7 @@ fn pristine() -> &'static (Vec<Grant>, Vec<u8>) {
                 EntityId::lead(99),
                 Level::Read,
             ));
-            grants.extend(engine.grants_for(&user(0), &EntityId::lead(99)));
+            grants.extend(engine.pair_grants(&user(0), &EntityId::lead(99)));
         }
         (grants, std::fs::read(&path).unwrap())
     })
@@ -416,7 +416,7 @@ pub fn store_recovery(data: &[u8]) {
     // they list must be real, and the engine's own pairs must hold only
     // real grants.
     for u in 0..3 {
-        for g in engine.grants_of(&user(u)) {
+        for g in engine.user_grants(&user(u)) {
             assert!(grants.contains(&g), "a grant that was never given: {g:?}");
         }
     }
@@ -426,7 +426,7 @@ pub fn store_recovery(data: &[u8]) {
     pairs.dedup();
     let mut seen = 0;
     for (u, e) in pairs {
-        for g in engine.grants_for(&u, &e) {
+        for g in engine.pair_grants(&u, &e) {
             assert!(grants.contains(&g), "a grant that was never given: {g:?}");
             seen += 1;
         }

@@ -16,7 +16,7 @@ use crate::app::{ok, records_answer, App, MAX_CHECKS};
 use crate::auth::{Authorized, CheckCaller};
 use crate::error::ApiError;
 use crate::extract::{at_of, param, Params};
-use crate::wire::{entity_from, CheckAnswer, CheckItem, GrantView};
+use crate::views::{entity_from, CheckAnswer, CheckItem, GrantView};
 
 /// Who had access to a record at an instant: the share records whose grant
 /// was live then, each with its request and approval.
@@ -178,7 +178,7 @@ pub(crate) fn live_grants(sharing: &Sharing, entity: &EntityId) -> Vec<GrantView
     let now = sharing.engine().now();
     let mut grants: Vec<GrantView> = sharing
         .engine()
-        .grants_on(entity)
+        .entity_grants(entity)
         .iter()
         .filter(|g| g.expires_at > now)
         .map(|g| begun(sharing.engine(), g))

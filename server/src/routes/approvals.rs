@@ -9,7 +9,7 @@ use crate::app::{ok, records_answer, App};
 use crate::auth::Authorized;
 use crate::error::ApiError;
 use crate::extract::{limit_of, read_json, request_id, Params};
-use crate::wire::{DecisionBody, RecordView};
+use crate::views::{DecisionBody, RecordView};
 
 /// The shares waiting for an approver, soonest deadline first.
 pub(crate) async fn approvals(

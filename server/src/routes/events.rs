@@ -10,7 +10,7 @@ use crate::app::{ok, App};
 use crate::auth::Authorized;
 use crate::error::ApiError;
 use crate::extract::read_json;
-use crate::wire::EventBody;
+use crate::views::EventBody;
 
 #[derive(Serialize)]
 pub(crate) struct EventAnswer {

@@ -12,7 +12,7 @@ use crate::app::{ok, App};
 use crate::auth::Authorized;
 use crate::error::ApiError;
 use crate::extract::{param, Params};
-use crate::wire::{entity_from, RecordView};
+use crate::views::{entity_from, RecordView};
 
 /// The history filters of the query string, shared by the JSON endpoint
 /// and the page: `Entity` and `EntityId`, then optional `UserId`,

@@ -19,7 +19,7 @@ use crate::extract::{param, params};
 use crate::routes::access::{live_grants, scheduled_grants};
 use crate::routes::history::history_query;
 use crate::sessions::{session_id, COOKIE};
-use crate::wire::{GrantView, RecordView};
+use crate::views::{GrantView, RecordView};
 
 /// The access key of the page's session, if it is live and its key is.
 fn logged_in(app: &App, headers: &HeaderMap) -> Option<String> {
@@ -470,7 +470,7 @@ async fn history_page(
     };
     let title = format!(
         "Share history: {kind} {}",
-        crate::wire::entity_ref_text(&entity)
+        grantwheel::requests::wire::entity_id_text(&entity)
     );
     let body = match history {
         Ok(h) => {

@@ -11,7 +11,7 @@ use crate::app::{json_with, ok, App};
 use crate::auth::Authorized;
 use crate::error::ApiError;
 use crate::extract::read_json;
-use crate::wire::{RuleBody, RuleView};
+use crate::views::{RuleBody, RuleView};
 
 pub(crate) fn rule_id(raw: &str) -> Result<RuleId, ApiError> {
     raw.parse::<u64>().map(RuleId).map_err(|_| {

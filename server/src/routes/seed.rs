@@ -4,8 +4,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use grantwheel::requests::wire::StatusResponse;
 use grantwheel::requests::wire::{self, ItemResponse};
-use grantwheel::requests::{FailureKind, Sharing, StatusResponse};
+use grantwheel::requests::{FailureKind, Sharing};
 
 use crate::app::{json_with, ok, App};
 use crate::auth::{Authorized, Budget, Verified};

@@ -32,13 +32,18 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::ids::quoted;
+pub use crate::ids::{quoted, QUOTED_CHARS};
 
 mod items;
+mod status;
 mod strict;
 
 use crate::ids::{Context, EntityId, EntityKind, EntityRef, Level, UserId};
 pub use items::{check_key, MAX_KEY_BYTES};
+pub use status::{
+    StatusMessage, StatusResponse, SHARE_STATUS_COMPLETED, SHARE_STATUS_FAILED,
+    SHARE_STATUS_PROCESSING,
+};
 pub use strict::{strict_json, Batch};
 
 /// Code of `Entity` for a lead.
@@ -141,6 +146,34 @@ pub(super) fn kind_of(v: &Value) -> &'static str {
     }
 }
 
+/// The wire code of an entity kind: [`ENTITY_LEAD`], [`ENTITY_OPPORTUNITY`],
+/// or a host kind's own code.
+pub fn entity_code(kind: EntityKind) -> i64 {
+    match kind {
+        EntityKind::LEAD => ENTITY_LEAD,
+        EntityKind::OPPORTUNITY => ENTITY_OPPORTUNITY,
+        other => i64::from(other.code()),
+    }
+}
+
+/// The entity kind of a wire code the API accepts (a lead or an
+/// opportunity).
+pub fn entity_kind(code: i64) -> Option<EntityKind> {
+    match code {
+        ENTITY_LEAD => Some(EntityKind::LEAD),
+        ENTITY_OPPORTUNITY => Some(EntityKind::OPPORTUNITY),
+        _ => None,
+    }
+}
+
+/// An entity's id as the wire writes it: a number, or a hyphenated GUID.
+pub fn entity_id_text(entity: &EntityId) -> String {
+    match entity.id {
+        EntityRef::Number(n) => n.to_string(),
+        EntityRef::Uuid(u) => u.hyphenated().to_string(),
+    }
+}
+
 /// Decode a share batch: one result per item, in order.
 ///
 /// ```
@@ -210,18 +243,9 @@ fn entity_fields(
     context: &Context,
 ) {
     map.insert("UserId".into(), Value::String(user.to_string()));
-    let code = if entity.kind == EntityKind::OPPORTUNITY {
-        ENTITY_OPPORTUNITY
-    } else {
-        ENTITY_LEAD
-    };
-    map.insert("Entity".into(), code.into());
+    map.insert("Entity".into(), entity_code(entity.kind).into());
     map.insert("EntityType".into(), ENTITY_TYPE_USER.into());
-    let id = match entity.id {
-        EntityRef::Number(n) => n.to_string(),
-        EntityRef::Uuid(u) => u.hyphenated().to_string(),
-    };
-    map.insert("EntityId".into(), Value::String(id));
+    map.insert("EntityId".into(), Value::String(entity_id_text(entity)));
     if let Context::Activity(a) = context {
         map.insert("ContextEntity".into(), CONTEXT_ACTIVITY.into());
         map.insert(

@@ -1,5 +1,6 @@
-//! The JSON of the endpoints beyond the seed's (checks, rules, events,
-//! history), in the seed's spelling: PascalCase fields, `Entity` codes
+//! The service's own views: the JSON of the endpoints beyond the seed's
+//! (checks, rules, events, history), in the seed's spelling (the entity
+//! codes are the library's, `grantwheel::requests::wire`): PascalCase fields, `Entity` codes
 //! (1 lead, 5 opportunity), `AccessType` codes (1 read, 2 edit).
 //!
 //! Bodies are read with unknown fields refused, so a misspelt field is an
@@ -11,43 +12,20 @@ use chrono::{DateTime, Utc};
 use grantwheel::requests::automation::{
     AutomationEvent, Condition, Op, Rule, RuleState, ShareAction, ShareWith, Trigger,
 };
-use grantwheel::requests::wire::{ENTITY_LEAD, ENTITY_OPPORTUNITY};
+use grantwheel::requests::wire::{entity_code, entity_id_text, entity_kind};
 use grantwheel::requests::{
     EndedBy, HistoryRecord, RequestKind, RequestStatus, RuleId, Source, StatusKind,
 };
-use grantwheel::{Access, Context, EntityId, EntityKind, EntityRef, Grant, Level, UserId};
+use grantwheel::{Access, Context, EntityId, EntityRef, Grant, Level, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// The wire code of an entity kind (host kinds keep their own code).
-pub fn entity_code(kind: EntityKind) -> i64 {
-    match kind {
-        EntityKind::LEAD => ENTITY_LEAD,
-        EntityKind::OPPORTUNITY => ENTITY_OPPORTUNITY,
-        other => i64::from(other.code()),
-    }
-}
-
-/// The entity's id as the wire writes it: a number, or a hyphenated GUID.
-pub fn entity_ref_text(entity: &EntityId) -> String {
-    match entity.id {
-        EntityRef::Number(n) => n.to_string(),
-        EntityRef::Uuid(u) => u.hyphenated().to_string(),
-    }
-}
-
 /// Read an entity from its wire code and id.
 pub fn entity_from(code: i64, id: &Value) -> Result<EntityId, String> {
-    let kind = match code {
-        ENTITY_LEAD => EntityKind::LEAD,
-        ENTITY_OPPORTUNITY => EntityKind::OPPORTUNITY,
-        other => {
-            return Err(format!(
-                "`Entity`: unknown code `{other}`: expected 1 (lead) or 5 (opportunity)"
-            ))
-        }
-    };
+    let kind = entity_kind(code).ok_or_else(|| {
+        format!("`Entity`: unknown code `{code}`: expected 1 (lead) or 5 (opportunity)")
+    })?;
     let id = match id {
         Value::Number(n) => n
             .as_u64()
@@ -500,7 +478,7 @@ impl RecordView {
             ended: ends.is_some_and(|e| e <= now),
             ended_by,
             entity: entity_code(r.entity.kind),
-            entity_id: entity_ref_text(&r.entity),
+            entity_id: entity_id_text(&r.entity),
             granted_by: r.granted_by,
             end_reason: r.end_reason.clone(),
             stage: r.awaiting_approval().then_some("AwaitingApproval"),

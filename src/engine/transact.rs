@@ -23,13 +23,13 @@ use super::state::State;
 use super::Engine;
 
 /// What a decision sees and does, in the batch that carries it.
-pub(crate) struct Decide<'a, 'b> {
+pub(crate) struct Transaction<'a, 'b> {
     st: &'a mut State,
     ch: &'a mut Changes<'b>,
     now: u64,
 }
 
-impl Decide<'_, '_> {
+impl Transaction<'_, '_> {
     /// The engine's time for this batch.
     pub(crate) fn now(&self) -> DateTime<Utc> {
         from_millis(self.now)
@@ -68,7 +68,7 @@ impl Decide<'_, '_> {
     /// Revoke the grant of (user, entity) through `context`, if live. The
     /// revoke stands even if the batch fails (it is written with a later
     /// one).
-    pub(crate) fn revoke_context(
+    pub(crate) fn revoke_via(
         &mut self,
         user: &UserId,
         entity: &EntityId,
@@ -97,14 +97,14 @@ impl Engine {
     /// memory-only engine. Returns what it decided, and the store's error
     /// if the batch failed (then its `write`s and shares were undone; its
     /// `keep`s and revokes stand).
-    pub(crate) fn decide<T: Send + 'static>(
+    pub(crate) fn transact<T: Send + 'static>(
         &self,
-        op: impl FnOnce(&mut Decide<'_, '_>) -> T + Send + 'static,
+        op: impl FnOnce(&mut Transaction<'_, '_>) -> T + Send + 'static,
     ) -> (Option<T>, Result<(), StoreError>) {
         let slot: Arc<Mutex<Option<T>>> = Arc::default();
         let out = slot.clone();
         let result = self.run(move |st, ch, now| {
-            *out.lock() = Some(op(&mut Decide { st, ch, now }));
+            *out.lock() = Some(op(&mut Transaction { st, ch, now }));
             Ok::<(), ShareError>(())
         });
         // Always `Some`: `run` returns only once its job has run, in the

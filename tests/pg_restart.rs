@@ -6,15 +6,26 @@
 //! A test binary of its own: it restarts the server every other test uses.
 //! Needs `GRANTWHEEL_PG_URL` and `GRANTWHEEL_PG_DATA` (see `support/pg.rs`).
 #![cfg(feature = "postgres")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::unreachable,
+    reason = "a test stops loudly at what it did not expect"
+)]
 
 use std::time::{Duration as StdDuration, Instant};
 
 use grantwheel::store::PostgresStore;
 use grantwheel::{Context, Engine, EntityId, Expiry, Grant, Level, RevokeError, ShareError};
 
-use crate::pg;
+#[path = "support/common.rs"]
+mod common;
+#[path = "support/pg.rs"]
+mod pg;
 
-use crate::common::user;
+use common::user;
 
 fn engine(url: &str) -> Engine {
     Engine::builder()
@@ -100,7 +111,7 @@ fn a_server_restart_during_writes_loses_nothing_acknowledged() {
     let view = |e: &Engine| -> Vec<Grant> {
         let mut gs: Vec<Grant> = leads
             .iter()
-            .flat_map(|l| e.grants_for(&user((*l % 25) as usize), &EntityId::lead(*l)))
+            .flat_map(|l| e.pair_grants(&user((*l % 25) as usize), &EntityId::lead(*l)))
             .collect();
         gs.sort_by_key(|g| g.id.serial);
         gs
