@@ -186,6 +186,53 @@ pub enum FailureKind {
     Unknown,
 }
 
+impl FailureKind {
+    /// The kind's name, as stores and the API write it (`InvalidInput`,
+    /// `ContextRefused`, ...); [`FromStr`](std::str::FromStr) reads it
+    /// back.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::InvalidInput => "InvalidInput",
+            FailureKind::ContextRefused => "ContextRefused",
+            FailureKind::Delegation => "Delegation",
+            FailureKind::NotFound => "NotFound",
+            FailureKind::AlreadyShared => "AlreadyShared",
+            FailureKind::Capacity => "Capacity",
+            FailureKind::Store => "Store",
+            FailureKind::Interrupted => "Interrupted",
+            FailureKind::Denied => "Denied",
+            FailureKind::ApprovalTimedOut => "ApprovalTimedOut",
+            FailureKind::Unknown => "Unknown",
+        }
+    }
+}
+
+/// A name that is no [`FailureKind`]'s.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a failure kind")]
+pub struct BadFailureKind(pub String);
+
+impl std::str::FromStr for FailureKind {
+    type Err = BadFailureKind;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Ok(match name {
+            "InvalidInput" => FailureKind::InvalidInput,
+            "ContextRefused" => FailureKind::ContextRefused,
+            "Delegation" => FailureKind::Delegation,
+            "NotFound" => FailureKind::NotFound,
+            "AlreadyShared" => FailureKind::AlreadyShared,
+            "Capacity" => FailureKind::Capacity,
+            "Store" => FailureKind::Store,
+            "Interrupted" => FailureKind::Interrupted,
+            "Denied" => FailureKind::Denied,
+            "ApprovalTimedOut" => FailureKind::ApprovalTimedOut,
+            "Unknown" => FailureKind::Unknown,
+            other => return Err(BadFailureKind(other.to_string())),
+        })
+    }
+}
+
 impl RequestStatus {
     /// The status's kind, without its details.
     pub fn kind(&self) -> StatusKind {

@@ -68,8 +68,8 @@ use crate::error::{BuildError, InvalidArgument};
 use crate::events::Event;
 
 pub use crate::model::history::{
-    Approval, BadRequestId, Decision, EndedBy, FailureKind, HistoryRecord, RequestId, RequestKind,
-    RequestStatus, RuleId, Source, SourceKind, StatusKind, INTERRUPTED,
+    Approval, BadFailureKind, BadRequestId, Decision, EndedBy, FailureKind, HistoryRecord,
+    RequestId, RequestKind, RequestStatus, RuleId, Source, SourceKind, StatusKind, INTERRUPTED,
 };
 
 /// Configures a [`Sharing`]; see [`Sharing::builder`].

@@ -54,6 +54,8 @@ mod feed;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -65,46 +67,6 @@ pub use memory::MemoryStore;
 pub use postgres::{PostgresStore, FEED_CHANNEL};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, Synchronous};
-
-/// The stable name of a failure kind in a store's `failure_kind` column
-/// (every store that keeps history in columns writes the same names).
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn failure_name(kind: crate::model::history::FailureKind) -> &'static str {
-    use crate::model::history::FailureKind;
-    match kind {
-        FailureKind::InvalidInput => "InvalidInput",
-        FailureKind::ContextRefused => "ContextRefused",
-        FailureKind::Delegation => "Delegation",
-        FailureKind::NotFound => "NotFound",
-        FailureKind::AlreadyShared => "AlreadyShared",
-        FailureKind::Capacity => "Capacity",
-        FailureKind::Store => "Store",
-        FailureKind::Interrupted => "Interrupted",
-        FailureKind::Denied => "Denied",
-        FailureKind::ApprovalTimedOut => "ApprovalTimedOut",
-        FailureKind::Unknown => "Unknown",
-    }
-}
-
-/// The failure kind a `failure_kind` column names.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn failure_of(name: &str) -> Option<crate::model::history::FailureKind> {
-    use crate::model::history::FailureKind;
-    Some(match name {
-        "InvalidInput" => FailureKind::InvalidInput,
-        "ContextRefused" => FailureKind::ContextRefused,
-        "Delegation" => FailureKind::Delegation,
-        "NotFound" => FailureKind::NotFound,
-        "AlreadyShared" => FailureKind::AlreadyShared,
-        "Capacity" => FailureKind::Capacity,
-        "Store" => FailureKind::Store,
-        "Interrupted" => FailureKind::Interrupted,
-        "Denied" => FailureKind::Denied,
-        "ApprovalTimedOut" => FailureKind::ApprovalTimedOut,
-        "Unknown" => FailureKind::Unknown,
-        _ => return None,
-    })
-}
 
 /// Why a grant left the live grants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use postgres::Client;
 
 use super::pg;
 use super::rows::{
-    context_kind, context_text, decode_grant, decode_record, entity_kind, entity_text, i64_of,
+    context_id, context_kind, decode_grant, decode_record, entity_kind, entity_text, i64_of,
     user_text, GRANT_COLUMNS, HISTORY_COLUMNS,
 };
 use crate::clock::to_millis;
@@ -364,7 +364,7 @@ impl StoreReader for PostgresReader {
                 "entity_kind = $1 AND entity_id = $2 AND expires_ms > $3",
                 vec![boxed(entity_kind(&e)), boxed(entity_text(&e))],
             ),
-            GrantFilter::Context(c) => match context_text(c) {
+            GrantFilter::Context(c) => match context_id(c) {
                 Some(id) => (
                     "context_kind = $1 AND context_id = $2 AND expires_ms > $3",
                     vec![boxed(context_kind(c)), boxed(id)],

@@ -4,13 +4,17 @@
 //! like changes as one `unnest` statement), and the [`SharedStore`] side
 //! of the store (the feed lock, the position, the follower).
 
+use postgres::types::ToSql;
 use postgres::{Client, Statement};
 
 use super::connect::close_off_thread;
 use super::follow;
-use super::rows::{i64_of, GrantColumns, GrantValues, RecordColumns, RecordValues, GRANT_COLUMNS};
+use super::rows::{
+    i64_of, record_params, sql_type, GrantColumns, GrantValues, RecordColumns, GRANT_COLUMNS,
+};
 use super::{lost, pg, PostgresStore, FEED_CHANNEL};
 use crate::clock::to_millis;
+use crate::store::sql::history::{history_columns, upsert, HISTORY_TYPES};
 use crate::store::{Batch, Change, EndCause, FeedRead, Follower, SharedStore, StoreError};
 
 /// The write path's statements, prepared once per connection.
@@ -33,35 +37,13 @@ pub(super) struct Statements {
     notify: Statement,
 }
 
-/// The history columns a record is written to, in [`RecordValues`] order.
-const RECORD_COLUMNS: &str = "request, kind, entity_kind, entity_id, user_id, context_kind, context_id, level, duration_ms, expires_ms, source, rule, status, failure_kind, reason, grant_serial, created_ms, completed_ms, end_ms, end_cause, ended_by, idempotency_key, starts_ms, granted_by, approval_why, approval_deadline_ms, approver, approved, decided_ms, decision_reason, end_reason";
+/// The history columns a record is written to.
+const RECORD_COLUMNS: &str = history_columns!("user_id");
 
-/// Their types, for `UNNEST`.
-const RECORD_TYPES: [&str; 31] = [
-    "text", "text", "int", "text", "text", "int", "text", "text", "bigint", "bigint", "text",
-    "bigint", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "text", "text",
-    "text", "bigint", "text", "text", "bigint", "text", "boolean", "bigint", "text", "text",
-];
-
-/// A replaced record keeps its place, and the end that `End` and
-/// `EndedBy` recorded when the new version has none.
-const RECORD_CONFLICT: &str = "ON CONFLICT (request) DO UPDATE SET
-    kind = excluded.kind, entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
-    user_id = excluded.user_id, context_kind = excluded.context_kind, context_id = excluded.context_id,
-    level = excluded.level, duration_ms = excluded.duration_ms, expires_ms = excluded.expires_ms,
-    source = excluded.source, rule = excluded.rule, status = excluded.status,
-    failure_kind = excluded.failure_kind, reason = excluded.reason,
-    grant_serial = excluded.grant_serial, created_ms = excluded.created_ms,
-    completed_ms = excluded.completed_ms,
-    end_cause = CASE WHEN excluded.end_ms IS NULL THEN grantwheel_history.end_cause ELSE excluded.end_cause END,
-    end_ms = coalesce(excluded.end_ms, grantwheel_history.end_ms),
-    ended_by = coalesce(excluded.ended_by, grantwheel_history.ended_by),
-    idempotency_key = excluded.idempotency_key, owner = excluded.owner,
-    starts_ms = excluded.starts_ms, granted_by = excluded.granted_by,
-    approval_why = excluded.approval_why, approval_deadline_ms = excluded.approval_deadline_ms,
-    approver = excluded.approver, approved = excluded.approved, decided_ms = excluded.decided_ms,
-    decision_reason = excluded.decision_reason,
-    end_reason = coalesce(excluded.end_reason, grantwheel_history.end_reason)";
+/// How a record written again replaces its earlier version.
+fn record_conflict() -> String {
+    upsert("grantwheel_history", "user_id", &["owner"])
+}
 
 /// The grant columns, for `UNNEST`, in [`GRANT_COLUMNS`] order.
 const GRANT_TYPES: [&str; 9] = [
@@ -113,12 +95,14 @@ impl Statements {
             end_record: p("UPDATE grantwheel_history SET end_ms = $2, end_cause = $3 WHERE grant_serial = $1 AND kind = 'share' AND end_ms IS NULL")?,
             ended_by: p("UPDATE grantwheel_history SET ended_by = $2 WHERE grant_serial = $1 AND kind = 'share'")?,
             put_record: p(&format!(
-                "INSERT INTO grantwheel_history ({RECORD_COLUMNS}) VALUES ({}) {RECORD_CONFLICT}",
-                placeholders(RECORD_TYPES.len())
+                "INSERT INTO grantwheel_history ({RECORD_COLUMNS}) VALUES ({}) {}",
+                placeholders(HISTORY_TYPES.len()),
+                record_conflict()
             ))?,
             put_records: p(&format!(
-                "INSERT INTO grantwheel_history ({RECORD_COLUMNS}) {} {RECORD_CONFLICT}",
-                unnest(&RECORD_TYPES, RECORD_COLUMNS)
+                "INSERT INTO grantwheel_history ({RECORD_COLUMNS}) {} {}",
+                unnest(&HISTORY_TYPES.map(sql_type), RECORD_COLUMNS),
+                record_conflict()
             ))?,
             forget: p("DELETE FROM grantwheel_history WHERE request = $1")?,
             put_rule: p("INSERT INTO grantwheel_rules (id, rule) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET rule = excluded.rule")?,
@@ -155,8 +139,10 @@ fn write_change(tx: &mut Client, s: &Statements, change: &Change) -> Result<(), 
                 .map_err(pg)?;
         }
         Change::Record(record) => {
-            let v = RecordValues::of(record);
-            tx.execute(&s.put_record, &v.params()).map_err(pg)?;
+            let params = record_params(record);
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            tx.execute(&s.put_record, &refs).map_err(pg)?;
         }
         Change::Forget(request) => {
             tx.execute(&s.forget, &[&request.to_string()]).map_err(pg)?;
@@ -224,7 +210,7 @@ fn write_run(tx: &mut Client, s: &Statements, run: &[Change]) -> Result<(), Stor
                 puts += 1;
             }
             Change::Record(r) if last_record.get(&r.request) == Some(&i) => {
-                records.push(RecordValues::of(r));
+                records.push(r);
                 recs += 1;
             }
             _ => {}

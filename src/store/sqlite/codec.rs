@@ -3,11 +3,11 @@
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Row;
-use uuid::Uuid;
 
-use crate::clock::{from_millis, max_millis, to_millis};
-use crate::ids::{Context, EntityId, EntityKind, EntityRef, GrantId, Level, UserId};
+use crate::clock::to_millis;
+use crate::ids::{EntityRef, Level};
 use crate::model::grant::Grant;
+use crate::store::sql::{grants, need, Bad, Cell, Cells};
 
 pub(super) fn entity_value(e: &EntityRef) -> Value {
     match e {
@@ -19,17 +19,18 @@ pub(super) fn entity_value(e: &EntityRef) -> Value {
     }
 }
 
-pub(super) fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::Read => "read",
-        Level::Edit => "edit",
-    }
-}
+pub(super) use crate::store::sql::{context_id, i64_of, level_name};
 
-pub(super) fn i64_of(v: u64) -> i64 {
-    // Serials stay below 2^47 and instants below the latest representable
-    // one (both far below 2^63).
-    i64::try_from(v).unwrap_or(i64::MAX)
+/// A cell as SQLite keeps it: booleans as 0 or 1, entity ids that are
+/// numbers as integers.
+pub(super) fn value(cell: Cell) -> Value {
+    match cell {
+        Cell::Null => Value::Null,
+        Cell::Int(n) => Value::Integer(n),
+        Cell::Text(t) => Value::Text(t),
+        Cell::Bool(b) => Value::Integer(i64::from(b)),
+        Cell::Entity(e) => entity_value(&e),
+    }
 }
 
 /// The CRC-32 of a grant's fields in a fixed binary form: a row whose
@@ -67,160 +68,70 @@ pub(super) fn grant_crc(g: &Grant) -> u32 {
 /// and the column and reason.
 pub(super) type DecodeError = (i64, String);
 
-/// Reads the columns of one grant row (`SELECT serial, user, entity_kind,
-/// entity_id, context_kind, context_id, level, expires_ms, crc,
-/// starts_ms`); every error names the column.
+/// One grant row (`SELECT serial, user, entity_kind, entity_id,
+/// context_kind, context_id, level, expires_ms, crc, starts_ms`), read by
+/// position; text is borrowed (loading is bound by per-row work).
 struct GrantRow<'r, 's> {
     row: &'r Row<'s>,
-    serial: i64,
 }
 
-impl GrantRow<'_, '_> {
-    fn bad(&self, col: &str, why: impl std::fmt::Display) -> DecodeError {
-        (self.serial, format!("{col}: {why}"))
+impl Cells for GrantRow<'_, '_> {
+    fn int(&self, i: usize, col: &'static str) -> Result<Option<i64>, Bad> {
+        self.row.get(i).map_err(|e| (col, e.to_string()))
     }
 
-    fn int(&self, i: usize, col: &str) -> Result<i64, DecodeError> {
-        self.row.get(i).map_err(|e| self.bad(col, e))
-    }
-
-    /// A text column, borrowed: loading is bound by per-row work.
-    fn text(&self, i: usize, col: &str) -> Result<&str, DecodeError> {
-        match self.row.get_ref(i).map_err(|e| self.bad(col, e))? {
-            ValueRef::Text(t) => std::str::from_utf8(t).map_err(|e| self.bad(col, e)),
-            other => Err(self.bad(col, format!("a {} where text belongs", other.data_type()))),
+    fn text(&self, i: usize, col: &'static str) -> Result<Option<&str>, Bad> {
+        match self.row.get_ref(i).map_err(|e| (col, e.to_string()))? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .map(Some)
+                .map_err(|e| (col, e.to_string())),
+            other => Err((col, format!("a {} where text belongs", other.data_type()))),
         }
     }
 
-    fn user(&self) -> Result<UserId, DecodeError> {
-        let user = self.text(1, "user")?;
-        user.parse()
-            .map_err(|e| self.bad("user", format!("`{user}`: {e}")))
+    fn flag(&self, i: usize, col: &'static str) -> Result<Option<bool>, Bad> {
+        Ok(self.int(i, col)?.map(|n| n != 0))
     }
 
-    fn entity(&self) -> Result<EntityId, DecodeError> {
-        let kind = self.int(2, "entity_kind")?;
-        let id = self.row.get_ref(3).map_err(|e| self.bad("entity_id", e))?;
-        entity_from(kind, id).map_err(|(col, why)| self.bad(col, why))
-    }
-
-    fn context(&self) -> Result<Context, DecodeError> {
-        let kind = self.int(4, "context_kind")?;
-        let id = self.row.get_ref(5).map_err(|e| self.bad("context_id", e))?;
-        context_from(kind, id).map_err(|(col, why)| self.bad(col, why))
-    }
-
-    fn level(&self) -> Result<Level, DecodeError> {
-        match self.text(6, "level")? {
-            "read" => Ok(Level::Read),
-            "edit" => Ok(Level::Edit),
-            other => Err(self.bad("level", format!("`{other}` is neither read nor edit"))),
-        }
-    }
-
-    fn starts_ms(&self) -> Result<Option<u64>, DecodeError> {
-        let start: Option<i64> = self.row.get(9).map_err(|e| self.bad("starts_ms", e))?;
-        start
-            .map(|ms| {
-                u64::try_from(ms)
-                    .ok()
-                    .filter(|ms| *ms <= crate::clock::max_millis())
-                    .ok_or_else(|| self.bad("starts_ms", format!("`{ms}` out of range")))
-            })
-            .transpose()
-    }
-
-    fn expires_ms(&self) -> Result<u64, DecodeError> {
-        let expires = self.int(7, "expires_ms")?;
-        u64::try_from(expires)
-            .ok()
-            .filter(|ms| *ms <= max_millis())
-            .ok_or_else(|| self.bad("expires_ms", format!("`{expires}` out of range")))
+    fn entity_id(&self, i: usize, col: &'static str) -> Result<EntityRef, Bad> {
+        entity_ref_from(self.row.get_ref(i).map_err(|e| (col, e.to_string()))?)
     }
 }
 
-/// An entity from its two columns (`entity_kind`, `entity_id`); the error
-/// names the column.
-pub(super) fn entity_from(kind: i64, id: ValueRef<'_>) -> Result<EntityId, (&'static str, String)> {
-    let kind =
-        u16::try_from(kind).map_err(|_| ("entity_kind", format!("`{kind}` out of range")))?;
-    let id = match id {
-        ValueRef::Integer(n) => EntityRef::Number(
-            u64::try_from(n).map_err(|_| ("entity_id", format!("`{n}` is negative")))?,
-        ),
-        // Numbers beyond i64 and UUIDs are text, read by the one rule for
-        // entity ids (`EntityRef`'s `FromStr`).
+/// An entity id column: a number kept as an integer, or text (numbers
+/// beyond `i64` and UUIDs, read by the one rule for entity ids,
+/// `EntityRef`'s `FromStr`).
+pub(super) fn entity_ref_from(id: ValueRef<'_>) -> Result<EntityRef, Bad> {
+    match id {
+        ValueRef::Integer(n) => {
+            Ok(EntityRef::Number(u64::try_from(n).map_err(|_| {
+                ("entity_id", format!("`{n}` is negative"))
+            })?))
+        }
         ValueRef::Text(t) => std::str::from_utf8(t)
             .map_err(|e| ("entity_id", e.to_string()))?
             .parse::<EntityRef>()
-            .map_err(|e| ("entity_id", e.reason().to_string()))?,
-        other => {
-            return Err((
-                "entity_id",
-                format!("a {} is neither a number nor a UUID", other.data_type()),
-            ))
-        }
-    };
-    Ok(EntityId::new(EntityKind::custom(kind), id))
-}
-
-/// A context from its two columns (`context_kind`, `context_id`); the
-/// error names the column.
-pub(super) fn context_from(kind: i64, id: ValueRef<'_>) -> Result<Context, (&'static str, String)> {
-    let id = match id {
-        ValueRef::Null => None,
-        ValueRef::Text(t) => {
-            Some(std::str::from_utf8(t).map_err(|e| ("context_id", e.to_string()))?)
-        }
-        other => {
-            return Err((
-                "context_id",
-                format!("a {} where text belongs", other.data_type()),
-            ))
-        }
-    };
-    match (kind, id) {
-        (0, None) => Ok(Context::Direct),
-        (k, Some(id)) if (1..=i64::from(u16::MAX) + 3).contains(&k) => {
-            let id: Uuid = id
-                .parse()
-                .map_err(|e| ("context_id", format!("`{id}`: {e}")))?;
-            let k = u32::try_from(k).map_err(|_| ("context_kind", k.to_string()))?;
-            Ok(Context::unpack(k, id.as_u128()))
-        }
-        (k, id) => Err((
-            "context_kind",
-            format!("kind `{k}` with id {id:?} is not a context"),
+            .map_err(|e| ("entity_id", e.reason().to_string())),
+        other => Err((
+            "entity_id",
+            format!("a {} is neither a number nor a UUID", other.data_type()),
         )),
     }
 }
 
-/// The `context_id` column of a context: its UUID as text, `None` for a
-/// direct share.
-pub(super) fn context_id(ctx: Context) -> Option<String> {
-    let (kind, id) = ctx.pack();
-    (kind != 0).then(|| Uuid::from_u128(id).hyphenated().to_string())
-}
-
 /// Decode one grant row and check its CRC; the error names the column.
 pub(super) fn decode_grant(row: &Row<'_>) -> Result<Grant, DecodeError> {
-    let serial: i64 = row.get(0).map_err(|e| (-1, format!("serial: {e}")))?;
-    let r = GrantRow { row, serial };
-    let serial = u64::try_from(serial).map_err(|_| r.bad("serial", "negative"))?;
-    let grant = Grant {
-        id: GrantId {
-            user: r.user()?,
-            entity: r.entity()?,
-            context: r.context()?,
-            serial,
-        },
-        level: r.level()?,
-        expires_at: from_millis(r.expires_ms()?),
-        starts_at: r.starts_ms()?.map(from_millis),
-    };
-    let crc = r.int(8, "crc")?;
+    let serial: i64 = row.get(0).unwrap_or(-1);
+    let bad = |(col, why): Bad| (serial, format!("{col}: {why}"));
+    let r = GrantRow { row };
+    let grant = grants::decode_grant(&r, 9).map_err(bad)?;
+    let crc = need(r.int(8, "crc").map_err(bad)?, "crc").map_err(bad)?;
     if crc != i64::from(grant_crc(&grant)) {
-        return Err(r.bad("crc", "the row does not match its checksum (damaged)"));
+        return Err(bad((
+            "crc",
+            "the row does not match its checksum (damaged)".to_string(),
+        )));
     }
     Ok(grant)
 }
