@@ -14,7 +14,7 @@ use postgres::Client;
 use super::pg;
 use super::rows::{
     context_id, context_kind, decode_grant, decode_record, entity_kind, entity_text, i64_of,
-    user_text, GRANT_COLUMNS, HISTORY_COLUMNS,
+    user_text, Param, GRANT_COLUMNS, HISTORY_COLUMNS,
 };
 use crate::clock::to_millis;
 use crate::ids::{EntityId, UserId};
@@ -23,6 +23,7 @@ use crate::model::history::{
     Cursor, HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId, Source, SourceKind,
     StatusKind,
 };
+use crate::store::sql::queries::{self, Dialect};
 use crate::store::{GrantFilter, StoreError, StoreReader};
 
 /// Idle connections kept for the next queries; more are opened while more
@@ -35,8 +36,15 @@ pub(super) struct PostgresReader {
     idle: Mutex<Vec<Client>>,
 }
 
-/// One value bound to a query.
-type Param = Box<dyn ToSql + Sync + Send>;
+/// How this store spells the shared statements.
+const SQL: Dialect = Dialect {
+    history: "grantwheel_history",
+    grants: "grantwheel_grants",
+    user: "user_id",
+    columns: HISTORY_COLUMNS,
+    grant_columns: GRANT_COLUMNS,
+    parameter: '$',
+};
 
 impl PostgresReader {
     pub(super) fn new(url: String) -> Self {
@@ -198,10 +206,7 @@ fn page_query(
 impl StoreReader for PostgresReader {
     fn request(&self, id: &RequestId) -> Result<Option<HistoryRecord>, StoreError> {
         Ok(self
-            .records(
-                &format!("SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE request = $1"),
-                &[boxed(id.to_string())],
-            )?
+            .records(&SQL.render(queries::REQUEST), &[boxed(id.to_string())])?
             .into_iter()
             .next())
     }
@@ -209,9 +214,7 @@ impl StoreReader for PostgresReader {
     fn request_by_key(&self, key: &str) -> Result<Option<HistoryRecord>, StoreError> {
         Ok(self
             .records(
-                &format!(
-                    "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE idempotency_key = $1"
-                ),
+                &SQL.render(queries::REQUEST_BY_KEY),
                 &[boxed(key.to_string())],
             )?
             .into_iter()
@@ -254,9 +257,7 @@ impl StoreReader for PostgresReader {
         at: DateTime<Utc>,
     ) -> Result<Vec<HistoryRecord>, StoreError> {
         let all = self.records(
-            &format!(
-                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE entity_kind = $1 AND entity_id = $2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= $3 AND (starts_ms IS NULL OR starts_ms <= $3) AND expires_ms > $3 AND (end_ms IS NULL OR end_ms > $3) ORDER BY seq DESC"
-            ),
+            &SQL.render(queries::ACCESS_AT),
             &[
                 boxed(entity_kind(entity)),
                 boxed(entity_text(entity)),
@@ -287,9 +288,7 @@ impl StoreReader for PostgresReader {
     fn share_of_grant(&self, serial: u64) -> Result<Option<HistoryRecord>, StoreError> {
         Ok(self
             .records(
-                &format!(
-                    "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE grant_serial = $1 AND kind = 'share' LIMIT 1"
-                ),
+                &SQL.render(queries::SHARE_OF_GRANT),
                 &[boxed(i64_of(serial))],
             )?
             .into_iter()
@@ -298,18 +297,14 @@ impl StoreReader for PostgresReader {
 
     fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         self.records(
-            &format!(
-                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE status = 'Processing' AND approval_deadline_ms IS NOT NULL ORDER BY approval_deadline_ms, seq LIMIT $1"
-            ),
+            &SQL.render(queries::AWAITING),
             &[boxed(i64::try_from(limit).unwrap_or(i64::MAX))],
         )
     }
 
     fn held_at(&self, user: &UserId, at: DateTime<Utc>) -> Result<Vec<HistoryRecord>, StoreError> {
         let all = self.records(
-            &format!(
-                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE user_id = $1 AND kind = 'share' AND status = 'Completed' AND expires_ms > $2 AND completed_ms <= $2 AND (starts_ms IS NULL OR starts_ms <= $2) AND (end_ms IS NULL OR end_ms > $2) ORDER BY seq DESC"
-            ),
+            &SQL.render(queries::HELD_AT),
             &[boxed(user_text(*user)), boxed(at.timestamp_millis())],
         )?;
         Ok(all.into_iter().filter(|r| r.gave_access_at(at)).collect())
@@ -321,16 +316,14 @@ impl StoreReader for PostgresReader {
         now: DateTime<Utc>,
     ) -> Result<Vec<HistoryRecord>, StoreError> {
         self.records(
-            &format!(
-                "SELECT {HISTORY_COLUMNS} FROM grantwheel_history WHERE rule = $1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL AND expires_ms > $2 ORDER BY seq"
-            ),
+            &SQL.render(queries::OPEN_OF_RULE),
             &[boxed(i64_of(rule.0)), boxed(now.timestamp_millis())],
         )
     }
 
     fn prunable(&self, horizon: DateTime<Utc>, limit: usize) -> Result<Vec<RequestId>, StoreError> {
         let rows = self.rows(
-            "SELECT request FROM grantwheel_history WHERE done_ms < $1 ORDER BY done_ms, seq LIMIT $2",
+            &SQL.render(queries::PRUNABLE),
             &[
                 boxed(horizon.timestamp_millis()),
                 boxed(i64::try_from(limit).unwrap_or(i64::MAX)),
@@ -355,37 +348,26 @@ impl StoreReader for PostgresReader {
         now: DateTime<Utc>,
     ) -> Result<Vec<Grant>, StoreError> {
         let now = boxed(i64_of(to_millis(now)));
-        let (cond, mut params): (&str, Vec<Param>) = match filter {
-            GrantFilter::User(u) => (
-                "user_id = $1 AND expires_ms > $2",
-                vec![boxed(user_text(u))],
-            ),
+        let (template, mut params): (&str, Vec<Param>) = match filter {
+            GrantFilter::User(u) => (queries::GRANTS_OF_USER, vec![boxed(user_text(u))]),
             GrantFilter::Entity(e) => (
-                "entity_kind = $1 AND entity_id = $2 AND expires_ms > $3",
+                queries::GRANTS_ON_ENTITY,
                 vec![boxed(entity_kind(&e)), boxed(entity_text(&e))],
             ),
             GrantFilter::Context(c) => match context_id(c) {
                 Some(id) => (
-                    "context_kind = $1 AND context_id = $2 AND expires_ms > $3",
+                    queries::GRANTS_THROUGH,
                     vec![boxed(context_kind(c)), boxed(id)],
                 ),
-                None => (
-                    "context_kind = $1 AND context_id IS NULL AND expires_ms > $2",
-                    vec![boxed(context_kind(c))],
-                ),
+                None => (queries::GRANTS_DIRECT, vec![boxed(context_kind(c))]),
             },
             GrantFilter::ExpiringBy(until) => (
-                "expires_ms > $2 AND expires_ms <= $1",
+                queries::GRANTS_EXPIRING,
                 vec![boxed(i64_of(to_millis(until)))],
             ),
         };
         params.push(now);
-        let rows = self.rows(
-            &format!(
-                "SELECT {GRANT_COLUMNS} FROM grantwheel_grants WHERE {cond} ORDER BY expires_ms, serial"
-            ),
-            &params,
-        )?;
+        let rows = self.rows(&SQL.render(template), &params)?;
         rows.iter().map(decode_grant).collect()
     }
 }

@@ -7,6 +7,7 @@
 
 pub(crate) mod grants;
 pub(crate) mod history;
+pub(crate) mod queries;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;

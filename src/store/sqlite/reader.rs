@@ -24,6 +24,7 @@ use crate::model::history::{
     Cursor, HistoryPage, HistoryQuery, HistoryRecord, RequestId, RuleId, Source, SourceKind,
     StatusKind,
 };
+use crate::store::sql::queries::{self, Dialect};
 use crate::store::{GrantFilter, StoreError, StoreReader};
 
 /// Idle connections kept for the next queries; more are opened while
@@ -37,26 +38,22 @@ pub(super) struct SqliteReader {
     idle: Mutex<Vec<Connection>>,
 }
 
-/// A rule's completed shares whose grant is neither ended nor expired.
-const OPEN_OF_RULE: &str =
-    "rule = ?1 AND kind = 'share' AND status = 'Completed' AND end_ms IS NULL AND expires_ms > ?2";
-
 /// Requests queued and not carried out (those awaiting an approver are not
 /// queued: they wait in the store).
 const PROCESSING: &str = "status = 'Processing' AND approval_deadline_ms IS NULL";
 
-/// The share record that made grant `?1`.
-const OF_GRANT: &str = "grant_serial = ?1 AND kind = 'share' LIMIT 1";
-
-/// The approvals queue, soonest deadline first (`?1`: how many).
-const AWAITING: &str = "status = 'Processing' AND approval_deadline_ms IS NOT NULL ORDER BY approval_deadline_ms, seq LIMIT ?1";
-
-/// A user's (`?1`) completed shares live at `?2`, newest first (the end
-/// bounds the index range; the start is checked on each).
-const HELD_AT: &str = "user = ?1 AND kind = 'share' AND status = 'Completed' AND expires_ms > ?2 AND completed_ms <= ?2 AND (starts_ms IS NULL OR starts_ms <= ?2) AND (end_ms IS NULL OR end_ms > ?2) ORDER BY seq DESC";
-
 const GRANT_COLUMNS: &str =
     "serial, user, entity_kind, entity_id, context_kind, context_id, level, expires_ms, crc, starts_ms";
+
+/// How this store spells the shared statements.
+const SQL: Dialect = Dialect {
+    history: "history",
+    grants: "grants",
+    user: "user",
+    columns: COLUMNS,
+    grant_columns: GRANT_COLUMNS,
+    parameter: '?',
+};
 
 impl SqliteReader {
     pub(super) fn new(path: PathBuf) -> Self {
@@ -194,17 +191,11 @@ fn ranges(entity: &EntityId, q: &HistoryQuery, below: i64, columns: &str) -> Vec
 
 impl StoreReader for SqliteReader {
     fn request(&self, id: &RequestId) -> Result<Option<HistoryRecord>, StoreError> {
-        self.one(
-            &format!("SELECT {COLUMNS} FROM history WHERE request = ?1"),
-            &[&id.to_string()],
-        )
+        self.one(&SQL.render(queries::REQUEST), &[&id.to_string()])
     }
 
     fn request_by_key(&self, key: &str) -> Result<Option<HistoryRecord>, StoreError> {
-        self.one(
-            &format!("SELECT {COLUMNS} FROM history WHERE idempotency_key = ?1"),
-            &[&key],
-        )
+        self.one(&SQL.render(queries::REQUEST_BY_KEY), &[&key])
     }
 
     fn history(&self, entity: &EntityId, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
@@ -265,9 +256,7 @@ impl StoreReader for SqliteReader {
         at: DateTime<Utc>,
     ) -> Result<Vec<HistoryRecord>, StoreError> {
         let all = self.all(
-            &format!(
-                "SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND (starts_ms IS NULL OR starts_ms <= ?3) AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"
-            ),
+            &SQL.render(queries::ACCESS_AT),
             &[
                 &i64::from(entity.kind.code()),
                 &entity_value(&entity.id),
@@ -286,24 +275,21 @@ impl StoreReader for SqliteReader {
 
     fn share_of_grant(&self, serial: u64) -> Result<Option<HistoryRecord>, StoreError> {
         Ok(self
-            .all(
-                &format!("SELECT {COLUMNS} FROM history WHERE {OF_GRANT}"),
-                &[&i64_of(serial)],
-            )?
+            .all(&SQL.render(queries::SHARE_OF_GRANT), &[&i64_of(serial)])?
             .into_iter()
             .next())
     }
 
     fn awaiting_approval(&self, limit: usize) -> Result<Vec<HistoryRecord>, StoreError> {
         self.all(
-            &format!("SELECT {COLUMNS} FROM history WHERE {AWAITING}"),
+            &SQL.render(queries::AWAITING),
             &[&i64::try_from(limit).unwrap_or(i64::MAX)],
         )
     }
 
     fn held_at(&self, user: &UserId, at: DateTime<Utc>) -> Result<Vec<HistoryRecord>, StoreError> {
         let all = self.all(
-            &format!("SELECT {COLUMNS} FROM history WHERE {HELD_AT}"),
+            &SQL.render(queries::HELD_AT),
             &[&user.0.hyphenated().to_string(), &at.timestamp_millis()],
         )?;
         Ok(all.into_iter().filter(|r| r.gave_access_at(at)).collect())
@@ -315,7 +301,7 @@ impl StoreReader for SqliteReader {
         now: DateTime<Utc>,
     ) -> Result<Vec<HistoryRecord>, StoreError> {
         self.all(
-            &format!("SELECT {COLUMNS} FROM history WHERE {OPEN_OF_RULE} ORDER BY seq"),
+            &SQL.render(queries::OPEN_OF_RULE),
             &[&i64_of(rule.0), &now.timestamp_millis()],
         )
     }
@@ -323,9 +309,7 @@ impl StoreReader for SqliteReader {
     fn prunable(&self, horizon: DateTime<Utc>, limit: usize) -> Result<Vec<RequestId>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT request FROM history WHERE done_ms < ?1 ORDER BY done_ms, seq LIMIT ?2",
-                )
+                .prepare_cached(&SQL.render(queries::PRUNABLE))
                 .map_err(io)?;
             let mut rows = stmt
                 .query(params![
@@ -356,33 +340,35 @@ impl StoreReader for SqliteReader {
         now: DateTime<Utc>,
     ) -> Result<Vec<Grant>, StoreError> {
         let now = Value::Integer(i64_of(to_millis(now)));
-        let (cond, mut values) = match filter {
+        let (template, mut values) = match filter {
             GrantFilter::User(u) => (
-                "user = ?1 AND expires_ms > ?2",
+                queries::GRANTS_OF_USER,
                 vec![Value::Text(u.0.hyphenated().to_string())],
             ),
             GrantFilter::Entity(e) => (
-                "entity_kind = ?1 AND entity_id = ?2 AND expires_ms > ?3",
+                queries::GRANTS_ON_ENTITY,
                 vec![
                     Value::Integer(i64::from(e.kind.code())),
                     entity_value(&e.id),
                 ],
             ),
-            GrantFilter::Context(c) => (
-                "context_kind = ?1 AND context_id IS ?2 AND expires_ms > ?3",
-                vec![
-                    Value::Integer(i64::from(c.pack().0)),
-                    context_id(c).map_or(Value::Null, Value::Text),
-                ],
-            ),
+            GrantFilter::Context(c) => match context_id(c) {
+                Some(id) => (
+                    queries::GRANTS_THROUGH,
+                    vec![Value::Integer(i64::from(c.pack().0)), Value::Text(id)],
+                ),
+                None => (
+                    queries::GRANTS_DIRECT,
+                    vec![Value::Integer(i64::from(c.pack().0))],
+                ),
+            },
             GrantFilter::ExpiringBy(until) => (
-                "expires_ms > ?2 AND expires_ms <= ?1",
+                queries::GRANTS_EXPIRING,
                 vec![Value::Integer(i64_of(to_millis(until)))],
             ),
         };
         values.push(now);
-        let sql =
-            format!("SELECT {GRANT_COLUMNS} FROM grants WHERE {cond} ORDER BY expires_ms, serial");
+        let sql = SQL.render(template);
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&sql).map_err(io)?;
             let mut rows = stmt.query(params_from_iter(values.iter())).map_err(io)?;
@@ -506,20 +492,21 @@ pub(super) fn plans(conn: &Connection) -> Vec<(String, String)> {
     ));
     let one = |sql: &str, v: Vec<Value>| (sql.to_string(), v);
     for (name, (sql, v)) in [
-        ("request by id", one(&format!("SELECT {COLUMNS} FROM history WHERE request = ?1"), vec![Value::Text("x".into())])),
-        ("request by key", one(&format!("SELECT {COLUMNS} FROM history WHERE idempotency_key = ?1"), vec![Value::Text("k".into())])),
+        ("request by id", one(&SQL.render(queries::REQUEST), vec![Value::Text("x".into())])),
+        ("request by key", one(&SQL.render(queries::REQUEST_BY_KEY), vec![Value::Text("k".into())])),
         ("processing", one(&format!("SELECT {COLUMNS} FROM history WHERE {PROCESSING} ORDER BY seq LIMIT ?1"), vec![Value::Integer(10)])),
-        ("share of a grant", one(&format!("SELECT {COLUMNS} FROM history WHERE {OF_GRANT}"), vec![Value::Integer(1)])),
-        ("awaiting approval", one(&format!("SELECT {COLUMNS} FROM history WHERE {AWAITING}"), vec![Value::Integer(10)])),
-        ("held by a user at", one(&format!("SELECT {COLUMNS} FROM history WHERE {HELD_AT}"), vec![Value::Text("u".into()), Value::Integer(1)])),
-        ("open shares of a rule", one(&format!("SELECT {COLUMNS} FROM history WHERE {OPEN_OF_RULE} ORDER BY seq"), vec![Value::Integer(1), Value::Integer(1)])),
-        ("prunable", one("SELECT request FROM history WHERE done_ms < ?1 ORDER BY done_ms, seq LIMIT ?2", vec![Value::Integer(1), Value::Integer(10)])),
-        ("access at", one(&format!("SELECT {COLUMNS} FROM history WHERE entity_kind = ?1 AND entity_id = ?2 AND status = 'Completed' AND kind = 'share' AND completed_ms <= ?3 AND (starts_ms IS NULL OR starts_ms <= ?3) AND expires_ms > ?3 AND (end_ms IS NULL OR end_ms > ?3) ORDER BY seq DESC"), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),
+        ("share of a grant", one(&SQL.render(queries::SHARE_OF_GRANT), vec![Value::Integer(1)])),
+        ("awaiting approval", one(&SQL.render(queries::AWAITING), vec![Value::Integer(10)])),
+        ("held by a user at", one(&SQL.render(queries::HELD_AT), vec![Value::Text("u".into()), Value::Integer(1)])),
+        ("open shares of a rule", one(&SQL.render(queries::OPEN_OF_RULE), vec![Value::Integer(1), Value::Integer(1)])),
+        ("prunable", one(&SQL.render(queries::PRUNABLE), vec![Value::Integer(1), Value::Integer(10)])),
+        ("access at", one(&SQL.render(queries::ACCESS_AT), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),
         ("end a share record", one("UPDATE history SET end_ms = ?2, end_cause = ?3 WHERE grant_serial = ?1 AND kind = 'share' AND end_ms IS NULL", vec![Value::Integer(1), Value::Integer(1), Value::Text("expired".into())])),
-        ("grants of a user", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE user = ?1 AND expires_ms > ?2 ORDER BY expires_ms, serial"), vec![Value::Text("u".into()), Value::Integer(1)])),
-        ("grants on an entity", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE entity_kind = ?1 AND entity_id = ?2 AND expires_ms > ?3 ORDER BY expires_ms, serial"), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),
-        ("grants through a context", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE context_kind = ?1 AND context_id IS ?2 AND expires_ms > ?3 ORDER BY expires_ms, serial"), vec![Value::Integer(1), Value::Text("c".into()), Value::Integer(1)])),
-        ("grants expiring", one(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE expires_ms > ?2 AND expires_ms <= ?1 ORDER BY expires_ms, serial"), vec![Value::Integer(2), Value::Integer(1)])),
+        ("grants of a user", one(&SQL.render(queries::GRANTS_OF_USER), vec![Value::Text("u".into()), Value::Integer(1)])),
+        ("grants on an entity", one(&SQL.render(queries::GRANTS_ON_ENTITY), vec![Value::Integer(1), Value::Integer(1), Value::Integer(1)])),
+        ("grants through a context", one(&SQL.render(queries::GRANTS_THROUGH), vec![Value::Integer(1), Value::Text("c".into()), Value::Integer(1)])),
+        ("direct grants", one(&SQL.render(queries::GRANTS_DIRECT), vec![Value::Integer(0), Value::Integer(1)])),
+        ("grants expiring", one(&SQL.render(queries::GRANTS_EXPIRING), vec![Value::Integer(2), Value::Integer(1)])),
     ] {
         queries.push((name.into(), sql, v));
     }
