@@ -1,9 +1,6 @@
 //! What the service's socket tests share: a server on a loopback port and
 //! a plain HTTP client.
 
-// Each test file uses its own part of this module.
-#![allow(dead_code, reason = "each test binary uses a part of it")]
-
 pub mod proxy;
 
 use std::net::SocketAddr;
@@ -191,10 +188,6 @@ impl Answer {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or(Value::String(self.body.clone()))
     }
 }
 

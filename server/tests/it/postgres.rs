@@ -7,20 +7,9 @@
 //!
 //! Needs a server: `GRANTWHEEL_PG_URL` (see `tests/support/pg.rs`).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable,
-    reason = "a test stops loudly at what it did not expect"
-)]
-mod common;
+use crate::pg;
 
-#[path = "../../tests/support/pg.rs"]
-mod pg;
-
-use common::{get, post, Running};
+use crate::common::{get, post, Running};
 use serde_json::json;
 
 const SHARE: &str = r#"[{"UserId":"0203f172-8642-11e7-9bed-069b743e848f","Entity":1,"EntityType":3,

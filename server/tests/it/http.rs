@@ -1,19 +1,10 @@
 //! The service over a real socket: the seed's bodies verbatim, codes and
 //! error shapes, keys, the limiter, hostile input, the history page.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable,
-    reason = "a test stops loudly at what it did not expect"
-)]
-mod common;
-
 use std::time::Duration;
 
-use common::{agent, get, post, Running};
+use crate::common;
+use crate::common::{agent, get, post, Running};
 use grantwheel_server::keys::KeyStore;
 use serde_json::{json, Value};
 

@@ -1,16 +1,6 @@
 //! What an operator watches: metrics, and readiness when the store fails.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable,
-    reason = "a test stops loudly at what it did not expect"
-)]
-mod common;
-
-use common::{get, post, Running};
+use crate::common::{get, post, Running};
 use grantwheel::store::{Fault, FaultHandle, FaultyStore, SqliteStore};
 use serde_json::{json, Value};
 

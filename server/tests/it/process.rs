@@ -1,14 +1,6 @@
 //! The binary as a process: SIGTERM during a burst of shares loses no
 //! acknowledged share.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable,
-    reason = "a test stops loudly at what it did not expect"
-)]
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -18,9 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-#[path = "../../tests/support/pg.rs"]
-mod pg;
+use crate::{common, pg};
 
 use grantwheel_server::keys::{KeyStore, NewKey};
 use serde_json::{json, Value};

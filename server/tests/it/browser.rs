@@ -8,22 +8,12 @@
 //! Without them the test is skipped with a printed reason, unless
 //! `GRANTWHEEL_BROWSER_REQUIRED` is set, as the gate sets it.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::unreachable,
-    reason = "a test stops loudly at what it did not expect"
-)]
-mod common;
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{get, post, Running};
+use crate::common::{get, post, Running};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 
