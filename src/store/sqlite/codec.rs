@@ -68,20 +68,30 @@ pub(super) fn grant_crc(g: &Grant) -> u32 {
 /// and the column and reason.
 pub(super) type DecodeError = (i64, String);
 
-/// One grant row (`SELECT serial, user, entity_kind, entity_id,
-/// context_kind, context_id, level, expires_ms, crc, starts_ms`), read by
-/// position; text is borrowed (loading is bound by per-row work).
-struct GrantRow<'r, 's> {
-    row: &'r Row<'s>,
+/// A row of either table, read by position; text is borrowed (loading
+/// is bound by per-row work).
+pub(super) struct SqliteRow<'r, 's>(pub(super) &'r Row<'s>);
+
+impl SqliteRow<'_, '_> {
+    fn get_ref(&self, i: usize, col: &'static str) -> Result<ValueRef<'_>, Bad> {
+        self.0.get_ref(i).map_err(|e| (col, e.to_string()))
+    }
 }
 
-impl Cells for GrantRow<'_, '_> {
+impl Cells for SqliteRow<'_, '_> {
     fn int(&self, i: usize, col: &'static str) -> Result<Option<i64>, Bad> {
-        self.row.get(i).map_err(|e| (col, e.to_string()))
+        match self.get_ref(i, col)? {
+            ValueRef::Null => Ok(None),
+            ValueRef::Integer(n) => Ok(Some(n)),
+            other => Err((
+                col,
+                format!("a {} where a number belongs", other.data_type()),
+            )),
+        }
     }
 
     fn text(&self, i: usize, col: &'static str) -> Result<Option<&str>, Bad> {
-        match self.row.get_ref(i).map_err(|e| (col, e.to_string()))? {
+        match self.get_ref(i, col)? {
             ValueRef::Null => Ok(None),
             ValueRef::Text(t) => std::str::from_utf8(t)
                 .map(Some)
@@ -91,11 +101,16 @@ impl Cells for GrantRow<'_, '_> {
     }
 
     fn flag(&self, i: usize, col: &'static str) -> Result<Option<bool>, Bad> {
-        Ok(self.int(i, col)?.map(|n| n != 0))
+        match self.int(i, col)? {
+            None => Ok(None),
+            Some(0) => Ok(Some(false)),
+            Some(1) => Ok(Some(true)),
+            Some(other) => Err((col, format!("`{other}` is neither 0 nor 1"))),
+        }
     }
 
     fn entity_id(&self, i: usize, col: &'static str) -> Result<EntityRef, Bad> {
-        entity_ref_from(self.row.get_ref(i).map_err(|e| (col, e.to_string()))?)
+        entity_ref_from(self.get_ref(i, col)?)
     }
 }
 
@@ -124,7 +139,7 @@ pub(super) fn entity_ref_from(id: ValueRef<'_>) -> Result<EntityRef, Bad> {
 pub(super) fn decode_grant(row: &Row<'_>) -> Result<Grant, DecodeError> {
     let serial: i64 = row.get(0).unwrap_or(-1);
     let bad = |(col, why): Bad| (serial, format!("{col}: {why}"));
-    let r = GrantRow { row };
+    let r = SqliteRow(row);
     let grant = grants::decode_grant(&r, 9).map_err(bad)?;
     let crc = need(r.int(8, "crc").map_err(bad)?, "crc").map_err(bad)?;
     if crc != i64::from(grant_crc(&grant)) {

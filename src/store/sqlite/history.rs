@@ -4,15 +4,14 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::Value;
 use rusqlite::{params, Row, Transaction};
 
-use super::codec::{entity_ref_from, value};
+use super::codec::{value, SqliteRow};
 use super::io;
-use crate::ids::EntityRef;
 use crate::model::history::{HistoryRecord, RequestId};
 use crate::store::sql::history::{decode_record, history_columns, record_cells, upsert, WRITTEN};
-use crate::store::sql::{i64_of, Bad, Cells};
+use crate::store::sql::i64_of;
 use crate::store::{EndCause, StoreError};
 
 /// The indexes of the history table, one per query of the read side.
@@ -143,56 +142,9 @@ pub(super) fn forget(tx: &Transaction<'_>, request: &RequestId) -> Result<(), St
         .map_err(io)
 }
 
-/// One history row, read by position.
-struct HistoryRow<'r, 's> {
-    row: &'r Row<'s>,
-}
-
-impl HistoryRow<'_, '_> {
-    fn get_ref(&self, i: usize, col: &'static str) -> Result<ValueRef<'_>, Bad> {
-        self.row.get_ref(i).map_err(|e| (col, e.to_string()))
-    }
-}
-
-impl Cells for HistoryRow<'_, '_> {
-    fn int(&self, i: usize, col: &'static str) -> Result<Option<i64>, Bad> {
-        match self.get_ref(i, col)? {
-            ValueRef::Null => Ok(None),
-            ValueRef::Integer(n) => Ok(Some(n)),
-            other => Err((
-                col,
-                format!("a {} where a number belongs", other.data_type()),
-            )),
-        }
-    }
-
-    fn text(&self, i: usize, col: &'static str) -> Result<Option<&str>, Bad> {
-        match self.get_ref(i, col)? {
-            ValueRef::Null => Ok(None),
-            ValueRef::Text(t) => std::str::from_utf8(t)
-                .map(Some)
-                .map_err(|e| (col, e.to_string())),
-            other => Err((col, format!("a {} where text belongs", other.data_type()))),
-        }
-    }
-
-    fn flag(&self, i: usize, col: &'static str) -> Result<Option<bool>, Bad> {
-        match self.int(i, col)? {
-            None => Ok(None),
-            Some(0) => Ok(Some(false)),
-            Some(1) => Ok(Some(true)),
-            Some(other) => Err((col, format!("`{other}` is neither 0 nor 1"))),
-        }
-    }
-
-    fn entity_id(&self, i: usize, col: &'static str) -> Result<EntityRef, Bad> {
-        entity_ref_from(self.get_ref(i, col)?)
-    }
-}
-
 /// Decode a row selected as [`COLUMNS`]: its place and record.
 pub(super) fn decode(row: &Row<'_>) -> Result<(u64, HistoryRecord), StoreError> {
-    decode_record(&HistoryRow { row }).map_err(|(col, reason)| {
+    decode_record(&SqliteRow(row)).map_err(|(col, reason)| {
         let request: String = row.get(1).unwrap_or_else(|_| "?".into());
         StoreError::Corrupt {
             what: format!("history row `{request}`"),
