@@ -5,6 +5,7 @@
 //! position. The stores keep their connections, locking, schemas and
 //! migrations; the record's shape is written here once.
 
+#[cfg(feature = "postgres")]
 pub(crate) mod grants;
 pub(crate) mod history;
 pub(crate) mod queries;
