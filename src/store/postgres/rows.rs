@@ -81,7 +81,7 @@ impl GrantValues {
 
 /// Decode a row selected as [`GRANT_COLUMNS`].
 pub(super) fn decode_grant(row: &Row) -> Result<Grant, StoreError> {
-    grants::decode_grant(&RecordRow(row), 8).map_err(|(col, reason)| {
+    grants::decode_grant(&PgRow(row), 8).map_err(|(col, reason)| {
         let serial: i64 = row.try_get(0).unwrap_or(-1);
         StoreError::Corrupt {
             what: format!("grantwheel_grants row with serial {serial}"),
@@ -91,9 +91,9 @@ pub(super) fn decode_grant(row: &Row) -> Result<Grant, StoreError> {
 }
 
 /// A row of either table, read by position.
-struct RecordRow<'r>(&'r Row);
+struct PgRow<'r>(&'r Row);
 
-impl Cells for RecordRow<'_> {
+impl Cells for PgRow<'_> {
     fn int(&self, i: usize, col: &'static str) -> Result<Option<i64>, Bad> {
         // The kinds are `int`, the rest `bigint`: each read at its width.
         let narrow = self
@@ -126,7 +126,7 @@ impl Cells for RecordRow<'_> {
 
 /// Decode a row selected as [`HISTORY_COLUMNS`]: its place and record.
 pub(super) fn decode_record(row: &Row) -> Result<(u64, HistoryRecord), StoreError> {
-    history::decode_record(&RecordRow(row)).map_err(|(col, reason)| {
+    history::decode_record(&PgRow(row)).map_err(|(col, reason)| {
         let request: String = row.try_get(1).unwrap_or_else(|_| "?".into());
         StoreError::Corrupt {
             what: format!("grantwheel_history row `{request}`"),
